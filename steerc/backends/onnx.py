@@ -1,0 +1,101 @@
+"""ONNX backend: ``torch.onnx.export(dynamo=True)`` of a rewritten program.
+
+Opset 23 is the default, chosen by measurement (``tools/bench_opset.py``, numbers in
+``docs/BENCHMARKS.md``): attention stays one fused ``Attention`` op that carries the merged
+causal + padding + steering mask, and RMSNorm / rotary stay fused too, so the graph is
+much smaller than the decomposed opset-20 graph.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from pathlib import Path
+
+from steerc.capture.io_spec import TensorSpec
+from steerc.errors import require
+
+__all__ = ["export_onnx", "op_counts", "create_session", "MODEL_FILE", "DATA_FILE"]
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+
+
+def _name_dims(model, specs: list[TensorSpec], values) -> None:
+    by_name = {s.name: s for s in specs}
+    for value in values:
+        spec = by_name.get(value.name)
+        if spec is None:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(spec.dims):
+            raise RuntimeError(f"ONNX {value.name} has rank {len(dims)}, expected {len(spec.dims)}")
+        for dim, want in zip(dims, spec.dims):
+            if isinstance(want, str):
+                dim.dim_param = want
+            elif dim.HasField("dim_value") and dim.dim_value != want:
+                raise RuntimeError(f"ONNX {value.name} has a dimension {dim.dim_value}, expected {want}")
+
+
+def export_onnx(program, folder: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], opset: int) -> Path:
+    """Write ``folder/model.onnx`` (+ ``model.onnx.data``) from an ExportedProgram whose user
+    inputs/outputs are in the order of ``inputs``/``outputs``; names dims after the specs and
+    runs ``onnx.checker``. Returns the model path."""
+    import torch
+
+    onnx = require("onnx", "the ONNX backend")
+    require("onnxscript", "the ONNX backend")
+    path = Path(folder) / MODEL_FILE
+    torch.onnx.export(
+        program,
+        f=str(path),
+        dynamo=True,
+        opset_version=opset,
+        external_data=True,
+        input_names=[s.name for s in inputs],
+        output_names=[s.name for s in outputs],
+        verbose=False,
+        optimize=True,
+    )
+    proto = onnx.load(str(path), load_external_data=False)
+    _name_dims(proto, inputs, proto.graph.input)
+    _name_dims(proto, outputs, proto.graph.output)
+    got_in = [v.name for v in proto.graph.input]
+    if got_in != [s.name for s in inputs]:
+        raise RuntimeError(f"ONNX inputs {got_in} differ from the engine contract {[s.name for s in inputs]}")
+    onnx.save_model(proto, str(path))  # proto only: the weights stay in model.onnx.data
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    counts = collections.Counter(f"{n.domain + '::' if n.domain else ''}{n.op_type}" for n in proto.graph.node)
+    return dict(sorted(counts.items()))
+
+
+def create_session(path: Path, device: str = "cpu", threads: int | None = None):
+    """An ONNX Runtime session on ``device`` ("cpu" or "cuda")."""
+    ort = require("onnxruntime", "running an engine", "pip install onnxruntime (or steerc[gpu] for CUDA)")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or int(os.environ.get("STEERC_THREADS", "0"))
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            from steerc.errors import MissingDependencyError
+
+            raise MissingDependencyError(
+                f"device 'cuda' needs onnxruntime-gpu with a working CUDA; available providers: {ort.get_available_providers()}: "
+                "run `pip install steerc[gpu]` on a machine with an NVIDIA GPU, or use --device cpu"
+            )
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    elif device == "cpu":
+        providers = ["CPUExecutionProvider"]
+    else:
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return ort.InferenceSession(str(path), options, providers=providers)

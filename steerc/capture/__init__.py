@@ -1,0 +1,19 @@
+"""Capture: a HF causal LM as one exported decoder-step graph with explicit KV."""
+
+from steerc.capture.decoder_step import DecoderStep
+from steerc.capture.export import CaptureShapes, capture_decoder_step, example_inputs, rebuild_program, run_program
+from steerc.capture.io_spec import STEER_BIAS, DecoderGeometry, TensorSpec, decoder_inputs, decoder_outputs
+
+__all__ = [
+    "CaptureShapes",
+    "DecoderGeometry",
+    "DecoderStep",
+    "STEER_BIAS",
+    "TensorSpec",
+    "capture_decoder_step",
+    "decoder_inputs",
+    "decoder_outputs",
+    "example_inputs",
+    "rebuild_program",
+    "run_program",
+]

@@ -1,0 +1,69 @@
+"""Model -> steerable program: capture, then the passes in ``steerc.passes.PASSES``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from steerc.capture import CaptureShapes, DecoderGeometry, TensorSpec, capture_decoder_step, decoder_inputs, decoder_outputs, rebuild_program
+from steerc.errors import UnsupportedArchitectureError
+from steerc.passes import PASSES, PassReport
+from steerc.settings import CompileSettings
+
+__all__ = ["SteerableProgram", "capture_steerable", "architecture_name", "TORCH_TO_ONNX_DTYPE"]
+
+log = logging.getLogger(__name__)
+
+TORCH_TO_ONNX_DTYPE = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+@dataclass
+class SteerableProgram:
+    """A rewritten ExportedProgram and the contract of its inputs and outputs."""
+
+    program: torch.export.ExportedProgram
+    geometry: DecoderGeometry
+    architecture: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    reports: list[PassReport] = field(default_factory=list)
+
+
+def architecture_name(model) -> str:
+    archs = getattr(model.config, "architectures", None)
+    return archs[0] if archs else type(model).__name__
+
+
+def capture_steerable(model, settings: CompileSettings, on_stage=None) -> SteerableProgram:
+    """Capture ``model`` (already in the target dtype and attention implementation) and apply
+    every pass. ``on_stage(name)`` returns a context manager that brackets each stage."""
+    import contextlib
+
+    stage = on_stage or (lambda name: contextlib.nullcontext())
+    arch = architecture_name(model)
+    geometry = DecoderGeometry.from_config(model.config)
+    kv_dtype = TORCH_TO_ONNX_DTYPE[next(model.parameters()).dtype]
+    base_inputs = decoder_inputs(geometry, kv_dtype, with_bias=False)
+    with stage("capture"):
+        try:
+            ep = capture_decoder_step(model, geometry, base_inputs, CaptureShapes(settings.max_batch, settings.max_seq_len))
+        except Exception as exc:  # torch.export raises many kinds; the first line says what
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnsupportedArchitectureError(f"{arch}: torch.export could not capture a decoder step ({type(exc).__name__}: {first}); rerun with --debug for details") from exc
+    reports = []
+    with stage("rewrite"):
+        for graph_pass in PASSES:
+            report = graph_pass(ep.graph_module, graph_pass.settings_type.for_model(geometry, arch))
+            log.info("%s: %d site(s), per layer %s", report.name, len(report.sites), report.sites_per_layer)
+            reports.append(report)
+        program = rebuild_program(ep)
+    return SteerableProgram(
+        program=program,
+        geometry=geometry,
+        architecture=arch,
+        inputs=decoder_inputs(geometry, kv_dtype, with_bias=True),
+        outputs=decoder_outputs(geometry, kv_dtype),
+        reports=reports,
+    )

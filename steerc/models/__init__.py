@@ -1,0 +1,5 @@
+"""Model resolution and loading."""
+
+from steerc.models.loading import DEFAULT_MODEL, LoadedModel, ModelSource, load_model, resolve_model
+
+__all__ = ["DEFAULT_MODEL", "LoadedModel", "ModelSource", "load_model", "resolve_model"]

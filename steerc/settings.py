@@ -1,0 +1,82 @@
+"""Compile settings: small frozen dataclasses, validated on construction, JSON round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS"]
+
+DTYPES = ("fp32", "fp16", "bf16")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+SUPPORTED_OPSETS = (20, 21, 22, 23)
+
+T = TypeVar("T", bound="_JsonDataclass")
+
+
+class _JsonDataclass:
+    """JSON round-trip for flat frozen dataclasses; unknown keys are rejected."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[arg-type]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known fields are {sorted(names)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls: type[T], text: str) -> T:
+        return cls.from_dict(json.loads(text))
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+@dataclass(frozen=True)
+class CompileSettings(_JsonDataclass):
+    """How ``steerc compile`` captures and exports a model.
+
+    ``max_seq_len`` bounds past + new tokens of one call (the engine's context limit);
+    ``max_batch`` bounds the batch dimension. Both become explicit ranges of the exported
+    graph's dynamic dimensions.
+    """
+
+    opset: int = 23
+    dtype: str = "fp32"
+    max_seq_len: int = 2048
+    max_batch: int = 16
+    attn_implementation: str = "sdpa"
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if self.opset not in SUPPORTED_OPSETS:
+            raise ValueError(f"opset must be one of {SUPPORTED_OPSETS}, got {self.opset!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {self.attn_implementation!r}")
+        # The capture traces with 5 new tokens after 3 past ones (see capture/export.py).
+        _check_int("max_seq_len", self.max_seq_len, 16, 1 << 20)
+        _check_int("max_batch", self.max_batch, 2, 4096)
+        if not isinstance(self.verify, bool):
+            raise ValueError(f"verify must be true or false, got {self.verify!r}")
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype]
