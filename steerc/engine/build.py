@@ -1,0 +1,119 @@
+"""``compile_engine``: model spec -> verified engine folder, atomically.
+
+Stages: load, capture, rewrite, export, verify, write. Everything is built in a hidden
+temporary folder beside the target and renamed into place at the end, so a failure or an
+interrupt never leaves a half-written engine (and ``--force`` replaces an old one only
+once the new one is complete).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import steerc
+from steerc.backends.onnx import DATA_FILE, MODEL_FILE, create_session, export_onnx, op_counts
+from steerc.compiler import capture_steerable
+from steerc.engine.genai_config import genai_config
+from steerc.engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, file_hashes, write_json_atomic
+from steerc.engine.verify import self_check
+from steerc.errors import EngineError
+from steerc.models import load_model
+from steerc.progress import StageTracker
+from steerc.settings import CompileSettings
+
+__all__ = ["compile_engine"]
+
+log = logging.getLogger(__name__)
+
+
+def _check_target(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EngineError(f"output path {out_dir} exists and is not a folder; choose another -o")
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise EngineError(f"output folder {out_dir} already exists; pass --force to replace it, or choose another -o")
+    if out_dir.exists() and force and any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).is_file():
+        raise EngineError(f"{out_dir} is not empty and is not a steerc engine; refusing to replace it even with --force")
+
+
+def _install(tmp: Path, out_dir: Path) -> None:
+    """Move the finished engine into place; an old engine is removed only afterwards."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSettings | None = None, force: bool = False, tracker: StageTracker | None = None) -> dict:
+    """Compile ``model`` (see :func:`steerc.models.resolve_model`) into ``out_dir``; returns the manifest."""
+    settings = settings or CompileSettings()
+    tracker = tracker or StageTracker()
+    out_dir = Path(out_dir).expanduser().absolute()
+    _check_target(out_dir, force)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+
+    with tracker.stage("load"):
+        loaded = load_model(model, settings.dtype, settings.attn_implementation)
+    sp = capture_steerable(loaded.model, settings, on_stage=tracker.stage)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        with tracker.stage("export"):
+            model_path = export_onnx(sp.program, tmp, sp.inputs, sp.outputs, settings.opset)
+            counts = op_counts(model_path)
+        with tracker.stage("verify"):
+            if settings.verify:
+                check = self_check(create_session(model_path), loaded.model, sp.geometry, sp.inputs, settings.dtype)
+            else:
+                check = {"skipped": "--no-verify"}
+        with tracker.stage("write"):
+            if loaded.tokenizer is not None:
+                loaded.tokenizer.save_pretrained(tmp)
+            loaded.model.config.save_pretrained(tmp)
+            if getattr(loaded.model, "generation_config", None) is not None:
+                loaded.model.generation_config.save_pretrained(tmp)
+            write_json_atomic(tmp / "genai_config.json", genai_config(loaded.model.config, sp.geometry, settings.max_seq_len, MODEL_FILE))
+            dropped = sp.program.graph_module.meta.get("steerc_dropped_asserts", [])
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "steerc_version": steerc.__version__,
+                "source": {**loaded.source.to_dict(), "sha256": loaded.sha256},
+                "architecture": sp.architecture,
+                "model_type": loaded.model.config.model_type,
+                "geometry": sp.geometry.to_dict(),
+                "dtype": settings.dtype,
+                "max_seq_len": settings.max_seq_len,
+                "max_batch": settings.max_batch,
+                "settings": settings.to_dict(),
+                "backend": {"name": "onnx", "opset": settings.opset, "model": MODEL_FILE, "data": DATA_FILE, "op_counts": counts},
+                "inputs": [s.to_dict() for s in sp.inputs],
+                "outputs": [s.to_dict() for s in sp.outputs],
+                "steering": {
+                    "input": "steer_bias",
+                    "dims": ["batch_size", "num_layers", "num_heads", "total_sequence_length"],
+                    "meaning": "additive bias on attention logits (log space) over key positions, per layer and query head, "
+                    "broadcast over query rows; 0 = unsteered, log(alpha) down-weights a key by alpha",
+                },
+                "passes": [r.to_dict() for r in sp.reports],
+                "capture": {"dropped_shape_asserts": len(dropped)},
+                "tokenizer": loaded.tokenizer is not None,
+                "chat_template": bool(getattr(loaded.tokenizer, "chat_template", None)),
+                "verify": check,
+                "compile_seconds": dict(tracker.timings),
+            }
+            manifest["files"] = file_hashes(tmp)
+            write_json_atomic(tmp / MANIFEST_FILE, manifest)
+        _install(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("engine written to %s", out_dir)
+    return manifest

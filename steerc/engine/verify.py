@@ -1,0 +1,63 @@
+"""Compile-time self-check: the ONNX engine against the eager reference.
+
+Two steps on random tokens: a prefill (past length 0) with zero bias, and a decode step
+(one token) on top of the reference's cache with a random non-zero bias over every key.
+Logits are compared as ``max|onnx - ref| / max(1, max|ref|)``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from steerc.capture.io_spec import DecoderGeometry, TensorSpec
+from steerc.errors import VerificationError
+from steerc.reference import reference_step
+
+__all__ = ["self_check", "TOLERANCE"]
+
+log = logging.getLogger(__name__)
+
+TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2, "bf16": 6e-2}
+
+
+def _rel_err(got: np.ndarray, ref: torch.Tensor) -> float:
+    ref_np = ref.float().numpy()
+    return float(np.abs(got.astype(np.float32) - ref_np).max() / max(1.0, float(np.abs(ref_np).max())))
+
+
+def self_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 0) -> dict:
+    if dtype == "bf16":
+        return {"skipped": "ONNX Runtime's CPU provider has no bfloat16 kernels for this graph; check bf16 engines on CUDA"}
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
+    np_dtype = {"fp32": np.float32, "fp16": np.float16}[dtype]
+    gen = torch.Generator().manual_seed(seed)
+    names = [s.name for s in inputs]
+
+    def run(ids, past, bias):
+        P, S = past[0].shape[2], ids.shape[1]
+        positions = torch.arange(P, P + S).unsqueeze(0)
+        mask = torch.ones(1, P + S, dtype=torch.long)
+        feed = [ids, positions, mask, *[t.to(torch_dtype) for t in past], bias]
+        got = session.run(["logits"], {n: t.numpy().astype(np_dtype) if t.is_floating_point() and n != "steer_bias" else t.numpy() for n, t in zip(names, feed)})[0]
+        ref_logits, ref_present = reference_step(model, ids, positions, mask, [t.to(torch_dtype) for t in past], None if not bias.any() else bias)
+        return got, ref_logits, ref_present
+
+    empty = [torch.zeros(1, g.num_kv_heads, 0, g.head_dim) for _ in range(2 * g.num_layers)]
+    ids = torch.randint(0, g.vocab_size, (1, prompt_len), generator=gen)
+    got, ref, present = run(ids, empty, torch.zeros(1, g.num_layers, g.num_heads, prompt_len))
+    prefill = _rel_err(got, ref)
+    nxt = torch.randint(0, g.vocab_size, (1, 1), generator=gen)
+    bias = torch.randn(1, g.num_layers, g.num_heads, prompt_len + 1, generator=gen)
+    got, ref, _ = run(nxt, [t.float() for t in present], bias)
+    decode = _rel_err(got, ref)
+    result = {"prefill_zero_bias_rel_err": prefill, "decode_steered_rel_err": decode, "tolerance": TOLERANCE[dtype], "prompt_len": prompt_len}
+    log.info("self-check: prefill %.2e, steered decode %.2e (tolerance %.0e)", prefill, decode, TOLERANCE[dtype])
+    if not (prefill <= TOLERANCE[dtype] and decode <= TOLERANCE[dtype]):
+        raise VerificationError(
+            f"the ONNX engine disagrees with the eager model (prefill {prefill:.2e}, steered decode {decode:.2e}, tolerance {TOLERANCE[dtype]:.0e}); "
+            "this is a steerc bug: rerun with --debug and report it"
+        )
+    return result

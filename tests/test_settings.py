@@ -1,0 +1,41 @@
+import pytest
+
+from steerc.passes import SteeringBiasSettings
+from steerc.settings import CompileSettings
+
+
+def test_defaults_and_json_round_trip():
+    s = CompileSettings()
+    assert (s.opset, s.dtype, s.max_seq_len) == (23, "fp32", 2048)
+    t = CompileSettings(opset=20, dtype="fp16", max_seq_len=512, max_batch=4, attn_implementation="eager", verify=False)
+    assert CompileSettings.from_json(t.to_json()) == t
+    b = SteeringBiasSettings(num_layers=30, num_heads=9, architecture="LlamaForCausalLM")
+    assert SteeringBiasSettings.from_json(b.to_json()) == b
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"opset": 17}, "opset"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"max_seq_len": 4}, "max_seq_len"),
+        ({"max_seq_len": "2048"}, "max_seq_len"),
+        ({"max_batch": 1}, "max_batch"),
+        ({"attn_implementation": "flash"}, "attn_implementation"),
+        ({"verify": "yes"}, "verify"),
+    ],
+)
+def test_invalid_values_raise_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CompileSettings(**kwargs)
+
+
+def test_unknown_json_key_is_rejected():
+    with pytest.raises(ValueError, match="unknown field"):
+        CompileSettings.from_dict({"opset": 23, "fast": True})
+
+
+@pytest.mark.parametrize("kwargs", [{"num_layers": 0, "num_heads": 1}, {"num_layers": 2, "num_heads": True}, {"num_layers": 2, "num_heads": 2, "input_name": "steer.bias"}])
+def test_steering_settings_validation(kwargs):
+    with pytest.raises(ValueError):
+        SteeringBiasSettings(**kwargs)
