@@ -145,8 +145,10 @@ def rebuild_program(ep: ExportedProgram, gm: torch.fx.GraphModule | None = None)
     if root is not None:
         args, kwargs = pytree.tree_unflatten([0] * root.in_spec.num_leaves, root.in_spec)
         _, root.in_spec = pytree.tree_flatten(((*args, *([0] * len(added_inputs))), kwargs))
-        out = pytree.tree_unflatten([0] * root.out_spec.num_leaves, root.out_spec)
-        _, root.out_spec = pytree.tree_flatten((*out, *([0] * len(added_outputs))))
+        if added_outputs:
+            out = pytree.tree_unflatten([0] * root.out_spec.num_leaves, root.out_spec)
+            out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+            _, root.out_spec = pytree.tree_flatten((*out, *([0] * len(added_outputs))))
         root.inputs = [*root.inputs, *(TensorArgument(n.name) for n in added_inputs)]
         root.outputs = [*root.outputs, *(TensorArgument(n.name) for n in added_outputs)]
         if root.forward_arg_names:

@@ -98,12 +98,16 @@ def _feeds_matmul(node: fx.Node, depth: int = 6) -> bool:
     return False
 
 
-def _mask_kind(mask, causal) -> str:
+def _mask_kind(target, mask, causal) -> str:
+    """Only the public op reads a bool mask as keep/drop; the private overloads add whatever
+    mask they get (a bool one as 0/1), so theirs counts as "float"."""
     if causal is True:
         return "is_causal"
     if mask is None:
         return "none"
-    return "bool" if mask.meta["val"].dtype == torch.bool else "float"
+    if mask.meta["val"].dtype == torch.bool and target == aten.scaled_dot_product_attention.default:
+        return "bool"
+    return "float"
 
 
 def find_attention_sites(gm: fx.GraphModule, architecture: str = "model") -> list[AttentionSite]:
@@ -121,7 +125,7 @@ def find_attention_sites(gm: fx.GraphModule, architecture: str = "model") -> lis
         if node.target in SDPA_MASK_ARGS:
             mask_name, causal_name = SDPA_MASK_ARGS[node.target]
             kind, heads = "sdpa", node.args[0].meta["val"].shape[1]
-            mask = _mask_kind(get_arg(node, mask_name), get_arg(node, causal_name))
+            mask = _mask_kind(node.target, get_arg(node, mask_name), get_arg(node, causal_name))
         elif node.target in SOFTMAX_TARGETS:
             val = node.meta.get("val")
             if val is None or val.dim() != 4 or node.args[1] not in (-1, 3) or not _feeds_matmul(node):

@@ -7,8 +7,9 @@ P+S key positions). Site ``l`` receives ``steer_bias[:, l, :, None, :]``, i.e.
 
 Rewrites, per site kind (the bias is cast to the site's dtype first):
 
-* SDPA, bool mask ``m``      -> ``attn_mask = where(m, bias, finfo.min)``
-* SDPA, float mask ``m``     -> ``attn_mask = m + bias``
+* SDPA, bool mask ``m``      -> ``attn_mask = where(m, bias, finfo.min)`` (public op: True = attend)
+* SDPA, float mask ``m``     -> ``attn_mask = m + bias`` (private overloads add any mask they
+  get, a bool one as 0/1, so theirs is rewritten this way too)
 * SDPA, no mask              -> ``attn_mask = bias``
 * SDPA, ``is_causal=True``   -> ``attn_mask = where(tril(ones(S, P+S)), bias, finfo.min)``, ``is_causal=False``
   (the same top-left alignment SDPA itself uses)
@@ -60,12 +61,17 @@ class SteeringBiasSettings(_JsonDataclass):
         return cls(num_layers=geometry.num_layers, num_heads=geometry.num_heads, architecture=architecture)
 
 
+def _fake_mode(graph: fx.Graph):
+    """The fake mode the graph's values were traced under (None for a graph without metadata)."""
+    return torch._guards.detect_fake_mode([n.meta["val"] for n in graph.nodes if n.op == "placeholder" and "val" in n.meta])
+
+
 def _call(graph: fx.Graph, target, *args, **kwargs) -> fx.Node:
     """Insert ``target(*args, **kwargs)`` and give it ``meta["val"]`` by running the op on its
     inputs' fake values (needed by the ExportedProgram verifier and by later passes)."""
     node = graph.call_function(target, args, kwargs)
     vals = torch.fx.node.map_arg((args, kwargs), lambda n: n.meta.get("val"))
-    fake_mode = torch._guards.detect_fake_mode(torch.utils._pytree.tree_leaves(vals))
+    fake_mode = _fake_mode(graph)
     if fake_mode is not None:
         with fake_mode:
             node.meta["val"] = target(*vals[0], **vals[1])
@@ -94,7 +100,7 @@ def _rewrite_sdpa(graph: fx.Graph, site: AttentionSite, bias: fx.Node) -> None:
     dtype = query.meta["val"].dtype
     lowest = torch.finfo(dtype).min
     mask = get_arg(node, mask_name)
-    mask_dtype = mask.meta["val"].dtype if site.mask == "float" else dtype
+    mask_dtype = mask.meta["val"].dtype if site.mask == "float" and mask.meta["val"].dtype.is_floating_point else dtype
     rows = _call(graph, aten.sym_size.int, query, 2)  # S
     cols = _call(graph, aten.sym_size.int, key, 2)  # P+S
     layer_bias = _layer_bias(graph, bias, site.layer, mask_dtype, site.heads, rows, cols)  # [B, H, S, P+S]
@@ -159,7 +165,7 @@ def insert_steering_bias(gm: fx.GraphModule, settings: SteeringBiasSettings) -> 
         bias = graph.placeholder(settings.input_name)  # [B, L, H, P+S]
     bias.meta["steerc_input"] = True
     query_val, key_val = sites[0].node.args[0].meta["val"], _key_val(sites[0])
-    fake_mode = torch._guards.detect_fake_mode([query_val])
+    fake_mode = _fake_mode(graph)
     if fake_mode is not None:
         with fake_mode:  # [B, L, H, P+S]: batch of the queries, length of the keys
             bias.meta["val"] = torch.empty(query_val.shape[0], settings.num_layers, settings.num_heads, key_val.shape[-2], dtype=torch.float32)
