@@ -53,3 +53,11 @@ def assert_step_close(got, ref, mask: torch.Tensor, seq: int, atol: float = 1e-5
     for g_kv, r_kv in zip(got_present, ref_present):
         g_kv = torch.as_tensor(g_kv)
         torch.testing.assert_close(g_kv.transpose(1, 2)[keys], r_kv.transpose(1, 2)[keys], atol=atol, rtol=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A tiny Llama checkpoint folder (config + safetensors, no tokenizer)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(folder)
+    return folder

@@ -20,7 +20,7 @@ from steerc.compiler import capture_steerable
 from steerc.engine.genai_config import genai_config
 from steerc.engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, file_hashes, write_json_atomic
 from steerc.engine.verify import self_check
-from steerc.errors import EngineError
+from steerc.errors import EngineError, require
 from steerc.models import load_model
 from steerc.progress import StageTracker
 from steerc.settings import CompileSettings
@@ -56,6 +56,9 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
     tracker = tracker or StageTracker()
     out_dir = Path(out_dir).expanduser().absolute()
     _check_target(out_dir, force)
+    # Fail before minutes of loading and capture, not at the export stage.
+    for module in ("onnx", "onnxscript") + (("onnxruntime",) if settings.verify else ()):
+        require(module, "the ONNX backend")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
     with tracker.stage("load"):
