@@ -18,7 +18,7 @@ import steerc
 from steerc.backends.onnx import DATA_FILE, MODEL_FILE, create_session, export_onnx, op_counts
 from steerc.compiler import capture_steerable
 from steerc.engine.genai_config import genai_config
-from steerc.engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, file_hashes, write_json_atomic
+from steerc.engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, write_json_atomic, write_manifest
 from steerc.engine.verify import self_check
 from steerc.errors import EngineError, require
 from steerc.models import load_model
@@ -112,8 +112,7 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                 "verify": check,
                 "compile_seconds": dict(tracker.timings),
             }
-            manifest["files"] = file_hashes(tmp)
-            write_json_atomic(tmp / MANIFEST_FILE, manifest)
+            manifest = write_manifest(tmp, manifest)
         _install(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 from steerc.errors import EngineError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "file_hashes", "write_json_atomic", "read_manifest", "verify_files"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "file_hashes", "write_json_atomic", "write_manifest", "read_manifest", "verify_files"]
 
 FORMAT = "steerc-engine"
 FORMAT_VERSION = 1
@@ -55,6 +55,20 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def _checksum(data: dict) -> str:
+    body = {k: v for k, v in data.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_manifest(folder: Path, data: dict) -> dict:
+    """Hash every other file into ``files``, add the manifest's own ``checksum`` (sha256 of
+    its canonical JSON), and write ``steerc.json`` atomically. Returns what was written."""
+    data = {**data, "files": file_hashes(folder)}
+    data["checksum"] = _checksum(data)
+    write_json_atomic(Path(folder) / MANIFEST_FILE, data)
+    return data
+
+
 def verify_files(folder: Path, expected: dict[str, str]) -> None:
     folder = Path(folder)
     for rel, digest in expected.items():
@@ -83,6 +97,8 @@ def read_manifest(folder: Path, check_files: bool = True) -> dict[str, Any]:
         raise EngineError(
             f"engine {folder} has format version {data.get('format_version')!r}; this steerc reads version {FORMAT_VERSION}: recompile it"
         )
+    if data.get("checksum") != _checksum(data):
+        raise EngineError(f"{path} is corrupt (its checksum does not match its contents); recompile the engine with --force")
     for key in ("files", "inputs", "outputs", "geometry"):
         if key not in data:
             raise EngineError(f"{path} lacks '{key}'; the engine is corrupt: recompile it with --force")

@@ -117,12 +117,22 @@ def test_partial_folder_is_refused(engine_copy):
         read_manifest(engine_copy)
 
 
+def _resealed(text, **changes):
+    """A manifest edited on purpose and given a valid checksum (e.g. written by another version)."""
+    from steerc.engine.manifest import _checksum
+
+    data = {**json.loads(text), **changes}
+    data["checksum"] = _checksum(data)
+    return json.dumps(data)
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
         (lambda text: text[: len(text) // 2], "not valid JSON"),
-        (lambda text: text.replace(f'"format_version": {FORMAT_VERSION}', '"format_version": 99'), "format version 99"),
-        (lambda text: text.replace('"steerc-engine"', '"other"'), "not a steerc engine manifest"),
+        (lambda text: _resealed(text, format_version=99), "format version 99"),
+        (lambda text: _resealed(text, format="other"), "not a steerc engine manifest"),
+        (lambda text: text.replace('"dtype": "fp32"', '"dtype": "fp16"'), "checksum does not match"),
     ],
 )
 def test_bad_manifest_is_refused(engine_copy, edit, message):
