@@ -61,3 +61,24 @@ def tiny_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-llama")
     tiny_model("llama").save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def default_engine(tmp_path_factory):
+    """The real default model compiled once per session with `steerc compile` (minutes)."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("default") / "smollm2"
+    result = subprocess.run([sys.executable, "-m", "steerc.cli", "compile", "-o", str(out)], capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_folder, tmp_path_factory):
+    """The tiny Llama compiled into an engine folder (no tokenizer)."""
+    from steerc.engine import compile_engine
+
+    out = tmp_path_factory.mktemp("tiny-engine") / "engine"
+    compile_engine(str(tiny_folder), out, CompileSettings(max_seq_len=64, max_batch=4))
+    return out

@@ -2,8 +2,6 @@
 then the engine's greedy tokens against HF `generate` for two chat prompts. Takes minutes."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,15 +15,6 @@ pytestmark = pytest.mark.slow
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea."]
 NEW_TOKENS = 24
-
-
-@pytest.fixture(scope="module")
-def default_engine(tmp_path_factory):
-    out = tmp_path_factory.mktemp("default") / "smollm2"
-    result = subprocess.run([sys.executable, "-m", "steerc.cli", "compile", "-o", str(out)], capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stdout + result.stderr
-    print(result.stdout)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,94 @@
+"""``Engine``: a loaded engine folder (manifest checked, ONNX Runtime session, tokenizer)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from steerc.backends.onnx import create_session
+from steerc.capture.io_spec import DecoderGeometry
+from steerc.engine.manifest import read_manifest
+from steerc.errors import EngineError, SteercError
+from steerc.runtime.kv_cache import KVCache
+
+__all__ = ["Engine", "ContextTooLongError"]
+
+log = logging.getLogger(__name__)
+
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+class ContextTooLongError(SteercError):
+    """A request needs more positions than the engine was compiled for."""
+
+
+class Engine:
+    """Run one decoder step at a time; see :mod:`steerc.runtime.generate` for the loops."""
+
+    def __init__(self, folder: Path, manifest: dict, session, tokenizer, device: str):
+        self.folder = folder
+        self.manifest = manifest
+        self.session = session
+        self.tokenizer = tokenizer
+        self.device = device
+        self.geometry = DecoderGeometry(**manifest["geometry"])
+        self.max_seq_len: int = manifest["max_seq_len"]
+        self.max_batch: int = manifest["max_batch"]
+        kv_dtype = manifest["inputs"][3]["dtype"]
+        if kv_dtype not in _NP_DTYPES:
+            raise EngineError(f"engine {folder} has KV dtype {kv_dtype}, which the CPU runtime cannot feed from numpy; use an fp32 or fp16 engine")
+        self.kv_dtype = _NP_DTYPES[kv_dtype]
+        self.input_names = [s["name"] for s in manifest["inputs"]]
+        self.output_names = [s["name"] for s in manifest["outputs"]]
+        self.eos_token_ids = _eos_ids(folder)
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu", threads: int | None = None, check_files: bool = True) -> "Engine":
+        """Check the manifest (format version, every file's sha256) and open a session."""
+        folder = Path(folder)
+        manifest = read_manifest(folder, check_files=check_files)
+        session = create_session(folder / manifest["backend"]["model"], device=device, threads=threads)
+        tokenizer = None
+        if manifest.get("tokenizer"):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        return cls(folder, manifest, session, tokenizer, device)
+
+    def new_cache(self, batch: int) -> KVCache:
+        g = self.geometry
+        return KVCache.empty(g.num_layers, batch, g.num_kv_heads, g.head_dim, self.kv_dtype)
+
+    def check_length(self, total: int, what: str = "the request") -> None:
+        if total > self.max_seq_len:
+            raise ContextTooLongError(
+                f"{what} needs {total} positions but this engine allows at most {self.max_seq_len}; "
+                "shorten it, or recompile with a larger --max-seq-len"
+            )
+
+    def forward(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache, bias: np.ndarray) -> tuple[np.ndarray, KVCache]:
+        """One engine call: ``input_ids [B,S]``, ``attention_mask [B,P+S]``, ``bias [B,L,H,P+S]``
+        -> ``(logits [B,S,V], cache extended by S positions)``."""
+        B, S = input_ids.shape
+        total = cache.length + S
+        if attention_mask.shape != (B, total) or bias.shape != (B, self.geometry.num_layers, self.geometry.num_heads, total):
+            raise ValueError(f"inconsistent step shapes: ids {input_ids.shape}, mask {attention_mask.shape}, bias {bias.shape}, cache length {cache.length}")
+        feed = dict(zip(self.input_names, (input_ids, position_ids, attention_mask, *cache.flat(), bias)))
+        logits, *present = self.session.run(self.output_names, feed)
+        return logits, KVCache.from_flat(present)
+
+
+def _eos_ids(folder: Path) -> set[int]:
+    ids: set[int] = set()
+    for name in ("generation_config.json", "config.json"):
+        path = folder / name
+        if path.is_file():
+            value = json.loads(path.read_text()).get("eos_token_id")
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list):
+                ids.update(int(v) for v in value)
+    return ids

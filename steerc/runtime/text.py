@@ -1,0 +1,146 @@
+"""Text in, text out: chat template, left-padded batches, stop strings, streaming, timings."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from steerc.errors import SteercError
+from steerc.runtime.engine import Engine
+from steerc.runtime.generate import SamplingParams, generate
+from steerc.runtime.steering import Steering
+
+__all__ = ["Completion", "TextStream", "encode_prompts", "complete"]
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str  # "stop" (EOS or stop string) | "length"
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    batch_prompt_tokens: int = 0  # all rows' prompt tokens, for throughput
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return (self.batch_prompt_tokens or self.prompt_tokens) / self.prefill_s if self.prefill_s else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        steps = max(len(self.token_ids) - 1, 0)
+        return steps / self.decode_s if self.decode_s else 0.0
+
+
+def _tokenize(engine: Engine, prompt: str, chat: bool) -> list[int]:
+    tok = engine.tokenizer
+    if tok is None:
+        raise SteercError(f"engine {engine.folder} has no tokenizer; pass token ids to steerc.runtime.generate instead")
+    if chat and getattr(tok, "chat_template", None):
+        out = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+        ids = out["input_ids"] if hasattr(out, "keys") else out
+    else:
+        ids = tok(prompt)["input_ids"]
+    return list(ids)
+
+
+def encode_prompts(engine: Engine, prompts: list[str], chat: bool = True) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Left-padded ``input_ids [B, S]``, ``attention_mask [B, S]`` and each prompt's length.
+    Refuses a prompt longer than the engine allows before any engine work."""
+    rows = [_tokenize(engine, p, chat) for p in prompts]
+    for i, ids in enumerate(rows):
+        engine.check_length(len(ids) + 1, f"prompt {i + 1} ({len(ids)} tokens, plus one to generate)")
+    width = max(len(r) for r in rows)
+    pad = engine.tokenizer.pad_token_id
+    pad = pad if pad is not None else next(iter(engine.eos_token_ids), 0)
+    ids = np.full((len(rows), width), pad, np.int64)
+    mask = np.zeros((len(rows), width), np.int64)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = r
+        mask[i, width - len(r) :] = 1
+    return ids, mask, [len(r) for r in rows]
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    hits = [text.index(s) for s in stops if s in text]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+class TextStream:
+    """Iterate to receive text deltas for one prompt; ``completion`` holds the result after.
+
+    Text that could still become a stop string is held back until it cannot."""
+
+    def __init__(self, engine: Engine, prompt: str, *, max_new_tokens: int = 128, sampling: SamplingParams = SamplingParams(),
+                 steering: Steering | None = None, stop: tuple[str, ...] = (), chat: bool = True):
+        self.engine, self.prompt, self.max_new_tokens, self.sampling, self.steering = engine, prompt, max_new_tokens, sampling, steering
+        self.stop, self.chat = tuple(s for s in stop if s), chat
+        self.ids, self.mask, self.lengths = encode_prompts(engine, [prompt], chat)  # refuses before any work
+        self.completion: Completion | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        tok = self.engine.tokenizer
+        tokens: list[int] = []
+        emitted, finish = "", "length"
+        hold = max((len(s) for s in self.stop), default=1) - 1
+        start = time.perf_counter()
+        first = None
+        for step in generate(self.engine, self.ids, self.mask, max_new_tokens=self.max_new_tokens, sampling=self.sampling, steering=self.steering):
+            first = first or time.perf_counter()
+            token = int(step[0])
+            if token in self.engine.eos_token_ids:
+                finish = "stop"
+                break
+            tokens.append(token)
+            text, hit = _cut_at_stop(tok.decode(tokens, skip_special_tokens=True), self.stop)
+            safe = text if hit else text[: max(len(emitted), len(text) - hold)]
+            if len(safe) > len(emitted) and not safe.endswith("\ufffd"):
+                yield safe[len(emitted) :]
+                emitted = safe
+            if hit:
+                finish = "stop"
+                break
+        end = time.perf_counter()
+        text, _ = _cut_at_stop(tok.decode(tokens, skip_special_tokens=True), self.stop)
+        if len(text) > len(emitted):
+            yield text[len(emitted) :]
+        first = first or end
+        self.completion = Completion(text, tokens, self.lengths[0], finish, prefill_s=first - start, decode_s=end - first)
+
+
+def complete(engine: Engine, prompts: list[str], *, max_new_tokens: int = 128, sampling: SamplingParams = SamplingParams(),
+             steering: Steering | None = None, stop: tuple[str, ...] = (), chat: bool = True) -> list[Completion]:
+    """Generate for a batch of prompts at once (left-padded); one Completion per prompt."""
+    ids, mask, lengths = encode_prompts(engine, prompts, chat)
+    B = len(prompts)
+    tokens: list[list[int]] = [[] for _ in range(B)]
+    finish = ["length"] * B
+    done = np.zeros(B, bool)
+    stops = tuple(s for s in stop if s)
+    start = time.perf_counter()
+    first = None
+    for step in generate(engine, ids, mask, max_new_tokens=max_new_tokens, sampling=sampling, steering=steering):
+        first = first or time.perf_counter()
+        for i, token in enumerate(step.tolist()):
+            if done[i]:
+                continue
+            if token in engine.eos_token_ids:
+                done[i], finish[i] = True, "stop"
+                continue
+            tokens[i].append(token)
+            if stops and _cut_at_stop(engine.tokenizer.decode(tokens[i], skip_special_tokens=True), stops)[1]:
+                done[i], finish[i] = True, "stop"
+        if done.all():
+            break
+    end = time.perf_counter()
+    first = first or end
+    out = []
+    for i in range(B):
+        text, _ = _cut_at_stop(engine.tokenizer.decode(tokens[i], skip_special_tokens=True), stops)
+        out.append(Completion(text, tokens[i], lengths[i], finish[i], prefill_s=first - start, decode_s=end - first, batch_prompt_tokens=int(mask.sum())))
+    return out
