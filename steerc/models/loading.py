@@ -28,7 +28,7 @@ from typing import Any
 
 from steerc.errors import ModelNotFoundError, UnsupportedArchitectureError
 
-__all__ = ["DEFAULT_MODEL", "ModelSource", "LoadedModel", "resolve_model", "load_model", "cache_dir", "sha256_file"]
+__all__ = ["DEFAULT_MODEL", "ModelSource", "LoadedModel", "resolve_model", "checkpoint_folder", "load_model", "cache_dir", "sha256_file"]
 
 log = logging.getLogger(__name__)
 
@@ -156,18 +156,23 @@ def _convert_gguf(gguf: Path, digest: str) -> Path:
     return target
 
 
+def checkpoint_folder(spec: str | ModelSource | None) -> tuple[Path, str]:
+    """A plain HF checkpoint folder for any spec (GGUF converted once, then cached) and the
+    source's sha256 (of the .gguf file, or of the folder's weight and config files)."""
+    source = spec if isinstance(spec, ModelSource) else resolve_model(spec)
+    if source.kind == "gguf":
+        digest = sha256_file(source.path)
+        return _convert_gguf(source.path, digest), digest
+    return source.path, _folder_sha256(source.path)
+
+
 def load_model(spec: str | ModelSource | None, dtype: str = "fp32", attn_implementation: str = "sdpa") -> LoadedModel:
     """Load a causal LM and its tokenizer (None if the checkpoint ships none), in eval mode."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     source = spec if isinstance(spec, ModelSource) else resolve_model(spec)
-    if source.kind == "gguf":
-        digest = sha256_file(source.path)
-        folder = _convert_gguf(source.path, digest)
-    else:
-        folder = source.path
-        digest = _folder_sha256(folder)
+    folder, digest = checkpoint_folder(source)
     config = AutoConfig.from_pretrained(folder)
     try:
         AutoModelForCausalLM._model_mapping[type(config)]  # noqa: B018 - raises KeyError when unsupported
