@@ -215,8 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"steerc: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("steerc: interrupted; nothing was written", file=sys.stderr)
+        print("steerc: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not bad input: still one line unless --debug
+        if args.debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"steerc: internal error: {type(exc).__name__}: {first[:300]} (rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ def _rel_err(got: np.ndarray, ref: torch.Tensor) -> float:
 
 
 def self_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 0) -> dict:
-    if dtype == "bf16":
-        return {"skipped": "ONNX Runtime's CPU provider has no bfloat16 kernels for this graph; check bf16 engines on CUDA"}
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
     np_dtype = {"fp32": np.float32, "fp16": np.float16}[dtype]
     gen = torch.Generator().manual_seed(seed)

@@ -50,6 +50,8 @@ class Engine:
         """Check the manifest (format version, every file's sha256) and open a session."""
         folder = Path(folder)
         manifest = read_manifest(folder, check_files=check_files)
+        if manifest["dtype"] == "bf16" and device == "cpu":
+            raise EngineError(f"engine {folder} is bf16, which ONNX Runtime's CPU provider cannot run; use --device cuda, or compile with --dtype fp32/fp16")
         session = create_session(folder / manifest["backend"]["model"], device=device, threads=threads)
         tokenizer = None
         if manifest.get("tokenizer"):

@@ -8,6 +8,7 @@ from conftest import TEST_SETTINGS
 from steerc.engine import MANIFEST_FILE, compile_engine, read_manifest
 from steerc.engine.manifest import FORMAT_VERSION
 from steerc.errors import EngineError
+from steerc.settings import CompileSettings
 
 GENAI_MODEL_KEYS = {"bos_token_id", "context_length", "decoder", "eos_token_id", "pad_token_id", "type", "vocab_size"}
 GENAI_DECODER_KEYS = {"session_options", "filename", "head_size", "hidden_size", "inputs", "outputs", "num_attention_heads", "num_hidden_layers", "num_key_value_heads"}
@@ -147,3 +148,18 @@ def test_missing_manifest(tmp_path):
         read_manifest(tmp_path)
     with pytest.raises(EngineError, match="does not exist"):
         read_manifest(tmp_path / "nope")
+
+
+def test_fp16_engine_is_verified(tiny_folder, tmp_path):
+    manifest = compile_engine(str(tiny_folder), tmp_path / "e", CompileSettings(dtype="fp16", max_seq_len=64))
+    assert manifest["inputs"][3]["dtype"] == "float16" and manifest["dtype"] == "fp16"
+    assert manifest["verify"]["prefill_zero_bias_rel_err"] < manifest["verify"]["tolerance"] == 3e-2
+
+
+def test_bf16_engine_skips_cpu_verification_and_cpu_runtime_refuses_it(tiny_folder, tmp_path):
+    from steerc.runtime import Engine
+
+    manifest = compile_engine(str(tiny_folder), tmp_path / "e", CompileSettings(dtype="bf16", max_seq_len=64))
+    assert "no bfloat16" in manifest["verify"]["skipped"]
+    with pytest.raises(EngineError, match="bf16, which ONNX Runtime's CPU provider cannot run"):
+        Engine.load(tmp_path / "e")
