@@ -17,10 +17,13 @@ __all__ = ["main"]
 STAGES = ("load", "capture", "rewrite", "export", "verify", "write")
 
 
-def _console():
+PREFILL_CHUNK = 512  # long prompts are prefilled in chunks of this many tokens, with a progress bar
+
+
+def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False, soft_wrap=True)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 def _peak_rss_mib() -> float:
@@ -126,7 +129,23 @@ def cmd_generate(args) -> int:
     if args.max_new_tokens < 1:
         raise SteercError(f"invalid option: --max-new-tokens must be at least 1, got {args.max_new_tokens}")
     engine = Engine.load(args.engine, device=args.device, threads=args.threads)
-    stream = TextStream(engine, prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, stop=tuple(args.stop or ()), chat=not args.no_chat)
+    from rich.progress import Progress
+
+    progress = Progress(transient=True, console=_console(stderr=True))
+    task = {}
+
+    def on_prefill(done: int, total: int) -> None:  # shown for long prompts only
+        if total <= PREFILL_CHUNK:
+            return
+        if not task:
+            progress.start()
+            task["id"] = progress.add_task("prefill", total=total)
+        progress.update(task["id"], completed=done)
+        if done == total:
+            progress.stop()
+
+    stream = TextStream(engine, prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, stop=tuple(args.stop or ()), chat=not args.no_chat,
+                        prefill_chunk=PREFILL_CHUNK, progress=on_prefill)
     if args.no_stream:
         print("".join(stream), flush=True)
     else:

@@ -54,8 +54,13 @@ def capture_steerable(model, settings: CompileSettings, on_stage=None) -> Steera
             raise UnsupportedArchitectureError(f"{arch}: torch.export could not capture a decoder step ({type(exc).__name__}: {first}); rerun with --debug for details") from exc
     reports = []
     with stage("rewrite"):
+        attn = model.config._attn_implementation
         for graph_pass in PASSES:
-            report = graph_pass(ep.graph_module, graph_pass.settings_type.for_model(geometry, arch))
+            pass_settings = graph_pass.settings_type.for_model(geometry, arch, attn)
+            if pass_settings is None:
+                log.info("%s: does not apply to %s (%s attention), skipped", graph_pass.__name__, arch, attn)
+                continue
+            report = graph_pass(ep.graph_module, pass_settings)
             log.info("%s: %d site(s), per layer %s", report.name, len(report.sites), report.sites_per_layer)
             reports.append(report)
         program = rebuild_program(ep)

@@ -57,7 +57,7 @@ class SteeringBiasSettings(_JsonDataclass):
             raise ValueError(f"input_name must be a Python identifier, got {self.input_name!r}")
 
     @classmethod
-    def for_model(cls, geometry, architecture: str) -> "SteeringBiasSettings":
+    def for_model(cls, geometry, architecture: str, attn_implementation: str = "sdpa") -> "SteeringBiasSettings":
         return cls(num_layers=geometry.num_layers, num_heads=geometry.num_heads, architecture=architecture)
 
 

@@ -77,9 +77,11 @@ class TextStream:
     Text that could still become a stop string is held back until it cannot."""
 
     def __init__(self, engine: Engine, prompt: str, *, max_new_tokens: int = 128, sampling: SamplingParams = SamplingParams(),
-                 steering: Steering | None = None, stop: tuple[str, ...] = (), chat: bool = True):
+                 steering: Steering | None = None, stop: tuple[str, ...] = (), chat: bool = True,
+                 prefill_chunk: int = 0, progress=None):
         self.engine, self.prompt, self.max_new_tokens, self.sampling, self.steering = engine, prompt, max_new_tokens, sampling, steering
         self.stop, self.chat = tuple(s for s in stop if s), chat
+        self.prefill_chunk, self.progress = prefill_chunk, progress  # progress(done, total) after each prefill chunk
         self.ids, self.mask, self.lengths = encode_prompts(engine, [prompt], chat)  # refuses before any work
         self.completion: Completion | None = None
 
@@ -90,7 +92,8 @@ class TextStream:
         hold = max((len(s) for s in self.stop), default=1) - 1
         start = time.perf_counter()
         first = None
-        for step in generate(self.engine, self.ids, self.mask, max_new_tokens=self.max_new_tokens, sampling=self.sampling, steering=self.steering):
+        for step in generate(self.engine, self.ids, self.mask, max_new_tokens=self.max_new_tokens, sampling=self.sampling, steering=self.steering,
+                             prefill_chunk=self.prefill_chunk, progress=self.progress):
             first = first or time.perf_counter()
             token = int(step[0])
             if token in self.engine.eos_token_ids:
