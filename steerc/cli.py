@@ -17,7 +17,6 @@ __all__ = ["main"]
 STAGES = ("load", "capture", "rewrite", "export", "verify", "write")
 
 
-PREFILL_CHUNK = 512  # long prompts are prefilled in chunks of this many tokens, with a progress bar
 
 
 def _console(stderr: bool = False):
@@ -114,6 +113,7 @@ def cmd_inspect(args) -> int:
 
 def cmd_generate(args) -> int:
     from steerc.runtime import Engine, SamplingParams, TextStream
+    from steerc.runtime.generate import DEFAULT_PREFILL_CHUNK as PREFILL_CHUNK
 
     if args.prompt_file:
         try:

@@ -16,7 +16,12 @@ from steerc.runtime.engine import Engine
 from steerc.runtime.kv_cache import KVCache
 from steerc.runtime.steering import Steering
 
-__all__ = ["SamplingParams", "prefill", "decode_one_token", "generate", "sample", "positions_for"]
+# Prompts are prefilled in calls of at most this many tokens: exact (each chunk attends to the
+# cache so far) and it bounds prefill memory, which one call would spend on [B, S, V] logits and
+# [B, H, S, P+S] masks (a 4 x 2048-token prefill in one call was OOM-killed at 24 GiB).
+DEFAULT_PREFILL_CHUNK = 512
+
+__all__ = ["DEFAULT_PREFILL_CHUNK", "SamplingParams", "prefill", "decode_one_token", "generate", "sample", "positions_for"]
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ def generate(
     steering: Steering | None = None,
     stop_token_ids: set[int] | None = None,
     cache: KVCache | None = None,
-    prefill_chunk: int = 0,
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     progress: Callable[[int, int], None] | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield the next token of every row, ``[B]``, until every row hit a stop token, the

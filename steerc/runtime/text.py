@@ -10,7 +10,7 @@ import numpy as np
 
 from steerc.errors import SteercError
 from steerc.runtime.engine import Engine
-from steerc.runtime.generate import SamplingParams, generate
+from steerc.runtime.generate import DEFAULT_PREFILL_CHUNK, SamplingParams, generate
 from steerc.runtime.steering import Steering
 
 __all__ = ["Completion", "TextStream", "encode_prompts", "complete"]
@@ -78,7 +78,7 @@ class TextStream:
 
     def __init__(self, engine: Engine, prompt: str, *, max_new_tokens: int = 128, sampling: SamplingParams = SamplingParams(),
                  steering: Steering | None = None, stop: tuple[str, ...] = (), chat: bool = True,
-                 prefill_chunk: int = 0, progress=None):
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, progress=None):
         self.engine, self.prompt, self.max_new_tokens, self.sampling, self.steering = engine, prompt, max_new_tokens, sampling, steering
         self.stop, self.chat = tuple(s for s in stop if s), chat
         self.prefill_chunk, self.progress = prefill_chunk, progress  # progress(done, total) after each prefill chunk
