@@ -66,7 +66,8 @@ def cmd_compile(args) -> int:
     console.print(
         f"[bold green]engine ready[/] {Path(args.output)}\n"
         f"  model     {manifest['architecture']} ({manifest['model_type']}), {g['num_layers']} layers, {g['num_heads']} heads / {g['num_kv_heads']} kv heads, head dim {g['head_dim']}\n"
-        f"  rewrite   {report['num_sites']} attention sites steered ({', '.join(f'{k}: {v}' for k, v in report['kinds'].items())})\n"
+        f"  rewrite   {report['num_sites']} attention sites steered ({', '.join(f'{k}: {v}' for k, v in report['kinds'].items())}); "
+        f"passes: {', '.join(p['name'] + ' (' + str(p['num_sites']) + ')' for p in manifest['passes'])}\n"
         f"  onnx      opset {manifest['backend']['opset']}, {sum(counts.values())} nodes, attention ops {attention_ops}\n"
         f"  verify    {_verify_line(manifest['verify'])}\n"
         f"  time      {total:.1f} s total; peak memory {_peak_rss_mib():.0f} MiB"

@@ -38,8 +38,9 @@ def test_manifest_contract(engine):
     assert manifest["source"]["kind"] == "folder" and len(manifest["source"]["sha256"]) == 64
     assert manifest["inputs"][-1] == {"name": "steer_bias", "dtype": "float32", "dims": ["batch_size", 2, 4, "total_sequence_length"]}
     assert [o["name"] for o in manifest["outputs"]][:3] == ["logits", "present.0.key", "present.0.value"]
-    (report,) = manifest["passes"]
-    assert report["name"] == "insert_steering_bias" and report["sites_per_layer"] == {"0": 1, "1": 1}
+    steer, gqa = manifest["passes"]  # the tiny Llama is GQA (4 heads, 2 KV heads)
+    assert steer["name"] == "insert_steering_bias" and steer["sites_per_layer"] == {"0": 1, "1": 1}
+    assert gqa["name"] == "use_native_gqa" and gqa["num_sites"] == 2
     assert manifest["backend"]["op_counts"]["Attention"] == 2
     assert manifest["verify"]["prefill_zero_bias_rel_err"] < 1e-4 and manifest["verify"]["decode_steered_rel_err"] < 1e-4
     assert manifest["max_seq_len"] == 256 and manifest["tokenizer"] is False
