@@ -34,7 +34,7 @@ from torch import fx
 from steerc.errors import PassError
 from steerc.passes.attention_sites import SDPA_MASK_ARGS, AttentionSite, find_attention_sites, get_arg, set_arg
 from steerc.passes.report import PassReport, SiteReport
-from steerc.settings import _JsonDataclass
+from steerc.settings import _check_int, _JsonDataclass
 
 __all__ = ["SteeringBiasSettings", "insert_steering_bias"]
 
@@ -50,9 +50,7 @@ class SteeringBiasSettings(_JsonDataclass):
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            _check_int(name, getattr(self, name), 1)
         if not self.input_name.isidentifier():
             raise ValueError(f"input_name must be a Python identifier, got {self.input_name!r}")
 

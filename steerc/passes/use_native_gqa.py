@@ -20,7 +20,7 @@ from torch import fx
 from steerc.errors import PassError
 from steerc.passes.attention_sites import get_arg, set_arg
 from steerc.passes.report import PassReport, SiteReport
-from steerc.settings import _JsonDataclass
+from steerc.settings import _check_int, _JsonDataclass
 
 __all__ = ["NativeGqaSettings", "use_native_gqa"]
 
@@ -37,9 +37,7 @@ class NativeGqaSettings(_JsonDataclass):
 
     def __post_init__(self) -> None:
         for name in ("num_heads", "num_kv_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            _check_int(name, getattr(self, name), 1)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
 
