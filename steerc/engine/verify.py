@@ -20,7 +20,7 @@ __all__ = ["self_check", "TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
-TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2, "bf16": 6e-2}
+TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2}  # bf16 is not self-checked on CPU (see engine/build.py)
 
 
 def _rel_err(got: np.ndarray, ref: torch.Tensor) -> float:

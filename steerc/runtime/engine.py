@@ -29,6 +29,7 @@ class Engine:
     """Run one decoder step at a time; see :mod:`steerc.runtime.generate` for the loops."""
 
     def __init__(self, folder: Path, manifest: dict, session, tokenizer, device: str):
+        self.kv_dtype = _kv_dtype(folder, manifest)
         self.folder = folder
         self.manifest = manifest
         self.session = session
@@ -37,10 +38,6 @@ class Engine:
         self.geometry = DecoderGeometry(**manifest["geometry"])
         self.max_seq_len: int = manifest["max_seq_len"]
         self.max_batch: int = manifest["max_batch"]
-        kv_dtype = manifest["inputs"][3]["dtype"]
-        if kv_dtype not in _NP_DTYPES:
-            raise EngineError(f"engine {folder} has KV dtype {kv_dtype}, which the CPU runtime cannot feed from numpy; use an fp32 or fp16 engine")
-        self.kv_dtype = _NP_DTYPES[kv_dtype]
         self.input_names = [s["name"] for s in manifest["inputs"]]
         self.output_names = [s["name"] for s in manifest["outputs"]]
         self.eos_token_ids = _eos_ids(folder)
@@ -50,8 +47,7 @@ class Engine:
         """Check the manifest (format version, every file's sha256) and open a session."""
         folder = Path(folder)
         manifest = read_manifest(folder, check_files=check_files)
-        if manifest["dtype"] == "bf16" and device == "cpu":
-            raise EngineError(f"engine {folder} is bf16, which ONNX Runtime's CPU provider cannot run; use --device cuda, or compile with --dtype fp32/fp16")
+        _kv_dtype(folder, manifest)  # refuse before opening a session
         session = create_session(folder / manifest["backend"]["model"], device=device, threads=threads)
         tokenizer = None
         if manifest.get("tokenizer"):
@@ -81,6 +77,18 @@ class Engine:
         feed = dict(zip(self.input_names, (input_ids, position_ids, attention_mask, *cache.flat(), bias)))
         logits, *present = self.session.run(self.output_names, feed)
         return logits, KVCache.from_flat(present)
+
+
+def _kv_dtype(folder: Path, manifest: dict):
+    """The numpy dtype the runtime feeds the KV cache in; bf16 engines have none (numpy has no
+    bfloat16, and ONNX Runtime's CPU provider has no bf16 kernels)."""
+    kv_dtype = manifest["inputs"][3]["dtype"]
+    if kv_dtype not in _NP_DTYPES:
+        raise EngineError(
+            f"engine {folder} is {manifest['dtype']}, which ONNX Runtime's CPU provider cannot run and this runtime cannot feed "
+            f"(KV dtype {kv_dtype}); compile with --dtype fp32 or fp16"
+        )
+    return _NP_DTYPES[kv_dtype]
 
 
 def _eos_ids(folder: Path) -> set[int]:

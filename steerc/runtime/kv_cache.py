@@ -8,7 +8,6 @@ sequence, which LLMSteer uses to store and reuse contexts.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -118,6 +117,3 @@ class KVCache:
         except Exception as exc:  # safetensors raises several kinds on truncated/corrupt files
             raise EngineError(f"KV cache file {path} is unreadable ({type(exc).__name__}: {exc}); delete it to recompute") from None
         return cls(keys, values), meta
-
-    def describe(self) -> str:
-        return json.dumps({"layers": self.num_layers, "batch": self.batch, "length": self.length, "bytes": self.nbytes})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,7 +25,6 @@ class Completion:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     batch_prompt_tokens: int = 0  # all rows' prompt tokens, for throughput
-    timings: dict = field(default_factory=dict)
 
     @property
     def prefill_tokens_per_s(self) -> float:
