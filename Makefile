@@ -1,5 +1,6 @@
 # steerc: two entry points for a fresh machine (Linux, Python 3.11, CPU).
-#   make demo   installs into .venv, compiles the default model and inspects the engine
+#   make demo   installs into .venv, compiles the default model, inspects the engine, and answers a
+#               question over a context with LLMSteer twice (the second run reuses the stored context)
 #   make test   installs into .venv and runs the whole test suite (includes the default model)
 
 PYTHON ?= python3
@@ -25,6 +26,8 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/steerc compile -o $(ENGINE) --force
 	$(VENV)/bin/steerc inspect $(ENGINE)
+	$(VENV)/bin/steerc run $(ENGINE) --context examples/super_bowl_50.txt --query "Which NFL team represented the AFC at Super Bowl 50?" --html $(ENGINE)-run.html
+	$(VENV)/bin/steerc run $(ENGINE) --context examples/super_bowl_50.txt --query "Where did Super Bowl 50 take place?"
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -36,7 +36,8 @@ def cmd_compile(args) -> int:
     from steerc.settings import CompileSettings
 
     try:
-        settings = CompileSettings(opset=args.opset, dtype=args.dtype, max_seq_len=args.max_seq_len, max_batch=args.max_batch, attn_implementation=args.attn, verify=not args.no_verify)
+        settings = CompileSettings(opset=args.opset, dtype=args.dtype, max_seq_len=args.max_seq_len, max_batch=args.max_batch, attn_implementation=args.attn, verify=not args.no_verify,
+                                   importance=not args.no_importance)
     except ValueError as exc:
         raise SteercError(f"invalid option: {exc}") from None
     console = _console()
@@ -69,6 +70,7 @@ def cmd_compile(args) -> int:
         f"  rewrite   {report['num_sites']} attention sites steered ({', '.join(f'{k}: {v}' for k, v in report['kinds'].items())}); "
         f"passes: {', '.join(p['name'] + ' (' + str(p['num_sites']) + ')' for p in manifest['passes'])}\n"
         f"  onnx      opset {manifest['backend']['opset']}, {sum(counts.values())} nodes, attention ops {attention_ops}\n"
+        f"  analysis  {_analysis_line(manifest)}\n"
         f"  verify    {_verify_line(manifest['verify'])}\n"
         f"  time      {total:.1f} s total; peak memory {_peak_rss_mib():.0f} MiB"
     )
@@ -78,7 +80,17 @@ def cmd_compile(args) -> int:
 def _verify_line(check: dict) -> str:
     if "skipped" in check:
         return f"skipped: {check['skipped']}"
-    return f"ONNX Runtime vs eager: prefill {check['prefill_zero_bias_rel_err']:.1e}, steered decode {check['decode_steered_rel_err']:.1e} (tolerance {check['tolerance']:.0e})"
+    line = f"ONNX Runtime vs eager: prefill {check['prefill_zero_bias_rel_err']:.1e}, steered decode {check['decode_steered_rel_err']:.1e} (tolerance {check['tolerance']:.0e})"
+    if "importance" in check:
+        line += f"; attn_importance {check['importance']['attn_importance_abs_err']:.1e}"
+    return line
+
+
+def _analysis_line(manifest: dict) -> str:
+    analysis = manifest.get("analysis")
+    if not analysis:
+        return "none (compiled with --no-importance: LLMSteer selection is unavailable)"
+    return f"{analysis['model']} outputs attn_importance (shares {analysis['data']})"
 
 
 def cmd_inspect(args) -> int:
@@ -97,13 +109,14 @@ def cmd_inspect(args) -> int:
     console.print(f"  geometry  {g['num_layers']} layers, {g['num_heads']} heads, {g['num_kv_heads']} kv heads, head dim {g['head_dim']}, vocab {g['vocab_size']}")
     console.print(f"  backend   {manifest['backend']['name']} opset {manifest['backend']['opset']}: {sum(manifest['backend']['op_counts'].values())} nodes")
     console.print(f"  verify    {_verify_line(manifest['verify'])}")
+    console.print(f"  analysis  {_analysis_line(manifest)}")
     console.print("  inputs")
     for spec in manifest["inputs"]:
         if spec["name"].startswith("past_key_values.") and not spec["name"].startswith("past_key_values.0."):
             continue
         console.print(f"    {spec['name']:<28} {spec['dtype']:<8} {spec['dims']}")
     console.print(f"    (past_key_values.0 … {g['num_layers'] - 1}.key|value)")
-    for report in manifest["passes"]:
+    for report in [*manifest["passes"], *(manifest.get("analysis") or {}).get("passes", [])]:
         console.print(f"  pass {report['name']}: {report['num_sites']} site(s)")
         for site in report["sites"]:
             console.print(f"    layer {site['layer']:>3}  {site['kind']:<14} {site['target']:<44} mask={site['mask']:<9} heads={site['heads']}  ({site['node']})")
@@ -177,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation to capture")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime self-check")
+    p.add_argument("--no-importance", action="store_true", help="do not build the analysis graph (attn_importance) LLMSteer selects tokens with")
     p.add_argument("--force", action="store_true", help="replace an existing engine folder")
     p.set_defaults(func=cmd_compile)
 
@@ -202,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.set_defaults(func=cmd_generate)
+
+    from steerc.cli_run import add_run_parser
+
+    add_run_parser(sub)
     return parser
 
 

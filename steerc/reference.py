@@ -5,6 +5,10 @@ bias it switches the model to eager attention and adds ``bias[:, l, :, None, :]`
 explicit additive 4-D mask layer ``l``'s attention receives (``[B, 1, S, P+S]`` float
 mask + ``[B, H, 1, P+S]`` bias), through forward pre-hooks on the attention modules. No
 graph, no pass: just the model and the definition of steering.
+
+:func:`reference_importance` is the definition of LLMSteer's importance: the eager model's
+attention probabilities (``output_attentions``), steered the same way, summed over the
+query rows that are real tokens.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import contextlib
 import torch
 from torch import nn
 
-__all__ = ["reference_step", "attention_modules", "padded_positions"]
+__all__ = ["reference_step", "reference_importance", "attention_modules", "padded_positions"]
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -81,3 +85,19 @@ def reference_step(model, input_ids, position_ids, attention_mask, past_key_valu
             out = run()
     present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
     return out.logits, present
+
+
+@torch.no_grad()
+def reference_importance(model, input_ids, position_ids, attention_mask, past_key_values: list[torch.Tensor], steer_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, L, H, P+S]``: attention each key receives, summed over real query rows."""
+    from transformers import DynamicCache
+
+    layers = len(past_key_values) // 2
+    cache = DynamicCache(ddp_cache_data=[(past_key_values[2 * i], past_key_values[2 * i + 1]) for i in range(layers)])
+    B, S = input_ids.shape
+    heads = model.config.get_text_config(decoder=True).num_attention_heads
+    bias = steer_bias if steer_bias is not None else torch.zeros(B, layers, heads, attention_mask.shape[1])
+    with _attn_implementation(model, "eager"), _bias_hooks(model, bias):
+        out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True, output_attentions=True)
+    rows = attention_mask[:, -S:].float()[:, None, :, None]  # [B, 1, S, 1]
+    return torch.stack([(a.float() * rows).sum(2) for a in out.attentions], 1)  # [B, L, H, P+S]

@@ -61,6 +61,7 @@ class CompileSettings(_JsonDataclass):
     max_batch: int = 16
     attn_implementation: str = "sdpa"
     verify: bool = True
+    importance: bool = True  # also build the analysis graph (attn_importance) that LLMSteer's selection needs
 
     def __post_init__(self) -> None:
         if self.opset not in SUPPORTED_OPSETS:
@@ -72,8 +73,9 @@ class CompileSettings(_JsonDataclass):
         # The capture traces with 5 new tokens after 3 past ones (see capture/export.py).
         _check_int("max_seq_len", self.max_seq_len, 16, 1 << 20)
         _check_int("max_batch", self.max_batch, 2, 4096)
-        if not isinstance(self.verify, bool):
-            raise ValueError(f"verify must be true or false, got {self.verify!r}")
+        for name in ("verify", "importance"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     @property
     def torch_dtype(self):

@@ -2,9 +2,10 @@
 
 from steerc.capture.decoder_step import DecoderStep
 from steerc.capture.export import CaptureShapes, capture_decoder_step, example_inputs, rebuild_program, run_program
-from steerc.capture.io_spec import STEER_BIAS, DecoderGeometry, TensorSpec, decoder_inputs, decoder_outputs
+from steerc.capture.io_spec import ATTN_IMPORTANCE, STEER_BIAS, DecoderGeometry, TensorSpec, decoder_inputs, decoder_outputs, importance_output
 
 __all__ = [
+    "ATTN_IMPORTANCE",
     "CaptureShapes",
     "DecoderGeometry",
     "DecoderStep",
@@ -13,6 +14,7 @@ __all__ = [
     "capture_decoder_step",
     "decoder_inputs",
     "decoder_outputs",
+    "importance_output",
     "example_inputs",
     "rebuild_program",
     "run_program",

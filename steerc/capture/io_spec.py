@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TensorSpec", "DecoderGeometry", "decoder_inputs", "decoder_outputs", "STEER_BIAS", "DIMS"]
+__all__ = ["TensorSpec", "DecoderGeometry", "decoder_inputs", "decoder_outputs", "importance_output", "STEER_BIAS", "ATTN_IMPORTANCE", "DIMS"]
 
 STEER_BIAS = "steer_bias"
+ATTN_IMPORTANCE = "attn_importance"
 
 # Dimension names. total_sequence_length = past_sequence_length + sequence_length.
 DIMS = {
@@ -79,3 +80,8 @@ def decoder_outputs(g: DecoderGeometry, kv_dtype: str) -> list[TensorSpec]:
     return [TensorSpec("logits", "float32" if kv_dtype == "float32" else kv_dtype, ("batch_size", "sequence_length", g.vocab_size))] + [
         TensorSpec(n, kv_dtype, kv_dims) for n in kv_names(g.num_layers, "present")
     ]
+
+
+def importance_output(g: DecoderGeometry) -> TensorSpec:
+    """The analysis graph's extra output: attention received per key, summed over query rows."""
+    return TensorSpec(ATTN_IMPORTANCE, "float32", ("batch_size", g.num_layers, g.num_heads, "total_sequence_length"))

@@ -15,11 +15,11 @@ import tempfile
 from pathlib import Path
 
 import steerc
-from steerc.backends.onnx import DATA_FILE, MODEL_FILE, create_session, export_onnx, op_counts
+from steerc.backends.onnx import ANALYSIS_FILE, DATA_FILE, MODEL_FILE, create_session, export_onnx, op_counts, share_weights
 from steerc.compiler import capture_steerable
 from steerc.engine.genai_config import genai_config
 from steerc.engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, write_json_atomic, write_manifest
-from steerc.engine.verify import self_check
+from steerc.engine.verify import importance_check, self_check
 from steerc.errors import EngineError, require
 from steerc.models import load_model
 from steerc.progress import StageTracker
@@ -71,6 +71,10 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
         with tracker.stage("export"):
             model_path = export_onnx(sp.program, tmp, sp.inputs, sp.outputs, settings.opset)
             counts = op_counts(model_path)
+            analysis_path = None
+            if sp.analysis is not None:
+                analysis_path = export_onnx(sp.analysis, tmp, sp.inputs, sp.analysis_outputs, settings.opset, model_file=ANALYSIS_FILE)
+                share_weights(analysis_path, model_path)
         with tracker.stage("verify"):
             if not settings.verify:
                 check = {"skipped": "--no-verify"}
@@ -79,6 +83,8 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                 log.warning("bf16 engine written without the ONNX Runtime self-check (%s)", check["skipped"])
             else:
                 check = self_check(create_session(model_path), loaded.model, sp.geometry, sp.inputs, settings.dtype)
+                if analysis_path is not None:
+                    check["importance"] = importance_check(create_session(analysis_path), loaded.model, sp.geometry, sp.inputs, settings.dtype)
         with tracker.stage("write"):
             if loaded.tokenizer is not None:
                 loaded.tokenizer.save_pretrained(tmp)
@@ -100,6 +106,14 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                 "max_batch": settings.max_batch,
                 "settings": settings.to_dict(),
                 "backend": {"name": "onnx", "opset": settings.opset, "model": MODEL_FILE, "data": DATA_FILE, "op_counts": counts},
+                "analysis": None if analysis_path is None else {
+                    "model": ANALYSIS_FILE,
+                    "data": DATA_FILE,
+                    "outputs": [s.to_dict() for s in sp.analysis_outputs],
+                    "passes": [r.to_dict() for r in sp.analysis_reports],
+                    "meaning": "attn_importance[b, l, h, t]: attention probability key t receives in layer l, query head h, "
+                    "summed over the real query rows of the call (steering bias included); chunks of one prefill add up",
+                },
                 "inputs": [s.to_dict() for s in sp.inputs],
                 "outputs": [s.to_dict() for s in sp.outputs],
                 "steering": {

@@ -14,9 +14,9 @@ import torch
 
 from steerc.capture.io_spec import DecoderGeometry, TensorSpec
 from steerc.errors import VerificationError
-from steerc.reference import reference_step
+from steerc.reference import reference_importance, reference_step
 
-__all__ = ["self_check", "TOLERANCE"]
+__all__ = ["self_check", "importance_check", "TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
@@ -59,3 +59,24 @@ def self_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dty
             "this is a steerc bug: rerun with --debug and report it"
         )
     return result
+
+
+def importance_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 1) -> dict:
+    """The analysis graph's ``attn_importance`` against :func:`steerc.reference.reference_importance`
+    on a steered prefill (absolute error; each value is a sum of at most ``prompt_len`` probabilities)."""
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
+    np_dtype = {"fp32": np.float32, "fp16": np.float16}[dtype]
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, g.vocab_size, (1, prompt_len), generator=gen)
+    positions = torch.arange(prompt_len).unsqueeze(0)
+    mask = torch.ones(1, prompt_len, dtype=torch.long)
+    past = [torch.zeros(1, g.num_kv_heads, 0, g.head_dim, dtype=torch_dtype) for _ in range(2 * g.num_layers)]
+    bias = torch.randn(1, g.num_layers, g.num_heads, prompt_len, generator=gen)
+    feed = [ids.numpy(), positions.numpy(), mask.numpy(), *[t.numpy().astype(np_dtype) for t in past], bias.numpy()]
+    got = session.run(["attn_importance"], dict(zip([s.name for s in inputs], feed)))[0]
+    ref = reference_importance(model, ids, positions, mask, past, bias).float().numpy()
+    err = float(np.abs(got - ref).max())
+    log.info("self-check: attn_importance %.2e (tolerance %.0e)", err, TOLERANCE[dtype])
+    if not err <= TOLERANCE[dtype] * prompt_len:
+        raise VerificationError(f"the analysis graph's attn_importance disagrees with the eager model (max abs error {err:.2e}); this is a steerc bug: rerun with --debug and report it")
+    return {"attn_importance_abs_err": err, "tolerance": TOLERANCE[dtype] * prompt_len}

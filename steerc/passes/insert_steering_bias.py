@@ -32,6 +32,8 @@ import torch
 from torch import fx
 
 from steerc.errors import PassError
+from steerc.passes.graph_ops import call as _call
+from steerc.passes.graph_ops import fake_mode as _fake_mode
 from steerc.passes.attention_sites import SDPA_MASK_ARGS, AttentionSite, find_attention_sites, get_arg, set_arg
 from steerc.passes.report import PassReport, SiteReport
 from steerc.settings import _check_int, _JsonDataclass
@@ -57,23 +59,6 @@ class SteeringBiasSettings(_JsonDataclass):
     @classmethod
     def for_model(cls, geometry, architecture: str, attn_implementation: str = "sdpa") -> "SteeringBiasSettings":
         return cls(num_layers=geometry.num_layers, num_heads=geometry.num_heads, architecture=architecture)
-
-
-def _fake_mode(graph: fx.Graph):
-    """The fake mode the graph's values were traced under (None for a graph without metadata)."""
-    return torch._guards.detect_fake_mode([n.meta["val"] for n in graph.nodes if n.op == "placeholder" and "val" in n.meta])
-
-
-def _call(graph: fx.Graph, target, *args, **kwargs) -> fx.Node:
-    """Insert ``target(*args, **kwargs)`` and give it ``meta["val"]`` by running the op on its
-    inputs' fake values (needed by the ExportedProgram verifier and by later passes)."""
-    node = graph.call_function(target, args, kwargs)
-    vals = torch.fx.node.map_arg((args, kwargs), lambda n: n.meta.get("val"))
-    fake_mode = _fake_mode(graph)
-    if fake_mode is not None:
-        with fake_mode:
-            node.meta["val"] = target(*vals[0], **vals[1])
-    return node
 
 
 def _layer_bias(graph: fx.Graph, bias: fx.Node, layer: int, dtype: torch.dtype, heads: int, rows: fx.Node, cols: fx.Node) -> fx.Node:

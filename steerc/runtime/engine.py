@@ -41,6 +41,17 @@ class Engine:
         self.input_names = [s["name"] for s in manifest["inputs"]]
         self.output_names = [s["name"] for s in manifest["outputs"]]
         self.eos_token_ids = _eos_ids(folder)
+        self.threads: int | None = None
+        self._analysis = None  # the analysis session, opened on first use (only context preparation needs it)
+
+    @property
+    def engine_id(self) -> str:
+        """Identifies the engine's exact contents (the manifest checksum covers every file's sha256)."""
+        return self.manifest["checksum"]
+
+    @property
+    def has_analysis(self) -> bool:
+        return bool(self.manifest.get("analysis"))
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu", threads: int | None = None, check_files: bool = True) -> "Engine":
@@ -54,7 +65,9 @@ class Engine:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(folder)
-        return cls(folder, manifest, session, tokenizer, device)
+        engine = cls(folder, manifest, session, tokenizer, device)
+        engine.threads = threads
+        return engine
 
     def new_cache(self, batch: int) -> KVCache:
         g = self.geometry
@@ -77,6 +90,22 @@ class Engine:
         feed = dict(zip(self.input_names, (input_ids, position_ids, attention_mask, *cache.flat(), bias)))
         logits, *present = self.session.run(self.output_names, feed)
         return logits, KVCache.from_flat(present)
+
+
+    def analyze(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache, bias: np.ndarray) -> tuple[np.ndarray, KVCache, np.ndarray]:
+        """:meth:`forward` on the analysis graph: also returns ``attn_importance [B, L, H, P+S]``,
+        the attention each key received, summed over this call's real query rows."""
+        if not self.has_analysis:
+            raise EngineError(f"engine {self.folder} has no analysis graph (compiled with --no-importance); recompile without it to use LLMSteer selection")
+        if self._analysis is None:
+            self._analysis = create_session(self.folder / self.manifest["analysis"]["model"], device=self.device, threads=self.threads)
+        B, S = input_ids.shape
+        total = cache.length + S
+        if attention_mask.shape != (B, total) or bias.shape != (B, self.geometry.num_layers, self.geometry.num_heads, total):
+            raise ValueError(f"inconsistent step shapes: ids {input_ids.shape}, mask {attention_mask.shape}, bias {bias.shape}, cache length {cache.length}")
+        feed = dict(zip(self.input_names, (input_ids, position_ids, attention_mask, *cache.flat(), bias)))
+        logits, *present, importance = self._analysis.run([*self.output_names, "attn_importance"], feed)
+        return logits, KVCache.from_flat(present), importance
 
 
 def _kv_dtype(folder: Path, manifest: dict):

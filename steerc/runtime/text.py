@@ -13,7 +13,7 @@ from steerc.runtime.engine import Engine
 from steerc.runtime.generate import DEFAULT_PREFILL_CHUNK, SamplingParams, generate
 from steerc.runtime.steering import Steering
 
-__all__ = ["Completion", "TextStream", "encode_prompts", "complete"]
+__all__ = ["Completion", "Detokenizer", "TextStream", "encode_prompts", "complete"]
 
 
 @dataclass
@@ -85,10 +85,8 @@ class TextStream:
         self.completion: Completion | None = None
 
     def __iter__(self) -> Iterator[str]:
-        tok = self.engine.tokenizer
-        tokens: list[int] = []
-        emitted, finish = "", "length"
-        hold = max((len(s) for s in self.stop), default=1) - 1
+        text = Detokenizer(self.engine.tokenizer, self.stop)
+        finish = "length"
         start = time.perf_counter()
         first = None
         for step in generate(self.engine, self.ids, self.mask, max_new_tokens=self.max_new_tokens, sampling=self.sampling, steering=self.steering,
@@ -98,21 +96,47 @@ class TextStream:
             if token in self.engine.eos_token_ids:
                 finish = "stop"
                 break
-            tokens.append(token)
-            text, hit = _cut_at_stop(tok.decode(tokens, skip_special_tokens=True), self.stop)
-            safe = text if hit else text[: max(len(emitted), len(text) - hold)]
-            if len(safe) > len(emitted) and not safe.endswith("\ufffd"):
-                yield safe[len(emitted) :]
-                emitted = safe
-            if hit:
+            if delta := text.push(token):
+                yield delta
+            if text.stopped:
                 finish = "stop"
                 break
         end = time.perf_counter()
-        text, _ = _cut_at_stop(tok.decode(tokens, skip_special_tokens=True), self.stop)
-        if len(text) > len(emitted):
-            yield text[len(emitted) :]
+        if delta := text.flush():
+            yield delta
         first = first or end
-        self.completion = Completion(text, tokens, self.lengths[0], finish, prefill_s=first - start, decode_s=end - first)
+        self.completion = Completion(text.text, text.tokens, self.lengths[0], finish, prefill_s=first - start, decode_s=end - first)
+
+
+class Detokenizer:
+    """Incremental detokenization: ``push`` a token, get the text that is safe to show. Text
+    that could still become a stop string, or an incomplete UTF-8 character, is held back."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...] = ()):
+        self.tokenizer, self.stop = tokenizer, tuple(s for s in stop if s)
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.tokens: list[int] = []
+        self.emitted = ""
+        self.stopped = False
+
+    @property
+    def text(self) -> str:
+        return _cut_at_stop(self.tokenizer.decode(self.tokens, skip_special_tokens=True), self.stop)[0]
+
+    def push(self, token: int) -> str:
+        self.tokens.append(token)
+        text, self.stopped = _cut_at_stop(self.tokenizer.decode(self.tokens, skip_special_tokens=True), self.stop)
+        safe = text if self.stopped else text[: max(len(self.emitted), len(text) - self.hold)]
+        if len(safe) <= len(self.emitted) or safe.endswith("\ufffd"):
+            return ""
+        delta, self.emitted = safe[len(self.emitted) :], safe
+        return delta
+
+    def flush(self) -> str:
+        text = self.text
+        delta = text[len(self.emitted) :] if len(text) > len(self.emitted) else ""
+        self.emitted = max(text, self.emitted, key=len)
+        return delta
 
 
 def complete(engine: Engine, prompts: list[str], *, max_new_tokens: int = 128, sampling: SamplingParams = SamplingParams(),

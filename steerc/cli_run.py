@@ -1,0 +1,130 @@
+"""``steerc run``: answer a question over a context file with LLMSteer or a baseline."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from steerc.errors import SteercError
+
+__all__ = ["add_run_parser", "cmd_run"]
+
+
+def _ints(text: str | None) -> list[int] | None:
+    if text is None or text == "all":
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SteercError(f"expected a comma-separated list of integers or 'all', got {text!r}") from None
+
+
+def _config(args):
+    from steerc.runtime.spans import parse_spans
+    from steerc.runtime.steer_config import DEFAULT_PREFIXES, SteerConfig, load_profile
+
+    fields = {"method": args.method, "steer_at": args.steer_at, "window": args.window, "layers": _ints(args.layers), "heads": _ints(args.heads)}
+    if args.alpha is not None:
+        fields["alpha"] = args.alpha
+    if args.top_k is not None:
+        fields["top_k"] = int(args.top_k) if args.top_k >= 1 else args.top_k
+    if args.prefix:
+        if len(args.prefix) != 2:
+            raise SteercError(f"--prefix must be given twice (LLMSteer's two instruction prefixes), got {len(args.prefix)}")
+        fields["prefixes"] = tuple(args.prefix)
+    else:
+        fields["prefixes"] = DEFAULT_PREFIXES
+    try:
+        if args.profile:
+            fields["profile"] = load_profile(args.profile)
+        if args.highlight:
+            fields["highlights"] = tuple(parse_spans(args.highlight))
+        return SteerConfig(**fields)
+    except ValueError as exc:
+        raise SteercError(f"invalid option: {exc}") from None
+
+
+def cmd_run(args) -> int:
+    from rich.console import Console
+
+    from steerc.runtime import Engine, SamplingParams
+    from steerc.runtime.answer import Steerer
+    from steerc.runtime.store import open_store
+
+    try:
+        context = Path(args.context).read_text()
+    except OSError as exc:
+        raise SteercError(f"cannot read --context {args.context}: {exc.strerror}") from None
+    config = _config(args)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    engine = Engine.load(args.engine, device=args.device, threads=args.threads)
+    steerer = Steerer(engine, config, open_store(args.store), chat=not args.no_chat)
+    bars: dict = {}
+    progress = _progress_bar(console, bars)
+    try:
+        with progress:
+            answer = steerer.answer(context, args.query, max_new_tokens=args.max_new_tokens, sampling=SamplingParams(),
+                                    progress=lambda stage, done, total: _advance(progress, bars, stage, done, total))
+    except ValueError as exc:
+        raise SteercError(str(exc)) from None
+    print(answer.text)
+    console.print(
+        f"[dim]{answer.method}, steer_at {config.steer_at}: {answer.selected_per_layer:.0f} of {answer.context_tokens} context tokens selected per layer "
+        f"({answer.selected_tokens} on some layer)"
+        f"{'' if answer.key_sentence is None else f' (key sentence: {answer.key_sentence[:80]!r})'}; "
+        f"context cache {answer.cache}{'' if answer.cache == 'miss' or answer.cache == 'per-query' else ' hit'}; "
+        f"context preparation {answer.prepare_s:.2f} s, time to first token {answer.ttft_s:.2f} s, "
+        f"decode {answer.decode_tokens_per_s:.1f} tokens/s ({len(answer.token_ids)} tokens, {answer.finish_reason})[/]"
+    )
+    if args.html:
+        _write_html(args.html, context, steerer, answer)
+        console.print(f"[dim]wrote {args.html}[/]")
+    return 0
+
+
+def _progress_bar(console, bars):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} tokens"), TimeRemainingColumn(),
+                    console=console, transient=True)
+
+
+def _advance(progress, bars, stage: str, done: int, total: int) -> None:
+    if stage not in bars:
+        bars[stage] = progress.add_task(stage, total=total)
+    progress.update(bars[stage], completed=done)
+
+
+def _write_html(path: str, context: str, steerer, answer) -> None:
+    from steerc.runtime.html import render_html, write_html
+
+    prepared, offsets = steerer.last_context
+    importance = prepared.importance.mean(0).sum(0) if prepared.importance.shape[0] else None  # [N]: passes averaged, layers summed
+    stats = {"method": answer.method, "steer_at": prepared.config.steer_at, "alpha": prepared.config.alpha, "top_k": prepared.config.top_k,
+             "selected tokens": f"{answer.selected_tokens} of {answer.context_tokens}", "answer": answer.text}
+    write_html(path, render_html(context, offsets, importance, prepared.selected.any(0), title="steerc run", stats=stats))
+
+
+def add_run_parser(sub) -> None:
+    p = sub.add_parser("run", help="answer a question over a context with LLMSteer (or a baseline), reusing stored contexts",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("engine")
+    p.add_argument("--context", required=True, help="text file with the context (passages)")
+    p.add_argument("--query", required=True, help="the question")
+    p.add_argument("--method", default="llmsteer", choices=["llmsteer", "pasta", "autopasta", "none"])
+    p.add_argument("--alpha", type=float, default=None, help="down-weighting of unselected context keys, in (0, 1] (default: SteerConfig's)")
+    p.add_argument("--top-k", type=float, default=None, help="tokens kept per layer and pass: a ratio < 1 or a count (default: SteerConfig's)")
+    p.add_argument("--steer-at", default="decode", choices=["prefill", "decode", "both"])
+    p.add_argument("--layers", default=None, help="steered layers, e.g. 8,9,10 (default all)")
+    p.add_argument("--heads", default=None, help="steered query heads within those layers (default all)")
+    p.add_argument("--profile", default=None, help='JSON {"heads": [[layer, head], ...]} replacing --layers/--heads')
+    p.add_argument("--highlight", default=None, help="pasta: character ranges of the context to emphasise, START:END[,START:END]")
+    p.add_argument("--prefix", action="append", help="an instruction prefix (give it twice; default: LLMSteer's two)")
+    p.add_argument("--window", type=int, default=0, help="count only the last N context tokens' attention (0 = all)")
+    p.add_argument("--store", default=None, help="context store folder, or 'memory' (default ~/.cache/steerc/contexts or $STEERC_CONTEXT_STORE)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--html", default=None, help="write a page showing the selected tokens and their importance")
+    p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_run)

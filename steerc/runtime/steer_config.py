@@ -1,0 +1,120 @@
+"""``SteerConfig``: how a context is steered (method, alpha, top-k, where, which layers/heads)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steerc.settings import _JsonDataclass
+
+__all__ = ["SteerConfig", "METHODS", "STEER_AT", "DEFAULT_PREFIXES", "load_profile"]
+
+METHODS = ("none", "llmsteer", "pasta", "autopasta")
+STEER_AT = ("prefill", "decode", "both")
+# LLMSteer's two query-free instruction prefixes (as reported; see shared/papers.md).
+DEFAULT_PREFIXES = (
+    "Answer the question based on the given passages. Only give me the answer and do not output any other words. The following are given passages.",
+    "Respond to the query using only the provided texts. Only return the answer. DO NOT return any extra words. Below are the provided texts.",
+)
+
+
+def _int_tuple(name: str, value) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name} must be a list of integers or null, got {value!r}")
+    out = tuple(value)
+    if not out or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in out):
+        raise ValueError(f"{name} must be a non-empty list of non-negative integers, got {list(out)}")
+    return tuple(sorted(set(out)))
+
+
+@dataclass(frozen=True)
+class SteerConfig(_JsonDataclass):
+    """``method``: ``none`` (plain cached context), ``llmsteer`` (dual-prefix selection),
+    ``pasta`` (user ``highlights``: character ranges of the context), ``autopasta`` (the model
+    picks the key sentence per query). ``alpha`` in (0, 1]: unselected context keys get
+    ``log(alpha)``. ``top_k``: a ratio of the context (< 1) or a token count (>= 1).
+    ``steer_at``: ``prefill`` (the stored KV comes from a steered prefill), ``decode`` (plain
+    KV; the bias applies whenever later tokens attend to the context) or ``both``.
+    ``layers`` / ``heads``: steered layers and query heads (null = all); ``profile``, a list of
+    ``[layer, head]`` pairs, replaces both. ``window`` > 0 counts only the last ``window``
+    context tokens' attention (an observation window) instead of every row."""
+
+    method: str = "llmsteer"
+    alpha: float = 0.1
+    top_k: float = 0.2
+    steer_at: str = "decode"
+    layers: tuple[int, ...] | None = None
+    heads: tuple[int, ...] | None = None
+    profile: tuple[tuple[int, int], ...] = ()
+    prefixes: tuple[str, str] = DEFAULT_PREFIXES
+    window: int = 0
+    highlights: tuple[tuple[int, int], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha <= 1:
+            raise ValueError(f"alpha must be a number in (0, 1] (1 = no steering), got {self.alpha!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, float)) or not math.isfinite(self.top_k) or self.top_k <= 0:
+            raise ValueError(f"top_k must be a ratio in (0, 1) or a token count >= 1, got {self.top_k!r}")
+        if self.top_k >= 1 and self.top_k != int(self.top_k):
+            raise ValueError(f"top_k >= 1 is a token count and must be a whole number, got {self.top_k!r}")
+        if self.steer_at not in STEER_AT:
+            raise ValueError(f"steer_at must be one of {STEER_AT}, got {self.steer_at!r}")
+        object.__setattr__(self, "layers", _int_tuple("layers", self.layers))
+        object.__setattr__(self, "heads", _int_tuple("heads", self.heads))
+        pairs = tuple(tuple(p) for p in self.profile)
+        if any(len(p) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in p) for p in pairs):
+            raise ValueError(f"profile must be a list of [layer, head] pairs of non-negative integers, got {self.profile!r}")
+        object.__setattr__(self, "profile", tuple(sorted(set(pairs))))
+        prefixes = tuple(self.prefixes)
+        if len(prefixes) != 2 or not all(isinstance(p, str) and p.strip() for p in prefixes):
+            raise ValueError("prefixes must be two non-empty strings (LLMSteer prefills the context behind each)")
+        object.__setattr__(self, "prefixes", prefixes)
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
+            raise ValueError(f"window must be a non-negative integer (0 = every query row), got {self.window!r}")
+        spans = tuple(tuple(s) for s in self.highlights)
+        if any(len(s) != 2 or not (0 <= s[0] < s[1]) for s in spans):
+            raise ValueError(f"highlights must be [start, end) character ranges with 0 <= start < end, got {self.highlights!r}")
+        object.__setattr__(self, "highlights", spans)
+        if self.method == "pasta" and not spans:
+            raise ValueError("method 'pasta' needs highlights: character ranges of the context to emphasise (e.g. --highlight 120:180)")
+
+    def steered_pairs(self, num_layers: int, num_heads: int) -> list[tuple[int, int]]:
+        """The (layer, head) pairs the bias applies to; raises on indices beyond the engine."""
+        if self.profile:
+            pairs = list(self.profile)
+        else:
+            layers = self.layers if self.layers is not None else range(num_layers)
+            heads = self.heads if self.heads is not None else range(num_heads)
+            pairs = [(layer, head) for layer in layers for head in heads]
+        bad = [p for p in pairs if p[0] >= num_layers or p[1] >= num_heads]
+        if bad:
+            raise ValueError(f"steered layer/head {bad[0]} is outside the engine ({num_layers} layers x {num_heads} heads)")
+        return pairs
+
+    def cache_fields(self) -> dict[str, Any]:
+        """What the stored context depends on (part of its store key)."""
+        data = self.to_dict()
+        data.pop("prefixes")  # keyed through the prefix tokens instead
+        if self.method == "none":
+            return {"method": "none"}
+        return data
+
+
+def load_profile(path: str | Path) -> tuple[tuple[int, int], ...]:
+    """Read a head profile: JSON ``{"heads": [[layer, head], ...]}`` (e.g. from a profiling run)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read the profile {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"profile {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("heads"), list):
+        raise ValueError(f'profile {path} must be a JSON object {{"heads": [[layer, head], ...]}}')
+    return tuple(tuple(p) for p in data["heads"])

@@ -1,0 +1,62 @@
+"""SteerConfig: validation with clear messages, JSON round trip, steered (layer, head) pairs."""
+
+import json
+
+import pytest
+
+from steerc.runtime.steer_config import DEFAULT_PREFIXES, SteerConfig, load_profile
+
+
+def test_json_round_trip_restores_tuples():
+    config = SteerConfig(method="pasta", alpha=0.05, top_k=16, steer_at="both", layers=[3, 1], heads=[0], highlights=[(2, 9)], window=32)
+    back = SteerConfig.from_json(config.to_json())
+    assert back == config and back.layers == (1, 3) and back.highlights == ((2, 9),)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("method", "magic", "method must be one of"),
+    ("alpha", 0.0, "alpha must be a number in"),
+    ("alpha", 1.5, "alpha must be a number in"),
+    ("top_k", 0, "top_k must be a ratio"),
+    ("top_k", 2.5, "whole number"),
+    ("steer_at", "never", "steer_at must be one of"),
+    ("layers", [], "non-empty list"),
+    ("layers", [-1], "non-negative"),
+    ("profile", [[1]], "pairs"),
+    ("prefixes", ("only one",), "two non-empty strings"),
+    ("window", -3, "window must be"),
+    ("highlights", [(5, 2)], "character ranges"),
+])
+def test_invalid_values_raise_value_error(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        SteerConfig(**{field: value})
+
+
+def test_pasta_needs_highlights():
+    with pytest.raises(ValueError, match="needs highlights"):
+        SteerConfig(method="pasta")
+
+
+def test_steered_pairs():
+    assert SteerConfig().steered_pairs(2, 2) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert SteerConfig(layers=[1], heads=[0, 1]).steered_pairs(2, 3) == [(1, 0), (1, 1)]
+    assert SteerConfig(profile=[[1, 2], [0, 0]], layers=[1]).steered_pairs(2, 3) == [(0, 0), (1, 2)]
+    with pytest.raises(ValueError, match="outside the engine"):
+        SteerConfig(layers=[5]).steered_pairs(2, 3)
+
+
+def test_cache_fields_ignore_steering_for_none():
+    assert SteerConfig(method="none", alpha=0.5).cache_fields() == SteerConfig(method="none").cache_fields()
+    assert SteerConfig(alpha=0.5).cache_fields() != SteerConfig().cache_fields()
+    assert "prefixes" not in SteerConfig().cache_fields() and SteerConfig().prefixes == DEFAULT_PREFIXES
+
+
+def test_load_profile(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"heads": [[0, 1], [2, 3]]}))
+    assert SteerConfig(profile=load_profile(path)).profile == ((0, 1), (2, 3))
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        load_profile(path)
+    with pytest.raises(ValueError, match="cannot read"):
+        load_profile(tmp_path / "missing.json")

@@ -1,0 +1,72 @@
+"""`steerc run` as a user runs it: the default model end to end (slow), bad input (fast)."""
+
+import pytest
+from test_cli import steerc
+
+SUPER_BOWL = (
+    "Super Bowl 50 was an American football game to determine the champion of the National Football League (NFL) for the 2015 season. "
+    "The American Football Conference (AFC) champion Denver Broncos defeated the National Football Conference (NFC) champion Carolina Panthers "
+    "24-10 to earn their third Super Bowl title. The game was played on February 7, 2016, at Levi's Stadium in the San Francisco Bay Area "
+    "at Santa Clara, California."
+)
+
+
+@pytest.fixture
+def context_file(tmp_path):
+    path = tmp_path / "context.txt"
+    path.write_text(SUPER_BOWL)
+    return path
+
+
+@pytest.mark.slow
+def test_run_llmsteer_then_reuse_from_disk(default_engine, context_file, tmp_path):
+    store, page = tmp_path / "store", tmp_path / "page.html"
+    args = ("run", str(default_engine), "--context", str(context_file), "--query", "Which team won Super Bowl 50?", "--store", str(store))
+    first = steerc(*args, "--html", str(page))
+    assert first.returncode == 0, first.stderr
+    assert "Broncos" in first.stdout
+    assert "context cache miss" in first.stderr and "context tokens selected" in first.stderr and "time to first token" in first.stderr
+    html = page.read_text()
+    assert 'class="sel"' in html and "Broncos" in html
+    second = steerc(*args)
+    assert second.returncode == 0, second.stderr
+    assert "context cache disk hit" in second.stderr and "context preparation 0.00 s" in second.stderr
+    assert second.stdout == first.stdout  # same answer from the stored steered context
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["--method", "none"], ["--method", "pasta", "--highlight", "96:150"], ["--method", "autopasta"], ["--steer-at", "both", "--alpha", "0.3"]])
+def test_run_methods(default_engine, context_file, tmp_path, extra):
+    result = steerc("run", str(default_engine), "--context", str(context_file), "--query", "Which team won Super Bowl 50?", "--store", "memory", *extra)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() and f"{extra[1] if extra[0] == '--method' else 'llmsteer'}, steer_at" in result.stderr
+
+
+@pytest.mark.slow
+def test_run_refuses_context_longer_than_engine(default_engine, tmp_path):
+    path = tmp_path / "long.txt"
+    path.write_text("The quick brown fox jumps over the lazy dog. " * 400)
+    result = steerc("run", str(default_engine), "--context", str(path), "--query", "What jumps?", "--store", "memory")
+    assert result.returncode == 2 and "at most 2048" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "pasta"], "needs highlights"),
+    (["--alpha", "2"], "alpha must be a number in (0, 1]"),
+    (["--highlight", "9:3", "--method", "pasta"], "bad span"),
+    (["--prefix", "only one"], "--prefix must be given twice"),
+    (["--layers", "a,b"], "comma-separated list of integers"),
+])
+def test_run_bad_options_fail_in_one_line(tiny_engine, context_file, extra, message):
+    result = steerc("run", str(tiny_engine), "--context", str(context_file), "--query", "q", *extra)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_run_missing_context_file(tiny_engine, tmp_path):
+    result = steerc("run", str(tiny_engine), "--context", str(tmp_path / "nope.txt"), "--query", "q")
+    assert result.returncode == 2 and "cannot read --context" in result.stderr
+
+
+def test_run_needs_a_tokenizer(tiny_engine, context_file):
+    result = steerc("run", str(tiny_engine), "--context", str(context_file), "--query", "q", "--store", "memory")
+    assert result.returncode == 2 and "has no tokenizer" in result.stderr

@@ -1,0 +1,140 @@
+"""Reuse benchmark: time to first token of a stored steered context vs no cache vs AutoPASTA.
+
+Contexts of 512 / 1024 / 2048 tokens are built from SQuAD dev passages (``../shared/data``),
+the question is one of the first passage's. Variants, interleaved per repeat, medians:
+
+* ``(a) reused``      LLMSteer (runtime defaults), context prepared once and held in the
+                      in-memory store: only the query is prefilled (also from the disk store)
+* ``(b) no cache``    the same request with no store: full prefill of instruction + context + query
+* ``(c) autopasta``   per query: the model generates the key sentence over the *cached* plain
+                      context (generous to the baseline), the sentence is matched back to the
+                      context, the context is prefilled afresh with PASTA steering (steer_at
+                      both, as PASTA steers the prompt); ``(c') decode`` skips that prefill and
+                      steers only at query time (a lower bound for AutoPASTA)
+* preparation         LLMSteer's one-time context preparation (two importance prefills, plus a
+                      steered third prefill for steer_at both) relative to one plain prefill
+
+Time to first token is measured from the request (context text and query) to the first
+answer token, with ``max_new_tokens=1``. Writes JSON and prints a markdown table.
+
+    python tools/bench_reuse.py ENGINE_DIR [--contexts 512 1024 2048] [--repeats 3] [--out docs/bench/reuse.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SQUAD = ROOT.parent / "shared" / "data" / "squad-dev-v1.1.json.gz"
+
+
+def build_context(tokenizer, length: int) -> tuple[str, str, str]:
+    """(context of exactly ``length`` tokens, question, gold answer) from consecutive SQuAD passages."""
+    data = json.load(gzip.open(SQUAD))["data"]
+    passages = [p for article in data for p in article["paragraphs"]]
+    question = passages[0]["qas"][0]
+    text = ""
+    for passage in passages:
+        text += passage["context"] + "\n\n"
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if len(enc["input_ids"]) >= length:
+            return text[: enc["offset_mapping"][length - 1][1]], question["question"], question["answers"][0]["text"]
+    raise SystemExit(f"not enough SQuAD text for {length} tokens")
+
+
+def ttft(steerer, context: str, query: str) -> tuple[float, object]:
+    start = time.perf_counter()
+    answer = steerer.answer(context, query, max_new_tokens=1)
+    return time.perf_counter() - start, answer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("engine")
+    parser.add_argument("--contexts", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "bench" / "reuse.json"))
+    args = parser.parse_args()
+
+    from steerc.runtime import Engine
+    from steerc.runtime.answer import Steerer
+    from steerc.runtime.generate import prefill
+    from steerc.runtime.layout import PromptLayout
+    from steerc.runtime.steer_config import SteerConfig
+    from steerc.runtime.store import DiskStore, MemoryStore
+
+    engine = Engine.load(args.engine)
+    config = SteerConfig()
+    rows = []
+    for length in args.contexts:
+        context, query, gold = build_context(engine.tokenizer, length)
+        disk_root = tempfile.mkdtemp(prefix="steerc-bench-")
+        reused = Steerer(engine, config, MemoryStore())
+        from_disk = Steerer(engine, config, DiskStore(disk_root))
+        nocache = Steerer(engine, replace(config, method="none"), None)
+        plain_store = MemoryStore()
+        auto_both = Steerer(engine, replace(config, method="autopasta", steer_at="both"), plain_store)
+        auto_decode = Steerer(engine, replace(config, method="autopasta", steer_at="decode"), plain_store)
+        prep_both = replace(config, steer_at="both")
+        layout = PromptLayout.for_tokenizer(engine.tokenizer)
+        ids = np.concatenate([layout.head_ids(config.prefixes[0]), layout.context_ids(context)[0]])[None]
+        # Warm-up and one-time preparation (the stores then hold the contexts).
+        for s in (reused, from_disk, auto_both):
+            s.answer(context, query, max_new_tokens=1)
+        times: dict[str, list[float]] = {k: [] for k in ("reused", "reused_disk", "nocache", "autopasta", "autopasta_decode", "plain_prefill", "prepare_decode", "prepare_both")}
+        answers = {}
+        for _ in range(args.repeats):
+            for name, steerer in (("reused", reused), ("reused_disk", from_disk), ("nocache", nocache), ("autopasta", auto_both), ("autopasta_decode", auto_decode)):
+                if name == "reused_disk":
+                    from_disk.store = DiskStore(disk_root)  # a fresh handle: read from the file, nothing in memory
+                seconds, answer = ttft(steerer, context, query)
+                times[name].append(seconds)
+                answers[name] = answer
+            start = time.perf_counter()
+            prefill(engine, ids, np.ones_like(ids), engine.new_cache(1), chunk=512)
+            times["plain_prefill"].append(time.perf_counter() - start)
+            for name, cfg in (("prepare_decode", config), ("prepare_both", prep_both)):
+                start = time.perf_counter()
+                Steerer(engine, cfg, None).prepare(context)
+                times[name].append(time.perf_counter() - start)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        if answers["reused"].cache == "miss" or answers["reused_disk"].cache == "miss":
+            raise SystemExit(f"expected store hits, got {answers['reused'].cache} / {answers['reused_disk'].cache}")
+        row = {
+            "context_tokens": length,
+            "query_tokens": answers["reused"].query_tokens,
+            "median_s": med,
+            "speedup_reused_vs_nocache": med["nocache"] / med["reused"],
+            "speedup_reused_vs_autopasta": med["autopasta"] / med["reused"],
+            "speedup_reused_vs_autopasta_decode": med["autopasta_decode"] / med["reused"],
+            "speedup_disk_vs_nocache": med["nocache"] / med["reused_disk"],
+            "prepare_decode_vs_plain_prefill": med["prepare_decode"] / med["plain_prefill"],
+            "prepare_both_vs_plain_prefill": med["prepare_both"] / med["plain_prefill"],
+            "selected_tokens": answers["reused"].selected_tokens,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    result = {"engine": str(args.engine), "config": config.to_dict(), "machine": platform.processor() or platform.machine(), "repeats": args.repeats, "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print("\n| context | (a) reused TTFT | from disk | (b) no cache | (c) AutoPASTA | (c') AutoPASTA, decode-only | (b)/(a) | (c)/(a) | (c')/(a) | prepare (decode) / plain prefill | prepare (both) / plain prefill |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        m = r["median_s"]
+        print(f"| {r['context_tokens']} | {m['reused']:.3f} s | {m['reused_disk']:.3f} s | {m['nocache']:.2f} s | {m['autopasta']:.2f} s | {m['autopasta_decode']:.2f} s | "
+              f"**{r['speedup_reused_vs_nocache']:.1f}x** | **{r['speedup_reused_vs_autopasta']:.1f}x** | {r['speedup_reused_vs_autopasta_decode']:.1f}x | "
+              f"{r['prepare_decode_vs_plain_prefill']:.2f} | {r['prepare_both_vs_plain_prefill']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
