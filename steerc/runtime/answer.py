@@ -21,7 +21,7 @@ from steerc.runtime.layout import PromptLayout
 from steerc.runtime.spans import best_sentence, spans_to_token_mask
 from steerc.runtime.steer_config import SteerConfig
 from steerc.runtime.store import ContextStore
-from steerc.runtime.text import Detokenizer
+from steerc.runtime.text import Detokenizer, StreamRun, stream_steps
 
 __all__ = ["SteeredAnswer", "Steerer", "AUTOPASTA_INSTRUCTION"]
 
@@ -104,25 +104,12 @@ class Steerer:
         prepare_s = time.perf_counter() - start if tier in ("miss", "per-query") else 0.0  # autopasta: key sentence + steered context
         query_ids = self.layout.query_ids(self.config.prefixes[0], query)
         self.engine.check_length(prepared.length + len(query_ids) + 1, f"the context ({prepared.length} tokens) plus the query ({len(query_ids)} tokens)")
-        text = Detokenizer(self.engine.tokenizer)
-        finish, first = "length", None
+        text, run = Detokenizer(self.engine.tokenizer), StreamRun()
         steps = generate(self.engine, query_ids[None], cache=prepared.kv, steering=prepared.query_steering(), max_new_tokens=max_new_tokens,
                          sampling=sampling, prefill_chunk=self.prefill_chunk)
-        for step in steps:
-            first = first or time.perf_counter()
-            token = int(step[0])
-            if token in self.engine.eos_token_ids:
-                finish = "stop"
-                break
-            if delta := text.push(token):
-                yield delta
-        end = time.perf_counter()
-        if delta := text.flush():
-            yield delta
-        first = first or end
-        tokens = text.tokens
-        self.last = SteeredAnswer(text.text.strip(), tokens, finish, self.config.method, tier, len(prepared.context_ids), prepared.num_selected,
-                                  prepared.selected_per_layer, prepare_s, first - start, end - first, len(query_ids), key_sentence)
+        yield from stream_steps(self.engine, steps, text, run)
+        self.last = SteeredAnswer(text.text.strip(), text.tokens, run.finish, self.config.method, tier, len(prepared.context_ids), prepared.num_selected,
+                                  prepared.selected_per_layer, prepare_s, run.first - start, run.end - run.first, len(query_ids), key_sentence)
 
     def answer(self, context: str, query: str, **kwargs) -> SteeredAnswer:
         for _ in self.stream(context, query, **kwargs):

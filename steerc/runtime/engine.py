@@ -80,14 +80,18 @@ class Engine:
                 "shorten it, or recompile with a larger --max-seq-len"
             )
 
-    def forward(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache, bias: np.ndarray) -> tuple[np.ndarray, KVCache]:
-        """One engine call: ``input_ids [B,S]``, ``attention_mask [B,P+S]``, ``bias [B,L,H,P+S]``
-        -> ``(logits [B,S,V], cache extended by S positions)``."""
+    def _feed(self, input_ids, position_ids, attention_mask, cache: KVCache, bias) -> dict:
+        """The graph inputs of one step, after checking the shapes agree."""
         B, S = input_ids.shape
         total = cache.length + S
         if attention_mask.shape != (B, total) or bias.shape != (B, self.geometry.num_layers, self.geometry.num_heads, total):
             raise ValueError(f"inconsistent step shapes: ids {input_ids.shape}, mask {attention_mask.shape}, bias {bias.shape}, cache length {cache.length}")
-        feed = dict(zip(self.input_names, (input_ids, position_ids, attention_mask, *cache.flat(), bias)))
+        return dict(zip(self.input_names, (input_ids, position_ids, attention_mask, *cache.flat(), bias)))
+
+    def forward(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache, bias: np.ndarray) -> tuple[np.ndarray, KVCache]:
+        """One engine call: ``input_ids [B,S]``, ``attention_mask [B,P+S]``, ``bias [B,L,H,P+S]``
+        -> ``(logits [B,S,V], cache extended by S positions)``."""
+        feed = self._feed(input_ids, position_ids, attention_mask, cache, bias)
         logits, *present = self.session.run(self.output_names, feed)
         return logits, KVCache.from_flat(present)
 
@@ -99,11 +103,7 @@ class Engine:
             raise EngineError(f"engine {self.folder} has no analysis graph (compiled with --no-importance); recompile without it to use LLMSteer selection")
         if self._analysis is None:
             self._analysis = create_session(self.folder / self.manifest["analysis"]["model"], device=self.device, threads=self.threads)
-        B, S = input_ids.shape
-        total = cache.length + S
-        if attention_mask.shape != (B, total) or bias.shape != (B, self.geometry.num_layers, self.geometry.num_heads, total):
-            raise ValueError(f"inconsistent step shapes: ids {input_ids.shape}, mask {attention_mask.shape}, bias {bias.shape}, cache length {cache.length}")
-        feed = dict(zip(self.input_names, (input_ids, position_ids, attention_mask, *cache.flat(), bias)))
+        feed = self._feed(input_ids, position_ids, attention_mask, cache, bias)
         logits, *present, importance = self._analysis.run([*self.output_names, "attn_importance"], feed)
         return logits, KVCache.from_flat(present), importance
 

@@ -13,7 +13,7 @@ from steerc.runtime.engine import Engine
 from steerc.runtime.generate import DEFAULT_PREFILL_CHUNK, SamplingParams, generate
 from steerc.runtime.steering import Steering
 
-__all__ = ["Completion", "Detokenizer", "TextStream", "encode_prompts", "complete"]
+__all__ = ["Completion", "Detokenizer", "StreamRun", "TextStream", "encode_prompts", "complete", "stream_steps"]
 
 
 @dataclass
@@ -85,28 +85,41 @@ class TextStream:
         self.completion: Completion | None = None
 
     def __iter__(self) -> Iterator[str]:
-        text = Detokenizer(self.engine.tokenizer, self.stop)
-        finish = "length"
+        text, run = Detokenizer(self.engine.tokenizer, self.stop), StreamRun()
         start = time.perf_counter()
-        first = None
-        for step in generate(self.engine, self.ids, self.mask, max_new_tokens=self.max_new_tokens, sampling=self.sampling, steering=self.steering,
-                             prefill_chunk=self.prefill_chunk, progress=self.progress):
-            first = first or time.perf_counter()
-            token = int(step[0])
-            if token in self.engine.eos_token_ids:
-                finish = "stop"
-                break
-            if delta := text.push(token):
-                yield delta
-            if text.stopped:
-                finish = "stop"
-                break
-        end = time.perf_counter()
-        if delta := text.flush():
-            yield delta
-        first = first or end
-        self.completion = Completion(text.text, text.tokens, self.lengths[0], finish, prefill_s=first - start, decode_s=end - first)
+        steps = generate(self.engine, self.ids, self.mask, max_new_tokens=self.max_new_tokens, sampling=self.sampling, steering=self.steering,
+                         prefill_chunk=self.prefill_chunk, progress=self.progress)
+        yield from stream_steps(self.engine, steps, text, run)
+        self.completion = Completion(text.text, text.tokens, self.lengths[0], run.finish, prefill_s=run.first - start, decode_s=run.end - run.first)
 
+
+@dataclass
+class StreamRun:
+    """How a streamed generation ended: finish reason, first-token and end times."""
+
+    finish: str = "length"
+    first: float = 0.0
+    end: float = 0.0
+
+
+def stream_steps(engine: Engine, steps, text: "Detokenizer", run: StreamRun) -> Iterator[str]:
+    """Yield the text deltas of row 0 of ``steps`` (an iterator of ``[B]`` tokens) until EOS or
+    a stop string; ``run`` records the finish reason and the times."""
+    for step in steps:
+        run.first = run.first or time.perf_counter()
+        token = int(step[0])
+        if token in engine.eos_token_ids:
+            run.finish = "stop"
+            break
+        if delta := text.push(token):
+            yield delta
+        if text.stopped:
+            run.finish = "stop"
+            break
+    run.end = time.perf_counter()
+    if delta := text.flush():
+        yield delta
+    run.first = run.first or run.end
 
 class Detokenizer:
     """Incremental detokenization: ``push`` a token, get the text that is safe to show. Text
