@@ -1,6 +1,7 @@
 # steerc: two entry points for a fresh machine (Linux, Python 3.11, CPU).
 #   make demo   installs into .venv, compiles the default model, inspects the engine, and answers a
-#               question over a context with LLMSteer twice (the second run reuses the stored context)
+#               question over a context with LLMSteer twice (the second run reuses the stored context),
+#               then evaluates none vs LLMSteer on 5 SQuAD dev questions
 #   make test   installs into .venv and runs the whole test suite (includes the default model)
 
 PYTHON ?= python3
@@ -28,6 +29,8 @@ demo: install
 	$(VENV)/bin/steerc inspect $(ENGINE)
 	$(VENV)/bin/steerc run $(ENGINE) --context examples/super_bowl_50.txt --query "Which NFL team represented the AFC at Super Bowl 50?" --html $(ENGINE)-run.html
 	$(VENV)/bin/steerc run $(ENGINE) --context examples/super_bowl_50.txt --query "Where did Super Bowl 50 take place?"
+	# A first look at quality: 5 SQuAD dev questions, unsteered vs LLMSteer (docs/RESULTS.md has the full runs).
+	$(VENV)/bin/steerc eval $(ENGINE) --dataset squad --limit 5 --methods none,llmsteer --out $(ENGINE)-eval --fresh
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider

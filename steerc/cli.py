@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     from steerc.cli_run import add_run_parser
 
     add_run_parser(sub)
+    from steerc.cli_eval import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from steerc.errors import SteercError
 
-__all__ = ["add_run_parser", "cmd_run"]
+__all__ = ["add_run_parser", "add_steer_options", "cmd_run", "steer_config"]
 
 
 def _ints(text: str | None) -> list[int] | None:
@@ -19,11 +19,18 @@ def _ints(text: str | None) -> list[int] | None:
         raise SteercError(f"expected a comma-separated list of integers or 'all', got {text!r}") from None
 
 
-def _config(args):
+def steer_config(args, method: str | None = None):
+    """The SteerConfig the shared steering options (``add_steer_options``) describe."""
     from steerc.runtime.spans import parse_spans
     from steerc.runtime.steer_config import DEFAULT_PREFIXES, SteerConfig, load_profile
 
-    fields = {"method": args.method, "steer_at": args.steer_at, "window": args.window, "layers": _ints(args.layers), "heads": _ints(args.heads)}
+    fields = {"method": method or args.method, "window": args.window}
+    for name in ("layers", "heads"):  # 'all' = every one; left out = SteerConfig's default
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value if name == "layers" and value in ("first-third", "middle-third", "last-third") else _ints(value)
+    if args.steer_at is not None:
+        fields["steer_at"] = args.steer_at
     if args.alpha is not None:
         fields["alpha"] = args.alpha
     if args.top_k is not None:
@@ -37,7 +44,7 @@ def _config(args):
     try:
         if args.profile:
             fields["profile"] = load_profile(args.profile)
-        if args.highlight:
+        if getattr(args, "highlight", None):
             fields["highlights"] = tuple(parse_spans(args.highlight))
         return SteerConfig(**fields)
     except ValueError as exc:
@@ -55,7 +62,7 @@ def cmd_run(args) -> int:
         context = Path(args.context).read_text()
     except OSError as exc:
         raise SteercError(f"cannot read --context {args.context}: {exc.strerror}") from None
-    config = _config(args)
+    config = steer_config(args)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     engine = Engine.load(args.engine, device=args.device, threads=args.threads)
     steerer = Steerer(engine, config, open_store(args.store), chat=not args.no_chat)
@@ -105,6 +112,18 @@ def _write_html(path: str, context: str, steerer, answer) -> None:
     write_html(path, render_html(context, offsets, importance, prepared.selected.any(0), title="steerc run", stats=stats))
 
 
+def add_steer_options(p) -> None:
+    """Steering options shared by ``steerc run`` and ``steerc eval`` (defaults: SteerConfig's)."""
+    p.add_argument("--alpha", type=float, default=None, help="down-weighting of unselected context keys, in (0, 1] (default: SteerConfig's)")
+    p.add_argument("--top-k", type=float, default=None, help="tokens kept per layer and pass: a ratio < 1 or a count (default: SteerConfig's)")
+    p.add_argument("--steer-at", default=None, choices=["prefill", "decode", "both"], help="default: SteerConfig's")
+    p.add_argument("--layers", default=None, help="steered layers: e.g. 8,9,10, all, or a band first-third|middle-third|last-third (default: last-third)")
+    p.add_argument("--heads", default=None, help="steered query heads within those layers (default all)")
+    p.add_argument("--profile", default=None, help='JSON {"heads": [[layer, head], ...]} replacing --layers/--heads')
+    p.add_argument("--prefix", action="append", help="an instruction prefix (give it twice; default: LLMSteer's two)")
+    p.add_argument("--window", type=int, default=0, help="count only the last N context tokens' attention (0 = all)")
+
+
 def add_run_parser(sub) -> None:
     p = sub.add_parser("run", help="answer a question over a context with LLMSteer (or a baseline), reusing stored contexts",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -112,15 +131,8 @@ def add_run_parser(sub) -> None:
     p.add_argument("--context", required=True, help="text file with the context (passages)")
     p.add_argument("--query", required=True, help="the question")
     p.add_argument("--method", default="llmsteer", choices=["llmsteer", "pasta", "autopasta", "none"])
-    p.add_argument("--alpha", type=float, default=None, help="down-weighting of unselected context keys, in (0, 1] (default: SteerConfig's)")
-    p.add_argument("--top-k", type=float, default=None, help="tokens kept per layer and pass: a ratio < 1 or a count (default: SteerConfig's)")
-    p.add_argument("--steer-at", default="decode", choices=["prefill", "decode", "both"])
-    p.add_argument("--layers", default=None, help="steered layers, e.g. 8,9,10 (default all)")
-    p.add_argument("--heads", default=None, help="steered query heads within those layers (default all)")
-    p.add_argument("--profile", default=None, help='JSON {"heads": [[layer, head], ...]} replacing --layers/--heads')
+    add_steer_options(p)
     p.add_argument("--highlight", default=None, help="pasta: character ranges of the context to emphasise, START:END[,START:END]")
-    p.add_argument("--prefix", action="append", help="an instruction prefix (give it twice; default: LLMSteer's two)")
-    p.add_argument("--window", type=int, default=0, help="count only the last N context tokens' attention (0 = all)")
     p.add_argument("--store", default=None, help="context store folder, or 'memory' (default ~/.cache/steerc/contexts or $STEERC_CONTEXT_STORE)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--html", default=None, help="write a page showing the selected tokens and their importance")

@@ -82,3 +82,26 @@ def tiny_engine(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-engine") / "engine"
     compile_engine(str(tiny_folder), out, CompileSettings(max_seq_len=64, max_batch=4))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_text_engine(tmp_path_factory):
+    """A tiny random Llama with the default model's tokenizer (and chat template), compiled:
+    text-level runtime tests (eval, steering over text contexts) without the real weights."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from steerc.engine import compile_engine
+    from steerc.models.loading import _default_gguf
+
+    gguf = _default_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                         num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
+                                         eos_token_id=tokenizer.eos_token_id))
+    folder = tmp_path_factory.mktemp("tiny-text")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path_factory.mktemp("tiny-text-engine") / "engine"
+    compile_engine(str(folder), out, CompileSettings(max_seq_len=384, max_batch=2))
+    return out

@@ -104,7 +104,7 @@ class Steerer:
         prepare_s = time.perf_counter() - start if tier in ("miss", "per-query") else 0.0  # autopasta: key sentence + steered context
         query_ids = self.layout.query_ids(self.config.prefixes[0], query)
         self.engine.check_length(prepared.length + len(query_ids) + 1, f"the context ({prepared.length} tokens) plus the query ({len(query_ids)} tokens)")
-        text, run = Detokenizer(self.engine.tokenizer), StreamRun()
+        text, run = Detokenizer(self.engine.tokenizer, self.layout.stop), StreamRun()
         steps = generate(self.engine, query_ids[None], cache=prepared.kv, steering=prepared.query_steering(), max_new_tokens=max_new_tokens,
                          sampling=sampling, prefill_chunk=self.prefill_chunk)
         yield from stream_steps(self.engine, steps, text, run)

@@ -13,6 +13,11 @@ graph's KV equals the plain graph's) and the bias is applied at query time; ``pr
 ``both`` run a third, steered prefill whose KV is stored (``both`` also applies the bias at
 query time). Entries are keyed by engine, context tokens, prefix tokens and config, so a hit
 is always the same computation; a corrupt entry is dropped by the store and recomputed.
+
+Two intermediate results are stored too, so other configurations of the same context start
+from them: the plain context (``method none``, pass 1's KV) and the two passes' importance
+(keyed by prefixes and ``window`` only). A new ``alpha``, ``top_k``, layer set or highlight on
+a known context then costs no prefill at all with ``steer_at = decode``.
 """
 
 from __future__ import annotations
@@ -90,6 +95,11 @@ def store_key(engine: Engine, heads: list[np.ndarray], context_ids: np.ndarray, 
     return context_key(engine.engine_id, context_ids.tolist(), prefix, config.cache_fields())
 
 
+def _importance_key(engine: Engine, heads: list[np.ndarray], context_ids: np.ndarray, window: int) -> str:
+    prefix = json.dumps([h.tolist() for h in heads])
+    return context_key(engine.engine_id, context_ids.tolist(), prefix, {"importance": "dual-prefix", "window": window})
+
+
 def _lookup(store: ContextStore | None, key: str) -> tuple[StoredContext | None, str]:
     if store is None:
         return None, "miss"
@@ -97,6 +107,37 @@ def _lookup(store: ContextStore | None, key: str) -> tuple[StoredContext | None,
         return store.lookup(key)
     entry = store.get(key)
     return entry, ("store" if entry is not None else "miss")
+
+
+def _plain(engine: Engine, head: np.ndarray, context_ids: np.ndarray, kv: KVCache, seconds: float) -> PreparedContext:
+    g, config = engine.geometry, SteerConfig(method="none")
+    N, Nh = len(context_ids), len(head)
+    return PreparedContext(store_key(engine, [head], context_ids, config), config, head, context_ids, kv, np.ones((g.num_layers, N), bool),
+                           np.zeros((0, g.num_layers, N), np.float32), np.zeros((g.num_layers, g.num_heads, Nh + N), np.float32),
+                           {"prepare_seconds": seconds, "context_tokens": N, "head_tokens": Nh})
+
+
+def _dual_importance(engine: Engine, heads: list[np.ndarray], context_ids: np.ndarray, kv: KVCache | None, window: int,
+                     store: ContextStore | None, chunk: int, report) -> tuple[np.ndarray, KVCache | None]:
+    """``(importance [2, L, N], plain KV of heads[0] + context or the given one)``; both come
+    from (and go to) the store when there is one."""
+    key = _importance_key(engine, heads, context_ids, window)
+    entry, _ = _lookup(store, key)
+    if entry is not None:
+        return entry.tensors["importance"], kv
+    start, passes = time.perf_counter(), []
+    for i, h in enumerate(heads):
+        imp, cache = importance_prefill(engine, np.concatenate([h, context_ids]), window=window, chunk=chunk, progress=report(f"importance pass {i + 1}/2"))
+        passes.append(imp[:, :, len(h) :].sum(1))  # [L, N], heads summed
+        if i == 0 and kv is None:
+            kv = cache  # the analysis graph's KV equals the plain graph's
+            if store is not None:
+                plain = _plain(engine, h, context_ids, kv, time.perf_counter() - start)
+                store.put(plain.key, plain.to_stored())
+    importance = np.stack(passes)  # [2, L, N]
+    if store is not None:
+        store.put(key, StoredContext({"importance": importance}, {"kind": "importance", "window": window}))
+    return importance, kv
 
 
 def prepare_context(
@@ -115,7 +156,8 @@ def prepare_context(
     ``"store"``) for a hit, ``"miss"`` when it was computed (and stored). ``heads`` are the
     instruction heads' token ids (two for llmsteer, the first is the one the stored KV uses);
     ``highlight [N]`` marks the tokens pasta emphasises; ``base_kv``, the plain KV of
-    ``heads[0] + context`` if the caller has it, saves the plain prefill."""
+    ``heads[0] + context`` if the caller has it, saves the plain prefill (so does a stored
+    plain context)."""
     g = engine.geometry
     context_ids = np.asarray(context_ids, np.int64)
     heads = [np.asarray(h, np.int64) for h in heads[: 2 if config.method == "llmsteer" else 1]]
@@ -139,14 +181,12 @@ def prepare_context(
     N, Nh = len(context_ids), len(head)
     importance = np.zeros((0, g.num_layers, N), np.float32)
     kv = base_kv
+    if kv is None and config.method != "none" and config.steer_at == "decode":
+        plain, _ = _lookup(store, store_key(engine, [head], context_ids, SteerConfig(method="none")))
+        kv = PreparedContext.from_stored("", plain).kv if plain is not None else None
     if config.method == "llmsteer":
-        passes = []
-        for i, h in enumerate(heads):
-            imp, cache = importance_prefill(engine, np.concatenate([h, context_ids]), window=config.window, chunk=chunk, progress=report(f"importance pass {i + 1}/2"))
-            passes.append(imp[:, :, len(h) :].sum(1))  # [L, N], heads summed
-            kv = cache if i == 0 else kv
-        importance = np.stack(passes)  # [2, L, N]
-        selected = select_tokens(passes[0], passes[1], config.top_k)
+        importance, kv = _dual_importance(engine, heads, context_ids, kv, config.window, store, chunk, report)
+        selected = select_tokens(importance[0], importance[1], config.top_k)
     elif config.method == "none":
         selected = np.ones((g.num_layers, N), bool)
     else:

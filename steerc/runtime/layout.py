@@ -49,6 +49,12 @@ class PromptLayout:
         # Chat templates spell out their special tokens; plain prompts get the tokenizer's BOS once.
         return list(self.tokenizer(text, add_special_tokens=first and not self.chat)["input_ids"])
 
+    @property
+    def stop(self) -> tuple[str, ...]:
+        """Stop strings for answers: a base model given a completion prompt goes on to invent
+        the next question (or repeats ``Answer:``); a chat model ends its turn with EOS."""
+        return () if self.chat else ("\n\n", "\nQuestion:", "\nAnswer:")
+
     def head_ids(self, prefix: str) -> np.ndarray:
         return np.asarray(self._encode(self._split(prefix)[0], first=True), np.int64)
 

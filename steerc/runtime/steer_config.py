@@ -10,10 +10,23 @@ from typing import Any
 
 from steerc.settings import _JsonDataclass
 
-__all__ = ["SteerConfig", "METHODS", "STEER_AT", "DEFAULT_PREFIXES", "load_profile"]
+__all__ = ["SteerConfig", "METHODS", "STEER_AT", "LAYER_BANDS", "DEFAULT_PREFIXES", "load_profile", "band_layers"]
 
 METHODS = ("none", "llmsteer", "pasta", "autopasta")
 STEER_AT = ("prefill", "decode", "both")
+# Named layer sets that fit any depth: thirds of the stack (for 30 layers: 0-9, 10-19, 20-29).
+LAYER_BANDS = ("all", "first-third", "middle-third", "last-third")
+
+
+def band_layers(band: str, num_layers: int) -> tuple[int, ...]:
+    """The layer indices of a named band (``LAYER_BANDS``) in a ``num_layers``-deep model."""
+    if band not in LAYER_BANDS:
+        raise ValueError(f"layer band must be one of {LAYER_BANDS}, got {band!r}")
+    if band == "all":
+        return tuple(range(num_layers))
+    part = LAYER_BANDS.index(band) - 1
+    start, end = round(part * num_layers / 3), round((part + 1) * num_layers / 3)
+    return tuple(range(start, max(end, start + 1)))  # never empty, even for 1-2 layers
 # LLMSteer's two query-free instruction prefixes (as reported; see shared/papers.md).
 DEFAULT_PREFIXES = (
     "Answer the question based on the given passages. Only give me the answer and do not output any other words. The following are given passages.",
@@ -24,6 +37,10 @@ DEFAULT_PREFIXES = (
 def _int_tuple(name: str, value) -> tuple[int, ...] | None:
     if value is None:
         return None
+    if name == "layers" and isinstance(value, str):
+        if value not in LAYER_BANDS:
+            raise ValueError(f"layers must be a list of integers, null, or one of {LAYER_BANDS}, got {value!r}")
+        return value
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise ValueError(f"{name} must be a list of integers or null, got {value!r}")
     out = tuple(value)
@@ -40,7 +57,8 @@ class SteerConfig(_JsonDataclass):
     ``log(alpha)``. ``top_k``: a ratio of the context (< 1) or a token count (>= 1).
     ``steer_at``: ``prefill`` (the stored KV comes from a steered prefill), ``decode`` (plain
     KV; the bias applies whenever later tokens attend to the context) or ``both``.
-    ``layers`` / ``heads``: steered layers and query heads (null = all); ``profile``, a list of
+    ``layers`` / ``heads``: steered layers and query heads (null = all; ``layers`` may also name
+    a band of ``LAYER_BANDS``: the default, ``last-third``, won the dev sweep); ``profile``, a list of
     ``[layer, head]`` pairs, replaces both. ``window`` > 0 counts only the last ``window``
     context tokens' attention (an observation window) instead of every row."""
 
@@ -48,7 +66,7 @@ class SteerConfig(_JsonDataclass):
     alpha: float = 0.1
     top_k: float = 0.2
     steer_at: str = "decode"
-    layers: tuple[int, ...] | None = None
+    layers: tuple[int, ...] | str | None = "last-third"
     heads: tuple[int, ...] | None = None
     profile: tuple[tuple[int, int], ...] = ()
     prefixes: tuple[str, str] = DEFAULT_PREFIXES
@@ -90,7 +108,7 @@ class SteerConfig(_JsonDataclass):
         if self.profile:
             pairs = list(self.profile)
         else:
-            layers = self.layers if self.layers is not None else range(num_layers)
+            layers = range(num_layers) if self.layers is None else band_layers(self.layers, num_layers) if isinstance(self.layers, str) else self.layers
             heads = self.heads if self.heads is not None else range(num_heads)
             pairs = [(layer, head) for layer in layers for head in heads]
         bad = [p for p in pairs if p[0] >= num_layers or p[1] >= num_heads]

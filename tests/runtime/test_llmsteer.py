@@ -63,7 +63,7 @@ def test_importance_prefill_chunks_and_window(engine):
 
 
 def test_steering_raises_the_attention_share_of_selected_tokens(engine):
-    config = SteerConfig(alpha=0.1, top_k=0.3)
+    config = SteerConfig(alpha=0.1, top_k=0.3, layers=None)  # every layer: the test checks each one
     prepared, _ = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, config)
     ids = np.concatenate([HEAD_A, CONTEXT, QUERY])
     total = len(ids)
@@ -166,3 +166,27 @@ def test_context_longer_than_engine_is_refused_before_work(engine):
 
     with pytest.raises(ContextTooLongError, match="at most 64"):
         prepare_context(engine, [HEAD_A, HEAD_B], RNG.integers(0, 128, 70), SteerConfig())
+
+
+def test_new_settings_on_a_known_context_reuse_the_stored_analysis(engine, monkeypatch):
+    """The plain KV and the dual-prefix importance are stored once; another alpha / top-k /
+    layer set (steer_at decode), none, and pasta then run no prefill, with results equal to
+    a fresh computation."""
+    store = MemoryStore(1 << 26)
+    prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(), store=store)
+    calls = []
+    for name in ("forward", "analyze"):
+        original = getattr(engine, name)
+        monkeypatch.setattr(engine, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    highlight = np.zeros(len(CONTEXT), bool)
+    highlight[3:7] = True
+    configs = [(SteerConfig(alpha=0.5, top_k=0.4, layers=[0]), None), (SteerConfig(method="none"), None),
+               (SteerConfig(method="pasta", highlights=((1, 2),)), highlight)]
+    reused = [prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, c, highlight=h, store=store)[0] for c, h in configs]
+    assert calls == []
+    monkeypatch.undo()
+    for (config, h), got in zip(configs, reused):
+        fresh, _ = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, config, highlight=h)
+        np.testing.assert_array_equal(got.selected, fresh.selected)
+        np.testing.assert_array_equal(got.bias, fresh.bias)
+        np.testing.assert_array_equal(_query_logits(engine, got), _query_logits(engine, fresh))

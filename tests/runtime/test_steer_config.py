@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from steerc.runtime.steer_config import DEFAULT_PREFIXES, SteerConfig, load_profile
+from steerc.runtime.steer_config import band_layers, DEFAULT_PREFIXES, SteerConfig, load_profile
 
 
 def test_json_round_trip_restores_tuples():
@@ -38,7 +38,8 @@ def test_pasta_needs_highlights():
 
 
 def test_steered_pairs():
-    assert SteerConfig().steered_pairs(2, 2) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert SteerConfig(layers=None).steered_pairs(2, 2) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert SteerConfig().steered_pairs(2, 2) == [(1, 0), (1, 1)]  # default: the last third of the layers
     assert SteerConfig(layers=[1], heads=[0, 1]).steered_pairs(2, 3) == [(1, 0), (1, 1)]
     assert SteerConfig(profile=[[1, 2], [0, 0]], layers=[1]).steered_pairs(2, 3) == [(0, 0), (1, 2)]
     with pytest.raises(ValueError, match="outside the engine"):
@@ -60,3 +61,25 @@ def test_load_profile(tmp_path):
         load_profile(path)
     with pytest.raises(ValueError, match="cannot read"):
         load_profile(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("band, depth, layers", [
+    ("last-third", 30, tuple(range(20, 30))),
+    ("first-third", 30, tuple(range(0, 10))),
+    ("middle-third", 30, tuple(range(10, 20))),
+    ("last-third", 18, tuple(range(12, 18))),
+    ("last-third", 2, (1,)),
+    ("first-third", 2, (0,)),  # never empty
+    ("all", 3, (0, 1, 2)),
+])
+def test_layer_bands(band, depth, layers):
+    assert band_layers(band, depth) == layers
+    pairs = SteerConfig(layers=band).steered_pairs(depth, 1)
+    assert [layer for layer, _ in pairs] == list(layers)
+
+
+def test_layer_band_names_are_checked_and_round_trip():
+    with pytest.raises(ValueError, match="one of"):
+        SteerConfig(layers="late")
+    config = SteerConfig(layers="middle-third")
+    assert SteerConfig.from_json(config.to_json()) == config

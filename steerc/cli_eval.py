@@ -1,0 +1,89 @@
+"""``steerc eval``: score none / LLMSteer / PASTA / AutoPASTA on a dataset, with intervals."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from steerc.errors import SteercError
+
+__all__ = ["add_eval_parser", "cmd_eval"]
+
+FORMAT_HELP = """JSONL format, one object per line:
+  {"id": "q1", "context": "...", "question": "...", "answers": ["...", ...]}
+  or "documents": [{"title": "...", "text": "..."}, ...] instead of "context"
+  optional: "gold_document": <index> (with documents), "highlights": [[start, end], ...] (with context)
+Shipped datasets (../shared/data or $STEERC_DATA): squad, nq-multidoc, kv-retrieval.
+Splits: contexts shuffled with --seed; 30%% of them are dev, the rest test (tune on dev only)."""
+
+
+def add_eval_parser(sub) -> None:
+    from steerc.cli_run import add_steer_options
+    from steerc.eval.data import GOLD_POSITIONS, SPLITS
+
+    p = sub.add_parser("eval", help="evaluate steering methods on a dataset (scores with bootstrap intervals)", epilog=FORMAT_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("engine")
+    p.add_argument("--dataset", required=True, help="squad, nq-multidoc, kv-retrieval, or a .jsonl file")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N examples of the split (seeded order; default all)")
+    p.add_argument("--methods", default="none,llmsteer,pasta,autopasta", help="comma-separated: none, llmsteer, pasta (oracle evidence), autopasta")
+    p.add_argument("--split", default=None, choices=SPLITS, help="default: dev for shipped datasets, all for a file")
+    p.add_argument("--seed", type=int, default=0, help="fixes the split, the sample and the NQ/KV distractors")
+    p.add_argument("--out", default=None, help="folder for run.json, predictions.jsonl, summary.json/.md (default runs/eval/DATASET-SPLIT)")
+    p.add_argument("--fresh", action="store_true", help="discard an earlier run in --out instead of resuming it")
+    p.add_argument("--num-docs", type=int, default=10, help="nq-multidoc: documents per question")
+    p.add_argument("--gold-position", default=None, choices=GOLD_POSITIONS, help="nq-multidoc (default middle) / kv-retrieval (default random)")
+    p.add_argument("--num-keys", type=int, default=25, help="kv-retrieval: key-value records per question (of 75)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 64 for kv-retrieval (the model repeats the 36-character key first), else 32")
+    add_steer_options(p)
+    p.add_argument("--store", default="memory", help="context store: 'memory' (default) or a folder to keep prepared contexts across runs")
+    p.add_argument("--no-chat", action="store_true", help="completion-style prompts (base models)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from steerc.cli_run import steer_config
+    from steerc.eval import PRIMARY, load_dataset, method_variants, run_eval, summarize, summary_markdown
+    from steerc.runtime import Engine
+    from steerc.runtime.store import open_store
+
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 64 if args.dataset == "kv-retrieval" else 32
+    if args.max_new_tokens < 1:
+        raise SteercError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    builtin = args.dataset in PRIMARY
+    split = args.split or ("dev" if builtin else "all")
+    examples = load_dataset(args.dataset, split=split, seed=args.seed, limit=args.limit, num_docs=args.num_docs, gold_position=args.gold_position,
+                            num_keys=args.num_keys)
+    variants = method_variants([m.strip() for m in args.methods.split(",") if m.strip()], steer_config(args, "none"))
+    name = args.dataset if builtin else Path(args.dataset).name.split(".")[0]
+    out = Path(args.out or f"runs/eval/{name}-{split}")
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    engine = Engine.load(args.engine, device=args.device, threads=args.threads)
+    info = {"dataset": args.dataset, "split": split, "seed": args.seed, "num_docs": args.num_docs, "gold_position": args.gold_position, "num_keys": args.num_keys}
+    console.print(f"[dim]{len(examples)} examples of {args.dataset} ({split}) x {len(variants)} methods -> {out}[/]")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("evaluating", total=len(examples))
+        try:
+            rows = run_eval(engine, examples, variants, store=open_store(args.store, 4 << 30), max_new_tokens=args.max_new_tokens, chat=not args.no_chat,
+                            out=out, run_info=info, fresh=args.fresh, progress=lambda done, total, _id: bar.update(task, completed=done))
+        except ValueError as exc:
+            raise SteercError(str(exc)) from None
+    summary = summarize(rows, primary=PRIMARY.get(args.dataset, "f1"), seed=args.seed)
+    summary["run"] = info | {"engine": str(args.engine), "examples": len(examples)}
+    text = summary_markdown(summary, f"{args.dataset} ({split}, {len(examples)} examples)")
+    for fname, content in (("summary.json", json.dumps(summary, indent=1)), ("summary.md", text)):
+        tmp = out / (fname + ".tmp")
+        tmp.write_text(content)
+        os.replace(tmp, out / fname)
+    print(text, end="")
+    console.print(f"[dim]wrote {out}/summary.md, summary.json and predictions.jsonl[/]")
+    return 0

@@ -1,0 +1,154 @@
+"""Run methods over examples with one engine and one context store; score every answer.
+
+``run_eval(engine, examples, variants)`` answers each example with each *variant* (a name and
+a :class:`SteerConfig`: ``none``, ``llmsteer``, ``pasta``, ``autopasta``, or several llmsteer
+settings in a sweep) through :class:`Steerer`, the same code path as ``steerc run``. All
+variants share the store, so a context is analysed once: the plain KV and the two prefixes'
+importance are stored on first use, and every other variant, and every later question on
+the same context (SQuAD has about five per passage), starts from them. ``pasta`` emphasises
+the example's evidence (an oracle highlight). Rows are appended to ``predictions.jsonl`` as
+they are made, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from steerc.errors import SteercError
+from steerc.eval.data import Example
+from steerc.eval.metrics import score
+from steerc.runtime.answer import Steerer
+from steerc.runtime.engine import ContextTooLongError, Engine
+from steerc.runtime.steer_config import METHODS, SteerConfig
+from steerc.runtime.store import ContextStore, MemoryStore
+
+__all__ = ["Variant", "method_variants", "run_eval", "PREDICTIONS", "RUN_FILE"]
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS, RUN_FILE = "predictions.jsonl", "run.json"
+# llmsteer first: it stores the plain context and the importance every other variant reuses.
+_ORDER = {"llmsteer": 0, "none": 1, "pasta": 2, "autopasta": 3}
+
+Progress = Callable[[int, int, str], None]  # (examples done, total, latest example id)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    config: SteerConfig
+
+    def for_example(self, example: Example) -> SteerConfig | None:
+        """The config for one example (pasta takes the example's evidence); None when it cannot run."""
+        if self.config.method != "pasta":
+            return self.config
+        return replace(self.config, highlights=example.evidence) if example.evidence else None
+
+
+def method_variants(methods, base: SteerConfig = SteerConfig()) -> list[Variant]:
+    """One variant per method, all with ``base``'s alpha, top-k, layers and prefixes."""
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise SteercError(f"unknown method(s) {bad}: choose from {', '.join(METHODS)}")
+    placeholder = ((0, 1),)  # pasta's real highlights are set per example
+    return [Variant(m, replace(base, method=m, highlights=placeholder if m == "pasta" else ())) for m in dict.fromkeys(methods)]
+
+
+def _row(example: Example, variant: Variant, answer) -> dict:
+    return {
+        "id": example.id, "variant": variant.name, "method": variant.config.method, "prediction": answer.text, "answers": list(example.answers),
+        **score(answer.text, example.answers),
+        "cache": answer.cache, "context_tokens": answer.context_tokens, "query_tokens": answer.query_tokens, "selected_tokens": answer.selected_tokens,
+        "selected_per_layer": round(answer.selected_per_layer, 1), "generated_tokens": len(answer.token_ids), "finish": answer.finish_reason,
+        "prepare_s": round(answer.prepare_s, 4), "ttft_s": round(answer.ttft_s, 4), "decode_s": round(answer.decode_s, 4),
+        "key_sentence": answer.key_sentence, **{k: v for k, v in example.meta.items() if k != "line"},
+    }
+
+
+def _resume(out: Path, run: dict) -> list[dict]:
+    """Rows of an earlier, identical run in ``out`` (a truncated last line is dropped)."""
+    run_file, pred_file = out / RUN_FILE, out / PREDICTIONS
+    if not run_file.exists():
+        return []
+    try:
+        earlier = json.loads(run_file.read_text())
+    except json.JSONDecodeError:
+        raise SteercError(f"{run_file} is not valid JSON; remove the folder or choose another --out") from None
+    if earlier != run:
+        changed = sorted(k for k in set(run) | set(earlier) if run.get(k) != earlier.get(k))
+        raise SteercError(f"{out} holds a different evaluation (differs in {', '.join(changed)}); choose another --out or pass --fresh")
+    rows = []
+    if pred_file.exists():
+        for text in pred_file.read_text().splitlines():
+            try:
+                rows.append(json.loads(text))
+            except json.JSONDecodeError:
+                break  # the line being written when the run stopped
+    return rows
+
+
+def run_eval(engine: Engine, examples: list[Example], variants: list[Variant], *, store: ContextStore | None = None, max_new_tokens: int = 32,
+             chat: bool = True, out: str | Path | None = None, run_info: dict | None = None, fresh: bool = False,
+             progress: Progress | None = None) -> list[dict]:
+    """Answer and score every example with every variant; returns the rows (one per example
+    and variant; examples too long for the engine get one ``skipped`` row per variant)."""
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise SteercError(f"variant names must be unique, got {names}")
+    store = store if store is not None else MemoryStore(4 << 30)
+    rows: list[dict] = []
+    pred_file = None
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        run = {"engine": engine.engine_id, "examples": [e.id for e in examples], "variants": {v.name: v.config.to_dict() for v in variants},
+               "max_new_tokens": max_new_tokens, "chat": chat, **(run_info or {})}
+        run = json.loads(json.dumps(run))
+        if fresh:
+            for name in (RUN_FILE, PREDICTIONS):
+                (out / name).unlink(missing_ok=True)
+        rows = _resume(out, run)
+        tmp = out / (RUN_FILE + ".tmp")
+        tmp.write_text(json.dumps(run, indent=1))
+        os.replace(tmp, out / RUN_FILE)
+        pred_file = (out / PREDICTIONS).open("w")  # rewritten with the kept rows: drops a truncated tail
+        for r in rows:
+            pred_file.write(json.dumps(r) + "\n")
+        pred_file.flush()
+    done = {(r["id"], r["variant"]) for r in rows}
+    order = sorted(variants, key=lambda v: _ORDER[v.config.method])
+    steerers = {v.name: Steerer(engine, v.config, store, chat=chat) for v in variants}
+    start = time.perf_counter()
+    try:
+        for i, example in enumerate(examples):
+            for variant in order:
+                if (example.id, variant.name) in done:
+                    continue
+                config = variant.for_example(example)
+                if config is None:
+                    row = {"id": example.id, "variant": variant.name, "method": variant.config.method, "skipped": "no evidence to highlight"}
+                else:
+                    steerer = steerers[variant.name]
+                    steerer.config = config
+                    try:
+                        row = _row(example, variant, steerer.answer(example.context, example.question, max_new_tokens=max_new_tokens))
+                    except ContextTooLongError as exc:
+                        row = {"id": example.id, "variant": variant.name, "method": variant.config.method, "skipped": str(exc)}
+                rows.append(row)
+                if pred_file:
+                    pred_file.write(json.dumps(row) + "\n")
+                    pred_file.flush()
+            if progress:
+                progress(i + 1, len(examples), example.id)
+    finally:
+        if pred_file:
+            pred_file.close()
+    log.info("evaluated %d examples x %d variants in %.1f s", len(examples), len(variants), time.perf_counter() - start)
+    by_key = {(r["id"], r["variant"]): r for r in rows}
+    return [by_key[(e.id, n)] for e in examples for n in names if (e.id, n) in by_key]

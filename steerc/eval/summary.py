@@ -1,0 +1,63 @@
+"""Summaries of scored rows: per variant, each metric's mean with a 95% bootstrap interval,
+the paired comparison against the baseline variant on the examples both answered, and the
+mean timings; as a dict (``summary.json``) and a Markdown table."""
+
+from __future__ import annotations
+
+import statistics
+
+from steerc.eval.metrics import METRICS
+from steerc.eval.stats import bootstrap_mean, paired_comparison
+
+__all__ = ["summarize", "summary_markdown", "PRIMARY"]
+
+PRIMARY = {"squad": "f1", "nq-multidoc": "subspan_em", "kv-retrieval": "subspan_em"}
+
+
+def summarize(rows: list[dict], *, primary: str = "f1", baseline: str = "none", seed: int = 0) -> dict:
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    scored = {v: {r["id"]: r for r in rows if r["variant"] == v and "skipped" not in r} for v in variants}
+    out = {"primary": primary, "baseline": baseline if baseline in scored else None, "variants": {}}
+    for v in variants:
+        got = scored[v]
+        skipped = sum(1 for r in rows if r["variant"] == v and "skipped" in r)
+        entry = {"method": next(r["method"] for r in rows if r["variant"] == v), "n": len(got), "skipped": skipped}
+        if got:
+            entry["metrics"] = {m: bootstrap_mean([r[m] for r in got.values()], seed=seed).to_dict() for m in METRICS}
+            for t in ("prepare_s", "ttft_s"):
+                entry[f"median_{t}"] = statistics.median(r[t] for r in got.values())
+            entry["cache_hits"] = sum(1 for r in got.values() if r["cache"] not in ("miss", "per-query"))
+            entry["mean_selected_per_layer"] = statistics.fmean(r["selected_per_layer"] for r in got.values())
+            if out["baseline"] and v != baseline:
+                both = [i for i in got if i in scored[baseline]]
+                if both:
+                    entry["vs_baseline"] = {m: paired_comparison([got[i][m] for i in both], [scored[baseline][i][m] for i in both], seed=seed).to_dict()
+                                            for m in METRICS}
+        out["variants"][v] = entry
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def summary_markdown(summary: dict, title: str = "") -> str:
+    """A table: each metric as mean [95% CI] (x100), the change against the baseline with its
+    interval and p-value on the primary metric, and the median timings."""
+    p = summary["primary"]
+    lines = [f"### {title}", ""] if title else []
+    lines += [f"| variant | n | EM | F1 | subspan EM | Δ {p} vs {summary['baseline']} [95% CI] | p | median TTFT s | median prepare s |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, e in summary["variants"].items():
+        if not e["n"]:
+            lines.append(f"| {name} | 0 ({e['skipped']} skipped) | | | | | | | |")
+            continue
+        cells = [f"{_pct(e['metrics'][m]['mean'])} [{_pct(e['metrics'][m]['low'])}, {_pct(e['metrics'][m]['high'])}]" for m in ("em", "f1", "subspan_em")]
+        vs = e.get("vs_baseline", {}).get(p)
+        delta = f"{100 * vs['diff']['mean']:+.1f} [{100 * vs['diff']['low']:+.1f}, {100 * vs['diff']['high']:+.1f}]{' *' if vs['significant'] else ''}" if vs else "—"
+        pv = f"{vs['p_value']:.3f}" if vs else "—"
+        n = f"{e['n']}" + (f" ({e['skipped']} skipped)" if e["skipped"] else "")
+        lines.append(f"| {name} | {n} | {' | '.join(cells)} | {delta} | {pv} | {e['median_ttft_s']:.2f} | {e['median_prepare_s']:.2f} |")
+    lines.append("")
+    lines.append("Scores x100, mean [95% bootstrap CI]; Δ is paired on the same examples (* = the interval excludes 0).")
+    return "\n".join(lines) + "\n"

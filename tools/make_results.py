@@ -1,0 +1,224 @@
+"""Generate docs/RESULTS.md and its plots from evaluation runs (nothing here is typed by hand).
+
+Reads ``runs/sweep/*/sweep.json`` and ``runs/sweep-steer-at/*/sweep.json`` (dev sweeps by tools/sweep.py), ``runs/eval/*/summary.json``
+(``steerc eval`` runs; ``nq-<position>-test`` folders give the lost-in-the-middle curve) and
+``docs/bench/reuse.json`` (tools/bench_reuse.py). Copies the summaries and predictions it used
+to ``docs/results/`` so the page's numbers can be checked row by row.
+
+    python tools/make_results.py            # after the runs in docs/RESULTS.md's "How to reproduce"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from steerc.runtime.steer_config import SteerConfig  # noqa: E402
+
+METHOD_ORDER = ["none", "llmsteer", "pasta", "autopasta"]
+LABEL = {"none": "none", "llmsteer": "LLMSteer", "pasta": "PASTA (oracle)", "autopasta": "AutoPASTA"}
+POSITIONS = ["first", "middle", "last"]
+
+
+def load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def errorbars(intervals: list[dict]) -> list[list[float]]:
+    """matplotlib's asymmetric yerr (x100) from bootstrap intervals."""
+    return [[100 * (v["mean"] - v["low"]) for v in intervals], [100 * (v["high"] - v["mean"]) for v in intervals]]
+
+
+def save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def choose_defaults(sweeps: dict[str, dict]) -> tuple[str, dict[str, float]]:
+    """The llmsteer variant with the best mean gain over ``none`` across the dev sweeps, each
+    dataset's gain relative to its ``none`` score on its primary metric."""
+    gains: dict[str, list[float]] = {}
+    for data in sweeps.values():
+        p = data["primary"]
+        base = data["variants"]["none"]["metrics"][p]["mean"]
+        for name, v in data["variants"].items():
+            if name == "none":
+                continue
+            gains.setdefault(name, []).append((v["metrics"][p]["mean"] - base) / max(base, 1e-9))
+    score = {n: sum(g) / len(g) for n, g in gains.items() if len(g) == len(sweeps)}
+    return max(score, key=score.get), score
+
+
+def sweep_section(sweeps: dict[str, dict], out: Path) -> list[str]:
+    if not sweeps:
+        return ["No dev sweep found (run tools/sweep.py).", ""]
+    best, score = choose_defaults(sweeps)
+    names = list(next(iter(sweeps.values()))["variants"])
+    lines = ["| variant | " + " | ".join(f"{d} {s['primary']} (n={s['variants']['none']['n']})" for d, s in sweeps.items()) + " | mean relative gain |",
+             "|---|" + "---|" * (len(sweeps) + 1)]
+    for n in names:
+        cells = []
+        for s in sweeps.values():
+            v = s["variants"].get(n)
+            if v is None:
+                cells.append("—")
+                continue
+            m = v["metrics"][s["primary"]]
+            vs = v.get("vs_baseline", {}).get(s["primary"])
+            delta = f" ({100 * vs['diff']['mean']:+.1f}{'*' if vs['significant'] else ''})" if vs else ""
+            cells.append(f"{pct(m['mean'])}{delta}")
+        gain = f"{100 * score[n]:+.1f}%" if n in score else "—"
+        lines.append(f"| {'**' + n + '**' if n == best else n} | " + " | ".join(cells) + f" | {gain} |")
+    run = next(iter(sweeps.values()))["run"]
+    chosen, depth, width = run["variants"][best], run["num_layers"], run["num_heads"]
+    default = SteerConfig()
+    picked = SteerConfig.from_dict(chosen)
+    same = (picked.alpha, picked.top_k, picked.steer_at, picked.steered_pairs(depth, width)) == (
+        default.alpha, default.top_k, default.steer_at, default.steered_pairs(depth, width))
+    lines += ["", f"Chosen on dev: **{best}** (alpha {chosen['alpha']}, top-k {chosen['top_k']}, steer_at {chosen['steer_at']}, "
+              f"layers {'all' if chosen['layers'] is None else chosen['layers']}). "
+              + ("These are `SteerConfig`'s defaults." if same else "**Warning: `SteerConfig`'s defaults differ from this choice.**"), ""]
+    # plot: relative gain per variant
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(score) + 1.5))
+    order = sorted(score, key=score.get)
+    ax.barh(order, [100 * score[n] for n in order], color=["tab:orange" if n == best else "tab:blue" for n in order])
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel("mean relative gain over none on dev (%)")
+    ax.set_title("LLMSteer dev sweep")
+    save(fig, out / "sweep.png")
+    lines += ["![dev sweep](results/sweep.png)", ""]
+    return lines
+
+
+def steer_at_section(sweeps: dict[str, dict]) -> list[str]:
+    from steerc.eval.summary import summary_markdown
+
+    if not sweeps:
+        return ["No steer_at sweep found (runs/sweep-steer-at).", ""]
+    return [summary_markdown(s, f"{name}: dev, {s['run']['examples']} examples") for name, s in sweeps.items()]
+
+
+def scores_section(tests: dict[str, dict], out: Path) -> list[str]:
+    from steerc.eval.summary import summary_markdown
+
+    lines = []
+    for name, s in tests.items():
+        run = s.get("run", {})
+        extra = f", {run.get('num_docs')} documents, gold {run.get('gold_position') or 'middle'}" if run.get("dataset") == "nq-multidoc" else (
+            f", {run.get('num_keys')} keys" if run.get("dataset") == "kv-retrieval" else "")
+        lines.append(summary_markdown(s, f"{run.get('dataset', name)}: {run.get('split')} split, {run.get('examples')} examples{extra} (`runs/eval/{name}`)"))
+    if tests:
+        fig, axes = plt.subplots(1, len(tests), figsize=(4 * len(tests), 3.4), squeeze=False)
+        for ax, (name, s) in zip(axes[0], tests.items()):
+            p = s["primary"]
+            ms = [m for m in METHOD_ORDER if m in s["variants"] and s["variants"][m]["n"]]
+            vals = [s["variants"][m]["metrics"][p] for m in ms]
+            ax.bar([LABEL[m] for m in ms], [100 * v["mean"] for v in vals], yerr=errorbars(vals), capsize=4, color=["tab:gray", "tab:orange", "tab:green", "tab:blue"][: len(ms)])
+            model = "Gemma-3-270M" if "gemma" in name else "SmolLM2-135M"
+            ax.set_title(f"{s.get('run', {}).get('dataset', name)} ({p}), {model}", fontsize=9)
+            ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+            ax.set_ylabel("score x100 (95% CI)")
+        save(fig, out / "scores.png")
+        lines += ["![score by method](results/scores.png)", ""]
+    return lines
+
+
+def position_section(curve: dict[str, dict], out: Path) -> list[str]:
+    if not curve:
+        return ["No NQ position runs found (runs/eval/nq-first-test, nq-middle-test, nq-last-test).", ""]
+    positions = [p for p in POSITIONS if p in curve]
+    methods = [m for m in METHOD_ORDER if all(m in curve[p]["variants"] for p in positions)]
+    lines = ["| gold position | " + " | ".join(LABEL[m] for m in methods) + " |", "|---|" + "---|" * len(methods)]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for m in methods:
+        vals = [curve[p]["variants"][m]["metrics"]["subspan_em"] for p in positions]
+        ax.errorbar(range(len(positions)), [100 * v["mean"] for v in vals], yerr=errorbars(vals), marker="o", capsize=3, label=LABEL[m])
+    for p in positions:
+        cells = []
+        for m in methods:
+            v = curve[p]["variants"][m]
+            vs = v.get("vs_baseline", {}).get("subspan_em")
+            cells.append(f"{pct(v['metrics']['subspan_em']['mean'])} [{pct(v['metrics']['subspan_em']['low'])}, {pct(v['metrics']['subspan_em']['high'])}]"
+                         + (f" ({100 * vs['diff']['mean']:+.1f}{'*' if vs['significant'] else ''})" if vs else ""))
+        lines.append(f"| {p} (n={curve[p]['variants'][methods[0]]['n']}) | " + " | ".join(cells) + " |")
+    ax.set_xticks(range(len(positions)), positions)
+    ax.set_xlabel("position of the gold document among 10")
+    ax.set_ylabel("best-subspan EM x100 (95% CI)")
+    ax.set_title("NQ 10 documents: lost in the middle")
+    ax.legend(fontsize=8)
+    save(fig, out / "lost_in_the_middle.png")
+    return lines + ["", "![NQ accuracy by gold position](results/lost_in_the_middle.png)", ""]
+
+
+def ttft_section(reuse: dict | None, out: Path) -> list[str]:
+    if not reuse:
+        return ["No reuse benchmark found (docs/bench/reuse.json from tools/bench_reuse.py).", ""]
+    series = {"reused": "LLMSteer, stored context (memory)", "reused_disk": "LLMSteer, stored context (disk)", "nocache": "no cache (prefill all)",
+              "autopasta": "AutoPASTA (per query)"}
+    rows = reuse["rows"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for key, label in series.items():
+        ax.plot([r["context_tokens"] for r in rows], [r["median_s"][key] for r in rows], marker="o", label=label)
+    ax.set_xlabel("context tokens")
+    ax.set_ylabel("median time to first token (s)")
+    ax.set_yscale("log")
+    ax.set_title("Time to first token by method (CPU, 2 cores)")
+    ax.legend(fontsize=8)
+    save(fig, out / "ttft.png")
+    lines = ["| context tokens | " + " | ".join(series.values()) + " | stored / no cache |", "|---|" + "---|" * (len(series) + 1)]
+    for r in rows:
+        lines.append(f"| {r['context_tokens']} | " + " | ".join(f"{r['median_s'][k]:.3f} s" for k in series) + f" | {r['speedup_reused_vs_nocache']:.1f}x |")
+    return lines + ["", "![TTFT by method](results/ttft.png)", ""]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--docs", default="docs")
+    ap.add_argument("--intro", default="docs/results_intro.md", help="hand-written discussion placed under the title")
+    args = ap.parse_args()
+    runs, docs = Path(args.runs), Path(args.docs)
+    out = docs / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    sweeps = {p.parent.name: json.loads(p.read_text()) for p in sorted((runs / "sweep").glob("*/sweep.json"))}
+    steer_at = {p.parent.name: json.loads(p.read_text()) for p in sorted((runs / "sweep-steer-at").glob("*/sweep.json"))}
+    evals = {p.parent.name: json.loads(p.read_text()) for p in sorted((runs / "eval").glob("*/summary.json"))}
+    tests = {n: s for n, s in evals.items() if s.get("run", {}).get("split") == "test" and not n.startswith("nq-") or n == "nq-multidoc-test"}
+    curve = {p: evals[f"nq-{p}-test"] for p in POSITIONS if f"nq-{p}-test" in evals}
+    if "middle" not in curve and "nq-multidoc-test" in evals:
+        curve["middle"] = evals["nq-multidoc-test"]
+    sources = [*((f"sweep-{n}", runs / "sweep" / n) for n in sweeps), *((f"sweep-steer-at-{n}", runs / "sweep-steer-at" / n) for n in steer_at),
+               *((n, runs / "eval" / n) for n in evals)]
+    for name, folder in sources:
+        target = out / name
+        target.mkdir(exist_ok=True)
+        for f in ("sweep.json", "summary.json", "summary.md", "run.json", "predictions.jsonl"):
+            if (folder / f).exists():
+                shutil.copyfile(folder / f, target / f)
+    intro = Path(args.intro).read_text() if Path(args.intro).exists() else ""
+    text = ["# steerc results", "", "<!-- generated by tools/make_results.py; edit docs/results_intro.md or the runs, not this file -->", "", intro,
+            "## Dev sweep (choosing the defaults)", "", *sweep_section(sweeps, out),
+            "### Where to steer (`steer_at`), with the chosen alpha, top-k and layers", "", *steer_at_section(steer_at),
+            "## Test split: score by method", "", *scores_section(tests, out),
+            "## NQ accuracy against gold position", "", *position_section(curve, out),
+            "## Time to first token by method", "", *ttft_section(load(docs / "bench" / "reuse.json"), out)]
+    (docs / "RESULTS.md").write_text("\n".join(text))
+    print(f"wrote {docs / 'RESULTS.md'} and {out}/*.png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
