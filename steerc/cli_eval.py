@@ -16,7 +16,7 @@ FORMAT_HELP = """JSONL format, one object per line:
   or "documents": [{"title": "...", "text": "..."}, ...] instead of "context"
   optional: "gold_document": <index> (with documents), "highlights": [[start, end], ...] (with context)
 Shipped datasets (../shared/data or $STEERC_DATA): squad, nq-multidoc, kv-retrieval.
-Splits: contexts shuffled with --seed; 30%% of them are dev, the rest test (tune on dev only)."""
+Splits: contexts shuffled with --seed; 30% of them are dev, the rest test (tune on dev only)."""
 
 
 def add_eval_parser(sub) -> None:
