@@ -72,7 +72,8 @@ def _row(example: Example, variant: Variant, answer) -> dict:
 
 
 def _resume(out: Path, run: dict) -> list[dict]:
-    """Rows of an earlier, identical run in ``out`` (a truncated last line is dropped)."""
+    """Rows of an earlier run in ``out`` with the same settings on the same or fewer examples
+    (so a larger ``--limit`` extends it); a truncated last line is dropped."""
     run_file, pred_file = out / RUN_FILE, out / PREDICTIONS
     if not run_file.exists():
         return []
@@ -80,8 +81,10 @@ def _resume(out: Path, run: dict) -> list[dict]:
         earlier = json.loads(run_file.read_text())
     except json.JSONDecodeError:
         raise SteercError(f"{run_file} is not valid JSON; remove the folder or choose another --out") from None
-    if earlier != run:
-        changed = sorted(k for k in set(run) | set(earlier) if run.get(k) != earlier.get(k))
+    changed = sorted(k for k in set(run) | set(earlier) if k != "examples" and run.get(k) != earlier.get(k))
+    if not changed and not set(earlier.get("examples", [])) <= set(run["examples"]):
+        changed = ["examples (a larger --limit extends a run; other example sets need a new --out)"]
+    if changed:
         raise SteercError(f"{out} holds a different evaluation (differs in {', '.join(changed)}); choose another --out or pass --fresh")
     rows = []
     if pred_file.exists():

@@ -67,6 +67,8 @@ def test_resume_after_an_interruption(engine, tmp_path):
     assert [r["id"] for r in map(json.loads, (tmp_path / "predictions.jsonl").read_text().splitlines())] == ["q0", "q0", "q1", "q1", "q2", "q2"]
     with pytest.raises(SteercError, match="different evaluation .*max_new_tokens"):
         run_eval(engine, examples(), variants, max_new_tokens=3, out=tmp_path)
+    with pytest.raises(SteercError, match="different evaluation .*examples"):
+        run_eval(engine, examples()[1:], variants, max_new_tokens=2, out=tmp_path)  # fewer examples: not the same run
     assert len(run_eval(engine, examples(), variants, max_new_tokens=3, out=tmp_path, fresh=True)) == 6
 
 
@@ -84,3 +86,12 @@ def test_too_long_contexts_are_skipped_and_reported(engine):
 def test_unknown_methods_are_refused():
     with pytest.raises(SteercError, match="unknown method"):
         method_variants(["llmsteer", "magic"])
+
+
+def test_a_larger_limit_extends_a_run(engine, tmp_path):
+    variants = method_variants(["none"])
+    first = run_eval(engine, examples()[:2], variants, max_new_tokens=2, out=tmp_path)
+    seen = []
+    more = run_eval(engine, examples(), variants, max_new_tokens=2, out=tmp_path, progress=lambda d, t, i: seen.append(i))
+    assert [r["prediction"] for r in more[:2]] == [r["prediction"] for r in first] and len(more) == 3
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 3
