@@ -18,7 +18,7 @@ $PY tools/sweep.py "$ENGINE" --dataset squad --limit 30 --alphas 0.1 --top-ks 0.
 ( $STEERC eval "$ENGINE" --dataset squad --split test --limit 200 --max-new-tokens 24 --threads 1 --out runs/eval/squad-test
   $STEERC eval "$ENGINE" --dataset kv-retrieval --num-keys 10 --split test --limit 40 --max-new-tokens 64 --threads 1 --out runs/eval/kv-retrieval-test
   $STEERC eval "$ENGINE" --dataset nq-multidoc --gold-position first --split test --limit 30 --methods none,llmsteer --max-new-tokens 24 --threads 1 --out runs/eval/nq-first-test ) &
-( $STEERC eval "$ENGINE" --dataset nq-multidoc --gold-position middle --split test --limit 80 --max-new-tokens 24 --threads 1 --out runs/eval/nq-multidoc-test
+( $STEERC eval "$ENGINE" --dataset nq-multidoc --gold-position middle --split test --limit 120 --max-new-tokens 24 --threads 1 --out runs/eval/nq-multidoc-test
   $STEERC eval "$ENGINE" --dataset nq-multidoc --gold-position last --split test --limit 30 --methods none,llmsteer --max-new-tokens 24 --threads 1 --out runs/eval/nq-last-test ) &
 wait
 
