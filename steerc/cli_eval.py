@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
+from steerc.atomic import write_text_atomic
 from steerc.errors import SteercError
 
 __all__ = ["add_eval_parser", "cmd_eval"]
@@ -80,10 +80,8 @@ def cmd_eval(args) -> int:
     summary = summarize(rows, primary=PRIMARY.get(args.dataset, "f1"), seed=args.seed)
     summary["run"] = info | {"engine": str(args.engine), "examples": len(examples)}
     text = summary_markdown(summary, f"{args.dataset} ({split}, {len(examples)} examples)")
-    for fname, content in (("summary.json", json.dumps(summary, indent=1)), ("summary.md", text)):
-        tmp = out / (fname + ".tmp")
-        tmp.write_text(content)
-        os.replace(tmp, out / fname)
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    write_text_atomic(out / "summary.md", text)
     print(text, end="")
     console.print(f"[dim]wrote {out}/summary.md, summary.json and predictions.jsonl[/]")
     return 0

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from steerc.atomic import write_text_atomic
 from steerc.errors import EngineError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "file_hashes", "write_json_atomic", "write_manifest", "read_manifest", "verify_files"]
@@ -42,17 +41,7 @@ def file_hashes(folder: Path) -> dict[str, str]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def _checksum(data: dict) -> str:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from steerc.atomic import write_text_atomic
 from steerc.errors import SteercError
 from steerc.eval.data import Example
 from steerc.eval.metrics import score
@@ -117,9 +117,7 @@ def run_eval(engine: Engine, examples: list[Example], variants: list[Variant], *
             for name in (RUN_FILE, PREDICTIONS):
                 (out / name).unlink(missing_ok=True)
         rows = _resume(out, run)
-        tmp = out / (RUN_FILE + ".tmp")
-        tmp.write_text(json.dumps(run, indent=1))
-        os.replace(tmp, out / RUN_FILE)
+        write_text_atomic(out / RUN_FILE, json.dumps(run, indent=1))
         pred_file = (out / PREDICTIONS).open("w")  # rewritten with the kept rows: drops a truncated tail
         for r in rows:
             pred_file.write(json.dumps(r) + "\n")
