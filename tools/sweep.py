@@ -17,8 +17,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from steerc.atomic import write_text_atomic
 from steerc.eval import PRIMARY, Variant, load_dataset, run_eval, summarize
-from steerc.eval.runner import PREDICTIONS
+from steerc.eval.runner import PREDICTIONS, read_predictions
 from steerc.runtime import Engine
 from steerc.runtime.steer_config import SteerConfig
 
@@ -70,7 +71,7 @@ def main() -> int:
 
     info = {"dataset": args.dataset, "split": "dev", "seed": args.seed}
     if args.summarize_only:
-        rows = [json.loads(line) for line in Path(args.out, PREDICTIONS).read_text().splitlines() if line.endswith("}")]
+        rows = read_predictions(Path(args.out, PREDICTIONS))
         complete = {i for i in {r["id"] for r in rows} if sum(r["id"] == i for r in rows) == len(grid)}
         examples = [e for e in examples if e.id in complete]
         rows = [r for r in rows if r["id"] in complete]
@@ -78,7 +79,7 @@ def main() -> int:
         rows = run_eval(engine, examples, grid, max_new_tokens=args.max_new_tokens, out=args.out, run_info=info, progress=progress)
     summary = summarize(rows, primary=PRIMARY.get(args.dataset, "f1"), seed=args.seed)
     summary["run"] = info | {"examples": len(examples), "num_layers": engine.geometry.num_layers, "num_heads": engine.geometry.num_heads, "variants": {v.name: v.config.to_dict() for v in grid}, "max_new_tokens": args.max_new_tokens}
-    Path(args.out, "sweep.json").write_text(json.dumps(summary, indent=1))
+    write_text_atomic(Path(args.out, "sweep.json"), json.dumps(summary, indent=1))
     print(file=sys.stderr)
     for name, e in summary["variants"].items():
         m = e["metrics"][summary["primary"]]["mean"]

@@ -28,7 +28,7 @@ from steerc.runtime.engine import ContextTooLongError, Engine
 from steerc.runtime.steer_config import METHODS, SteerConfig
 from steerc.runtime.store import ContextStore, MemoryStore
 
-__all__ = ["Variant", "method_variants", "run_eval", "PREDICTIONS", "RUN_FILE"]
+__all__ = ["Variant", "method_variants", "read_predictions", "run_eval", "PREDICTIONS", "RUN_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,21 @@ def _row(example: Example, variant: Variant, answer) -> dict:
     }
 
 
+def _skipped(example: Example, variant: Variant, why: str) -> dict:
+    return {"id": example.id, "variant": variant.name, "method": variant.config.method, "skipped": why}
+
+
+def read_predictions(path: str | Path) -> list[dict]:
+    """The rows of a ``predictions.jsonl``, up to a truncated last line (a run that stopped)."""
+    rows = []
+    for text in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(text))
+        except json.JSONDecodeError:
+            break  # the line being written when the run stopped
+    return rows
+
+
 def _resume(out: Path, run: dict) -> list[dict]:
     """Rows of an earlier run in ``out`` with the same settings on the same or fewer examples
     (so a larger ``--limit`` extends it); a truncated last line is dropped."""
@@ -86,14 +101,7 @@ def _resume(out: Path, run: dict) -> list[dict]:
         changed = ["examples (a larger --limit extends a run; other example sets need a new --out)"]
     if changed:
         raise SteercError(f"{out} holds a different evaluation (differs in {', '.join(changed)}); choose another --out or pass --fresh")
-    rows = []
-    if pred_file.exists():
-        for text in pred_file.read_text().splitlines():
-            try:
-                rows.append(json.loads(text))
-            except json.JSONDecodeError:
-                break  # the line being written when the run stopped
-    return rows
+    return read_predictions(pred_file) if pred_file.exists() else []
 
 
 def run_eval(engine: Engine, examples: list[Example], variants: list[Variant], *, store: ContextStore | None = None, max_new_tokens: int = 32,
@@ -124,7 +132,7 @@ def run_eval(engine: Engine, examples: list[Example], variants: list[Variant], *
         pred_file.flush()
     done = {(r["id"], r["variant"]) for r in rows}
     order = sorted(variants, key=lambda v: _ORDER[v.config.method])
-    steerers = {v.name: Steerer(engine, v.config, store, chat=chat) for v in variants}
+    steerer = Steerer(engine, order[0].config, store, chat=chat)  # its config is set per answer
     start = time.perf_counter()
     try:
         for i, example in enumerate(examples):
@@ -133,14 +141,13 @@ def run_eval(engine: Engine, examples: list[Example], variants: list[Variant], *
                     continue
                 config = variant.for_example(example)
                 if config is None:
-                    row = {"id": example.id, "variant": variant.name, "method": variant.config.method, "skipped": "no evidence to highlight"}
+                    row = _skipped(example, variant, "no evidence to highlight")
                 else:
-                    steerer = steerers[variant.name]
                     steerer.config = config
                     try:
                         row = _row(example, variant, steerer.answer(example.context, example.question, max_new_tokens=max_new_tokens))
                     except ContextTooLongError as exc:
-                        row = {"id": example.id, "variant": variant.name, "method": variant.config.method, "skipped": str(exc)}
+                        row = _skipped(example, variant, str(exc))
                 rows.append(row)
                 if pred_file:
                     pred_file.write(json.dumps(row) + "\n")
