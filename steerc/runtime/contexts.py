@@ -90,14 +90,19 @@ class PreparedContext:
         return cls(key, SteerConfig.from_dict(entry.meta["config"]), t["head_ids"], t["context_ids"], kv, t["selected"], t["importance"], t["bias"], meta)
 
 
-def store_key(engine: Engine, heads: list[np.ndarray], context_ids: np.ndarray, config: SteerConfig) -> str:
-    prefix = json.dumps([h.tolist() for h in heads])
-    return context_key(engine.engine_id, context_ids.tolist(), prefix, config.cache_fields())
+def store_key(engine: Engine, heads: list[np.ndarray], context_ids: np.ndarray, config: SteerConfig | dict) -> str:
+    """The entry key of a context behind ``heads`` under ``config`` (or raw key fields)."""
+    fields = config.cache_fields() if isinstance(config, SteerConfig) else config
+    return context_key(engine.engine_id, context_ids.tolist(), json.dumps([h.tolist() for h in heads]), fields)
 
 
 def _importance_key(engine: Engine, heads: list[np.ndarray], context_ids: np.ndarray, window: int) -> str:
-    prefix = json.dumps([h.tolist() for h in heads])
-    return context_key(engine.engine_id, context_ids.tolist(), prefix, {"importance": "dual-prefix", "window": window})
+    return store_key(engine, heads, context_ids, {"importance": "dual-prefix", "window": window})
+
+
+def _plain_key(engine: Engine, head: np.ndarray, context_ids: np.ndarray) -> str:
+    """The key of the plain context (``method none``) behind ``head``: pass 1's KV."""
+    return store_key(engine, [head], context_ids, SteerConfig(method="none"))
 
 
 def _lookup(store: ContextStore | None, key: str) -> tuple[StoredContext | None, str]:
@@ -112,7 +117,7 @@ def _lookup(store: ContextStore | None, key: str) -> tuple[StoredContext | None,
 def _plain(engine: Engine, head: np.ndarray, context_ids: np.ndarray, kv: KVCache, seconds: float) -> PreparedContext:
     g, config = engine.geometry, SteerConfig(method="none")
     N, Nh = len(context_ids), len(head)
-    return PreparedContext(store_key(engine, [head], context_ids, config), config, head, context_ids, kv, np.ones((g.num_layers, N), bool),
+    return PreparedContext(_plain_key(engine, head, context_ids), config, head, context_ids, kv, np.ones((g.num_layers, N), bool),
                            np.zeros((0, g.num_layers, N), np.float32), np.zeros((g.num_layers, g.num_heads, Nh + N), np.float32),
                            {"prepare_seconds": seconds, "context_tokens": N, "head_tokens": Nh})
 
@@ -182,7 +187,7 @@ def prepare_context(
     importance = np.zeros((0, g.num_layers, N), np.float32)
     kv = base_kv
     if kv is None and config.method != "none" and config.steer_at == "decode":
-        plain, _ = _lookup(store, store_key(engine, [head], context_ids, SteerConfig(method="none")))
+        plain, _ = _lookup(store, _plain_key(engine, head, context_ids))
         kv = PreparedContext.from_stored("", plain).kv if plain is not None else None
     if config.method == "llmsteer":
         importance, kv = _dual_importance(engine, heads, context_ids, kv, config.window, store, chunk, report)
