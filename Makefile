@@ -2,7 +2,8 @@
 #   make demo   installs into .venv, compiles the default model, inspects the engine, and answers a
 #               question over a context with LLMSteer twice (the second run reuses the stored context),
 #               then evaluates none vs LLMSteer on 5 SQuAD dev questions
-#   make test   installs into .venv and runs the whole test suite (includes the default model)
+#   make test   installs into .venv (and Debian's redis-server, which the Redis store tests start)
+#               and runs the whole test suite (includes the default model)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -10,7 +11,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 ENGINE ?= engines/smollm2-135m-instruct
 
-.PHONY: install demo test test-fast clean
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install redis demo test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +27,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The tests start a real redis-server (Debian package) for the shared KV store.
+redis:
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get install -y -q redis-server >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q redis-server >/dev/null; }; }
+	@command -v redis-server >/dev/null || { echo "redis-server is missing and could not be installed (apt-get install redis-server)"; exit 1; }
+
 demo: install
 	$(VENV)/bin/steerc compile -o $(ENGINE) --force
 	$(VENV)/bin/steerc inspect $(ENGINE)
@@ -32,8 +41,8 @@ demo: install
 	# A first look at quality: 5 SQuAD dev questions, unsteered vs LLMSteer (docs/RESULTS.md has the full runs).
 	$(VENV)/bin/steerc eval $(ENGINE) --dataset squad --limit 5 --methods none,llmsteer --out $(ENGINE)-eval --fresh
 
-test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+test: install redis
+	STEERC_REQUIRE_REDIS=1 $(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

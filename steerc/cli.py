@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     from steerc.cli_eval import add_eval_parser
 
     add_eval_parser(sub)
+    from steerc.cli_serve import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 

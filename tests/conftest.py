@@ -105,3 +105,13 @@ def tiny_text_engine(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-text-engine") / "engine"
     compile_engine(str(folder), out, CompileSettings(max_seq_len=384, max_batch=2))
     return out
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free loopback port (tests/redis_server.py)."""
+    from redis_server import Redis
+
+    r = Redis(tmp_path_factory.mktemp("redis"))
+    yield r
+    r.stop()

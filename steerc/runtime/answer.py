@@ -35,7 +35,7 @@ class SteeredAnswer:
     token_ids: list[int]
     finish_reason: str  # "stop" | "length"
     method: str
-    cache: str  # "memory" | "disk" | "store" (hits), "miss" (prepared now), "per-query" (autopasta)
+    cache: str  # the store tier of a hit ("memory", "disk", "redis"), "miss" (prepared now), "per-query" (autopasta)
     context_tokens: int
     selected_tokens: int  # on at least one layer
     selected_per_layer: float
@@ -90,8 +90,9 @@ class Steerer:
         return prepared, context[span[0] : span[1]]
 
     def stream(self, context: str, query: str, *, max_new_tokens: int = 64, sampling: SamplingParams = SamplingParams(),
-               progress: Progress | None = None) -> Iterator[str]:
-        """Yield the answer's text as it is generated; ``self.last`` holds the result after."""
+               progress: Progress | None = None, stop: tuple[str, ...] = ()) -> Iterator[str]:
+        """Yield the answer's text as it is generated; ``self.last`` holds the result after.
+        ``stop``: strings that end the answer (on top of the layout's own)."""
         if not query.strip():
             raise ValueError("the query is empty")
         start = time.perf_counter()
@@ -104,7 +105,7 @@ class Steerer:
         prepare_s = time.perf_counter() - start if tier in ("miss", "per-query") else 0.0  # autopasta: key sentence + steered context
         query_ids = self.layout.query_ids(self.config.prefixes[0], query)
         self.engine.check_length(prepared.length + len(query_ids) + 1, f"the context ({prepared.length} tokens) plus the query ({len(query_ids)} tokens)")
-        text, run = Detokenizer(self.engine.tokenizer, self.layout.stop), StreamRun()
+        text, run = Detokenizer(self.engine.tokenizer, self.layout.stop + tuple(stop)), StreamRun()
         steps = generate(self.engine, query_ids[None], cache=prepared.kv, steering=prepared.query_steering(), max_new_tokens=max_new_tokens,
                          sampling=sampling, prefill_chunk=self.prefill_chunk)
         yield from stream_steps(self.engine, steps, text, run)

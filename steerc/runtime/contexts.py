@@ -22,6 +22,7 @@ a known context then costs no prefill at all with ``steer_at = decode``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -38,7 +39,7 @@ from steerc.runtime.steer_config import SteerConfig
 from steerc.runtime.steering import Steering
 from steerc.runtime.store import ContextStore, StoredContext, TieredStore, context_key
 
-__all__ = ["PreparedContext", "prepare_context"]
+__all__ = ["PreparedContext", "intermediate_keys", "prepare_context"]
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +106,28 @@ def _plain_key(engine: Engine, head: np.ndarray, context_ids: np.ndarray) -> str
     return store_key(engine, [head], context_ids, SteerConfig(method="none"))
 
 
+def _locked(store: ContextStore | None, key: str):
+    """Hold ``key`` in the store (so concurrent preparations of one entry run once)."""
+    return store.lock(key) if store is not None else contextlib.nullcontext()
+
+
+def intermediate_keys(engine: Engine, heads: list[np.ndarray], context_ids: np.ndarray, window: int) -> list[str]:
+    """The keys of a context's shared intermediate entries: its plain KV behind ``heads[0]``
+    and (with two heads) its dual-prefix importance; deleting a context removes these too."""
+    context_ids = np.asarray(context_ids, np.int64)
+    keys = [_plain_key(engine, np.asarray(heads[0], np.int64), context_ids)]
+    if len(heads) >= 2:
+        keys.append(_importance_key(engine, [np.asarray(h, np.int64) for h in heads[:2]], context_ids, window))
+    return keys
+
+
 def _lookup(store: ContextStore | None, key: str) -> tuple[StoredContext | None, str]:
     if store is None:
         return None, "miss"
     if isinstance(store, TieredStore):
         return store.lookup(key)
     entry = store.get(key)
-    return entry, ("store" if entry is not None else "miss")
+    return entry, (store.tier if entry is not None else "miss")
 
 
 def _plain(engine: Engine, head: np.ndarray, context_ids: np.ndarray, kv: KVCache, seconds: float) -> PreparedContext:
@@ -127,9 +143,14 @@ def _dual_importance(engine: Engine, heads: list[np.ndarray], context_ids: np.nd
     """``(importance [2, L, N], plain KV of heads[0] + context or the given one)``; both come
     from (and go to) the store when there is one."""
     key = _importance_key(engine, heads, context_ids, window)
-    entry, _ = _lookup(store, key)
-    if entry is not None:
-        return entry.tensors["importance"], kv
+    with _locked(store, key):
+        entry, _ = _lookup(store, key)
+        if entry is not None:
+            return entry.tensors["importance"], kv
+        return _compute_importance(engine, heads, context_ids, kv, window, store, chunk, report, key)
+
+
+def _compute_importance(engine, heads, context_ids, kv, window, store, chunk, report, key) -> tuple[np.ndarray, KVCache | None]:
     start, passes = time.perf_counter(), []
     for i, h in enumerate(heads):
         imp, cache = importance_prefill(engine, np.concatenate([h, context_ids]), window=window, chunk=chunk, progress=report(f"importance pass {i + 1}/2"))
@@ -157,8 +178,9 @@ def prepare_context(
     chunk: int = DEFAULT_PREFILL_CHUNK,
     progress: Progress | None = None,
 ) -> tuple[PreparedContext, str]:
-    """Return the prepared context and where it came from: ``"memory"``, ``"disk"`` (or
-    ``"store"``) for a hit, ``"miss"`` when it was computed (and stored). ``heads`` are the
+    """Return the prepared context and where it came from: the store's tier (``"memory"``,
+    ``"disk"``, ``"redis"``) for a hit, ``"miss"`` when it was computed (and stored). Concurrent
+    calls for one new entry prepare it once (``store.lock``); the others wait and hit. ``heads`` are the
     instruction heads' token ids (two for llmsteer, the first is the one the stored KV uses);
     ``highlight [N]`` marks the tokens pasta emphasises; ``base_kv``, the plain KV of
     ``heads[0] + context`` if the caller has it, saves the plain prefill (so does a stored
@@ -170,17 +192,26 @@ def prepare_context(
         raise ValueError("llmsteer needs two instruction heads (one per prefix)")
     if config.method in ("pasta", "autopasta") and (highlight is None or highlight.shape != context_ids.shape or not highlight.any()):
         raise ValueError(f"{config.method} needs a highlight mask with a True entry for each of the {len(context_ids)} context tokens it emphasises")
-    head = heads[0]
-    ids = np.concatenate([head, context_ids])  # [Nh + N]
-    engine.check_length(len(ids) + 1, f"the context ({len(context_ids)} tokens behind a {len(head)}-token instruction, plus one to generate)")
-    pairs = config.steered_pairs(g.num_layers, g.num_heads)
+    engine.check_length(len(heads[0]) + len(context_ids) + 1, f"the context ({len(context_ids)} tokens behind a {len(heads[0])}-token instruction, plus one to generate)")
+    config.steered_pairs(g.num_layers, g.num_heads)  # refuse layers/heads beyond the engine before any work
     # The highlighted tokens join the key (pasta's character ranges are in the config already).
     key = store_key(engine, heads + ([highlight.astype(np.int64)] if highlight is not None else []), context_ids, config)
     entry, tier = _lookup(store, key)
-    if entry is not None:
-        log.info("context %s…: %s hit", key[:12], tier)
-        return PreparedContext.from_stored(key, entry), tier
+    if entry is None:
+        with _locked(store, key):  # a concurrent request may be preparing it: wait, then look again
+            entry, tier = _lookup(store, key)
+            if entry is None:
+                return _prepare(engine, heads, context_ids, config, key, highlight, base_kv, store, chunk, progress), "miss"
+    log.info("context %s…: %s hit", key[:12], tier)
+    return PreparedContext.from_stored(key, entry), tier
 
+
+def _prepare(engine: Engine, heads: list[np.ndarray], context_ids: np.ndarray, config: SteerConfig, key: str, highlight: np.ndarray | None,
+             base_kv: KVCache | None, store: ContextStore | None, chunk: int, progress: Progress | None) -> PreparedContext:
+    """Compute (and store) the prepared context under ``key``; see :func:`prepare_context`."""
+    g, head = engine.geometry, heads[0]
+    ids = np.concatenate([head, context_ids])  # [Nh + N]
+    pairs = config.steered_pairs(g.num_layers, g.num_heads)
     start = time.perf_counter()
     report = (lambda stage: (lambda done, total: progress(stage, done, total))) if progress else (lambda stage: None)
     N, Nh = len(context_ids), len(head)
@@ -206,4 +237,4 @@ def prepare_context(
     log.info("context %s… prepared in %.2f s (%s, %d of %d tokens selected)", key[:12], seconds, config.method, prepared.num_selected, N)
     if store is not None:
         store.put(key, prepared.to_stored())
-    return prepared, "miss"
+    return prepared

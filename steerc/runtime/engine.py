@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ class Engine:
         self.eos_token_ids = _eos_ids(folder)
         self.threads: int | None = None
         self._analysis = None  # the analysis session, opened on first use (only context preparation needs it)
+        self._analysis_lock = threading.Lock()  # sessions run concurrently; opening one happens once
 
     @property
     def engine_id(self) -> str:
@@ -101,8 +103,9 @@ class Engine:
         the attention each key received, summed over this call's real query rows."""
         if not self.has_analysis:
             raise EngineError(f"engine {self.folder} has no analysis graph (compiled with --no-importance); recompile without it to use LLMSteer selection")
-        if self._analysis is None:
-            self._analysis = create_session(self.folder / self.manifest["analysis"]["model"], device=self.device, threads=self.threads)
+        with self._analysis_lock:
+            if self._analysis is None:
+                self._analysis = create_session(self.folder / self.manifest["analysis"]["model"], device=self.device, threads=self.threads)
         feed = self._feed(input_ids, position_ids, attention_mask, cache, bias)
         logits, *present, importance = self._analysis.run([*self.output_names, "attn_importance"], feed)
         return logits, KVCache.from_flat(present), importance

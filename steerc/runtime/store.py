@@ -5,7 +5,10 @@ JSON metadata, filed under :func:`context_key` (a sha256 of engine, context toke
 and steering config). Entries serialise to safetensors bytes with a checksum; nothing is
 ever unpickled. Stores: :class:`MemoryStore` (LRU under a byte budget), :class:`DiskStore`
 (one file per entry, atomic writes, corrupt files dropped) and :class:`TieredStore`
-(memory in front of a backing store). :func:`open_store` builds one from a CLI spec.
+(memory in front of a backing store; the backing store is the source of truth) and, in
+:mod:`steerc.runtime.redis_store`, ``RedisStore`` (shared by several processes).
+:func:`open_store` builds one from a CLI spec. ``store.lock(key)`` serialises the preparation
+of one entry, so concurrent requests for the same new context prepare it once.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import re
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -31,7 +36,7 @@ from steerc.errors import SteercError
 
 __all__ = [
     "StoredContext", "StoreStats", "CorruptEntryError", "context_key", "entry_to_bytes", "entry_from_bytes",
-    "ContextStore", "MemoryStore", "DiskStore", "TieredStore", "default_root", "open_store",
+    "ContextStore", "KeyLocks", "MemoryStore", "DiskStore", "TieredStore", "default_root", "open_store",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -130,11 +135,47 @@ def entry_from_bytes(key: str, data: bytes) -> StoredContext:
     return StoredContext(tensors, json.loads(meta_json))
 
 
+class KeyLocks:
+    """One lock per key, created on demand and dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (None, 0))
+            lock = lock or threading.Lock()
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
 class ContextStore(abc.ABC):
-    """get/put/delete prepared contexts by key; ``stats`` counts what happened."""
+    """get/put/delete prepared contexts by key; ``stats`` counts what happened. ``tier`` names
+    where a hit came from (``memory``, ``disk``, ``redis``)."""
+
+    tier = "store"
 
     def __init__(self) -> None:
         self.stats = StoreStats()
+        self._key_locks = KeyLocks()
+
+    @contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Hold ``key`` while preparing its entry: whoever waits looks the entry up again after.
+        This one is per process; a store shared across processes also locks across them."""
+        with self._key_locks.hold(key):
+            yield
 
     @abc.abstractmethod
     def get(self, key: str) -> StoredContext | None: ...
@@ -154,6 +195,8 @@ class ContextStore(abc.ABC):
 
 class MemoryStore(ContextStore):
     """LRU of entries under a byte budget (``entry.nbytes``); thread-safe. Entries are not copied."""
+
+    tier = "memory"
 
     def __init__(self, max_bytes: int = 1 << 30) -> None:
         super().__init__()
@@ -213,6 +256,8 @@ class MemoryStore(ContextStore):
 
 class DiskStore(ContextStore):
     """One safetensors file per entry under ``root/key[:2]/``; atomic writes; corrupt files are dropped."""
+
+    tier = "disk"
 
     def __init__(self, root: str | Path) -> None:
         super().__init__()
@@ -277,17 +322,28 @@ class DiskStore(ContextStore):
 
 
 class TieredStore(ContextStore):
-    """A :class:`MemoryStore` in front of a backing store; backing hits are promoted to memory."""
+    """A :class:`MemoryStore` in front of a backing store; backing hits are promoted to memory.
+
+    The backing store is the source of truth: a memory hit is confirmed with ``key in backing``
+    (a stat, or one Redis ``EXISTS``), so an entry another process deleted is not served."""
 
     def __init__(self, memory: MemoryStore, backing: ContextStore) -> None:
         super().__init__()
         self.memory, self.backing = memory, backing
+        self.tier = backing.tier
+
+    def lock(self, key: str):
+        return self.backing.lock(key)
 
     def lookup(self, key: str) -> tuple[StoredContext | None, str]:
-        """The entry and where it came from: ``"memory"``, ``"disk"`` (the backing store) or ``"miss"``."""
+        """The entry and where it came from: ``"memory"``, the backing store's tier (``"disk"``,
+        ``"redis"``) or ``"miss"``."""
         entry, tier = self.memory.get(key), "memory"
+        if entry is not None and key not in self.backing:
+            self.memory.delete(key)  # deleted (or evicted) behind this process's back
+            entry = None
         if entry is None:
-            entry, tier = self.backing.get(key), "disk"
+            entry, tier = self.backing.get(key), self.backing.tier
             if entry is not None:
                 self.memory.put(key, entry)
         if entry is None:
@@ -322,13 +378,16 @@ def default_root() -> Path:
 
 
 def open_store(spec: str | None, memory_bytes: int = 1 << 30) -> ContextStore:
-    """``None``: memory + disk at :func:`default_root`; ``"memory"``: memory only; a folder path: memory + disk there."""
+    """``None``: memory + disk at :func:`default_root`; ``"memory"``: memory only; a folder path:
+    memory + disk there; ``redis://host:port/db``: memory + a Redis server (shared by processes)."""
     if spec is None:
         return TieredStore(MemoryStore(memory_bytes), DiskStore(default_root()))
     if spec == "memory":
         return MemoryStore(memory_bytes)
-    if spec.startswith("redis://"):
-        raise SteercError("redis stores come with `steerc serve`; use 'memory' or a folder path for now")
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        from steerc.runtime.redis_store import RedisStore
+
+        return TieredStore(MemoryStore(memory_bytes), RedisStore(spec))
     if not spec.strip():
         raise SteercError("the context store spec is empty; pass 'memory', a folder path, or leave it out for the default")
     return TieredStore(MemoryStore(memory_bytes), DiskStore(spec))

@@ -112,7 +112,7 @@ def test_reloaded_from_disk_gives_bitwise_identical_logits(engine, tmp_path):
     fresh, tier = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, config, store=DiskStore(tmp_path))
     assert tier == "miss"
     reloaded, tier = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, config, store=DiskStore(tmp_path))
-    assert tier == "store" and reloaded.key == fresh.key
+    assert tier == "disk" and reloaded.key == fresh.key
     np.testing.assert_array_equal(reloaded.selected, fresh.selected)
     assert np.array_equal(_query_logits(engine, reloaded), _query_logits(engine, fresh))
 
@@ -141,14 +141,14 @@ def test_corrupt_entry_is_detected_and_recomputed(engine, tmp_path):
     again, tier = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, config, store=store)
     assert tier == "miss" and store.stats.corrupt == 1  # never used: recomputed
     assert np.array_equal(_query_logits(engine, again), _query_logits(engine, good))
-    assert prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, config, store=DiskStore(tmp_path))[1] == "store"  # rewritten intact
+    assert prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, config, store=DiskStore(tmp_path))[1] == "disk"  # rewritten intact
 
 
 def test_memory_store_hit_returns_the_same_entry(engine):
     store = MemoryStore(1 << 26)
     first, tier = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(), store=store)
     second, tier2 = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(), store=store)
-    assert (tier, tier2) == ("miss", "store") and store.stats.hits == 1
+    assert (tier, tier2) == ("miss", "memory") and store.stats.hits == 1
     assert np.array_equal(_query_logits(engine, first), _query_logits(engine, second))
 
 

@@ -1,0 +1,75 @@
+"""``steerc serve``: the OpenAI-compatible HTTP server over an engine."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+
+from steerc.errors import SteercError
+
+__all__ = ["add_serve_parser", "cmd_serve"]
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def cmd_serve(args) -> int:
+    from steerc.errors import require
+    from steerc.server import ServerSettings
+
+    require("fastapi", "steerc serve", "pip install 'steerc[serve]'")
+    uvicorn = require("uvicorn", "steerc serve", "pip install 'steerc[serve]'")
+    from steerc.runtime import Engine
+    from steerc.runtime.store import open_store
+    from steerc.server import create_app
+
+    try:
+        settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("STEERC_API_KEY") or None,
+                                  max_concurrency=args.max_concurrency, max_queue=args.max_queue, request_timeout_s=args.request_timeout,
+                                  max_body_bytes=args.max_body_bytes, kv_store=args.kv_store, memory_store_bytes=args.memory_store_mb << 20,
+                                  model_name=args.model_name, chat=not args.no_chat)
+    except ValueError as exc:
+        raise SteercError(f"invalid option: {exc}") from None
+    engine = Engine.load(args.engine, device=args.device, threads=args.threads)
+    store = open_store(settings.kv_store, settings.memory_store_bytes)
+    app = create_app(engine, settings, store)
+    name = app.state.service.model_name
+    print(f"steerc serve: {name} ({engine.max_seq_len} tokens) on http://{settings.host}:{settings.port}/v1  "
+          f"[{settings.max_concurrency} concurrent, queue {settings.max_queue}, timeout {settings.request_timeout_s:g} s, "
+          f"KV store {settings.kv_store or 'memory + ' + str(_default_root())}, API key {'required' if settings.api_key else 'off'}]", file=sys.stderr, flush=True)
+    if not _loopback(settings.host) and not settings.api_key:
+        print(f"steerc serve: warning: listening on {settings.host} without an API key; anyone who can reach it can use it (set --api-key)", file=sys.stderr)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+def _default_root():
+    from steerc.runtime.store import default_root
+
+    return default_root()
+
+
+def add_serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve an engine over HTTP: OpenAI-compatible completions with steered, reusable contexts")
+    p.add_argument("engine", help="engine folder (from steerc compile)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health (or set STEERC_API_KEY)")
+    p.add_argument("--kv-store", default=None, help="prepared-context store: 'memory', a folder, or redis://host:port/db "
+                                                    "(shared by servers); default: memory + ~/.cache/steerc/contexts")
+    p.add_argument("--memory-store-mb", type=int, default=1024, help="in-memory store budget (MiB)")
+    p.add_argument("--max-concurrency", type=int, default=2, help="generations running at once (default 2)")
+    p.add_argument("--max-queue", type=int, default=32, help="requests that may wait for a slot; more get 429 (default 32)")
+    p.add_argument("--request-timeout", type=float, default=300.0, help="seconds from arrival to last token (default 300)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    p.add_argument("--model-name", default=None, help="the model id clients send (default: the engine folder's name)")
+    p.add_argument("--no-chat", action="store_true", help="do not use the chat template (base models)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's log level")
+    p.set_defaults(func=cmd_serve)

@@ -1,0 +1,116 @@
+"""``RedisStore``: prepared contexts in a Redis server, shared by every process that uses it.
+
+Entries are the same checksummed safetensors bytes :class:`~steerc.runtime.store.DiskStore`
+writes (nothing is unpickled), one Redis string per entry under ``steerc:ctx:<key>``; a
+``SET`` replaces a value atomically, so a reader never sees half an entry. ``lock(key)`` is a
+Redis lock (``SET NX`` with an expiry, via redis-py) taken after the process-local one:
+two servers asked for the same new context prepare it once, and a holder that dies frees the
+lock when it expires. Evictions are Redis's business (``maxmemory`` and its policy).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+from steerc.errors import SteercError, require
+from steerc.runtime.store import ContextStore, CorruptEntryError, StoredContext, entry_from_bytes, entry_to_bytes
+
+__all__ = ["RedisStore", "StoreUnavailableError"]
+
+log = logging.getLogger(__name__)
+
+
+class StoreUnavailableError(SteercError):
+    """The shared context store cannot be reached."""
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}")
+    return urlunsplit(parts)
+
+
+class RedisStore(ContextStore):
+    """Entries in Redis at ``url`` (``redis://[:password@]host:port/db``); see the module doc."""
+
+    tier = "redis"
+
+    def __init__(self, url: str, prefix: str = "steerc:ctx:", *, lock_seconds: float = 600.0, connect_timeout: float = 5.0) -> None:
+        super().__init__()
+        redis = require("redis", "the Redis context store", "pip install 'steerc[serve]'")
+        self.url, self.prefix, self.lock_seconds = _redacted(url), prefix, lock_seconds
+        try:
+            self.client = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout, socket_timeout=60)
+        except ValueError as exc:
+            raise SteercError(f"invalid Redis URL {self.url!r}: {exc}; expected redis://host:port/db") from None
+        self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ResponseError)
+        self._call(self.client.ping)  # fail at start-up, not on the first request
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except self._errors as exc:
+            raise StoreUnavailableError(f"the Redis context store at {self.url} failed: {exc}; check that redis-server is running there") from None
+
+    def _name(self, key: str) -> str:
+        self._check(key)
+        return self.prefix + key
+
+    @staticmethod
+    def _check(key: str) -> None:
+        if not isinstance(key, str) or len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            raise ValueError(f"store keys are 64 lowercase hex characters (see context_key), got {key!r}")
+
+    def get(self, key: str) -> StoredContext | None:
+        data = self._call(self.client.get, self._name(key))
+        if data is None:
+            self.stats.misses += 1
+            return None
+        try:
+            entry = entry_from_bytes(key, data)
+        except CorruptEntryError as exc:
+            log.warning("dropping unreadable stored context %s from Redis: %s", key, exc)
+            self.stats.corrupt += 1
+            self.stats.misses += 1
+            self._call(self.client.delete, self._name(key))
+            return None
+        self.stats.hits += 1
+        return entry
+
+    def put(self, key: str, entry: StoredContext) -> None:
+        self._call(self.client.set, self._name(key), entry_to_bytes(key, entry))
+        self.stats.puts += 1
+
+    def delete(self, key: str) -> bool:
+        return bool(self._call(self.client.delete, self._name(key)))
+
+    def __contains__(self, key: str) -> bool:
+        return bool(self._call(self.client.exists, self._name(key)))
+
+    def clear(self) -> None:
+        """Delete this store's entries (keys under its prefix) and nothing else."""
+        names = list(self._call(lambda: list(self.client.scan_iter(match=self.prefix + "*", count=500))))
+        for start in range(0, len(names), 500):
+            self._call(self.client.delete, *names[start : start + 500])
+
+    @contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        self._check(key)
+        with super().lock(key):
+            lock = self.client.lock(f"{self.prefix}lock:{key}", timeout=self.lock_seconds, blocking_timeout=self.lock_seconds, thread_local=False)
+            acquired = self._call(lock.acquire)
+            if not acquired:
+                log.warning("waited %.0f s for another process to prepare context %s…; preparing it here as well", self.lock_seconds, key[:12])
+            try:
+                yield
+            finally:
+                if acquired:
+                    try:
+                        lock.release()
+                    except Exception as exc:  # expired meanwhile (LockNotOwnedError) or Redis gone: nothing left to free
+                        log.warning("could not release the Redis lock of context %s…: %s", key[:12], exc)

@@ -1,0 +1,92 @@
+"""API errors in the OpenAI shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+Every failure a client can cause maps to one status and a message that says what was wrong
+and what to do: 400 (invalid request, context too long), 401 (API key), 404 (model, context
+id, route), 413 (body too large), 429 (queue full), 503 (KV store down), 504 (timed out).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from steerc.errors import SteercError
+
+__all__ = ["ApiError", "Cancelled", "TimedOut", "api_error", "validation_message", "UNSUPPORTED"]
+
+log = logging.getLogger(__name__)
+
+# OpenAI options steerc accepts only at their neutral value.
+UNSUPPORTED = {"n", "echo", "logprobs", "top_logprobs", "best_of", "suffix", "presence_penalty", "frequency_penalty", "logit_bias"}
+
+
+@dataclass
+class ApiError(Exception):
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+    headers: dict | None = None
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class Cancelled(Exception):
+    """The client went away; the generation stops at the next token."""
+
+
+class TimedOut(Exception):
+    """The request ran past its deadline."""
+
+
+def api_error(exc: BaseException, timeout_s: float | None = None) -> ApiError:
+    """The ApiError a failure maps to (an unexpected one is logged with its traceback: a bug)."""
+    from steerc.runtime.engine import ContextTooLongError
+    from steerc.runtime.redis_store import StoreUnavailableError
+
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, TimedOut):
+        return ApiError(504, f"the request took longer than the server's limit of {timeout_s:g} s (steerc serve --request-timeout)", "timeout_error", code="timeout")
+    if isinstance(exc, ContextTooLongError):
+        return ApiError(400, str(exc), code="context_length_exceeded")
+    if isinstance(exc, StoreUnavailableError):
+        return ApiError(503, str(exc), "server_error", code="kv_store_unavailable")
+    if isinstance(exc, (SteercError, ValueError)):
+        return ApiError(400, str(exc))
+    log.exception("internal error", exc_info=exc)
+    return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+
+
+def _loc(loc) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts)
+
+
+def validation_message(errors: list[dict]) -> tuple[str, str | None]:
+    """One message (and the first bad parameter) from pydantic's error list."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        detail = next((e.get("ctx", {}).get("error") for e in errors if e.get("type") == "json_invalid"), None)
+        return f"the request body is not valid JSON ({detail or 'parse error'}); send a JSON object", None
+    if errors and all(not _loc(e.get("loc", ())) for e in errors):
+        return "the request body must be a JSON object", None
+    seen, lines = set(), []
+    for e in errors:
+        where = _loc(e.get("loc", ()))
+        # A union reports one error per branch; the branch names (str, list[...]) are noise.
+        where = ".".join(p for p in where.split(".") if not (p.startswith(("list[", "str", "int", "float", "function-", "literal[", "json-or-python")) or p in ("constrained-str",)))
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown field (see the API reference in the README)"
+        elif where.split(".")[0] in UNSUPPORTED:
+            msg += " (steerc supports only the default for this option)"
+        if "input" in e and e.get("type") != "extra_forbidden" and not isinstance(e["input"], (dict, list)):
+            msg += f", got {e['input']!r}"[:120]
+        line = f"{where}: {msg}" if where else msg
+        if line not in seen:
+            seen.add(line)
+            lines.append(line)
+    first = _loc(errors[0].get("loc", ())) if errors else None
+    return "; ".join(lines[:5]) + (f" (and {len(lines) - 5} more)" if len(lines) > 5 else ""), (first.split(".")[0] if first else None)

@@ -1,0 +1,96 @@
+"""Admission control, the request body limit and the API key check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+
+from steerc.server.errors import ApiError
+
+__all__ = ["Admission", "BodyLimit", "check_api_key"]
+
+
+class Admission:
+    """At most ``max_active`` jobs run; up to ``max_queue`` more wait (FIFO); the next is refused
+    with 429. A slot is released when its job's thread finishes, not when the client leaves,
+    so the count is the engine's real load."""
+
+    def __init__(self, max_active: int, max_queue: int) -> None:
+        self.max_active, self.max_queue = max_active, max_queue
+        self.active = self.waiting = 0
+        self._slots = asyncio.Semaphore(max_active)
+
+    async def acquire(self, deadline: float) -> None:
+        if self.active + self.waiting >= self.max_active + self.max_queue:
+            raise ApiError(429, f"the server is at capacity ({self.active} running, {self.waiting} queued; limits --max-concurrency "
+                                f"{self.max_active}, --max-queue {self.max_queue}); retry later", "rate_limit_error", code="queue_full",
+                           headers={"Retry-After": "1"})
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(self._slots.acquire(), max(deadline - time.monotonic(), 0.001))
+        except TimeoutError:
+            raise ApiError(504, "the request timed out waiting in the queue (steerc serve --request-timeout)", "timeout_error", code="timeout") from None
+        finally:
+            self.waiting -= 1
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+        self._slots.release()
+
+
+def check_api_key(key: str | None, authorization: str | None) -> None:
+    if key is None:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), key.encode()):
+        what = "no API key was sent" if not authorization else "the API key is wrong"
+        raise ApiError(401, f"{what}: send 'Authorization: Bearer <key>' with the key the server was started with (--api-key or STEERC_API_KEY)",
+                       "authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
+class BodyLimit:
+    """ASGI middleware: a body over ``max_bytes`` gets 413 before any handler sees it. The body
+    is read here (it is at most ``max_bytes``) and replayed to the app; later ``receive`` calls
+    (disconnect detection) go to the server as usual."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await self._refuse(send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left before sending its body
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._refuse(send)
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send) -> None:
+        error = ApiError(413, f"the request body is larger than the server's limit of {self.max_bytes} bytes (steerc serve --max-body-bytes)",
+                         code="request_too_large")
+        payload = json.dumps(error.body()).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                                                                              (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})

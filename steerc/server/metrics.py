@@ -1,0 +1,68 @@
+"""Prometheus metrics of one server (its own registry, so apps in one process do not mix)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+__all__ = ["Metrics", "RequestMetrics", "route_label", "CONTENT_TYPE"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/contexts", "/v1/models", "/health", "/metrics")
+_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
+
+
+def route_label(path: str) -> str:
+    """A bounded label set: context ids and unknown paths are folded."""
+    if path.startswith("/v1/contexts/"):
+        return "/v1/contexts/{id}"
+    return path if path in _ROUTES else "other"
+
+
+class Metrics:
+    def __init__(self, queue_depth, in_flight) -> None:
+        disable_created_metrics()  # no *_created series: timestamps, not measurements
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("steerc_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.latency = Histogram("steerc_request_duration_seconds", "Request duration (streams: until the last byte)", ["route"], buckets=_SECONDS, registry=r)
+        self.ttft = Histogram("steerc_time_to_first_token_seconds", "Request arrival to first generated token", ["route"], buckets=_SECONDS, registry=r)
+        self.tokens = Counter("steerc_generated_tokens", "Generated tokens", registry=r)
+        self.decode_rate = Histogram("steerc_decode_tokens_per_second", "Decode speed of each answer (after its first token)",
+                                     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000), registry=r)
+        self.prefill_tokens = Counter("steerc_prefill_tokens", "Tokens prefilled, by kind (context preparation or prompt)", ["kind"], registry=r)
+        self.cache = Counter("steerc_context_cache", "Steered-context lookups by result (hit: no context prefill)", ["result"], registry=r)
+        self.cancelled = Counter("steerc_cancelled_requests", "Generations stopped early, by reason", ["reason"], registry=r)
+        Gauge("steerc_queue_depth", "Requests waiting for a generation slot", registry=r).set_function(queue_depth)
+        Gauge("steerc_requests_in_flight", "Generations running", registry=r).set_function(in_flight)
+        for result in ("hit", "miss"):
+            self.cache.labels(result)  # exported as 0 before the first lookup
+        for reason in ("disconnect", "timeout"):
+            self.cancelled.labels(reason)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetrics:
+    """ASGI middleware: counts every response by route and status, and times it to its last byte."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), {"code": 500}
+
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            route = route_label(scope.get("path", ""))
+            self.metrics.requests.labels(route, str(status["code"])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)

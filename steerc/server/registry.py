@@ -1,0 +1,74 @@
+"""Registered contexts: ``POST /v1/contexts`` records, kept in the context store itself.
+
+A record is a store entry with no tensors and JSON metadata (the context's text, its
+steering config and statistics), so it lives wherever the prepared KV lives: in memory, on
+disk, or in Redis, where every server sharing that Redis sees it. A context id is
+``ctx-`` plus the prepared entry's key, so registering the same context with the same
+config twice, on any server, gives the same id; the record itself is filed under a key
+derived from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+
+from steerc.runtime.contexts import PreparedContext
+from steerc.runtime.store import ContextStore, StoredContext
+from steerc.server.errors import ApiError
+
+__all__ = ["ContextRegistry", "context_id_of"]
+
+_ID = re.compile(r"^ctx-([0-9a-f]{64})$")
+
+
+def context_id_of(prepared_key: str) -> str:
+    return f"ctx-{prepared_key}"
+
+
+def _record_key(context_id: str) -> str:
+    match = _ID.match(context_id)
+    if not match:
+        raise ApiError(404, f"unknown context id {context_id[:80]!r}: ids look like 'ctx-' plus 64 hex characters, as POST /v1/contexts returns them",
+                       param="context_id", code="context_not_found")
+    return hashlib.sha256(f"steerc-registration\0{match.group(1)}".encode()).hexdigest()
+
+
+class ContextRegistry:
+    def __init__(self, store: ContextStore) -> None:
+        self.store = store
+
+    def save(self, prepared: PreparedContext, text: str, chat: bool, entries: list[str], stats: dict) -> dict:
+        context_id = context_id_of(prepared.key)
+        old = self.store.get(_record_key(context_id))
+        record = {
+            "kind": "registration", "id": context_id, "created": old.meta["created"] if old else int(time.time()), "context": text, "chat": chat,
+            "config": prepared.config.to_dict(), "context_tokens": len(prepared.context_ids), "head_tokens": len(prepared.head_ids),
+            "selected_tokens": prepared.num_selected, "selected_per_layer": round(prepared.selected_per_layer, 2), "entries": entries, **stats,
+        }
+        self.store.put(_record_key(context_id), StoredContext({}, record))
+        return record
+
+    def get(self, context_id: str) -> dict:
+        entry = self.store.get(_record_key(context_id))
+        if entry is None or entry.meta.get("kind") != "registration":
+            raise ApiError(404, f"unknown context id {context_id!r}: it was never registered with this store, or was deleted; register it with POST /v1/contexts",
+                           param="context_id", code="context_not_found")
+        return entry.meta
+
+    def delete(self, context_id: str) -> dict:
+        """Remove the record and the store entries it made (prepared KV, plain KV, importance)."""
+        record = self.get(context_id)
+        removed = sum(bool(self.store.delete(key)) for key in record["entries"])
+        self.store.delete(_record_key(context_id))
+        return {"id": context_id, "object": "context", "deleted": True, "entries_removed": removed}
+
+    def public(self, record: dict) -> dict:
+        """What GET returns: the record without the context text (a preview instead), and
+        whether its prepared KV is in the store right now."""
+        out = {k: v for k, v in record.items() if k not in ("context", "entries", "kind")}
+        out["object"] = "context"
+        out["context_preview"] = record["context"][:200]
+        out["cached"] = record["entries"][0] in self.store
+        return out

@@ -1,0 +1,264 @@
+"""The engine side of the server: requests become checked *plans*, plans run on worker threads.
+
+Everything here is synchronous and runs on a generation thread, never on the event loop. A
+:class:`Job` is one request's link to its HTTP handler: the worker ``emit``s ``("ready",)``
+once the request is checked and tokenized, then ``("delta", i, text)`` as tokens arrive,
+``("done", i, Generation)`` per prompt, and ``("error", exc)`` or ``("end",)``. ``job.check()``
+runs after every token and every prefill chunk: a client that left (``cancel``) or a request
+past its deadline stops there.
+
+State never mixes between requests: each plan has its own KV cache (a stored context is
+read, never written to: generation appends to a copy), its own sampler and detokenizer, and
+a fresh :class:`~steerc.runtime.answer.Steerer`. What requests share is the engine (ONNX
+Runtime sessions run concurrently) and the context store, whose per-key lock makes
+concurrent requests for one new context wait for a single preparation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from steerc.runtime.answer import Steerer
+from steerc.runtime.contexts import intermediate_keys
+from steerc.runtime.engine import Engine
+from steerc.runtime.generate import SamplingParams, generate
+from steerc.runtime.layout import PromptLayout
+from steerc.runtime.steer_config import SteerConfig
+from steerc.runtime.store import ContextStore
+from steerc.runtime.text import Detokenizer, StreamRun, stream_steps
+from steerc.server.errors import ApiError, Cancelled, TimedOut
+from steerc.server.registry import ContextRegistry
+from steerc.server.schemas import ChatCompletionRequest, CompletionRequest, ContextRequest, SteerRequest
+from steerc.server.settings import ServerSettings
+
+__all__ = ["Generation", "Job", "Service"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Generation:
+    """One prompt's answer and what it cost."""
+
+    text: str
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int  # everything the model attended to: instruction + context + question for steered prompts
+    completion_tokens: int
+    ttft_s: float  # request arrival to first token
+    decode_tokens_per_s: float
+    prompt_prefill_tokens: int  # prefilled in this request (a steered prompt: the question only)
+    steer: dict | None = None
+
+
+class Job:
+    """One request: its deadline, its cancel flag and the queue its worker feeds."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float, arrival: float) -> None:
+        self.loop, self.deadline, self.arrival = loop, deadline, arrival
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.cancel = threading.Event()
+        self.checked = arrival  # when the handler last asked whether the client is still there
+
+    def emit(self, *item) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def check(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled()
+        if time.monotonic() > self.deadline:
+            raise TimedOut()
+
+    def run(self, work) -> None:
+        """Worker thread body: ``work(job)`` then ``("end",)``; a failure is sent as ``("error", exc)``."""
+        try:
+            work(self)
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the handler
+            self.emit("error", exc)
+        finally:
+            self.emit("end")
+
+
+@dataclass
+class _Prefilled:
+    """Counts context tokens prefilled (per preparation stage) and checks the job between chunks."""
+
+    job: Job
+    stages: dict[str, int] = field(default_factory=dict)
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        self.stages[stage] = done
+        self.job.check()
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.stages.values())
+
+
+@dataclass
+class Plan:
+    """A checked prompt: ``ids`` for a plain one, or ``context`` + ``config`` + ``query`` for a steered one."""
+
+    max_tokens: int
+    sampling: SamplingParams
+    stop: tuple[str, ...]
+    prompt_tokens: int
+    ids: np.ndarray | None = None  # [S]
+    context: str | None = None
+    config: SteerConfig | None = None
+    query: str | None = None
+    context_id: str | None = None
+    result: Generation | None = None  # set once the plan has run
+
+
+class Service:
+    def __init__(self, engine: Engine, store: ContextStore, settings: ServerSettings) -> None:
+        if engine.tokenizer is None:
+            from steerc.errors import EngineError
+
+            raise EngineError(f"engine {engine.folder} has no tokenizer; the server speaks text, so compile from a model folder or GGUF that has one")
+        self.engine, self.store, self.settings = engine, store, settings
+        self.layout = PromptLayout.for_tokenizer(engine.tokenizer, settings.chat)
+        self.registry = ContextRegistry(store)
+        self.model_name = settings.model_name or Path(engine.folder).name
+
+    # -- checks -----------------------------------------------------------------------------
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise ApiError(404, f"model {model!r} is not served here; this server serves {self.model_name!r} (GET /v1/models)", param="model", code="model_not_found")
+
+    def _config(self, overrides: dict, base: SteerConfig | None = None) -> SteerConfig:
+        try:
+            return SteerConfig.from_dict({**(base or SteerConfig()).to_dict(), **overrides})
+        except ValueError as exc:
+            raise ApiError(400, f"steer: {exc}", param="steer") from None
+
+    def _room(self, used: int, max_tokens: int | None, parts: str) -> int:
+        """``max_tokens`` (or all the room left when None), refused when it does not fit."""
+        limit = self.engine.max_seq_len
+        if max_tokens is None:
+            max_tokens = limit - used
+        if used + max_tokens > limit or max_tokens < 1:
+            raise ApiError(400, f"this engine allows at most {limit} tokens, but the request needs {used + max(max_tokens, 1)} ({parts} + {max(max_tokens, 1)} to generate); "
+                                "shorten the input or lower max_tokens (or recompile with a larger --max-seq-len)", param="max_tokens", code="context_length_exceeded")
+        return max_tokens
+
+    def _sampling(self, req) -> SamplingParams:
+        return SamplingParams(temperature=float(req.temperature), top_p=float(req.top_p), seed=req.seed)
+
+    def _steered(self, steer: SteerRequest, query: str, max_tokens: int | None, req) -> Plan:
+        if not query.strip():
+            raise ApiError(400, "the question is empty", param="prompt")
+        context_id, base = None, None
+        if steer.context_id is not None:
+            record = self.registry.get(steer.context_id)
+            context_id, text, base = steer.context_id, record["context"], SteerConfig.from_dict(record["config"])
+        else:
+            text = steer.context
+        if not text.strip():
+            raise ApiError(400, "steer.context is empty", param="steer.context")
+        config = self._config(steer.overrides(), base)
+        head = len(self.layout.head_ids(config.prefixes[0]))
+        context = len(self.layout.context_ids(text)[0])
+        question = len(self.layout.query_ids(config.prefixes[0], query))
+        used = head + context + question
+        room = self._room(used, max_tokens, f"{head} instruction + {context} context + {question} question")
+        return Plan(room, self._sampling(req), self.layout.stop + req.stops, used, context=text, config=config, query=query, context_id=context_id)
+
+    def plan_completion(self, req: CompletionRequest) -> list[Plan]:
+        self.check_model(req.model)
+        if req.steer is not None:
+            return [self._steered(req.steer, p, req.max_tokens, req) for p in req.prompts]
+        plans = []
+        for i, prompt in enumerate(req.prompts):
+            ids = np.asarray(self.engine.tokenizer(prompt)["input_ids"], np.int64)
+            room = self._room(len(ids), req.max_tokens, f"{len(ids)} in prompt {i + 1}")
+            plans.append(Plan(room, self._sampling(req), req.stops, len(ids), ids=ids))
+        return plans
+
+    def plan_chat(self, req: ChatCompletionRequest) -> list[Plan]:
+        self.check_model(req.model)
+        if req.steer is not None:
+            if len(req.messages) != 1 or req.messages[0].role != "user":
+                raise ApiError(400, "with steer, messages must be one user message: the question asked over the context (the context's instruction prefix "
+                                    "takes the system prompt's place; set it with steer.prefixes)", param="messages")
+            return [self._steered(req.steer, req.messages[0].text, req.token_limit, req)]
+        tok = self.engine.tokenizer
+        if not self.layout.chat:
+            raise ApiError(400, "this engine has no chat template (or the server runs with --no-chat); use /v1/completions", code="chat_unsupported")
+        out = tok.apply_chat_template([{"role": m.role, "content": m.text} for m in req.messages], add_generation_prompt=True, tokenize=True)
+        ids = np.asarray(out["input_ids"] if hasattr(out, "keys") else out, np.int64)
+        room = self._room(len(ids), req.token_limit, f"{len(ids)} in the messages")
+        return [Plan(room, self._sampling(req), req.stops, len(ids), ids=ids)]
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, job: Job, plans_of) -> None:
+        """Worker body for a completion: plan, signal ready, stream every prompt."""
+        plans = plans_of()
+        job.emit("ready")
+        for i, plan in enumerate(plans):
+            stream = self._stream_steered if plan.context is not None else self._stream_plain
+            for delta in stream(plan, job):
+                job.emit("delta", i, delta)
+            job.emit("done", i, plan.result)
+
+    def _stream_plain(self, plan: Plan, job: Job) -> Iterator[str]:
+        start = time.perf_counter()
+        text, run = Detokenizer(self.engine.tokenizer, plan.stop), StreamRun()
+        steps = generate(self.engine, plan.ids[None], max_new_tokens=plan.max_tokens, sampling=plan.sampling, progress=lambda done, total: job.check())
+        parts = []
+        for delta in stream_steps(self.engine, steps, text, run):
+            job.check()
+            parts.append(delta)
+            yield delta
+        job.check()
+        decode = run.end - run.first
+        plan.result = Generation("".join(parts), run.finish, plan.prompt_tokens, len(text.tokens), _since(job, start) + run.first - start,
+                                 (len(text.tokens) - 1) / decode if decode > 0 and len(text.tokens) > 1 else 0.0, plan.prompt_tokens)
+
+    def _stream_steered(self, plan: Plan, job: Job) -> Iterator[str]:
+        start = time.perf_counter()
+        steerer, prefilled, parts = Steerer(self.engine, plan.config, self.store, chat=self.settings.chat), _Prefilled(job), []
+        for delta in steerer.stream(plan.context, plan.query, max_new_tokens=plan.max_tokens, sampling=plan.sampling, progress=prefilled, stop=plan.stop):
+            job.check()
+            parts.append(delta)
+            yield delta
+        job.check()
+        a = steerer.last
+        steer = {"context_id": plan.context_id, "method": a.method, "cache": a.cache, "context_tokens": a.context_tokens, "selected_tokens": a.selected_tokens,
+                 "context_prefill_tokens": prefilled.tokens, "prepare_s": round(a.prepare_s, 4),
+                 "config": {k: v for k, v in plan.config.to_dict().items() if k != "prefixes"}}
+        if a.key_sentence is not None:
+            steer["key_sentence"] = a.key_sentence
+        plan.result = Generation("".join(parts), a.finish_reason, plan.prompt_tokens, len(a.token_ids), _since(job, start) + a.ttft_s, a.decode_tokens_per_s,
+                                 a.query_tokens, steer)
+
+    def register(self, job: Job, req: ContextRequest) -> dict:
+        """Prepare (or find) a steered context and file its registration record."""
+        self.check_model(req.model)
+        config = self._config(req.overrides())
+        if config.method == "autopasta":
+            raise ApiError(400, "autopasta picks its key sentence per question, so there is nothing to prepare once; register the context with method "
+                                "none, llmsteer or pasta and send method 'autopasta' with each request", param="method")
+        steerer, prefilled = Steerer(self.engine, config, self.store, chat=self.settings.chat), _Prefilled(job)
+        start = time.perf_counter()
+        prepared, tier = steerer.prepare(req.context, config, progress=prefilled)
+        job.check()
+        heads = [steerer.layout.head_ids(p) for p in config.prefixes]
+        entries = [prepared.key, *intermediate_keys(self.engine, heads[: 2 if config.method == "llmsteer" else 1], prepared.context_ids, config.window)]
+        record = self.registry.save(prepared, req.context, self.layout.chat, entries, {"prepare_s": round(prepared.meta.get("prepare_seconds", 0.0), 4)})
+        out = self.registry.public(record)
+        out.update(cache=tier, context_prefill_tokens=prefilled.tokens, seconds=round(time.perf_counter() - start, 4))
+        return out
+
+
+def _since(job: Job, start_perf: float) -> float:
+    """Seconds from the request's arrival to ``start_perf`` (queue wait and planning)."""
+    return max(0.0, (time.monotonic() - job.arrival) - (time.perf_counter() - start_perf))

@@ -1,0 +1,62 @@
+"""``ServerSettings``: how ``steerc serve`` runs (bind address, limits, auth, KV store)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from steerc.settings import _JsonDataclass
+
+__all__ = ["ServerSettings"]
+
+
+def _positive_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ServerSettings(_JsonDataclass):
+    """``max_concurrency`` generations run at once (each on its own thread, sharing the engine);
+    up to ``max_queue`` more wait, and a request beyond that gets 429. ``request_timeout_s``
+    bounds a request from arrival (queue wait included) to its last token. ``api_key``: when
+    set, every route but ``/health`` needs ``Authorization: Bearer <key>``. ``kv_store``:
+    None (memory + disk at the default folder), ``memory``, a folder, or ``redis://host:port/db``.
+    ``chat``: steered prompts and ``/v1/chat/completions`` use the engine's chat template."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_concurrency: int = 2
+    max_queue: int = 32
+    request_timeout_s: float = 300.0
+    max_body_bytes: int = 1 << 20
+    kv_store: str | None = None
+    memory_store_bytes: int = 1 << 30
+    model_name: str | None = None
+    chat: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise ValueError(f"host must be a non-empty address, got {self.host!r}")
+        _positive_int("port", self.port, 0)
+        if self.port > 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or len(self.api_key) < 8 or any(c.isspace() for c in self.api_key)):
+            raise ValueError("api_key must be at least 8 characters without spaces")
+        _positive_int("max_concurrency", self.max_concurrency)
+        _positive_int("max_queue", self.max_queue, 0)
+        t = self.request_timeout_s
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"request_timeout_s must be a positive number of seconds, got {t!r}")
+        _positive_int("max_body_bytes", self.max_body_bytes, 1024)
+        _positive_int("memory_store_bytes", self.memory_store_bytes, 0)
+        if self.kv_store is not None and (not isinstance(self.kv_store, str) or not self.kv_store.strip()):
+            raise ValueError("kv_store must be 'memory', a folder, redis://host:port/db, or null for the default")
+        if self.model_name is not None and (not isinstance(self.model_name, str) or not self.model_name.strip()):
+            raise ValueError("model_name must be a non-empty string")
+
+    def to_dict(self):
+        data = super().to_dict()
+        data["api_key"] = None if self.api_key is None else "***"  # never written out or logged
+        return data

@@ -1,0 +1,81 @@
+"""Real servers for the server tests: `steerc serve` subprocesses on loopback (redis-server: tests/redis_server.py)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+API_KEY = "test-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`steerc serve ENGINE ...` in a subprocess; ``url`` once /health answers."""
+
+    def __init__(self, engine, tmp: Path, *args: str, api_key: str | None = API_KEY, env: dict | None = None):
+        self.port, self.api_key = free_port(), api_key
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / f"server-{self.port}.log"
+        cmd = [sys.executable, "-m", "steerc.cli", "serve", str(engine), "--port", str(self.port), "--log-level", "warning", *args]
+        if api_key:
+            cmd += ["--api-key", api_key]
+        full_env = {**os.environ, "STEERC_CONTEXT_STORE": str(tmp / "store"), **(env or {})}
+        self.proc = subprocess.Popen(cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=full_env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"steerc serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"steerc serve did not answer /health in 120 s:\n{self.log.read_text()}")
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=kwargs.pop("timeout", 120), **kwargs)
+
+    def openai(self):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.url + "/v1", api_key=self.api_key or "unused", max_retries=0, timeout=120)
+
+    def metric(self, name: str, **labels) -> float:
+        """One sample of /metrics (0 when absent)."""
+        text = httpx.get(self.url + "/metrics", headers=self.headers, timeout=10).text
+        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+        for line in text.splitlines():
+            if line.startswith(want + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_text_engine, tmp_path_factory):
+    """The tiny text engine served with an API key and room for 16 concurrent requests."""
+    srv = Server(tiny_text_engine, tmp_path_factory.mktemp("serve"), "--max-concurrency", "4", "--max-queue", "16", "--max-body-bytes", "65536")
+    yield srv
+    srv.stop()

@@ -1,0 +1,71 @@
+"""Two `steerc serve` processes sharing one real redis-server reuse each other's contexts."""
+
+import concurrent.futures as cf
+import threading
+
+import pytest
+from conftest import Server
+
+from test_api import CONTEXT, QUESTION
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_text_engine, redis_server, tmp_path_factory):
+    servers = [Server(tiny_text_engine, tmp_path_factory.mktemp(f"redis-serve-{i}"), "--kv-store", redis_server.url) for i in range(2)]
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+def _ask(server, context_id: str) -> dict:
+    with server.client() as c:
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 8, "temperature": 0,
+                                                 "steer": {"context_id": context_id}})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_a_context_registered_on_one_server_is_reused_by_the_other(pair):
+    a, b = pair
+    with a.client() as c:
+        info = c.post("/v1/contexts", json={"context": CONTEXT + " (shared)"}).json()
+    assert info["cache"] == "miss" and info["context_prefill_tokens"] > 0
+    on_b = _ask(b, info["id"])
+    assert on_b["steer"]["cache"] == "redis" and on_b["steer"]["context_prefill_tokens"] == 0  # fetched from Redis, not prefilled
+    on_a = _ask(a, info["id"])
+    assert on_a["steer"]["cache"] == "memory" and on_a["choices"] == on_b["choices"]
+    with b.client() as c:
+        assert c.get(f"/v1/contexts/{info['id']}").json()["context_tokens"] == info["context_tokens"]
+        again = c.post("/v1/contexts", json={"context": CONTEXT + " (shared)"}).json()
+    assert again["id"] == info["id"] and again["cache"] == "memory" and again["context_prefill_tokens"] == 0  # b holds it since its first use
+
+
+def test_a_delete_on_one_server_is_seen_by_the_other(pair):
+    a, b = pair
+    with a.client() as c:
+        info = c.post("/v1/contexts", json={"context": CONTEXT + " (deleted)"}).json()
+    _ask(a, info["id"])  # now also in a's memory tier
+    with b.client() as c:
+        assert c.delete(f"/v1/contexts/{info['id']}").json()["deleted"]
+    with a.client() as c:
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": QUESTION}], "steer": {"context_id": info["id"]}})
+        assert r.status_code == 404
+        inline = c.post("/v1/completions", json={"prompt": QUESTION, "max_tokens": 2, "steer": {"context": CONTEXT + " (deleted)"}}).json()
+    assert inline["steer"]["cache"] == "miss"  # a's memory copy was not served after the delete
+
+
+def test_both_servers_asked_for_one_new_context_prepare_it_once(pair):
+    """The Redis lock makes the second server wait for the first one's preparation."""
+    barrier = threading.Barrier(4)
+
+    def register(server):
+        with server.client() as c:
+            barrier.wait()
+            return c.post("/v1/contexts", json={"context": CONTEXT + " (raced)"}).json()
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(register, [pair[0], pair[1], pair[0], pair[1]]))
+    assert len({r["id"] for r in results}) == 1
+    prefilled = [r["context_prefill_tokens"] for r in results]
+    assert sorted(prefilled)[:3] == [0, 0, 0] and max(prefilled) > 0
+    assert sum(r["cache"] == "miss" for r in results) == 1
