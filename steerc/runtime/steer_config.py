@@ -101,7 +101,7 @@ class SteerConfig(_JsonDataclass):
             raise ValueError(f"highlights must be [start, end) character ranges with 0 <= start < end, got {self.highlights!r}")
         object.__setattr__(self, "highlights", spans)
         if self.method == "pasta" and not spans:
-            raise ValueError("method 'pasta' needs highlights: character ranges of the context to emphasise (e.g. --highlight 120:180)")
+            raise ValueError("method 'pasta' needs highlights: character ranges of the context to emphasise (e.g. [[120, 180]]; on the command line --highlight 120:180)")
 
     def steered_pairs(self, num_layers: int, num_heads: int) -> list[tuple[int, int]]:
         """The (layer, head) pairs the bias applies to; raises on indices beyond the engine."""

@@ -77,7 +77,7 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
         where = _loc(e.get("loc", ()))
         # A union reports one error per branch; the branch names (str, list[...]) are noise.
         where = ".".join(p for p in where.split(".") if not (p.startswith(("list[", "str", "int", "float", "function-", "literal[", "json-or-python")) or p in ("constrained-str",)))
-        msg = e.get("msg", "invalid")
+        msg = e.get("msg", "invalid").removeprefix("Value error, ")
         if e.get("type") == "extra_forbidden":
             msg = "unknown field (see the API reference in the README)"
         elif where.split(".")[0] in UNSUPPORTED:
