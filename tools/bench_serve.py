@@ -45,10 +45,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(engine: str, concurrency: int, threads: int | None, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(engine: str, concurrency: int, threads: int | None, log: Path, kv_store: str = "memory", memory_mb: int = 1024) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    cmd = [sys.executable, "-m", "steerc.cli", "serve", engine, "--port", str(port), "--kv-store", "memory", "--max-concurrency", str(concurrency),
-           "--max-queue", "1024", "--log-level", "warning", "--request-timeout", "3600"]
+    cmd = [sys.executable, "-m", "steerc.cli", "serve", engine, "--port", str(port), "--kv-store", kv_store, "--memory-store-mb", str(memory_mb),
+           "--max-concurrency", str(concurrency), "--max-queue", "1024", "--log-level", "warning", "--request-timeout", "3600"]
     if threads:
         cmd += ["--threads", str(threads)]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "STEERC_API_KEY": ""})
@@ -139,6 +139,8 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--concurrency", type=int, default=2, help="the started server's --max-concurrency")
     p.add_argument("--threads", type=int, default=None, help="the started server's --threads")
+    p.add_argument("--kv-store", default="memory", help="the started server's --kv-store (e.g. redis://127.0.0.1:6379/0)")
+    p.add_argument("--memory-store-mb", type=int, default=1024, help="the started server's memory tier; 0 makes every reuse read the backing store")
     p.add_argument("--context", default=str(ROOT / "examples" / "super_bowl_50.txt"))
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--out", help="write the results as JSON")
@@ -150,7 +152,8 @@ def main() -> None:
     if args.url:
         url = args.url.rstrip("/")
     else:
-        proc, url = start_server(args.engine, args.concurrency, args.threads, Path(os.environ.get("TMPDIR", "/tmp")) / "bench_serve.log")
+        proc, url = start_server(args.engine, args.concurrency, args.threads, Path(os.environ.get("TMPDIR", "/tmp")) / "bench_serve.log", args.kv_store,
+                                 args.memory_store_mb)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=3600) as c:
@@ -181,7 +184,7 @@ def main() -> None:
               f"{r['ttft_p95_s']:.3f} s | {r.get('throughput_vs_plain', '')}x | {r.get('ttft_p50_vs_plain', '')}x | {r['context_prefill_tokens_per_request'] if r['context_prefill_tokens_per_request'] is not None else 'n/a'} |")
     if args.out:
         meta = {"engine": args.engine, "url": None if proc else url, "clients": args.clients, "requests": args.requests, "max_seconds": args.max_seconds,
-                "max_tokens": args.max_tokens, "server_concurrency": args.concurrency, "threads": args.threads, "cpu_count": os.cpu_count(),
+                "max_tokens": args.max_tokens, "server_concurrency": args.concurrency, "kv_store": args.kv_store.split("@")[-1], "memory_store_mb": args.memory_store_mb, "threads": args.threads, "cpu_count": os.cpu_count(),
                 "date": time.strftime("%Y-%m-%d")}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"run": meta, "rows": rows}, indent=1) + "\n")

@@ -226,7 +226,8 @@ class MemoryStore(ContextStore):
         with self._lock:
             self._pop(key)
             if size > self.max_bytes:
-                log.warning("context %s (%d bytes) exceeds the memory store budget of %d bytes; not cached", key, size, self.max_bytes)
+                if self.max_bytes:  # a zero budget means no memory tier: not worth a warning per entry
+                    log.warning("context %s (%d bytes) exceeds the memory store budget of %d bytes; not cached", key, size, self.max_bytes)
                 return
             while self._used + size > self.max_bytes:
                 self._pop(next(iter(self._entries)))
