@@ -110,11 +110,9 @@ def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), stor
         reply = Reply(f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", service.model_name, chat)
         job = await start(lambda j: service.run(j, plans_of))
         if not body.stream:
-            results, texts = {}, {}
+            results = {}  # the text arrives whole in each "done"; deltas matter only to streams
             while (item := await next_item(job, request))[0] != "end":
-                if item[0] == "delta":
-                    texts.setdefault(item[1], []).append(item[2])
-                elif item[0] == "done":
+                if item[0] == "done":
                     results[item[1]] = item[2]
                     record(item[2])
                     if item[1] == 0:

@@ -29,7 +29,9 @@ class Admission:
                            headers={"Retry-After": "1"})
         self.waiting += 1
         try:
-            await asyncio.wait_for(self._slots.acquire(), max(deadline - time.monotonic(), 0.001))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can drop a slot acquired just as it is cancelled
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                await self._slots.acquire()
         except TimeoutError:
             raise ApiError(504, "the request timed out waiting in the queue (steerc serve --request-timeout)", "timeout_error", code="timeout") from None
         finally:
