@@ -37,7 +37,7 @@ from steerc.runtime.kv_cache import KVCache
 from steerc.runtime.selection import importance_prefill, select_tokens, steering_bias
 from steerc.runtime.steer_config import SteerConfig
 from steerc.runtime.steering import Steering
-from steerc.runtime.store import ContextStore, StoredContext, TieredStore, context_key
+from steerc.runtime.store import ContextStore, StoredContext, context_key
 
 __all__ = ["PreparedContext", "intermediate_keys", "prepare_context"]
 
@@ -122,12 +122,7 @@ def intermediate_keys(engine: Engine, heads: list[np.ndarray], context_ids: np.n
 
 
 def _lookup(store: ContextStore | None, key: str) -> tuple[StoredContext | None, str]:
-    if store is None:
-        return None, "miss"
-    if isinstance(store, TieredStore):
-        return store.lookup(key)
-    entry = store.get(key)
-    return entry, (store.tier if entry is not None else "miss")
+    return store.lookup(key) if store is not None else (None, "miss")
 
 
 def _plain(engine: Engine, head: np.ndarray, context_ids: np.ndarray, kv: KVCache, seconds: float) -> PreparedContext:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 from steerc.errors import SteercError, require
-from steerc.runtime.store import ContextStore, CorruptEntryError, StoredContext, entry_from_bytes, entry_to_bytes
+from steerc.runtime.store import ContextStore, CorruptEntryError, StoredContext, check_key, entry_from_bytes, entry_to_bytes
 
 __all__ = ["RedisStore", "StoreUnavailableError"]
 
@@ -58,13 +58,7 @@ class RedisStore(ContextStore):
             raise StoreUnavailableError(f"the Redis context store at {self.url} failed: {exc}; check that redis-server is running there") from None
 
     def _name(self, key: str) -> str:
-        self._check(key)
-        return self.prefix + key
-
-    @staticmethod
-    def _check(key: str) -> None:
-        if not isinstance(key, str) or len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
-            raise ValueError(f"store keys are 64 lowercase hex characters (see context_key), got {key!r}")
+        return self.prefix + check_key(key)
 
     def get(self, key: str) -> StoredContext | None:
         data = self._call(self.client.get, self._name(key))
@@ -100,7 +94,7 @@ class RedisStore(ContextStore):
 
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
-        self._check(key)
+        check_key(key)
         with super().lock(key):
             lock = self.client.lock(f"{self.prefix}lock:{key}", timeout=self.lock_seconds, blocking_timeout=self.lock_seconds, thread_local=False)
             acquired = self._call(lock.acquire)

@@ -35,13 +35,20 @@ import numpy as np
 from steerc.errors import SteercError
 
 __all__ = [
-    "StoredContext", "StoreStats", "CorruptEntryError", "context_key", "entry_to_bytes", "entry_from_bytes",
+    "StoredContext", "StoreStats", "CorruptEntryError", "check_key", "context_key", "entry_to_bytes", "entry_from_bytes",
     "ContextStore", "KeyLocks", "MemoryStore", "DiskStore", "TieredStore", "default_root", "open_store",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a store key (64 lowercase hex characters, as :func:`context_key` makes); raises otherwise."""
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise ValueError(f"store keys are 64 lowercase hex characters (see context_key), got {key!r}")
+    return key
 
 
 class CorruptEntryError(SteercError):
@@ -177,6 +184,11 @@ class ContextStore(abc.ABC):
         with self._key_locks.hold(key):
             yield
 
+    def lookup(self, key: str) -> tuple[StoredContext | None, str]:
+        """The entry and where it came from: this store's ``tier``, or ``(None, "miss")``."""
+        entry = self.get(key)
+        return entry, (self.tier if entry is not None else "miss")
+
     @abc.abstractmethod
     def get(self, key: str) -> StoredContext | None: ...
 
@@ -265,9 +277,7 @@ class DiskStore(ContextStore):
         self.root = Path(root).expanduser()
 
     def path(self, key: str) -> Path:
-        if not isinstance(key, str) or not _KEY_RE.match(key):
-            raise ValueError(f"store keys are 64 lowercase hex characters (see context_key), got {key!r}")
-        return self.root / key[:2] / f"{key}.safetensors"
+        return self.root / check_key(key)[:2] / f"{key}.safetensors"
 
     def get(self, key: str) -> StoredContext | None:
         path = self.path(key)
