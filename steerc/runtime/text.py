@@ -13,7 +13,7 @@ from steerc.runtime.engine import Engine
 from steerc.runtime.generate import DEFAULT_PREFILL_CHUNK, SamplingParams, generate
 from steerc.runtime.steering import Steering
 
-__all__ = ["Completion", "Detokenizer", "StreamRun", "TextStream", "encode_prompts", "complete", "stream_steps"]
+__all__ = ["Completion", "Detokenizer", "StreamRun", "TextStream", "chat_ids", "encode_prompts", "complete", "stream_steps"]
 
 
 @dataclass
@@ -36,16 +36,19 @@ class Completion:
         return steps / self.decode_s if self.decode_s else 0.0
 
 
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """The token ids of ``messages`` ([{"role", "content"}]) in the chat template, ready for the reply."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
 def _tokenize(engine: Engine, prompt: str, chat: bool) -> list[int]:
     tok = engine.tokenizer
     if tok is None:
         raise SteercError(f"engine {engine.folder} has no tokenizer; pass token ids to steerc.runtime.generate instead")
     if chat and getattr(tok, "chat_template", None):
-        out = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
-        ids = out["input_ids"] if hasattr(out, "keys") else out
-    else:
-        ids = tok(prompt)["input_ids"]
-    return list(ids)
+        return chat_ids(tok, [{"role": "user", "content": prompt}])
+    return list(tok(prompt)["input_ids"])
 
 
 def encode_prompts(engine: Engine, prompts: list[str], chat: bool = True) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -75,13 +78,22 @@ class TextStream:
 
     Text that could still become a stop string is held back until it cannot."""
 
-    def __init__(self, engine: Engine, prompt: str, *, max_new_tokens: int = 128, sampling: SamplingParams = SamplingParams(),
-                 steering: Steering | None = None, stop: tuple[str, ...] = (), chat: bool = True,
+    def __init__(self, engine: Engine, prompt: str | None = None, *, prompt_ids: list[int] | np.ndarray | None = None, max_new_tokens: int = 128,
+                 sampling: SamplingParams = SamplingParams(), steering: Steering | None = None, stop: tuple[str, ...] = (), chat: bool = True,
                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK, progress=None):
+        """``prompt`` is text (the chat template applied unless ``chat=False``); ``prompt_ids``,
+        instead, is a prompt the caller tokenized (a templated conversation, say)."""
+        if (prompt is None) == (prompt_ids is None):
+            raise ValueError("give exactly one of prompt (text) or prompt_ids (token ids)")
         self.engine, self.prompt, self.max_new_tokens, self.sampling, self.steering = engine, prompt, max_new_tokens, sampling, steering
         self.stop, self.chat = tuple(s for s in stop if s), chat
         self.prefill_chunk, self.progress = prefill_chunk, progress  # progress(done, total) after each prefill chunk
-        self.ids, self.mask, self.lengths = encode_prompts(engine, [prompt], chat)  # refuses before any work
+        if prompt_ids is None:
+            self.ids, self.mask, self.lengths = encode_prompts(engine, [prompt], chat)  # refuses before any work
+        else:
+            ids = np.asarray(prompt_ids, np.int64)[None]  # [1, S]
+            engine.check_length(ids.shape[1] + 1, f"the prompt ({ids.shape[1]} tokens, plus one to generate)")
+            self.ids, self.mask, self.lengths = ids, np.ones_like(ids), [ids.shape[1]]
         self.completion: Completion | None = None
 
     def __iter__(self) -> Iterator[str]:

@@ -26,14 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from steerc.errors import EngineError
 from steerc.runtime.answer import Steerer
 from steerc.runtime.contexts import intermediate_keys
 from steerc.runtime.engine import Engine
-from steerc.runtime.generate import SamplingParams, generate
+from steerc.runtime.generate import SamplingParams
 from steerc.runtime.layout import PromptLayout
 from steerc.runtime.steer_config import SteerConfig
 from steerc.runtime.store import ContextStore
-from steerc.runtime.text import Detokenizer, StreamRun, stream_steps
+from steerc.runtime.text import TextStream, chat_ids
 from steerc.server.errors import ApiError, Cancelled, TimedOut
 from steerc.server.registry import ContextRegistry
 from steerc.server.schemas import ChatCompletionRequest, CompletionRequest, ContextRequest, SteerRequest
@@ -121,8 +122,6 @@ class Plan:
 class Service:
     def __init__(self, engine: Engine, store: ContextStore, settings: ServerSettings) -> None:
         if engine.tokenizer is None:
-            from steerc.errors import EngineError
-
             raise EngineError(f"engine {engine.folder} has no tokenizer; the server speaks text, so compile from a model folder or GGUF that has one")
         self.engine, self.store, self.settings = engine, store, settings
         self.layout = PromptLayout.for_tokenizer(engine.tokenizer, settings.chat)
@@ -190,11 +189,9 @@ class Service:
                 raise ApiError(400, "with steer, messages must be one user message: the question asked over the context (the context's instruction prefix "
                                     "takes the system prompt's place; set it with steer.prefixes)", param="messages")
             return [self._steered(req.steer, req.messages[0].text, req.token_limit, req)]
-        tok = self.engine.tokenizer
         if not self.layout.chat:
             raise ApiError(400, "this engine has no chat template (or the server runs with --no-chat); use /v1/completions", code="chat_unsupported")
-        out = tok.apply_chat_template([{"role": m.role, "content": m.text} for m in req.messages], add_generation_prompt=True, tokenize=True)
-        ids = np.asarray(out["input_ids"] if hasattr(out, "keys") else out, np.int64)
+        ids = np.asarray(chat_ids(self.engine.tokenizer, [{"role": m.role, "content": m.text} for m in req.messages]), np.int64)
         room = self._room(len(ids), req.token_limit, f"{len(ids)} in the messages")
         return [Plan(room, self._sampling(req), req.stops, len(ids), ids=ids)]
 
@@ -211,17 +208,16 @@ class Service:
 
     def _stream_plain(self, plan: Plan, job: Job) -> Iterator[str]:
         start = time.perf_counter()
-        text, run = Detokenizer(self.engine.tokenizer, plan.stop), StreamRun()
-        steps = generate(self.engine, plan.ids[None], max_new_tokens=plan.max_tokens, sampling=plan.sampling, progress=lambda done, total: job.check())
-        parts = []
-        for delta in stream_steps(self.engine, steps, text, run):
+        stream, parts = TextStream(self.engine, prompt_ids=plan.ids, max_new_tokens=plan.max_tokens, sampling=plan.sampling, stop=plan.stop,
+                                   progress=lambda done, total: job.check()), []
+        for delta in stream:
             job.check()
             parts.append(delta)
             yield delta
         job.check()
-        decode = run.end - run.first
-        plan.result = Generation("".join(parts), run.finish, plan.prompt_tokens, len(text.tokens), _since(job, start) + run.first - start,
-                                 (len(text.tokens) - 1) / decode if decode > 0 and len(text.tokens) > 1 else 0.0, plan.prompt_tokens)
+        c = stream.completion
+        plan.result = Generation("".join(parts), c.finish_reason, plan.prompt_tokens, len(c.token_ids), _since(job, start) + c.prefill_s,
+                                 c.decode_tokens_per_s, plan.prompt_tokens)
 
     def _stream_steered(self, plan: Plan, job: Job) -> Iterator[str]:
         start = time.perf_counter()
