@@ -25,7 +25,7 @@ def cmd_serve(args) -> int:
     require("fastapi", "steerc serve", "pip install 'steerc[serve]'")
     uvicorn = require("uvicorn", "steerc serve", "pip install 'steerc[serve]'")
     from steerc.runtime import Engine
-    from steerc.runtime.store import open_store
+    from steerc.runtime.store import default_root, open_store
     from steerc.server import create_app
 
     try:
@@ -41,17 +41,11 @@ def cmd_serve(args) -> int:
     name = app.state.service.model_name
     print(f"steerc serve: {name} ({engine.max_seq_len} tokens) on http://{settings.host}:{settings.port}/v1  "
           f"[{settings.max_concurrency} concurrent, queue {settings.max_queue}, timeout {settings.request_timeout_s:g} s, "
-          f"KV store {settings.kv_store or 'memory + ' + str(_default_root())}, API key {'required' if settings.api_key else 'off'}]", file=sys.stderr, flush=True)
+          f"KV store {settings.kv_store or 'memory + ' + str(default_root())}, API key {'required' if settings.api_key else 'off'}]", file=sys.stderr, flush=True)
     if not _loopback(settings.host) and not settings.api_key:
         print(f"steerc serve: warning: listening on {settings.host} without an API key; anyone who can reach it can use it (set --api-key)", file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
-
-
-def _default_root():
-    from steerc.runtime.store import default_root
-
-    return default_root()
 
 
 def add_serve_parser(sub) -> None:

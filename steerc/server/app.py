@@ -97,14 +97,21 @@ def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), stor
             metrics.cancelled.labels("timeout").inc()
         return api_error(exc, settings.request_timeout_s)
 
-    def record(gen) -> None:
+    def count_context(stats: dict) -> None:
+        """One steered-context lookup: hit or miss, and the context tokens it prefilled."""
+        metrics.prefill_tokens.labels("context").inc(stats["context_prefill_tokens"])
+        metrics.cache.labels("hit" if stats["cache"] in _HIT_TIERS else "miss").inc()
+
+    def record(route: str, index: int, gen) -> None:
+        """Metrics of one finished answer (the request's TTFT is its first answer's)."""
+        if index == 0:
+            metrics.ttft.labels(route).observe(gen.ttft_s)
         metrics.tokens.inc(gen.completion_tokens)
         metrics.prefill_tokens.labels("prompt").inc(gen.prompt_prefill_tokens)
         if gen.decode_tokens_per_s > 0:
             metrics.decode_rate.observe(gen.decode_tokens_per_s)
         if gen.steer is not None:
-            metrics.prefill_tokens.labels("context").inc(gen.steer["context_prefill_tokens"])
-            metrics.cache.labels("hit" if gen.steer["cache"] in _HIT_TIERS else "miss").inc()
+            count_context(gen.steer)
 
     async def generation(request: Request, body, route: str, plans_of, chat: bool):
         reply = Reply(f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", service.model_name, chat)
@@ -114,9 +121,7 @@ def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), stor
             while (item := await next_item(job, request))[0] != "end":
                 if item[0] == "done":
                     results[item[1]] = item[2]
-                    record(item[2])
-                    if item[1] == 0:
-                        metrics.ttft.labels(route).observe(item[2].ttft_s)
+                    record(route, item[1], item[2])
                 elif item[0] == "error":
                     raise failure(job, item[1])
             return JSONResponse(reply.full([results[i] for i in sorted(results)]))
@@ -136,9 +141,7 @@ def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), stor
                     yield sse(reply.chunk(item[1], text=item[2]))
                 elif item[0] == "done":
                     results.append(item[2])
-                    record(item[2])
-                    if item[1] == 0:
-                        metrics.ttft.labels(route).observe(item[2].ttft_s)
+                    record(route, item[1], item[2])
                     yield sse(reply.finish(item[1], item[2], results if _last(body, item[1]) else None))
                 elif item[0] == "error":
                     ended = True
@@ -185,11 +188,7 @@ def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), stor
             if item[0] == "error":
                 raise failure(job, item[1])
             result = item[2]
-            if result["cache"] in _HIT_TIERS:
-                metrics.cache.labels("hit").inc()
-            else:
-                metrics.cache.labels("miss").inc()
-            metrics.prefill_tokens.labels("context").inc(result["context_prefill_tokens"])
+            count_context(result)
         return result
 
     @api.get("/v1/contexts/{context_id}")

@@ -1,7 +1,6 @@
 """Real servers for the server tests: `steerc serve` subprocesses on loopback (redis-server: tests/redis_server.py)."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -9,14 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis_server import free_port
 
 API_KEY = "test-key-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
