@@ -84,7 +84,8 @@ def test_concurrent_requests_on_a_new_context_prepare_it_once(server):
 
 @pytest.fixture(scope="module")
 def slow_server(default_engine, tmp_path_factory):
-    srv = Server(default_engine, tmp_path_factory.mktemp("slow-serve"), "--max-concurrency", "1", "--max-queue", "1", "--request-timeout", "8",
+    # 30 s: well past 1 running + 1 queued 80-token answers on a loaded 2-core machine (8 s was not), well short of 1500 tokens
+    srv = Server(default_engine, tmp_path_factory.mktemp("slow-serve"), "--max-concurrency", "1", "--max-queue", "1", "--request-timeout", "30",
                  "--threads", "1")
     yield srv
     srv.stop()
@@ -127,7 +128,7 @@ def test_request_over_the_timeout_gets_504(slow_server):
     before = slow_server.metric("steerc_cancelled_requests_total", reason="timeout")
     with slow_server.client() as c:
         r = c.post("/v1/completions", json={"prompt": COUNT, "max_tokens": 1500, "temperature": 0})
-    assert r.status_code == 504 and "8 s" in r.json()["error"]["message"]
+    assert r.status_code == 504 and "30 s" in r.json()["error"]["message"]
     assert slow_server.metric("steerc_cancelled_requests_total", reason="timeout") == before + 1
     _idle(slow_server, 5)
     assert slow_server.metric("steerc_requests_in_flight") == 0  # the generation stopped, not just the response
