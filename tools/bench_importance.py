@@ -34,7 +34,7 @@ def main() -> None:
 
     from steerc.runtime import Engine
     from steerc.runtime.generate import positions_for, prefill
-    from steerc.runtime.selection import importance_prefill
+    from steerc.steering.selection import importance_prefill
 
     engine = Engine.load(args.engine)
     g = engine.geometry

@@ -67,11 +67,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from steerc.runtime import Engine
-    from steerc.runtime.answer import Steerer
     from steerc.runtime.generate import prefill
-    from steerc.runtime.layout import PromptLayout
-    from steerc.runtime.steer_config import SteerConfig
-    from steerc.runtime.store import DiskStore, MemoryStore
+    from steerc.steering.answer import Steerer
+    from steerc.steering.config import SteerConfig
+    from steerc.steering.layout import PromptLayout
+    from steerc.stores import DiskStore, MemoryStore
 
     engine = Engine.load(args.engine)
     config = SteerConfig()

@@ -21,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from steerc.runtime.steer_config import SteerConfig  # noqa: E402
+from steerc.steering.config import SteerConfig  # noqa: E402
 
 METHOD_ORDER = ["none", "llmsteer", "pasta", "autopasta"]
 LABEL = {"none": "none", "llmsteer": "LLMSteer", "pasta": "PASTA (oracle)", "autopasta": "AutoPASTA"}

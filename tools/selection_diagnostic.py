@@ -17,9 +17,9 @@ import numpy as np
 
 from steerc.eval import load_dataset
 from steerc.runtime import Engine
-from steerc.runtime.answer import Steerer
-from steerc.runtime.spans import spans_to_token_mask
-from steerc.runtime.steer_config import SteerConfig
+from steerc.steering.answer import Steerer
+from steerc.steering.config import SteerConfig
+from steerc.steering.spans import spans_to_token_mask
 
 
 def main() -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from steerc.errors import SteercError
 from steerc.eval.metrics import normalize_answer
-from steerc.runtime.spans import split_sentences
+from steerc.steering.spans import split_sentences
 
 __all__ = ["Example", "DatasetError", "DATASETS", "GOLD_POSITIONS", "SPLITS", "DEV_FRACTION", "load_dataset", "load_jsonl",
            "load_squad", "load_nq_multidoc", "load_kv_retrieval", "split_examples", "format_documents", "data_dir"]

@@ -23,10 +23,10 @@ from steerc.atomic import write_text_atomic
 from steerc.errors import SteercError
 from steerc.eval.data import Example
 from steerc.eval.metrics import score
-from steerc.runtime.answer import Steerer
 from steerc.runtime.engine import ContextTooLongError, Engine
-from steerc.runtime.steer_config import METHODS, SteerConfig
-from steerc.runtime.store import ContextStore, MemoryStore
+from steerc.steering.answer import Steerer
+from steerc.steering.config import METHODS, SteerConfig
+from steerc.stores import ContextStore, MemoryStore
 
 __all__ = ["Variant", "method_variants", "read_predictions", "run_eval", "PREDICTIONS", "RUN_FILE"]
 

@@ -1,4 +1,10 @@
-"""steerc runtime: load an engine, prefill and decode against a KV cache, stream text.
+"""steerc runtime: engine execution. Load an engine, prefill and decode against a KV cache, stream text.
+
+This package owns engine execution: the ONNX Runtime engine (:mod:`~steerc.runtime.engine`),
+the KV cache (:mod:`~steerc.runtime.kv_cache`), the prefill/decode loops
+(:mod:`~steerc.runtime.generate`), text in and out (:mod:`~steerc.runtime.text`) and the
+:class:`Steering` bias the engine is fed (:mod:`~steerc.runtime.steering`). What to steer
+lives in :mod:`steerc.steering`; prepared contexts are kept in :mod:`steerc.stores`.
 
     from steerc.runtime import Engine, TextStream
     engine = Engine.load("engines/smollm2-135m-instruct")

@@ -22,7 +22,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from steerc.runtime.engine import Engine
-from steerc.runtime.store import ContextStore, open_store
 from steerc.server.errors import ApiError, Cancelled, TimedOut, api_error, validation_message
 from steerc.server.formats import EventStream, Reply, sse
 from steerc.server.limits import Admission, BodyLimit, check_api_key
@@ -30,6 +29,7 @@ from steerc.server.metrics import CONTENT_TYPE, Metrics, RequestMetrics
 from steerc.server.schemas import ChatCompletionRequest, CompletionRequest, ContextRequest
 from steerc.server.service import Job, Service
 from steerc.server.settings import ServerSettings
+from steerc.stores import ContextStore, open_store
 
 __all__ = ["create_app"]
 

@@ -14,9 +14,9 @@ import hashlib
 import re
 import time
 
-from steerc.runtime.contexts import PreparedContext
-from steerc.runtime.store import ContextStore, StoredContext
 from steerc.server.errors import ApiError
+from steerc.steering.contexts import PreparedContext
+from steerc.stores import ContextStore, StoredContext
 
 __all__ = ["ContextRegistry", "context_id_of"]
 

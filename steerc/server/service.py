@@ -9,7 +9,7 @@ past its deadline stops there.
 
 State never mixes between requests: each plan has its own KV cache (a stored context is
 read, never written to: generation appends to a copy), its own sampler and detokenizer, and
-a fresh :class:`~steerc.runtime.answer.Steerer`. What requests share is the engine (ONNX
+a fresh :class:`~steerc.steering.answer.Steerer`. What requests share is the engine (ONNX
 Runtime sessions run concurrently) and the context store, whose per-key lock makes
 concurrent requests for one new context wait for a single preparation.
 """
@@ -27,18 +27,18 @@ from pathlib import Path
 import numpy as np
 
 from steerc.errors import EngineError
-from steerc.runtime.answer import Steerer
-from steerc.runtime.contexts import intermediate_keys
 from steerc.runtime.engine import Engine
 from steerc.runtime.generate import SamplingParams
-from steerc.runtime.layout import PromptLayout
-from steerc.runtime.steer_config import SteerConfig
-from steerc.runtime.store import ContextStore
 from steerc.runtime.text import TextStream, chat_ids
 from steerc.server.errors import ApiError, Cancelled, TimedOut
 from steerc.server.registry import ContextRegistry
 from steerc.server.schemas import ChatCompletionRequest, CompletionRequest, ContextRequest, SteerRequest
 from steerc.server.settings import ServerSettings
+from steerc.steering.answer import Steerer
+from steerc.steering.config import SteerConfig
+from steerc.steering.contexts import intermediate_keys
+from steerc.steering.layout import PromptLayout
+from steerc.stores import ContextStore
 
 __all__ = ["Generation", "Job", "Service"]
 

@@ -10,8 +10,8 @@ from steerc.errors import SteercError
 from steerc.eval import method_variants, run_eval, score, summarize, summary_markdown
 from steerc.eval.data import Example
 from steerc.runtime import Engine
-from steerc.runtime.answer import Steerer
-from steerc.runtime.steer_config import SteerConfig
+from steerc.steering.answer import Steerer
+from steerc.steering.config import SteerConfig
 
 PASSAGE = "Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy."
 

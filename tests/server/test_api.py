@@ -131,8 +131,8 @@ def test_other_steering_of_a_registered_context_costs_no_prefill(server):
 def test_steered_answer_equals_the_runtime(server, tiny_text_engine):
     """The server answers through the same Steerer as `steerc run`: identical greedy text."""
     from steerc.runtime import Engine
-    from steerc.runtime.answer import Steerer
-    from steerc.runtime.steer_config import SteerConfig
+    from steerc.steering.answer import Steerer
+    from steerc.steering.config import SteerConfig
 
     engine = Engine.load(tiny_text_engine)
     for method, extra in (("llmsteer", {}), ("none", {}), ("pasta", {"highlights": [[0, 120]]})):

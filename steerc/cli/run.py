@@ -21,8 +21,8 @@ def _ints(text: str | None) -> list[int] | None:
 
 def steer_config(args, method: str | None = None):
     """The SteerConfig the shared steering options (``add_steer_options``) describe."""
-    from steerc.runtime.spans import parse_spans
-    from steerc.runtime.steer_config import DEFAULT_PREFIXES, SteerConfig, load_profile
+    from steerc.steering.config import DEFAULT_PREFIXES, SteerConfig, load_profile
+    from steerc.steering.spans import parse_spans
 
     fields = {"method": method or args.method, "window": args.window}
     for name in ("layers", "heads"):  # 'all' = every one; left out = SteerConfig's default
@@ -55,8 +55,8 @@ def cmd_run(args) -> int:
     from rich.console import Console
 
     from steerc.runtime import Engine, SamplingParams
-    from steerc.runtime.answer import Steerer
-    from steerc.runtime.store import open_store
+    from steerc.steering.answer import Steerer
+    from steerc.stores import open_store
 
     try:
         context = Path(args.context).read_text()
@@ -103,7 +103,7 @@ def _advance(progress, bars, stage: str, done: int, total: int) -> None:
 
 
 def _write_html(path: str, context: str, steerer, answer) -> None:
-    from steerc.runtime.html import render_html, write_html
+    from steerc.steering.html import render_html, write_html
 
     prepared, offsets = steerer.last_context
     importance = prepared.importance.mean(0).sum(0) if prepared.importance.shape[0] else None  # [N]: passes averaged, layers summed

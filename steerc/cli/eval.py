@@ -20,7 +20,7 @@ Splits: contexts shuffled with --seed; 30% of them are dev, the rest test (tune 
 
 
 def add_eval_parser(sub) -> None:
-    from steerc.cli_run import add_steer_options
+    from steerc.cli.run import add_steer_options
     from steerc.eval.data import GOLD_POSITIONS, SPLITS
 
     p = sub.add_parser("eval", help="evaluate steering methods on a dataset (scores with bootstrap intervals)", epilog=FORMAT_HELP,
@@ -49,10 +49,10 @@ def cmd_eval(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from steerc.cli_run import steer_config
+    from steerc.cli.run import steer_config
     from steerc.eval import PRIMARY, load_dataset, method_variants, run_eval, summarize, summary_markdown
     from steerc.runtime import Engine
-    from steerc.runtime.store import open_store
+    from steerc.stores import open_store
 
     if args.max_new_tokens is None:
         args.max_new_tokens = 64 if args.dataset == "kv-retrieval" else 32

@@ -31,7 +31,7 @@ class PromptLayout:
     @classmethod
     def for_tokenizer(cls, tokenizer, chat: bool = True) -> "PromptLayout":
         if tokenizer is None:
-            raise SteercError("this engine has no tokenizer; text contexts need one (use token ids with steerc.runtime.selection instead)")
+            raise SteercError("this engine has no tokenizer; text contexts need one (use token ids with steerc.steering.selection instead)")
         return cls(tokenizer, chat and bool(getattr(tokenizer, "chat_template", None)))
 
     def _split(self, prefix: str) -> tuple[str, str, str]:

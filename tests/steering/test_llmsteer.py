@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from steerc.runtime import Engine
-from steerc.runtime.contexts import PreparedContext, prepare_context
 from steerc.runtime.generate import prefill
-from steerc.runtime.selection import importance_prefill, select_tokens, steering_bias, top_k_count, top_k_mask
-from steerc.runtime.steer_config import SteerConfig
-from steerc.runtime.store import DiskStore, MemoryStore
+from steerc.steering.config import SteerConfig
+from steerc.steering.contexts import PreparedContext, prepare_context
+from steerc.steering.selection import importance_prefill, select_tokens, steering_bias, top_k_count, top_k_mask
+from steerc.stores import DiskStore, MemoryStore
 
 RNG = np.random.default_rng(0)
 HEAD_A = RNG.integers(0, 128, 5)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from steerc.errors import SteercError
-from steerc.runtime import store as store_mod
-from steerc.runtime.store import (
+from steerc.stores import disk as disk_mod
+from steerc.stores import (
     ContextStore,
     CorruptEntryError,
     DiskStore,
@@ -165,7 +165,7 @@ def test_disk_store_failed_write_keeps_old_file(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store_mod.os, "replace", boom)
+    monkeypatch.setattr(disk_mod.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         store.put(KEY, _entry(seed=2))
     monkeypatch.undo()

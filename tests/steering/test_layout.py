@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from steerc.runtime import Engine
-from steerc.runtime.answer import Steerer
-from steerc.runtime.layout import PromptLayout
-from steerc.runtime.steer_config import SteerConfig
 from steerc.runtime.text import Detokenizer
+from steerc.steering.answer import Steerer
+from steerc.steering.config import SteerConfig
+from steerc.steering.layout import PromptLayout
 
 
 @pytest.fixture(scope="module")

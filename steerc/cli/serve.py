@@ -25,8 +25,8 @@ def cmd_serve(args) -> int:
     require("fastapi", "steerc serve", "pip install 'steerc[serve]'")
     uvicorn = require("uvicorn", "steerc serve", "pip install 'steerc[serve]'")
     from steerc.runtime import Engine
-    from steerc.runtime.store import default_root, open_store
     from steerc.server import create_app
+    from steerc.stores import default_root, open_store
 
     try:
         settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("STEERC_API_KEY") or None,

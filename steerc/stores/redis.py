@@ -1,6 +1,6 @@
 """``RedisStore``: prepared contexts in a Redis server, shared by every process that uses it.
 
-Entries are the same checksummed safetensors bytes :class:`~steerc.runtime.store.DiskStore`
+Entries are the same checksummed safetensors bytes :class:`~steerc.stores.disk.DiskStore`
 writes (nothing is unpickled), one Redis string per entry under ``steerc:ctx:<key>``; a
 ``SET`` replaces a value atomically, so a reader never sees half an entry. ``lock(key)`` is a
 Redis lock (``SET NX`` with an expiry, via redis-py) taken after the process-local one:
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 from steerc.errors import SteercError, require
-from steerc.runtime.store import ContextStore, CorruptEntryError, StoredContext, check_key, entry_from_bytes, entry_to_bytes
+from steerc.stores.base import ContextStore, CorruptEntryError, StoredContext, check_key, entry_from_bytes, entry_to_bytes
 
 __all__ = ["RedisStore", "StoreUnavailableError"]
 

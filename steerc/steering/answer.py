@@ -14,14 +14,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from steerc.runtime.contexts import PreparedContext, Progress, prepare_context
 from steerc.runtime.engine import Engine
 from steerc.runtime.generate import DEFAULT_PREFILL_CHUNK, SamplingParams, generate
-from steerc.runtime.layout import PromptLayout
-from steerc.runtime.spans import best_sentence, spans_to_token_mask
-from steerc.runtime.steer_config import SteerConfig
-from steerc.runtime.store import ContextStore
 from steerc.runtime.text import Detokenizer, StreamRun, stream_steps
+from steerc.steering.config import SteerConfig
+from steerc.steering.contexts import PreparedContext, Progress, prepare_context
+from steerc.steering.layout import PromptLayout
+from steerc.steering.spans import best_sentence, spans_to_token_mask
+from steerc.stores import ContextStore
 
 __all__ = ["SteeredAnswer", "Steerer", "AUTOPASTA_INSTRUCTION"]
 

@@ -34,10 +34,10 @@ import numpy as np
 from steerc.runtime.engine import Engine
 from steerc.runtime.generate import DEFAULT_PREFILL_CHUNK, prefill
 from steerc.runtime.kv_cache import KVCache
-from steerc.runtime.selection import importance_prefill, select_tokens, steering_bias
-from steerc.runtime.steer_config import SteerConfig
 from steerc.runtime.steering import Steering
-from steerc.runtime.store import ContextStore, StoredContext, context_key
+from steerc.steering.config import SteerConfig
+from steerc.steering.selection import importance_prefill, select_tokens, steering_bias
+from steerc.stores import ContextStore, StoredContext, context_key
 
 __all__ = ["PreparedContext", "intermediate_keys", "prepare_context"]
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from steerc.runtime.spans import best_sentence, parse_spans, spans_to_token_mask, split_sentences
+from steerc.steering.spans import best_sentence, parse_spans, spans_to_token_mask, split_sentences
 
 TEXT = "Paris is the capital of France. Berlin is big."
 # Hand-made offsets for TEXT: words and the two full stops; (0, 0) is a special token.

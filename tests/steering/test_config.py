@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from steerc.runtime.steer_config import band_layers, DEFAULT_PREFIXES, SteerConfig, load_profile
+from steerc.steering.config import band_layers, DEFAULT_PREFIXES, SteerConfig, load_profile
 
 
 def test_json_round_trip_restores_tuples():

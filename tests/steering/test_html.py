@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from steerc.runtime.html import render_html, write_html
+from steerc.steering.html import render_html, write_html
 
 TEXT = 'Say <script>alert("x")</script> & go.\n\n  Next line.'
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from steerc.errors import SteercError
-from steerc.runtime.redis_store import RedisStore, StoreUnavailableError
-from steerc.runtime.store import MemoryStore, StoredContext, TieredStore, open_store
+from steerc.stores import MemoryStore, StoredContext, TieredStore, open_store
+from steerc.stores.redis import RedisStore, StoreUnavailableError
 
 KEY = "ab" * 32
 OTHER = "cd" * 32
@@ -119,7 +119,7 @@ def test_lock_serialises_holders_across_clients(store, redis_server):
 
 
 def test_passwords_never_reach_messages():
-    from steerc.runtime.redis_store import _redacted
+    from steerc.stores.redis import _redacted
 
     assert _redacted("redis://user:s3cret@[::1]:6379/0") == "redis://user:***@[::1]:6379/0"
     with pytest.raises(StoreUnavailableError) as info:

@@ -1,0 +1,81 @@
+"""``steerc compile``: compile a model into a steerable engine folder."""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+from steerc.cli.common import analysis_line, rich_console, verify_line
+from steerc.errors import SteercError
+
+__all__ = ["STAGES", "add_compile_parser", "cmd_compile"]
+
+STAGES = ("load", "capture", "rewrite", "export", "verify", "write")
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def cmd_compile(args) -> int:
+    from steerc.engine import compile_engine
+    from steerc.models import DEFAULT_MODEL
+    from steerc.progress import StageTracker
+    from steerc.settings import CompileSettings
+
+    try:
+        settings = CompileSettings(opset=args.opset, dtype=args.dtype, max_seq_len=args.max_seq_len, max_batch=args.max_batch, attn_implementation=args.attn, verify=not args.no_verify,
+                                   importance=not args.no_importance)
+    except ValueError as exc:
+        raise SteercError(f"invalid option: {exc}") from None
+    console = rich_console()
+    model = args.model or DEFAULT_MODEL
+    console.print(f"[bold]steerc compile[/] {model} -> {args.output}  (opset {settings.opset}, {settings.dtype}, max {settings.max_seq_len} tokens)")
+    index = {name: i + 1 for i, name in enumerate(STAGES)}
+    status = {"live": None}
+
+    def listener(event: str, stage: str, seconds: float | None) -> None:
+        tag = f"[{index.get(stage, '?')}/{len(STAGES)}] {stage}"
+        if event == "start":
+            status["live"] = console.status(f"{tag} ...")
+            status["live"].start()
+            return
+        if status["live"] is not None:
+            status["live"].stop()
+        mark = "[green]done[/]" if event == "done" else "[red]failed[/]"
+        console.print(f"  {tag:<18} {mark} {seconds:6.1f} s")
+
+    start = time.perf_counter()
+    manifest = compile_engine(model, args.output, settings, force=args.force, tracker=StageTracker(listener))
+    total = time.perf_counter() - start
+    report = manifest["passes"][0]
+    g = manifest["geometry"]
+    counts = manifest["backend"]["op_counts"]
+    attention_ops = {k: v for k, v in counts.items() if k.split("::")[-1] in ("Attention", "Softmax", "GroupQueryAttention")}
+    console.print(
+        f"[bold green]engine ready[/] {Path(args.output)}\n"
+        f"  model     {manifest['architecture']} ({manifest['model_type']}), {g['num_layers']} layers, {g['num_heads']} heads / {g['num_kv_heads']} kv heads, head dim {g['head_dim']}\n"
+        f"  rewrite   {report['num_sites']} attention sites steered ({', '.join(f'{k}: {v}' for k, v in report['kinds'].items())}); "
+        f"passes: {', '.join(p['name'] + ' (' + str(p['num_sites']) + ')' for p in manifest['passes'])}\n"
+        f"  onnx      opset {manifest['backend']['opset']}, {sum(counts.values())} nodes, attention ops {attention_ops}\n"
+        f"  analysis  {analysis_line(manifest)}\n"
+        f"  verify    {verify_line(manifest['verify'])}\n"
+        f"  time      {total:.1f} s total; peak memory {_peak_rss_mib():.0f} MiB"
+    )
+    return 0
+
+
+def add_compile_parser(sub) -> None:
+    p = sub.add_parser("compile", help="compile a model into a steerable engine folder")
+    p.add_argument("model", nargs="?", help="hub id (local cache only), local folder, .gguf file, or smollm2-135m-instruct (default)")
+    p.add_argument("-o", "--output", required=True, help="engine folder to create")
+    p.add_argument("--opset", type=int, default=23, help="ONNX opset (default 23: fused Attention; 20: decomposed)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--max-seq-len", type=int, default=2048, help="most tokens (past + new) one call may see")
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation to capture")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime self-check")
+    p.add_argument("--no-importance", action="store_true", help="do not build the analysis graph (attn_importance) LLMSteer selects tokens with")
+    p.add_argument("--force", action="store_true", help="replace an existing engine folder")
+    p.set_defaults(func=cmd_compile)

@@ -1,0 +1,50 @@
+"""``steerc inspect``: print an engine's manifest and rewritten attention sites."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from steerc.cli.common import analysis_line, rich_console, verify_line
+
+__all__ = ["add_inspect_parser", "cmd_inspect"]
+
+
+def cmd_inspect(args) -> int:
+    from steerc.engine import read_manifest
+
+    manifest = read_manifest(Path(args.engine), check_files=not args.no_hash_check)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    console = rich_console()
+    g = manifest["geometry"]
+    console.print(f"[bold]{args.engine}[/]: steerc engine v{manifest['format_version']} (steerc {manifest['steerc_version']})")
+    src = manifest["source"]
+    console.print(f"  source    {src['spec']} [{src['kind']}] sha256 {src['sha256'][:16]}…")
+    console.print(f"  model     {manifest['architecture']} ({manifest['model_type']}), dtype {manifest['dtype']}, max {manifest['max_seq_len']} tokens, batch ≤ {manifest['max_batch']}")
+    console.print(f"  geometry  {g['num_layers']} layers, {g['num_heads']} heads, {g['num_kv_heads']} kv heads, head dim {g['head_dim']}, vocab {g['vocab_size']}")
+    console.print(f"  backend   {manifest['backend']['name']} opset {manifest['backend']['opset']}: {sum(manifest['backend']['op_counts'].values())} nodes")
+    console.print(f"  verify    {verify_line(manifest['verify'])}")
+    console.print(f"  analysis  {analysis_line(manifest)}")
+    console.print("  inputs")
+    for spec in manifest["inputs"]:
+        if spec["name"].startswith("past_key_values.") and not spec["name"].startswith("past_key_values.0."):
+            continue
+        console.print(f"    {spec['name']:<28} {spec['dtype']:<8} {spec['dims']}")
+    console.print(f"    (past_key_values.0 … {g['num_layers'] - 1}.key|value)")
+    for report in [*manifest["passes"], *(manifest.get("analysis") or {}).get("passes", [])]:
+        console.print(f"  pass {report['name']}: {report['num_sites']} site(s)")
+        for site in report["sites"]:
+            console.print(f"    layer {site['layer']:>3}  {site['kind']:<14} {site['target']:<44} mask={site['mask']:<9} heads={site['heads']}  ({site['node']})")
+    if not args.no_hash_check:
+        console.print(f"  files     {len(manifest['files'])} verified against their sha256")
+    return 0
+
+
+def add_inspect_parser(sub) -> None:
+    p = sub.add_parser("inspect", help="print an engine's manifest and rewritten attention sites")
+    p.add_argument("engine")
+    p.add_argument("--json", action="store_true", help="print the raw steerc.json")
+    p.add_argument("--no-hash-check", action="store_true", help="do not verify file hashes")
+    p.set_defaults(func=cmd_inspect)

@@ -1,0 +1,56 @@
+"""steerc stores: where prepared (steered) contexts are kept, LLMSteer-style prefix caching.
+
+This package owns the context stores: the :class:`ContextStore` interface and the entry
+format (:mod:`steerc.stores.base`), :class:`MemoryStore` (LRU under a byte budget),
+:class:`DiskStore` (one file per entry, atomic writes, corrupt files dropped),
+:class:`TieredStore` (memory in front of a backing store; the backing store is the source of
+truth) and, in :mod:`steerc.stores.redis`, ``RedisStore`` (shared by several processes;
+imported only when asked for). :func:`open_store` builds one from a CLI spec.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from steerc.errors import SteercError
+from steerc.stores.base import (
+    ContextStore,
+    CorruptEntryError,
+    KeyLocks,
+    StoredContext,
+    StoreStats,
+    check_key,
+    context_key,
+    entry_from_bytes,
+    entry_to_bytes,
+)
+from steerc.stores.disk import DiskStore
+from steerc.stores.memory import MemoryStore
+from steerc.stores.tiered import TieredStore
+
+__all__ = [
+    "StoredContext", "StoreStats", "CorruptEntryError", "check_key", "context_key", "entry_to_bytes", "entry_from_bytes",
+    "ContextStore", "KeyLocks", "MemoryStore", "DiskStore", "TieredStore", "default_root", "open_store",
+]  # fmt: skip
+
+
+def default_root() -> Path:
+    """``$STEERC_CONTEXT_STORE`` if set, else ``~/.cache/steerc/contexts``."""
+    return Path(os.environ.get("STEERC_CONTEXT_STORE") or "~/.cache/steerc/contexts").expanduser()
+
+
+def open_store(spec: str | None, memory_bytes: int = 1 << 30) -> ContextStore:
+    """``None``: memory + disk at :func:`default_root`; ``"memory"``: memory only; a folder path:
+    memory + disk there; ``redis://host:port/db``: memory + a Redis server (shared by processes)."""
+    if spec is None:
+        return TieredStore(MemoryStore(memory_bytes), DiskStore(default_root()))
+    if spec == "memory":
+        return MemoryStore(memory_bytes)
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        from steerc.stores.redis import RedisStore
+
+        return TieredStore(MemoryStore(memory_bytes), RedisStore(spec))
+    if not spec.strip():
+        raise SteercError("the context store spec is empty; pass 'memory', a folder path, or leave it out for the default")
+    return TieredStore(MemoryStore(memory_bytes), DiskStore(spec))
