@@ -1,7 +1,8 @@
 # steerc: two entry points for a fresh machine (Linux, Python 3.11, CPU).
-#   make demo   installs into .venv, compiles the default model, inspects the engine, and answers a
-#               question over a context with LLMSteer twice (the second run reuses the stored context),
-#               then evaluates none vs LLMSteer on 5 SQuAD dev questions
+#   make demo   installs into .venv, compiles the default model, inspects the engine, and answers two
+#               questions over one context with query-aware steering (the second reuses the stored
+#               context and shows the evidence each question picked), then evaluates none vs query
+#               vs LLMSteer on 5 SQuAD dev questions
 #   make test   installs into .venv (and Debian's redis-server, which the Redis store tests start)
 #               and runs the whole test suite (includes the default model)
 
@@ -38,8 +39,8 @@ demo: install
 	$(VENV)/bin/steerc inspect $(ENGINE)
 	$(VENV)/bin/steerc run $(ENGINE) --context examples/super_bowl_50.txt --query "Which NFL team represented the AFC at Super Bowl 50?" --html $(ENGINE)-run.html
 	$(VENV)/bin/steerc run $(ENGINE) --context examples/super_bowl_50.txt --query "Where did Super Bowl 50 take place?"
-	# A first look at quality: 5 SQuAD dev questions, unsteered vs LLMSteer (docs/RESULTS.md has the full runs).
-	$(VENV)/bin/steerc eval $(ENGINE) --dataset squad --limit 5 --methods none,llmsteer --out $(ENGINE)-eval --fresh
+	# A first look at quality: 5 SQuAD dev questions, unsteered vs query-aware steering vs LLMSteer (docs/RESULTS.md has the full runs).
+	$(VENV)/bin/steerc eval $(ENGINE) --dataset squad --limit 5 --methods none,query,llmsteer --out $(ENGINE)-eval --fresh
 
 test: install redis
 	STEERC_REQUIRE_REDIS=1 $(PY) -m pytest -q -p no:cacheprovider

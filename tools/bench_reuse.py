@@ -3,8 +3,11 @@
 Contexts of 512 / 1024 / 2048 tokens are built from SQuAD dev passages (``../shared/data``),
 the question is one of the first passage's. Variants, interleaved per repeat, medians:
 
-* ``(a) reused``      LLMSteer (runtime defaults), context prepared once and held in the
-                      in-memory store: only the query is prefilled (also from the disk store)
+* ``(a) reused``      the runtime's default method, context prepared once and held in the
+                      in-memory store: only the query is prefilled (also from the disk store);
+                      beside it ``none`` (the plain prefix-cached context), ``query``
+                      (query-aware evidence: one more analysis call of the question, then the
+                      question re-prefilled with the bias) and ``llmsteer``, all reused
 * ``(b) no cache``    the same request with no store: full prefill of instruction + context + query
 * ``(c) autopasta``   per query: the model generates the key sentence over the *cached* plain
                       context (generous to the baseline), the sentence is matched back to the
@@ -80,21 +83,24 @@ def main() -> None:
         context, query, gold = build_context(engine.tokenizer, length)
         disk_root = tempfile.mkdtemp(prefix="steerc-bench-")
         reused = Steerer(engine, config, MemoryStore())
+        others = {f"{m}_reused": Steerer(engine, replace(config, method=m), MemoryStore()) for m in ("none", "query", "llmsteer")}
         from_disk = Steerer(engine, config, DiskStore(disk_root))
         nocache = Steerer(engine, replace(config, method="none"), None)
         plain_store = MemoryStore()
         auto_both = Steerer(engine, replace(config, method="autopasta", steer_at="both"), plain_store)
         auto_decode = Steerer(engine, replace(config, method="autopasta", steer_at="decode"), plain_store)
-        prep_both = replace(config, steer_at="both")
+        prep_both = replace(config, method="llmsteer", steer_at="both")
         layout = PromptLayout.for_tokenizer(engine.tokenizer)
         ids = np.concatenate([layout.head_ids(config.prefixes[0]), layout.context_ids(context)[0]])[None]
         # Warm-up and one-time preparation (the stores then hold the contexts).
-        for s in (reused, from_disk, auto_both):
+        for s in (reused, from_disk, auto_both, *others.values()):
             s.answer(context, query, max_new_tokens=1)
-        times: dict[str, list[float]] = {k: [] for k in ("reused", "reused_disk", "nocache", "autopasta", "autopasta_decode", "plain_prefill", "prepare_decode", "prepare_both")}
+        times: dict[str, list[float]] = {k: [] for k in ("reused", "reused_disk", *others, "nocache", "autopasta", "autopasta_decode", "plain_prefill", "prepare_decode",
+                                                         "prepare_both")}
         answers = {}
         for _ in range(args.repeats):
-            for name, steerer in (("reused", reused), ("reused_disk", from_disk), ("nocache", nocache), ("autopasta", auto_both), ("autopasta_decode", auto_decode)):
+            for name, steerer in (("reused", reused), ("reused_disk", from_disk), *others.items(), ("nocache", nocache), ("autopasta", auto_both),
+                                  ("autopasta_decode", auto_decode)):
                 if name == "reused_disk":
                     from_disk.store = DiskStore(disk_root)  # a fresh handle: read from the file, nothing in memory
                 seconds, answer = ttft(steerer, context, query)
@@ -103,7 +109,7 @@ def main() -> None:
             start = time.perf_counter()
             prefill(engine, ids, np.ones_like(ids), engine.new_cache(1), chunk=512)
             times["plain_prefill"].append(time.perf_counter() - start)
-            for name, cfg in (("prepare_decode", config), ("prepare_both", prep_both)):
+            for name, cfg in (("prepare_decode", replace(config, method="llmsteer")), ("prepare_both", prep_both)):
                 start = time.perf_counter()
                 Steerer(engine, cfg, None).prepare(context)
                 times[name].append(time.perf_counter() - start)
@@ -121,6 +127,9 @@ def main() -> None:
             "prepare_decode_vs_plain_prefill": med["prepare_decode"] / med["plain_prefill"],
             "prepare_both_vs_plain_prefill": med["prepare_both"] / med["plain_prefill"],
             "selected_tokens": answers["reused"].selected_tokens,
+            "query_vs_none_reused": med["query_reused"] / med["none_reused"],
+            "query_vs_autopasta": med["query_reused"] / med["autopasta"],
+            "query_vs_autopasta_decode": med["query_reused"] / med["autopasta_decode"],
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -134,6 +143,12 @@ def main() -> None:
         print(f"| {r['context_tokens']} | {m['reused']:.3f} s | {m['reused_disk']:.3f} s | {m['nocache']:.2f} s | {m['autopasta']:.2f} s | {m['autopasta_decode']:.2f} s | "
               f"**{r['speedup_reused_vs_nocache']:.1f}x** | **{r['speedup_reused_vs_autopasta']:.1f}x** | {r['speedup_reused_vs_autopasta_decode']:.1f}x | "
               f"{r['prepare_decode_vs_plain_prefill']:.2f} | {r['prepare_both_vs_plain_prefill']:.2f} |")
+    print("\n| context | none, reused | query, reused | llmsteer, reused | AutoPASTA | query / none | query / AutoPASTA | query / AutoPASTA decode-only |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        m = r["median_s"]
+        print(f"| {r['context_tokens']} | {m['none_reused']:.3f} s | {m['query_reused']:.3f} s | {m['llmsteer_reused']:.3f} s | {m['autopasta']:.2f} s | "
+              f"**{r['query_vs_none_reused']:.2f}x** | **{r['query_vs_autopasta']:.3f}x** | {r['query_vs_autopasta_decode']:.3f}x |")
 
 
 if __name__ == "__main__":

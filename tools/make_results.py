@@ -1,6 +1,7 @@
 """Generate docs/RESULTS.md and its plots from evaluation runs (nothing here is typed by hand).
 
-Reads ``runs/sweep/*/sweep.json`` and ``runs/sweep-steer-at/*/sweep.json`` (dev sweeps by tools/sweep.py), ``runs/eval/*/summary.json``
+Reads ``runs/sweep-query/*/sweep.json`` (the query method's dev sweep, which chose the default),
+``runs/sweep/*/sweep.json`` and ``runs/sweep-steer-at/*/sweep.json`` (LLMSteer's dev sweeps by tools/sweep.py), ``runs/eval/*/summary.json``
 (``steerc eval`` runs; ``nq-<position>-test`` folders give the lost-in-the-middle curve) and
 ``docs/bench/reuse.json`` (tools/bench_reuse.py). Copies the summaries and predictions it used
 to ``docs/results/`` so the page's numbers can be checked row by row.
@@ -23,8 +24,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from steerc.steering.config import SteerConfig  # noqa: E402
 
-METHOD_ORDER = ["none", "llmsteer", "pasta", "autopasta"]
-LABEL = {"none": "none", "llmsteer": "LLMSteer", "pasta": "PASTA (oracle)", "autopasta": "AutoPASTA"}
+METHOD_ORDER = ["none", "query", "query+profile", "llmsteer", "pasta", "autopasta"]
+LABEL = {"none": "none", "query": "query (default)", "query+profile": "query, profiled heads", "llmsteer": "LLMSteer", "pasta": "PASTA (oracle)",
+         "autopasta": "AutoPASTA"}
+COLOR = {"none": "tab:gray", "query": "tab:red", "query+profile": "tab:purple", "llmsteer": "tab:orange", "pasta": "tab:green", "autopasta": "tab:blue"}
 POSITIONS = ["first", "middle", "last"]
 
 
@@ -48,21 +51,24 @@ def save(fig, path: Path) -> None:
 
 
 def choose_defaults(sweeps: dict[str, dict]) -> tuple[str, dict[str, float]]:
-    """The llmsteer variant with the best mean gain over ``none`` across the dev sweeps, each
+    """The deployable variant with the best mean gain over ``none`` across the dev sweeps, each
     dataset's gain relative to its ``none`` score on its primary metric."""
+    from steerc.steering.methods import get_method
+
     gains: dict[str, list[float]] = {}
     for data in sweeps.values():
         p = data["primary"]
         base = data["variants"]["none"]["metrics"][p]["mean"]
+        configs = data.get("run", {}).get("variants", {})
         for name, v in data["variants"].items():
-            if name == "none":
-                continue
+            if name == "none" or get_method(configs.get(name, {}).get("method", "none")).oracle:
+                continue  # the baseline, and oracles (they read the gold evidence): never a default
             gains.setdefault(name, []).append((v["metrics"][p]["mean"] - base) / max(base, 1e-9))
     score = {n: sum(g) / len(g) for n, g in gains.items() if len(g) == len(sweeps)}
     return max(score, key=score.get), score
 
 
-def sweep_section(sweeps: dict[str, dict], out: Path) -> list[str]:
+def sweep_section(sweeps: dict[str, dict], out: Path, name: str = "sweep", title: str = "LLMSteer dev sweep") -> list[str]:
     if not sweeps:
         return ["No dev sweep found (run tools/sweep.py).", ""]
     best, score = choose_defaults(sweeps)
@@ -84,22 +90,24 @@ def sweep_section(sweeps: dict[str, dict], out: Path) -> list[str]:
         lines.append(f"| {'**' + n + '**' if n == best else n} | " + " | ".join(cells) + f" | {gain} |")
     run = next(iter(sweeps.values()))["run"]
     chosen, depth, width = run["variants"][best], run["num_layers"], run["num_heads"]
-    default = SteerConfig()
     picked = SteerConfig.from_dict(chosen)
-    same = (picked.alpha, picked.top_k, picked.steer_at, picked.steered_pairs(depth, width)) == (
-        default.alpha, default.top_k, default.steer_at, default.steered_pairs(depth, width))
-    lines += ["", f"Chosen on dev: **{best}** (alpha {chosen['alpha']}, top-k {chosen['top_k']}, steer_at {chosen['steer_at']}, "
-              f"layers {'all' if chosen['layers'] is None else chosen['layers']}). "
-              + ("These are `SteerConfig`'s defaults." if same else "**Warning: `SteerConfig`'s defaults differ from this choice.**"), ""]
+    default = SteerConfig(method=picked.method)
+    fields = ("alpha", "top_k", "steer_at") if picked.method == "llmsteer" else ("alpha", "evidence", "unit", "rank_by", "target_share", "min_share")
+    same = all(getattr(picked, f) == getattr(default, f) for f in fields) and picked.steered_pairs(depth, width) == default.steered_pairs(depth, width)
+    is_default = picked.method == SteerConfig().method
+    lines += ["", f"Chosen on dev: **{best}** ({', '.join(f'{f} {getattr(picked, f)}' for f in fields)}, steer_at {picked.steer_at}, "
+              f"layers {'all' if picked.layers is None else picked.layers}). "
+              + (f"These are `SteerConfig`'s defaults for `{picked.method}`" + (", the default method." if is_default else ".") if same
+                 else "**Warning: `SteerConfig`'s defaults differ from this choice.**"), ""]
     # plot: relative gain per variant
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(score) + 1.5))
     order = sorted(score, key=score.get)
     ax.barh(order, [100 * score[n] for n in order], color=["tab:orange" if n == best else "tab:blue" for n in order])
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel("mean relative gain over none on dev (%)")
-    ax.set_title("LLMSteer dev sweep")
-    save(fig, out / "sweep.png")
-    lines += ["![dev sweep](results/sweep.png)", ""]
+    ax.set_title(title)
+    save(fig, out / f"{name}.png")
+    lines += [f"![{title}](results/{name}.png)", ""]
     return lines
 
 
@@ -127,7 +135,7 @@ def scores_section(tests: dict[str, dict], out: Path) -> list[str]:
             p = s["primary"]
             ms = [m for m in METHOD_ORDER if m in s["variants"] and s["variants"][m]["n"]]
             vals = [s["variants"][m]["metrics"][p] for m in ms]
-            ax.bar([LABEL[m] for m in ms], [100 * v["mean"] for v in vals], yerr=errorbars(vals), capsize=4, color=["tab:gray", "tab:orange", "tab:green", "tab:blue"][: len(ms)])
+            ax.bar([LABEL[m] for m in ms], [100 * v["mean"] for v in vals], yerr=errorbars(vals), capsize=4, color=[COLOR[m] for m in ms])
             model = "Gemma-3-270M" if "gemma" in name else "SmolLM2-135M"
             ax.set_title(f"{s.get('run', {}).get('dataset', name)} ({p}), {model}", fontsize=9)
             ax.tick_params(axis="x", labelrotation=30, labelsize=8)
@@ -167,9 +175,12 @@ def position_section(curve: dict[str, dict], out: Path) -> list[str]:
 def ttft_section(reuse: dict | None, out: Path) -> list[str]:
     if not reuse:
         return ["No reuse benchmark found (docs/bench/reuse.json from tools/bench_reuse.py).", ""]
-    series = {"reused": "LLMSteer, stored context (memory)", "reused_disk": "LLMSteer, stored context (disk)", "nocache": "no cache (prefill all)",
-              "autopasta": "AutoPASTA (per query)"}
     rows = reuse["rows"]
+    method = SteerConfig.from_dict(reuse["config"]).method if "config" in reuse else "llmsteer"
+    series = {"reused": f"{method}, stored context (memory)", "reused_disk": f"{method}, stored context (disk)", "none_reused": "none, stored context (memory)",
+              "query_reused": "query, stored context (memory)", "llmsteer_reused": "LLMSteer, stored context (memory)", "nocache": "no cache (prefill all)",
+              "autopasta": "AutoPASTA (per query)"}
+    series = {k: v for k, v in series.items() if all(k in r["median_s"] for r in rows)}
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for key, label in series.items():
         ax.plot([r["context_tokens"] for r in rows], [r["median_s"][key] for r in rows], marker="o", label=label)
@@ -179,10 +190,42 @@ def ttft_section(reuse: dict | None, out: Path) -> list[str]:
     ax.set_title("Time to first token by method (CPU, 2 cores)")
     ax.legend(fontsize=8)
     save(fig, out / "ttft.png")
-    lines = ["| context tokens | " + " | ".join(series.values()) + " | stored / no cache |", "|---|" + "---|" * (len(series) + 1)]
+    ratios = {"speedup_reused_vs_nocache": "no cache / stored", "query_vs_none_reused": "query / none (both stored)", "query_vs_autopasta": "query / AutoPASTA"}
+    ratios = {k: v for k, v in ratios.items() if all(k in r for r in rows)}
+    lines = ["| context tokens | " + " | ".join([*series.values(), *ratios.values()]) + " |", "|---|" + "---|" * (len(series) + len(ratios))]
     for r in rows:
-        lines.append(f"| {r['context_tokens']} | " + " | ".join(f"{r['median_s'][k]:.3f} s" for k in series) + f" | {r['speedup_reused_vs_nocache']:.1f}x |")
+        lines.append(f"| {r['context_tokens']} | " + " | ".join(f"{r['median_s'][k]:.3f} s" for k in series) + " | "
+                     + " | ".join(f"{r[k]:.2f}x" for k in ratios) + " |")
     return lines + ["", "![TTFT by method](results/ttft.png)", ""]
+
+
+def tradeoff_section(tests: dict[str, dict], out: Path) -> list[str]:
+    """Score against median time to first token, per method, on each test run."""
+    if not tests:
+        return []
+    fig, axes = plt.subplots(1, len(tests), figsize=(4 * len(tests), 3.4), squeeze=False)
+    lines = ["| run | " + " | ".join(LABEL[m] for m in METHOD_ORDER) + " |", "|---|" + "---|" * len(METHOD_ORDER)]
+    for ax, (name, s) in zip(axes[0], tests.items()):
+        p = s["primary"]
+        cells = []
+        for m in METHOD_ORDER:
+            v = s["variants"].get(m)
+            if not v or not v["n"]:
+                cells.append("—")
+                continue
+            score, ttft = 100 * v["metrics"][p]["mean"], v["median_ttft_s"]
+            ax.scatter([ttft], [score], color=COLOR[m], label=LABEL[m], s=40)
+            cells.append(f"{score:.1f} @ {ttft:.2f} s")
+        lines.append(f"| {name} ({p}) | " + " | ".join(cells) + " |")
+        ax.set_xscale("log")
+        ax.set_xlabel("median time to first token (s, log)")
+        ax.set_ylabel(f"{p} x100")
+        ax.set_title(name, fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    save(fig, out / "tradeoff.png")
+    return lines + ["", "Median TTFT as measured in each run: SQuAD's passages recur (about five questions each), so most questions reuse a stored "
+                    "context; every NQ and key-value context is new, so its TTFT includes the context's preparation. Reused-context TTFT: the next section.",
+                    "", "![score against time to first token](results/tradeoff.png)", ""]
 
 
 def main() -> int:
@@ -195,6 +238,7 @@ def main() -> int:
     out = docs / "results"
     out.mkdir(parents=True, exist_ok=True)
     sweeps = {p.parent.name: json.loads(p.read_text()) for p in sorted((runs / "sweep").glob("*/sweep.json"))}
+    query_sweeps = {p.parent.name: json.loads(p.read_text()) for p in sorted((runs / "sweep-query").glob("*/sweep.json"))}
     steer_at = {p.parent.name: json.loads(p.read_text()) for p in sorted((runs / "sweep-steer-at").glob("*/sweep.json"))}
     evals = {p.parent.name: json.loads(p.read_text()) for p in sorted((runs / "eval").glob("*/summary.json"))}
     tests = {n: s for n, s in evals.items() if s.get("run", {}).get("split") == "test" and not n.startswith("nq-") or n == "nq-multidoc-test"}
@@ -203,7 +247,7 @@ def main() -> int:
     curve = {p: evals[f"nq-{p}-test"] for p in POSITIONS if f"nq-{p}-test" in evals}
     if "middle" not in curve and "nq-multidoc-test" in evals:
         curve["middle"] = evals["nq-multidoc-test"]
-    sources = [*((f"sweep-{n}", runs / "sweep" / n) for n in sweeps), *((f"sweep-steer-at-{n}", runs / "sweep-steer-at" / n) for n in steer_at),
+    sources = [*((f"sweep-{n}", runs / "sweep" / n) for n in sweeps), *((f"sweep-query-{n}", runs / "sweep-query" / n) for n in query_sweeps), *((f"sweep-steer-at-{n}", runs / "sweep-steer-at" / n) for n in steer_at),
                *((n, runs / "eval" / n) for n in evals)]
     for name, folder in sources:
         target = out / name
@@ -213,9 +257,11 @@ def main() -> int:
                 shutil.copyfile(folder / f, target / f)
     intro = Path(args.intro).read_text() if Path(args.intro).exists() else ""
     text = ["# steerc results", "", "<!-- generated by tools/make_results.py; edit docs/results_intro.md or the runs, not this file -->", "", intro,
-            "## Dev sweep (choosing the defaults)", "", *sweep_section(sweeps, out),
+            "## Dev sweep of query-aware steering (choosing the default)", "", *sweep_section(query_sweeps, out, "sweep_query", "query-aware steering, dev sweep"),
+            "## Dev sweep of LLMSteer (its defaults)", "", *sweep_section(sweeps, out),
             "### Where to steer (`steer_at`), with the chosen alpha, top-k and layers", "", *steer_at_section(steer_at),
             "## Test split: score by method", "", *scores_section(tests, out),
+            "## Score against time to first token", "", *tradeoff_section(tests, out),
             "## NQ accuracy against gold position", "", *position_section(curve, out),
             "## Time to first token by method", "", *ttft_section(load(docs / "bench" / "reuse.json"), out)]
     (docs / "RESULTS.md").write_text("\n".join(text))

@@ -13,8 +13,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from steerc.eval import load_dataset
 from steerc.runtime import Engine
 from steerc.steering.answer import Steerer
@@ -31,7 +29,7 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     engine = Engine.load(args.engine, threads=args.threads)
-    config = SteerConfig()
+    config = SteerConfig(method="llmsteer")
     steerer = Steerer(engine, config)
     layers = sorted({layer for layer, _ in config.steered_pairs(engine.geometry.num_layers, engine.geometry.num_heads)})
     seen, rows = set(), []

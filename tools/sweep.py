@@ -1,4 +1,5 @@
-"""Dev-split sweep of LLMSteer's alpha, top-k, steered layers (and steer_at) against ``none``.
+"""Dev-split sweeps against ``none``: LLMSteer's alpha, top-k, steered layers (and steer_at), or
+any list of variants (``--variants``, e.g. the query method's settings).
 
 Every variant answers the same dev examples through ``steerc.eval.run_eval``; the store keeps
 each context's plain KV and dual-prefix importance, so a variant with ``steer_at = decode``
@@ -43,6 +44,16 @@ def variants(num_layers: int, alphas, top_ks, steer_ats, base: SteerConfig, band
     return out
 
 
+def listed_variants(path: str) -> list[Variant]:
+    """``none`` plus every ``{name: {field: value}}`` of the JSON file, over SteerConfig's defaults."""
+    spec = json.loads(Path(path).read_text())
+    out = [Variant("none", SteerConfig(method="none"))]
+    for name, fields in spec.items():
+        fields = {k: tuple(tuple(p) for p in v) if k in ("selector", "profile", "highlights") else v for k, v in fields.items()}
+        out.append(Variant(name, replace(SteerConfig(), **fields)))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("engine")
@@ -54,6 +65,8 @@ def main() -> int:
     ap.add_argument("--all-layers", action="store_true", help="base the grid on every layer (the first sweep) instead of SteerConfig's default layers")
     ap.add_argument("--no-bands", action="store_true", help="skip the first/middle/last-third layer variants")
     ap.add_argument("--steer-ats", default="", help="extra steer_at values to try at the base alpha/top-k, e.g. prefill,both")
+    ap.add_argument("--variants", default=None, help="JSON file {name: {SteerConfig field: value}}: sweep these (each over SteerConfig's defaults) instead of the llmsteer grid")
+    ap.add_argument("--gold-position", default=None, help="nq-multidoc / kv-retrieval: where the gold document sits")
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", required=True)
@@ -61,15 +74,15 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     engine = Engine.load(args.engine, threads=args.threads)
-    examples = load_dataset(args.dataset, split="dev", seed=args.seed, limit=args.limit)
-    grid = variants(engine.geometry.num_layers, [float(a) for a in args.alphas.split(",")], [float(k) for k in args.top_ks.split(",")],
-                    [s for s in args.steer_ats.split(",") if s], SteerConfig(layers=None) if args.all_layers else SteerConfig(), not args.no_bands)
+    examples = load_dataset(args.dataset, split="dev", seed=args.seed, limit=args.limit, gold_position=args.gold_position)
+    grid = listed_variants(args.variants) if args.variants else variants(engine.geometry.num_layers, [float(a) for a in args.alphas.split(",")], [float(k) for k in args.top_ks.split(",")],
+                    [s for s in args.steer_ats.split(",") if s], SteerConfig(method="llmsteer", layers=None) if args.all_layers else SteerConfig(method="llmsteer", layers="last-third"), not args.no_bands)
     print(f"{len(examples)} dev examples x {len(grid)} variants", file=sys.stderr)
 
     def progress(done: int, total: int, _id: str) -> None:
         print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
 
-    info = {"dataset": args.dataset, "split": "dev", "seed": args.seed}
+    info = {"dataset": args.dataset, "split": "dev", "seed": args.seed, "gold_position": args.gold_position}
     if args.summarize_only:
         rows = read_predictions(Path(args.out, PREDICTIONS))
         complete = {i for i in {r["id"] for r in rows} if sum(r["id"] == i for r in rows) == len(grid)}

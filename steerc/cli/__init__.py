@@ -1,6 +1,6 @@
 """``steerc`` command line. Only the CLI prints; the library logs.
 
-One module per command (``compile``, ``inspect``, ``generate``, ``run``, ``eval``, ``serve``),
+One module per command (``compile``, ``inspect``, ``generate``, ``run``, ``eval``, ``profile``, ``serve``),
 each with its ``add_*_parser`` and ``cmd_*``; this module assembles the parser and runs ``main``.
 """
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     from steerc.cli.eval import add_eval_parser
     from steerc.cli.generate import add_generate_parser
     from steerc.cli.inspect import add_inspect_parser
+    from steerc.cli.profile import add_profile_parser
     from steerc.cli.run import add_run_parser
     from steerc.cli.serve import add_serve_parser
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_parser(sub)
     add_run_parser(sub)
     add_eval_parser(sub)
+    add_profile_parser(sub)
     add_serve_parser(sub)
     return parser
 

@@ -1,4 +1,4 @@
-"""``steerc eval``: score none / LLMSteer / PASTA / AutoPASTA on a dataset, with intervals."""
+"""``steerc eval``: score the steering methods (none, query, LLMSteer, PASTA, AutoPASTA) on a dataset, with intervals."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ Splits: contexts shuffled with --seed; 30% of them are dev, the rest test (tune 
 
 
 def add_eval_parser(sub) -> None:
-    from steerc.cli.run import add_steer_options
+    from steerc.cli.steer_options import add_steer_options
     from steerc.eval.data import GOLD_POSITIONS, SPLITS
 
     p = sub.add_parser("eval", help="evaluate steering methods on a dataset (scores with bootstrap intervals)", epilog=FORMAT_HELP,
@@ -28,7 +28,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("engine")
     p.add_argument("--dataset", required=True, help="squad, nq-multidoc, kv-retrieval, or a .jsonl file")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N examples of the split (seeded order; default all)")
-    p.add_argument("--methods", default="none,llmsteer,pasta,autopasta", help="comma-separated: none, llmsteer, pasta (oracle evidence), autopasta")
+    p.add_argument("--methods", default="none,query,llmsteer,pasta,autopasta", help="comma-separated: none, query, llmsteer, pasta (oracle evidence), autopasta")
     p.add_argument("--split", default=None, choices=SPLITS, help="default: dev for shipped datasets, all for a file")
     p.add_argument("--seed", type=int, default=0, help="fixes the split, the sample and the NQ/KV distractors")
     p.add_argument("--out", default=None, help="folder for run.json, predictions.jsonl, summary.json/.md (default runs/eval/DATASET-SPLIT)")
@@ -49,7 +49,7 @@ def cmd_eval(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from steerc.cli.run import steer_config
+    from steerc.cli.steer_options import check_profile, steer_config
     from steerc.eval import PRIMARY, load_dataset, method_variants, run_eval, summarize, summary_markdown
     from steerc.runtime import Engine
     from steerc.stores import open_store
@@ -68,6 +68,9 @@ def cmd_eval(args) -> int:
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     engine = Engine.load(args.engine, device=args.device, threads=args.threads)
     info = {"dataset": args.dataset, "split": split, "seed": args.seed, "num_docs": args.num_docs, "gold_position": args.gold_position, "num_keys": args.num_keys}
+    profile = check_profile(args, engine)
+    if profile is not None:
+        info["profile"] = profile
     console.print(f"[dim]{len(examples)} examples of {args.dataset} ({split}) x {len(variants)} methods -> {out}[/]")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as bar:

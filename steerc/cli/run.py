@@ -5,50 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from steerc.cli.steer_options import add_steer_options, check_profile, steer_config
 from steerc.errors import SteercError
 
-__all__ = ["add_run_parser", "add_steer_options", "cmd_run", "steer_config"]
-
-
-def _ints(text: str | None) -> list[int] | None:
-    if text is None or text == "all":
-        return None
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise SteercError(f"expected a comma-separated list of integers or 'all', got {text!r}") from None
-
-
-def steer_config(args, method: str | None = None):
-    """The SteerConfig the shared steering options (``add_steer_options``) describe."""
-    from steerc.steering.config import DEFAULT_PREFIXES, SteerConfig, load_profile
-    from steerc.steering.spans import parse_spans
-
-    fields = {"method": method or args.method, "window": args.window}
-    for name in ("layers", "heads"):  # 'all' = every one; left out = SteerConfig's default
-        value = getattr(args, name)
-        if value is not None:
-            fields[name] = value if name == "layers" and value in ("first-third", "middle-third", "last-third") else _ints(value)
-    if args.steer_at is not None:
-        fields["steer_at"] = args.steer_at
-    if args.alpha is not None:
-        fields["alpha"] = args.alpha
-    if args.top_k is not None:
-        fields["top_k"] = int(args.top_k) if args.top_k >= 1 else args.top_k
-    if args.prefix:
-        if len(args.prefix) != 2:
-            raise SteercError(f"--prefix must be given twice (LLMSteer's two instruction prefixes), got {len(args.prefix)}")
-        fields["prefixes"] = tuple(args.prefix)
-    else:
-        fields["prefixes"] = DEFAULT_PREFIXES
-    try:
-        if args.profile:
-            fields["profile"] = load_profile(args.profile)
-        if getattr(args, "highlight", None):
-            fields["highlights"] = tuple(parse_spans(args.highlight))
-        return SteerConfig(**fields)
-    except ValueError as exc:
-        raise SteercError(f"invalid option: {exc}") from None
+__all__ = ["add_run_parser", "cmd_run"]
 
 
 def cmd_run(args) -> int:
@@ -56,6 +16,7 @@ def cmd_run(args) -> int:
 
     from steerc.runtime import Engine, SamplingParams
     from steerc.steering.answer import Steerer
+    from steerc.steering.methods import get_method
     from steerc.stores import open_store
 
     try:
@@ -65,6 +26,7 @@ def cmd_run(args) -> int:
     config = steer_config(args)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     engine = Engine.load(args.engine, device=args.device, threads=args.threads)
+    check_profile(args, engine)
     steerer = Steerer(engine, config, open_store(args.store), chat=not args.no_chat)
     bars: dict = {}
     progress = _progress_bar(console, bars)
@@ -75,6 +37,10 @@ def cmd_run(args) -> int:
     except ValueError as exc:
         raise SteercError(str(exc)) from None
     print(answer.text)
+    for e in answer.evidence:
+        console.print(f"[dim]evidence: {e.kind} {e.unit + 1} ({e.score:.0%} of the calibrated attention): {e.preview!r}[/]")
+    if not answer.evidence and get_method(config.method).selects_evidence:
+        console.print("[dim]evidence: none chosen with enough confidence (--min-share); answered unsteered[/]")
     console.print(
         f"[dim]{answer.method}, steer_at {config.steer_at}: {answer.selected_per_layer:.0f} of {answer.context_tokens} context tokens selected per layer "
         f"({answer.selected_tokens} on some layer)"
@@ -109,28 +75,20 @@ def _write_html(path: str, context: str, steerer, answer) -> None:
     importance = prepared.importance.mean(0).sum(0) if prepared.importance.shape[0] else None  # [N]: passes averaged, layers summed
     stats = {"method": answer.method, "steer_at": prepared.config.steer_at, "alpha": prepared.config.alpha, "top_k": prepared.config.top_k,
              "selected tokens": f"{answer.selected_tokens} of {answer.context_tokens}", "answer": answer.text}
-    write_html(path, render_html(context, offsets, importance, prepared.selected.any(0), title="steerc run", stats=stats))
-
-
-def add_steer_options(p) -> None:
-    """Steering options shared by ``steerc run`` and ``steerc eval`` (defaults: SteerConfig's)."""
-    p.add_argument("--alpha", type=float, default=None, help="down-weighting of unselected context keys, in (0, 1] (default: SteerConfig's)")
-    p.add_argument("--top-k", type=float, default=None, help="tokens kept per layer and pass: a ratio < 1 or a count (default: SteerConfig's)")
-    p.add_argument("--steer-at", default=None, choices=["prefill", "decode", "both"], help="default: SteerConfig's")
-    p.add_argument("--layers", default=None, help="steered layers: e.g. 8,9,10, all, or a band first-third|middle-third|last-third (default: last-third)")
-    p.add_argument("--heads", default=None, help="steered query heads within those layers (default all)")
-    p.add_argument("--profile", default=None, help='JSON {"heads": [[layer, head], ...]} replacing --layers/--heads')
-    p.add_argument("--prefix", action="append", help="an instruction prefix (give it twice; default: LLMSteer's two)")
-    p.add_argument("--window", type=int, default=0, help="count only the last N context tokens' attention (0 = all)")
+    for e in answer.evidence:
+        stats[f"evidence ({e.kind} {e.unit + 1})"] = f"{e.score:.0%}: {e.preview}"
+    write_html(path, render_html(context, offsets, importance, steerer.last_plan.selected.any(0), title="steerc run", stats=stats))
 
 
 def add_run_parser(sub) -> None:
+    from steerc.steering.config import METHODS
+
     p = sub.add_parser("run", help="answer a question over a context with LLMSteer (or a baseline), reusing stored contexts",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("engine")
     p.add_argument("--context", required=True, help="text file with the context (passages)")
     p.add_argument("--query", required=True, help="the question")
-    p.add_argument("--method", default="llmsteer", choices=["llmsteer", "pasta", "autopasta", "none"])
+    p.add_argument("--method", default=None, choices=list(METHODS), help="default: SteerConfig's")
     add_steer_options(p)
     p.add_argument("--highlight", default=None, help="pasta: character ranges of the context to emphasise, START:END[,START:END]")
     p.add_argument("--store", default=None, help="context store folder, or 'memory' (default ~/.cache/steerc/contexts or $STEERC_CONTEXT_STORE)")

@@ -24,6 +24,7 @@ def cmd_serve(args) -> int:
 
     require("fastapi", "steerc serve", "pip install 'steerc[serve]'")
     uvicorn = require("uvicorn", "steerc serve", "pip install 'steerc[serve]'")
+    from steerc.cli.steer_options import check_profile, steer_config
     from steerc.runtime import Engine
     from steerc.server import create_app
     from steerc.stores import default_root, open_store
@@ -35,9 +36,11 @@ def cmd_serve(args) -> int:
                                   model_name=args.model_name, chat=not args.no_chat)
     except ValueError as exc:
         raise SteercError(f"invalid option: {exc}") from None
+    steer_defaults = steer_config(args)
     engine = Engine.load(args.engine, device=args.device, threads=args.threads)
+    check_profile(args, engine)
     store = open_store(settings.kv_store, settings.memory_store_bytes)
-    app = create_app(engine, settings, store)
+    app = create_app(engine, settings, store, steer_defaults)
     name = app.state.service.model_name
     print(f"steerc serve: {name} ({engine.max_seq_len} tokens) on http://{settings.host}:{settings.port}/v1  "
           f"[{settings.max_concurrency} concurrent, queue {settings.max_queue}, timeout {settings.request_timeout_s:g} s, "
@@ -49,6 +52,9 @@ def cmd_serve(args) -> int:
 
 
 def add_serve_parser(sub) -> None:
+    from steerc.cli.steer_options import add_steer_options
+    from steerc.steering.config import METHODS
+
     p = sub.add_parser("serve", help="serve an engine over HTTP: OpenAI-compatible completions with steered, reusable contexts")
     p.add_argument("engine", help="engine folder (from steerc compile)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -66,4 +72,6 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's log level")
+    p.add_argument("--method", default=None, choices=list(METHODS), help="default steering method of requests that send steer without one")
+    add_steer_options(p)  # the defaults a request's steer fields override
     p.set_defaults(func=cmd_serve)

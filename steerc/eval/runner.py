@@ -25,7 +25,8 @@ from steerc.eval.data import Example
 from steerc.eval.metrics import score
 from steerc.runtime.engine import ContextTooLongError, Engine
 from steerc.steering.answer import Steerer
-from steerc.steering.config import METHODS, SteerConfig
+from steerc.steering.config import SteerConfig
+from steerc.steering.methods import METHODS, get_method
 from steerc.stores import ContextStore, MemoryStore
 
 __all__ = ["Variant", "method_variants", "read_predictions", "run_eval", "PREDICTIONS", "RUN_FILE"]
@@ -33,9 +34,6 @@ __all__ = ["Variant", "method_variants", "read_predictions", "run_eval", "PREDIC
 log = logging.getLogger(__name__)
 
 PREDICTIONS, RUN_FILE = "predictions.jsonl", "run.json"
-# llmsteer first: it stores the plain context and the importance every other variant reuses.
-_ORDER = {"llmsteer": 0, "none": 1, "pasta": 2, "autopasta": 3}
-
 Progress = Callable[[int, int, str], None]  # (examples done, total, latest example id)
 
 
@@ -45,8 +43,8 @@ class Variant:
     config: SteerConfig
 
     def for_example(self, example: Example) -> SteerConfig | None:
-        """The config for one example (pasta takes the example's evidence); None when it cannot run."""
-        if self.config.method != "pasta":
+        """The config for one example (an oracle method takes the example's evidence); None when it cannot run."""
+        if not get_method(self.config.method).oracle:
             return self.config
         return replace(self.config, highlights=example.evidence) if example.evidence else None
 
@@ -56,8 +54,8 @@ def method_variants(methods, base: SteerConfig = SteerConfig()) -> list[Variant]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise SteercError(f"unknown method(s) {bad}: choose from {', '.join(METHODS)}")
-    placeholder = ((0, 1),)  # pasta's real highlights are set per example
-    return [Variant(m, replace(base, method=m, highlights=placeholder if m == "pasta" else ())) for m in dict.fromkeys(methods)]
+    placeholder = ((0, 1),)  # an oracle's real highlights are set per example
+    return [Variant(m, replace(base, method=m, highlights=placeholder if get_method(m).oracle else ())) for m in dict.fromkeys(methods)]
 
 
 def _row(example: Example, variant: Variant, answer) -> dict:
@@ -67,8 +65,17 @@ def _row(example: Example, variant: Variant, answer) -> dict:
         "cache": answer.cache, "context_tokens": answer.context_tokens, "query_tokens": answer.query_tokens, "selected_tokens": answer.selected_tokens,
         "selected_per_layer": round(answer.selected_per_layer, 1), "generated_tokens": len(answer.token_ids), "finish": answer.finish_reason,
         "prepare_s": round(answer.prepare_s, 4), "ttft_s": round(answer.ttft_s, 4), "decode_s": round(answer.decode_s, 4),
-        "key_sentence": answer.key_sentence, **{k: v for k, v in example.meta.items() if k != "line"},
+        "key_sentence": answer.key_sentence, "evidence": [e.to_dict() for e in answer.evidence],
+        **_evidence_hit(example, answer), **{k: v for k, v in example.meta.items() if k != "line"},
     }
+
+
+def _evidence_hit(example: Example, answer) -> dict:
+    """Whether the units a query-aware method chose overlap the example's gold evidence."""
+    if not answer.evidence or not example.evidence:
+        return {}
+    hit = any(e.start < b and a < e.end for e in answer.evidence for a, b in example.evidence)
+    return {"evidence_hit": hit}
 
 
 def _skipped(example: Example, variant: Variant, why: str) -> dict:
@@ -131,7 +138,7 @@ def run_eval(engine: Engine, examples: list[Example], variants: list[Variant], *
             pred_file.write(json.dumps(r) + "\n")
         pred_file.flush()
     done = {(r["id"], r["variant"]) for r in rows}
-    order = sorted(variants, key=lambda v: _ORDER[v.config.method])
+    order = sorted(variants, key=lambda v: get_method(v.config.method).eval_rank)
     steerer = Steerer(engine, order[0].config, store, chat=chat)  # its config is set per answer
     start = time.perf_counter()
     try:

@@ -28,6 +28,10 @@ def summarize(rows: list[dict], *, primary: str = "f1", baseline: str = "none", 
                 entry[f"median_{t}"] = statistics.median(r[t] for r in got.values())
             entry["cache_hits"] = sum(1 for r in got.values() if r["cache"] not in ("miss", "per-query"))
             entry["mean_selected_per_layer"] = statistics.fmean(r["selected_per_layer"] for r in got.values())
+            hits = [r["evidence_hit"] for r in got.values() if "evidence_hit" in r]
+            if hits:  # a query-aware method: how often its evidence overlapped the gold evidence, and how often it steered at all
+                entry["evidence_hit_rate"] = statistics.fmean(hits)
+                entry["steered_share"] = len(hits) / len(got)
             if out["baseline"] and v != baseline:
                 both = [i for i in got if i in scored[baseline]]
                 if both:
@@ -60,4 +64,8 @@ def summary_markdown(summary: dict, title: str = "") -> str:
         lines.append(f"| {name} | {n} | {' | '.join(cells)} | {delta} | {pv} | {e['median_ttft_s']:.2f} | {e['median_prepare_s']:.2f} |")
     lines.append("")
     lines.append("Scores x100, mean [95% bootstrap CI]; Δ is paired on the same examples (* = the interval excludes 0).")
+    picks = [(name, e) for name, e in summary["variants"].items() if "evidence_hit_rate" in e]
+    if picks:
+        lines.append("Evidence picked per question: " + "; ".join(f"{name} steered {100 * e['steered_share']:.0f}% of the questions, its pick held the gold "
+                                                                   f"evidence in {100 * e['evidence_hit_rate']:.0f}% of those" for name, e in picks) + ".")
     return "\n".join(lines) + "\n"

@@ -29,6 +29,7 @@ from steerc.server.metrics import CONTENT_TYPE, Metrics, RequestMetrics
 from steerc.server.schemas import ChatCompletionRequest, CompletionRequest, ContextRequest
 from steerc.server.service import Job, Service
 from steerc.server.settings import ServerSettings
+from steerc.steering.config import SteerConfig
 from steerc.stores import ContextStore, open_store
 
 __all__ = ["create_app"]
@@ -38,9 +39,10 @@ log = logging.getLogger(__name__)
 _HIT_TIERS = ("memory", "disk", "redis", "store")
 
 
-def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), store: ContextStore | None = None) -> FastAPI:
+def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), store: ContextStore | None = None, steer_defaults: SteerConfig | None = None) -> FastAPI:
+    """``steer_defaults``: the steering config a request's ``steer`` fields override (default ``SteerConfig()``)."""
     store = store if store is not None else open_store(settings.kv_store, settings.memory_store_bytes)
-    service = Service(engine, store, settings)
+    service = Service(engine, store, settings, steer_defaults)
     admission = Admission(settings.max_concurrency, settings.max_queue)
     metrics = Metrics(lambda: admission.waiting, lambda: admission.active)
     executor = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix="steerc-gen")

@@ -11,9 +11,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from steerc.steering.config import METHODS, RANK_BY, UNITS
+
 __all__ = ["SteerOptions", "SteerRequest", "ContextRequest", "CompletionRequest", "ChatMessage", "ChatCompletionRequest"]
 
-Layers = list[Annotated[int, Field(ge=0)]] | Literal["all", "first-third", "middle-third", "last-third"]
+Layers = list[Annotated[int, Field(ge=0)]] | Literal["auto", "all", "first-third", "middle-third", "last-third"]
 
 
 class _Strict(BaseModel):
@@ -23,7 +25,7 @@ class _Strict(BaseModel):
 class SteerOptions(_Strict):
     """How a context is steered; anything left out takes the registered (or default) value."""
 
-    method: Literal["none", "llmsteer", "pasta", "autopasta"] | None = None
+    method: Literal[METHODS] | None = None
     alpha: Annotated[float, Field(gt=0, le=1)] | None = None
     top_k: Annotated[float, Field(gt=0)] | None = None
     steer_at: Literal["prefill", "decode", "both"] | None = None
@@ -32,6 +34,12 @@ class SteerOptions(_Strict):
     highlights: list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]] | None = None
     window: Annotated[int, Field(ge=0)] | None = None
     prefixes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=2, max_length=2)] | None = None
+    evidence: Annotated[int, Field(ge=1)] | None = None
+    unit: Literal[UNITS] | None = None
+    selector: list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]] | None = None
+    rank_by: Literal[RANK_BY] | None = None
+    target_share: Annotated[float, Field(ge=0, lt=1)] | None = None
+    min_share: Annotated[float, Field(ge=0, lt=1)] | None = None
 
     def overrides(self) -> dict:
         return self.model_dump(exclude_none=True)

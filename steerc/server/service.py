@@ -36,8 +36,8 @@ from steerc.server.schemas import ChatCompletionRequest, CompletionRequest, Cont
 from steerc.server.settings import ServerSettings
 from steerc.steering.answer import Steerer
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import intermediate_keys
 from steerc.steering.layout import PromptLayout
+from steerc.steering.methods import METHODS, get_method
 from steerc.stores import ContextStore
 
 __all__ = ["Generation", "Job", "Service"]
@@ -120,10 +120,11 @@ class Plan:
 
 
 class Service:
-    def __init__(self, engine: Engine, store: ContextStore, settings: ServerSettings) -> None:
+    def __init__(self, engine: Engine, store: ContextStore, settings: ServerSettings, steer_defaults: SteerConfig | None = None) -> None:
         if engine.tokenizer is None:
             raise EngineError(f"engine {engine.folder} has no tokenizer; the server speaks text, so compile from a model folder or GGUF that has one")
         self.engine, self.store, self.settings = engine, store, settings
+        self.steer_defaults = steer_defaults or SteerConfig()
         self.layout = PromptLayout.for_tokenizer(engine.tokenizer, settings.chat)
         self.registry = ContextRegistry(store)
         self.model_name = settings.model_name or Path(engine.folder).name
@@ -135,7 +136,7 @@ class Service:
 
     def _config(self, overrides: dict, base: SteerConfig | None = None) -> SteerConfig:
         try:
-            return SteerConfig.from_dict({**(base or SteerConfig()).to_dict(), **overrides})
+            return SteerConfig.from_dict({**(base or self.steer_defaults).to_dict(), **overrides})
         except ValueError as exc:
             raise ApiError(400, f"steer: {exc}", param="steer") from None
 
@@ -233,6 +234,7 @@ class Service:
                  "config": {k: v for k, v in plan.config.to_dict().items() if k != "prefixes"}}
         if a.key_sentence is not None:
             steer["key_sentence"] = a.key_sentence
+        steer["evidence"] = [e.to_dict() for e in a.evidence]
         plan.result = Generation("".join(parts), a.finish_reason, plan.prompt_tokens, len(a.token_ids), _since(job, start) + a.ttft_s, a.decode_tokens_per_s,
                                  a.query_tokens, steer)
 
@@ -240,15 +242,15 @@ class Service:
         """Prepare (or find) a steered context and file its registration record."""
         self.check_model(req.model)
         config = self._config(req.overrides())
-        if config.method == "autopasta":
-            raise ApiError(400, "autopasta picks its key sentence per question, so there is nothing to prepare once; register the context with method "
-                                "none, llmsteer or pasta and send method 'autopasta' with each request", param="method")
+        method = get_method(config.method)
+        if not method.registrable:
+            raise ApiError(400, f"{config.method} does all its steering per question, so there is nothing to prepare once; register the context with "
+                                f"another method ({', '.join(n for n, m in METHODS.items() if m.registrable)}) and send method '{config.method}' with each request", param="method")
         steerer, prefilled = Steerer(self.engine, config, self.store, chat=self.settings.chat), _Prefilled(job)
         start = time.perf_counter()
         prepared, tier = steerer.prepare(req.context, config, progress=prefilled)
         job.check()
-        heads = [steerer.layout.head_ids(p) for p in config.prefixes]
-        entries = [prepared.key, *intermediate_keys(self.engine, heads[: 2 if config.method == "llmsteer" else 1], prepared.context_ids, config.window)]
+        entries = method.store_keys(steerer, prepared, config)
         record = self.registry.save(prepared, req.context, self.layout.chat, entries, {"prepare_s": round(prepared.meta.get("prepare_seconds", 0.0), 4)})
         out = self.registry.public(record)
         out.update(cache=tier, context_prefill_tokens=prefilled.tokens, seconds=round(time.perf_counter() - start, 4))

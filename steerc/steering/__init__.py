@@ -5,8 +5,10 @@ layout around a context and a question (:mod:`~steerc.steering.layout`), charact
 sentences (:mod:`~steerc.steering.spans`), LLMSteer's token selection
 (:mod:`~steerc.steering.selection`), context preparation into stored, reusable KV caches
 (:mod:`~steerc.steering.contexts`), the :class:`Steerer` that answers questions
-(:mod:`~steerc.steering.answer`) and the selection page (:mod:`~steerc.steering.html`);
-soon, the steering methods too. The engine it drives is :mod:`steerc.runtime`; prepared
+(:mod:`~steerc.steering.answer`), the selection page (:mod:`~steerc.steering.html`), the
+steering methods, one object each behind one interface (:mod:`~steerc.steering.methods`),
+query-aware evidence selection (:mod:`~steerc.steering.evidence`) and head profiles
+(:mod:`~steerc.steering.profiles`, chosen by :mod:`~steerc.steering.profiling`). The engine it drives is :mod:`steerc.runtime`; prepared
 contexts are kept in :mod:`steerc.stores`.
 
     from steerc.runtime import Engine

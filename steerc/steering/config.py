@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from steerc.settings import _JsonDataclass
 
-__all__ = ["SteerConfig", "METHODS", "STEER_AT", "LAYER_BANDS", "DEFAULT_PREFIXES", "load_profile", "band_layers"]
+__all__ = ["SteerConfig", "METHODS", "STEER_AT", "LAYER_BANDS", "AUTO_LAYERS", "DEFAULT_PREFIXES", "UNITS", "RANK_BY", "band_layers"]
 
-METHODS = ("none", "llmsteer", "pasta", "autopasta")
+# The steering methods (steerc.steering.methods holds one object per name).
+METHODS = ("none", "query", "llmsteer", "pasta", "autopasta")
+UNITS = ("auto", "sentence", "paragraph")
+RANK_BY = ("attention", "lexical")
 STEER_AT = ("prefill", "decode", "both")
 # Named layer sets that fit any depth: thirds of the stack (for 30 layers: 0-9, 10-19, 20-29).
 LAYER_BANDS = ("all", "first-third", "middle-third", "last-third")
+# ``layers = "auto"``: the method's own default band (chosen for it on dev; see docs/RESULTS.md).
+AUTO_LAYERS = "auto"
 
 
 def band_layers(band: str, num_layers: int) -> tuple[int, ...]:
@@ -38,8 +40,8 @@ def _int_tuple(name: str, value) -> tuple[int, ...] | None:
     if value is None:
         return None
     if name == "layers" and isinstance(value, str):
-        if value not in LAYER_BANDS:
-            raise ValueError(f"layers must be a list of integers, null, or one of {LAYER_BANDS}, got {value!r}")
+        if value not in (AUTO_LAYERS, *LAYER_BANDS):
+            raise ValueError(f"layers must be a list of integers, null, or one of {(AUTO_LAYERS, *LAYER_BANDS)}, got {value!r}")
         return value
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise ValueError(f"{name} must be a list of integers or null, got {value!r}")
@@ -51,27 +53,42 @@ def _int_tuple(name: str, value) -> tuple[int, ...] | None:
 
 @dataclass(frozen=True)
 class SteerConfig(_JsonDataclass):
-    """``method``: ``none`` (plain cached context), ``llmsteer`` (dual-prefix selection),
-    ``pasta`` (user ``highlights``: character ranges of the context), ``autopasta`` (the model
-    picks the key sentence per query). ``alpha`` in (0, 1]: unselected context keys get
+    """``method``: ``none`` (plain cached context), ``query`` (query-aware evidence, below),
+    ``llmsteer`` (dual-prefix selection), ``pasta`` (user ``highlights``: character ranges of
+    the context), ``autopasta`` (the model picks the key sentence per query). ``alpha`` in (0, 1]: unselected context keys get
     ``log(alpha)``. ``top_k``: a ratio of the context (< 1) or a token count (>= 1).
     ``steer_at``: ``prefill`` (the stored KV comes from a steered prefill), ``decode`` (plain
     KV; the bias applies whenever later tokens attend to the context) or ``both``.
     ``layers`` / ``heads``: steered layers and query heads (null = all; ``layers`` may also name
-    a band of ``LAYER_BANDS``: the default, ``last-third``, won the dev sweep); ``profile``, a list of
+    a band of ``LAYER_BANDS``, or ``auto``, the default: the method's own band, chosen on dev);
+    ``profile``, a list of
     ``[layer, head]`` pairs, replaces both. ``window`` > 0 counts only the last ``window``
-    context tokens' attention (an observation window) instead of every row."""
+    context tokens' attention (an observation window) instead of every row.
 
-    method: str = "llmsteer"
+    ``query`` (query-aware evidence, per question): the ``evidence`` best units (``unit``:
+    sentences, the documents/lines of a multi-document input, or ``auto``) by the question's
+    calibrated attention summed over the ``selector`` heads (``[layer, head]`` pairs; empty = the
+    engine's shipped profile, else the middle half of the layers), or by word overlap with
+    ``rank_by = lexical``. ``min_share`` > 0 steers only when a unit holds at least that share of
+    the score. ``target_share`` in (0, 1) replaces the fixed alpha by, per steered head, the one
+    that lifts the evidence's attention share to it (``alpha`` is then the strongest allowed)."""
+
+    method: str = "query"
     alpha: float = 0.1
     top_k: float = 0.2
     steer_at: str = "decode"
-    layers: tuple[int, ...] | str | None = "last-third"
+    layers: tuple[int, ...] | str | None = AUTO_LAYERS
     heads: tuple[int, ...] | None = None
     profile: tuple[tuple[int, int], ...] = ()
     prefixes: tuple[str, str] = DEFAULT_PREFIXES
     window: int = 0
     highlights: tuple[tuple[int, int], ...] = field(default=())
+    evidence: int = 1
+    unit: str = "auto"
+    selector: tuple[tuple[int, int], ...] = ()
+    rank_by: str = "attention"
+    target_share: float = 0.0
+    min_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -86,10 +103,8 @@ class SteerConfig(_JsonDataclass):
             raise ValueError(f"steer_at must be one of {STEER_AT}, got {self.steer_at!r}")
         object.__setattr__(self, "layers", _int_tuple("layers", self.layers))
         object.__setattr__(self, "heads", _int_tuple("heads", self.heads))
-        pairs = tuple(tuple(p) for p in self.profile)
-        if any(len(p) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in p) for p in pairs):
-            raise ValueError(f"profile must be a list of [layer, head] pairs of non-negative integers, got {self.profile!r}")
-        object.__setattr__(self, "profile", tuple(sorted(set(pairs))))
+        object.__setattr__(self, "profile", _pairs("profile", self.profile))
+        object.__setattr__(self, "selector", _pairs("selector", self.selector))
         prefixes = tuple(self.prefixes)
         if len(prefixes) != 2 or not all(isinstance(p, str) and p.strip() for p in prefixes):
             raise ValueError("prefixes must be two non-empty strings (LLMSteer prefills the context behind each)")
@@ -100,15 +115,39 @@ class SteerConfig(_JsonDataclass):
         if any(len(s) != 2 or not (0 <= s[0] < s[1]) for s in spans):
             raise ValueError(f"highlights must be [start, end) character ranges with 0 <= start < end, got {self.highlights!r}")
         object.__setattr__(self, "highlights", spans)
+        if isinstance(self.evidence, bool) or not isinstance(self.evidence, int) or self.evidence < 1:
+            raise ValueError(f"evidence (the number of units query steering keeps) must be a whole number >= 1, got {self.evidence!r}")
+        if self.unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
+        if self.rank_by not in RANK_BY:
+            raise ValueError(f"rank_by must be one of {RANK_BY}, got {self.rank_by!r}")
+        if isinstance(self.target_share, bool) or not isinstance(self.target_share, (int, float)) or not (self.target_share == 0 or 0 < self.target_share < 1):
+            raise ValueError(f"target_share must be 0 (off: a fixed alpha) or a share in (0, 1), got {self.target_share!r}")
+        if self.target_share and self.rank_by != "attention":
+            raise ValueError("target_share needs the question's attention: use it with rank_by 'attention'")
+        if isinstance(self.min_share, bool) or not isinstance(self.min_share, (int, float)) or not 0 <= self.min_share < 1:
+            raise ValueError(f"min_share must be in [0, 1) (0 = always steer), got {self.min_share!r}")
+        if self.method == "query" and self.steer_at != "decode":
+            raise ValueError("method 'query' picks its evidence per question, so the stored KV stays plain and the bias applies while the question "
+                             f"is prefilled and decoded: steer_at must be 'decode', got {self.steer_at!r}")
         if self.method == "pasta" and not spans:
             raise ValueError("method 'pasta' needs highlights: character ranges of the context to emphasise (e.g. [[120, 180]]; on the command line --highlight 120:180)")
+
+    @property
+    def band(self) -> str | None:
+        """The named layer band steered (``auto`` resolved to the method's default), or None."""
+        if self.layers == AUTO_LAYERS:
+            from steerc.steering.methods import get_method  # the methods import this module
+
+            return get_method(self.method).default_layers
+        return self.layers if isinstance(self.layers, str) else None
 
     def steered_pairs(self, num_layers: int, num_heads: int) -> list[tuple[int, int]]:
         """The (layer, head) pairs the bias applies to; raises on indices beyond the engine."""
         if self.profile:
             pairs = list(self.profile)
         else:
-            layers = range(num_layers) if self.layers is None else band_layers(self.layers, num_layers) if isinstance(self.layers, str) else self.layers
+            layers = range(num_layers) if self.layers is None else band_layers(self.band, num_layers) if isinstance(self.layers, str) else self.layers
             heads = self.heads if self.heads is not None else range(num_heads)
             pairs = [(layer, head) for layer in layers for head in heads]
         bad = [p for p in pairs if p[0] >= num_layers or p[1] >= num_heads]
@@ -116,23 +155,14 @@ class SteerConfig(_JsonDataclass):
             raise ValueError(f"steered layer/head {bad[0]} is outside the engine ({num_layers} layers x {num_heads} heads)")
         return pairs
 
-    def cache_fields(self) -> dict[str, Any]:
-        """What the stored context depends on (part of its store key)."""
-        data = self.to_dict()
-        data.pop("prefixes")  # keyed through the prefix tokens instead
-        if self.method == "none":
-            return {"method": "none"}
-        return data
+    @staticmethod
+    def query_fields() -> tuple[str, ...]:
+        """Fields only query-time selection reads (never part of a stored entry's key)."""
+        return ("evidence", "unit", "selector", "rank_by", "target_share", "min_share")
 
 
-def load_profile(path: str | Path) -> tuple[tuple[int, int], ...]:
-    """Read a head profile: JSON ``{"heads": [[layer, head], ...]}`` (e.g. from a profiling run)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ValueError(f"cannot read the profile {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"profile {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("heads"), list):
-        raise ValueError(f'profile {path} must be a JSON object {{"heads": [[layer, head], ...]}}')
-    return tuple(tuple(p) for p in data["heads"])
+def _pairs(name: str, value) -> tuple[tuple[int, int], ...]:
+    pairs = tuple(tuple(p) for p in value)
+    if any(len(p) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in p) for p in pairs):
+        raise ValueError(f"{name} must be a list of [layer, head] pairs of non-negative integers, got {value!r}")
+    return tuple(sorted(set(pairs)))

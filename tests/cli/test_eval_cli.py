@@ -31,10 +31,12 @@ def test_eval_three_examples_end_to_end(tiny_text_engine, dataset, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "3 examples of" in result.stderr and "all" in result.stderr  # a file defaults to the whole set
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == 12 and {r["method"] for r in rows} == {"none", "llmsteer", "pasta", "autopasta"}
+    assert len(rows) == 15 and {r["method"] for r in rows} == {"none", "query", "llmsteer", "pasta", "autopasta"}
+    # Random weights: the question's calibrated attention may point nowhere (then it answers unsteered, with no evidence).
+    assert all(len(r["evidence"]) <= 1 and isinstance(r.get("evidence_hit", False), bool) for r in rows if r["method"] == "query")
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["primary"] == "f1" and set(summary["variants"]) == {"none", "llmsteer", "pasta", "autopasta"}
-    for name in ("llmsteer", "pasta", "autopasta"):
+    assert summary["primary"] == "f1" and set(summary["variants"]) == {"none", "query", "llmsteer", "pasta", "autopasta"}
+    for name in ("query", "llmsteer", "pasta", "autopasta"):
         assert summary["variants"][name]["n"] == 3 and "vs_baseline" in summary["variants"][name]
     table = (out / "summary.md").read_text()
     assert table in result.stdout and "| llmsteer | 3 |" in table
@@ -60,3 +62,20 @@ def test_eval_bad_options(tiny_text_engine, dataset, tmp_path, args, message):
     base = ["--dataset", dataset] if "--dataset" not in args else []
     result = steerc("eval", tiny_text_engine, *base, *args, "--out", tmp_path / "o")
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_profile_end_to_end_then_used_by_run(tiny_text_engine, dataset, tmp_path):
+    out = tmp_path / "profile.json"
+    result = steerc("profile", tiny_text_engine, "--dataset", dataset, "--split", "all", "--num-selector", 2, "--top-layers", 1, "-o", out, "--threads", 1)
+    assert result.returncode == 0, result.stderr
+    profile = json.loads(out.read_text())
+    assert len(profile["selector_heads"]) == 2 and profile["steered_heads"] and profile["geometry"] == {"num_layers": 2, "num_heads": 4}
+    assert profile["made_with"]["examples"] == 3 and not out.with_name("profile.json.partial.jsonl").exists()
+    assert "selector heads:" in result.stdout and "layers" in result.stderr  # the progress bar's stages
+    context = tmp_path / "c.txt"
+    context.write_text(ROWS[0]["context"])
+    run = steerc("run", tiny_text_engine, "--context", context, "--query", "What is the capital of France?", "--method", "query", "--profile", out,
+                 "--store", "memory", "--max-new-tokens", 2)
+    assert run.returncode == 0 and "evidence: " in run.stderr, run.stderr
+    bad = steerc("profile", tiny_text_engine, "--dataset", dataset, "--split", "all", "--num-selector", 0, "-o", out)
+    assert bad.returncode == 2 and "num_selector must be a whole number >= 1" in bad.stderr

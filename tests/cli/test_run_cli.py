@@ -23,7 +23,7 @@ def context_file(tmp_path):
 @pytest.mark.slow
 def test_run_llmsteer_then_reuse_from_disk(default_engine, context_file, tmp_path):
     store, page = tmp_path / "store", tmp_path / "page.html"
-    args = ("run", str(default_engine), "--context", str(context_file), "--query", "Which team won Super Bowl 50?", "--store", str(store))
+    args = ("run", str(default_engine), "--context", str(context_file), "--query", "Which team won Super Bowl 50?", "--store", str(store), "--method", "llmsteer")
     first = steerc(*args, "--html", str(page))
     assert first.returncode == 0, first.stderr
     # Whether this 135M model names the winner depends on the steering settings (unsteered it
@@ -45,7 +45,7 @@ def test_run_llmsteer_then_reuse_from_disk(default_engine, context_file, tmp_pat
 def test_run_methods(default_engine, context_file, tmp_path, extra):
     result = steerc("run", str(default_engine), "--context", str(context_file), "--query", "Which team won Super Bowl 50?", "--store", "memory", *extra)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() and f"{extra[1] if extra[0] == '--method' else 'llmsteer'}, steer_at" in result.stderr
+    assert result.stdout.strip() and f"{extra[1] if extra[0] == '--method' else 'query'}, steer_at" in result.stderr
 
 
 @pytest.mark.slow
@@ -62,6 +62,8 @@ def test_run_refuses_context_longer_than_engine(default_engine, tmp_path):
     (["--highlight", "9:3", "--method", "pasta"], "bad span"),
     (["--prefix", "only one"], "--prefix must be given twice"),
     (["--layers", "a,b"], "comma-separated list of integers"),
+    (["--method", "query", "--evidence", "0"], "evidence (the number of units query steering keeps) must be a whole number >= 1"),
+    (["--method", "query", "--rank-by", "lexical", "--target-share", "0.5"], "target_share needs the question's attention"),
 ])
 def test_run_bad_options_fail_in_one_line(tiny_engine, context_file, extra, message):
     result = steerc("run", str(tiny_engine), "--context", str(context_file), "--query", "q", *extra)
@@ -76,3 +78,30 @@ def test_run_missing_context_file(tiny_engine, tmp_path):
 def test_run_needs_a_tokenizer(tiny_engine, context_file):
     result = steerc("run", str(tiny_engine), "--context", str(context_file), "--query", "q", "--store", "memory")
     assert result.returncode == 2 and "has no tokenizer" in result.stderr
+
+
+def test_run_unknown_method_is_refused(tiny_engine, context_file):
+    result = steerc("run", str(tiny_engine), "--context", str(context_file), "--query", "q", "--method", "magic")
+    assert result.returncode == 2 and "invalid choice: 'magic'" in result.stderr and "query" in result.stderr
+
+
+def test_run_refuses_a_profile_for_another_engine(tiny_engine, context_file, tmp_path):
+    profile = tmp_path / "profile.json"
+    profile.write_text('{"steerc_profile": 1, "geometry": {"num_layers": 30, "num_heads": 9}, "selector_heads": [[18, 7]], "steered_heads": []}')
+    result = steerc("run", str(tiny_engine), "--context", str(context_file), "--query", "q", "--profile", str(profile))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "profile is for 30 layers x 9 heads, this engine has 2 x 4; run steerc profile on this engine" in result.stderr
+
+
+@pytest.mark.slow
+def test_run_query_shows_its_evidence(default_engine, context_file, tmp_path):
+    page = tmp_path / "page.html"
+    result = steerc("run", str(default_engine), "--context", str(context_file), "--query", "Where was the game played?", "--method", "query",
+                    "--store", "memory", "--html", str(page))
+    assert result.returncode == 0, result.stderr
+    evidence = [line for line in result.stderr.splitlines() if line.startswith("evidence: sentence")]
+    assert len(evidence) == 1 and "query, steer_at" in result.stderr
+    # The shipped profile's selector picks the sentence about where the game was played (the third).
+    assert "evidence: sentence 3" in evidence[0] and "The game was played" in evidence[0]
+    page_text = page.read_text()
+    assert 'class="tok sel"' in page_text and "evidence (sentence 3)" in page_text

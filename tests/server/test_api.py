@@ -85,7 +85,7 @@ def test_seeded_sampling_is_reproducible(server):
 def test_context_registration_and_reuse(server):
     context = CONTEXT + " (registration test)"
     with server.client() as c:
-        reg = c.post("/v1/contexts", json={"context": context})
+        reg = c.post("/v1/contexts", json={"context": context, "method": "llmsteer"})
         assert reg.status_code == 200, reg.text
         info = reg.json()
         assert info["id"].startswith("ctx-") and info["cache"] == "miss" and info["cached"]
@@ -100,10 +100,10 @@ def test_context_registration_and_reuse(server):
         assert first["choices"] == second["choices"]
         assert first["usage"]["prompt_tokens"] > info["context_tokens"]
 
-        inline = c.post("/v1/chat/completions", json={**ask, "steer": {"context": context}}).json()
+        inline = c.post("/v1/chat/completions", json={**ask, "steer": {"context": context, "method": "llmsteer"}}).json()
         assert inline["steer"]["cache"] == "memory" and inline["choices"] == first["choices"]  # same text and config: the same entry
 
-        again = c.post("/v1/contexts", json={"context": context}).json()
+        again = c.post("/v1/contexts", json={"context": context, "method": "llmsteer"}).json()
         assert again["id"] == info["id"] and again["cache"] == "memory" and again["context_prefill_tokens"] == 0
 
         got = c.get(f"/v1/contexts/{info['id']}").json()
@@ -121,7 +121,7 @@ def test_context_registration_and_reuse(server):
 def test_other_steering_of_a_registered_context_costs_no_prefill(server):
     """alpha/top_k/layers per request: a new entry, built from the stored analysis (steer_at decode)."""
     with server.client() as c:
-        info = c.post("/v1/contexts", json={"context": CONTEXT + " (override test)", "top_k": 0.3}).json()
+        info = c.post("/v1/contexts", json={"context": CONTEXT + " (override test)", "top_k": 0.3, "method": "llmsteer"}).json()
         r = c.post("/v1/completions", json={"prompt": QUESTION, "max_tokens": 4, "temperature": 0,
                                             "steer": {"context_id": info["id"], "alpha": 0.5, "layers": "all"}}).json()
     assert r["steer"]["cache"] == "miss" and r["steer"]["context_prefill_tokens"] == 0
@@ -135,7 +135,7 @@ def test_steered_answer_equals_the_runtime(server, tiny_text_engine):
     from steerc.steering.config import SteerConfig
 
     engine = Engine.load(tiny_text_engine)
-    for method, extra in (("llmsteer", {}), ("none", {}), ("pasta", {"highlights": [[0, 120]]})):
+    for method, extra in (("llmsteer", {}), ("none", {}), ("pasta", {"highlights": [[0, 120]]}), ("query", {"selector": [[1, 0], [1, 3]]})):
         config = SteerConfig(method=method, **{k: tuple(map(tuple, v)) for k, v in extra.items()})
         expected = Steerer(engine, config).answer(CONTEXT, QUESTION, max_new_tokens=8)
         with server.client() as c:
@@ -144,6 +144,23 @@ def test_steered_answer_equals_the_runtime(server, tiny_text_engine):
         text = r["choices"][0]["message"]["content"]
         assert text.strip() == expected.text and r["usage"]["completion_tokens"] == len(expected.token_ids), method
         assert r["steer"]["selected_tokens"] == expected.selected_tokens
+        assert r["steer"]["evidence"] == [e.to_dict() for e in expected.evidence]
+
+
+def test_query_steering_of_a_registered_context_reports_its_evidence(server):
+    """method query: registered once (plain KV + evidence index), then each question costs only its own prefill."""
+    context = CONTEXT + " (query test)"
+    with server.client() as c:
+        info = c.post("/v1/contexts", json={"context": context, "method": "query"}).json()
+        assert info["cache"] == "miss" and info["config"]["method"] == "query" and info["context_prefill_tokens"] >= info["context_tokens"]
+        for question in (QUESTION, "Where was the game played?"):
+            r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": question}], "max_tokens": 4, "temperature": 0,
+                                                     "steer": {"context_id": info["id"], "evidence": 2}}).json()
+            steer = r["steer"]
+            assert steer["cache"] == "memory" and steer["context_prefill_tokens"] == 0 and steer["config"]["evidence"] == 2
+            assert len(steer["evidence"]) == 2 and all(context[e["start"] : e["end"]].startswith(e["preview"].split()[0]) for e in steer["evidence"])
+        deleted = c.delete(f"/v1/contexts/{info['id']}").json()
+        assert deleted["deleted"] and deleted["entries_removed"] == 2  # the evidence index and the plain KV
 
 
 def test_steered_streaming_carries_statistics_at_the_end(server):

@@ -1,10 +1,10 @@
 """SteerConfig: validation with clear messages, JSON round trip, steered (layer, head) pairs."""
 
-import json
 
 import pytest
 
-from steerc.steering.config import band_layers, DEFAULT_PREFIXES, SteerConfig, load_profile
+from steerc.steering.config import DEFAULT_PREFIXES, SteerConfig, band_layers
+from steerc.steering.methods import get_method
 
 
 def test_json_round_trip_restores_tuples():
@@ -39,7 +39,10 @@ def test_pasta_needs_highlights():
 
 def test_steered_pairs():
     assert SteerConfig(layers=None).steered_pairs(2, 2) == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    assert SteerConfig().steered_pairs(2, 2) == [(1, 0), (1, 1)]  # default: the last third of the layers
+    # layers "auto" (the default): each method's own dev-chosen band.
+    assert SteerConfig(method="llmsteer").steered_pairs(2, 2) == [(1, 0), (1, 1)]  # LLMSteer: the last third of the layers
+    assert SteerConfig(method="query").steered_pairs(2, 2) == [(0, 0), (0, 1), (1, 0), (1, 1)]  # query: every layer
+    assert SteerConfig().method == "query" and SteerConfig().layers == "auto" and SteerConfig(method="autopasta").band == "last-third"
     assert SteerConfig(layers=[1], heads=[0, 1]).steered_pairs(2, 3) == [(1, 0), (1, 1)]
     assert SteerConfig(profile=[[1, 2], [0, 0]], layers=[1]).steered_pairs(2, 3) == [(0, 0), (1, 2)]
     with pytest.raises(ValueError, match="outside the engine"):
@@ -47,20 +50,10 @@ def test_steered_pairs():
 
 
 def test_cache_fields_ignore_steering_for_none():
-    assert SteerConfig(method="none", alpha=0.5).cache_fields() == SteerConfig(method="none").cache_fields()
-    assert SteerConfig(alpha=0.5).cache_fields() != SteerConfig().cache_fields()
-    assert "prefixes" not in SteerConfig().cache_fields() and SteerConfig().prefixes == DEFAULT_PREFIXES
-
-
-def test_load_profile(tmp_path):
-    path = tmp_path / "p.json"
-    path.write_text(json.dumps({"heads": [[0, 1], [2, 3]]}))
-    assert SteerConfig(profile=load_profile(path)).profile == ((0, 1), (2, 3))
-    path.write_text("[1, 2]")
-    with pytest.raises(ValueError, match="must be a JSON object"):
-        load_profile(path)
-    with pytest.raises(ValueError, match="cannot read"):
-        load_profile(tmp_path / "missing.json")
+    key = lambda c: get_method(c.method).key_fields(c)  # noqa: E731
+    assert key(SteerConfig(method="none", alpha=0.5)) == key(SteerConfig(method="none"))
+    assert key(SteerConfig(method="llmsteer", alpha=0.5)) != key(SteerConfig(method="llmsteer"))
+    assert "prefixes" not in key(SteerConfig(method="llmsteer")) and SteerConfig().prefixes == DEFAULT_PREFIXES
 
 
 @pytest.mark.parametrize("band, depth, layers", [

@@ -63,7 +63,7 @@ def test_importance_prefill_chunks_and_window(engine):
 
 
 def test_steering_raises_the_attention_share_of_selected_tokens(engine):
-    config = SteerConfig(alpha=0.1, top_k=0.3, layers=None)  # every layer: the test checks each one
+    config = SteerConfig(method="llmsteer", alpha=0.1, top_k=0.3, layers=None)  # every layer: the test checks each one
     prepared, _ = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, config)
     ids = np.concatenate([HEAD_A, CONTEXT, QUERY])
     total = len(ids)
@@ -79,7 +79,7 @@ def test_steering_raises_the_attention_share_of_selected_tokens(engine):
 
 @pytest.mark.parametrize("steer_at", ["prefill", "decode", "both"])
 def test_steer_at_modes(engine, steer_at):
-    config = SteerConfig(alpha=0.2, top_k=0.25, steer_at=steer_at, layers=[0])  # layer 0 steers what layer 1 caches
+    config = SteerConfig(method="llmsteer", alpha=0.2, top_k=0.25, steer_at=steer_at, layers=[0])  # layer 0 steers what layer 1 caches
     prepared, _ = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, config)
     g, Nh, N = engine.geometry, len(HEAD_A), len(CONTEXT)
     assert prepared.selected.shape == (g.num_layers, N) and prepared.selected.sum(1).max() <= top_k_count(0.25, N)
@@ -108,7 +108,7 @@ def test_none_reuse_equals_full_prefill(engine):
 
 
 def test_reloaded_from_disk_gives_bitwise_identical_logits(engine, tmp_path):
-    config = SteerConfig(top_k=0.3, steer_at="both")
+    config = SteerConfig(method="llmsteer", top_k=0.3, steer_at="both")
     fresh, tier = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, config, store=DiskStore(tmp_path))
     assert tier == "miss"
     reloaded, tier = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, config, store=DiskStore(tmp_path))
@@ -118,20 +118,20 @@ def test_reloaded_from_disk_gives_bitwise_identical_logits(engine, tmp_path):
 
 
 def test_keys_differ_by_context_prefix_and_config(engine):
-    base = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig())[0].key
+    base = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(method="llmsteer"))[0].key
     variants = [
-        prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT[:-1], SteerConfig())[0].key,
-        prepare_context(engine, [HEAD_B, HEAD_A], CONTEXT, SteerConfig())[0].key,
-        prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(alpha=0.5))[0].key,
-        prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(steer_at="both"))[0].key,
-        prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(layers=[0]))[0].key,
+        prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT[:-1], SteerConfig(method="llmsteer"))[0].key,
+        prepare_context(engine, [HEAD_B, HEAD_A], CONTEXT, SteerConfig(method="llmsteer"))[0].key,
+        prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(method="llmsteer", alpha=0.5))[0].key,
+        prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(method="llmsteer", steer_at="both"))[0].key,
+        prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(method="llmsteer", layers=[0]))[0].key,
     ]
     assert len({base, *variants}) == 6
-    assert prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig())[0].key == base
+    assert prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(method="llmsteer"))[0].key == base
 
 
 def test_corrupt_entry_is_detected_and_recomputed(engine, tmp_path):
-    config = SteerConfig(top_k=0.3)
+    config = SteerConfig(method="llmsteer", top_k=0.3)
     good, _ = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, config, store=DiskStore(tmp_path))
     path = DiskStore(tmp_path).path(good.key)
     data = bytearray(path.read_bytes())
@@ -146,8 +146,8 @@ def test_corrupt_entry_is_detected_and_recomputed(engine, tmp_path):
 
 def test_memory_store_hit_returns_the_same_entry(engine):
     store = MemoryStore(1 << 26)
-    first, tier = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(), store=store)
-    second, tier2 = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(), store=store)
+    first, tier = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(method="llmsteer"), store=store)
+    second, tier2 = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(method="llmsteer"), store=store)
     assert (tier, tier2) == ("miss", "memory") and store.stats.hits == 1
     assert np.array_equal(_query_logits(engine, first), _query_logits(engine, second))
 
@@ -165,7 +165,7 @@ def test_context_longer_than_engine_is_refused_before_work(engine):
     from steerc.runtime import ContextTooLongError
 
     with pytest.raises(ContextTooLongError, match="at most 64"):
-        prepare_context(engine, [HEAD_A, HEAD_B], RNG.integers(0, 128, 70), SteerConfig())
+        prepare_context(engine, [HEAD_A, HEAD_B], RNG.integers(0, 128, 70), SteerConfig(method="llmsteer"))
 
 
 def test_new_settings_on_a_known_context_reuse_the_stored_analysis(engine, monkeypatch):
@@ -173,14 +173,14 @@ def test_new_settings_on_a_known_context_reuse_the_stored_analysis(engine, monke
     layer set (steer_at decode), none, and pasta then run no prefill, with results equal to
     a fresh computation."""
     store = MemoryStore(1 << 26)
-    prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(), store=store)
+    prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(method="llmsteer"), store=store)
     calls = []
     for name in ("forward", "analyze"):
         original = getattr(engine, name)
         monkeypatch.setattr(engine, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
     highlight = np.zeros(len(CONTEXT), bool)
     highlight[3:7] = True
-    configs = [(SteerConfig(alpha=0.5, top_k=0.4, layers=[0]), None), (SteerConfig(method="none"), None),
+    configs = [(SteerConfig(method="llmsteer", alpha=0.5, top_k=0.4, layers=[0]), None), (SteerConfig(method="none"), None),
                (SteerConfig(method="pasta", highlights=((1, 2),)), highlight)]
     reused = [prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, c, highlight=h, store=store)[0] for c, h in configs]
     assert calls == []

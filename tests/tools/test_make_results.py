@@ -17,7 +17,8 @@ def rows(methods, n, rng, shift=0.0):
     for i in range(n):
         for m, p in methods.items():
             hit = float(rng.random() < p + (shift if m != "none" else 0))
-            out.append({"id": f"e{i}", "variant": m, "method": m.split(" ")[0] if m in ("none", "llmsteer", "pasta", "autopasta") else "llmsteer",
+            method = m if m in ("none", "query", "llmsteer", "pasta", "autopasta") else "query" if m.startswith("q ") else "llmsteer"
+            out.append({"id": f"e{i}", "variant": m, "method": method,
                         "em": hit, "f1": hit, "subspan_em": hit, "cache": "miss", "prepare_s": 0.1, "ttft_s": 0.2, "selected_per_layer": 3.0})
     return out
 
@@ -38,7 +39,13 @@ def test_make_results_writes_tables_and_plots(tmp_path):
         s = summarize(rows({"none": 0.3, "a=0.1 k=0.2 L=20-29": 0.5, "a=0.3 k=0.2 L=all": 0.2}, 30, rng), primary="f1")
         s["run"] = {"dataset": d, "split": "dev", "examples": 30, "variants": variants, "num_layers": 30, "num_heads": 9}
         write_summary(runs / "sweep" / d, "sweep.json", s)
-    four = {"none": 0.3, "llmsteer": 0.35, "pasta": 0.6, "autopasta": 0.3}
+    qvariants = {"none": {"method": "none"}, "q a=0.1 L=all": {"method": "query", "alpha": 0.1, "layers": "all"},
+                 "q a=0.5 L=all": {"method": "query", "alpha": 0.5, "layers": "all"}}
+    for d in ("squad", "nq-multidoc"):
+        s = summarize(rows({"none": 0.3, "q a=0.1 L=all": 0.6, "q a=0.5 L=all": 0.35}, 30, rng), primary="f1")
+        s["run"] = {"dataset": d, "split": "dev", "examples": 30, "variants": qvariants, "num_layers": 30, "num_heads": 9}
+        write_summary(runs / "sweep-query" / d, "sweep.json", s)
+    four = {"none": 0.3, "query": 0.5, "llmsteer": 0.35, "pasta": 0.6, "autopasta": 0.3}
     for name, dataset, extra in [("squad-test", "squad", {}), ("nq-multidoc-test", "nq-multidoc", {"num_docs": 10, "gold_position": "middle"}),
                                  ("nq-first-test", "nq-multidoc", {"num_docs": 10, "gold_position": "first"}),
                                  ("nq-last-test", "nq-multidoc", {"num_docs": 10, "gold_position": "last"})]:
@@ -52,8 +59,10 @@ def test_make_results_writes_tables_and_plots(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     page = (docs / "RESULTS.md").read_text()
-    assert "Chosen on dev: **a=0.1 k=0.2 L=20-29**" in page and "These are `SteerConfig`'s defaults." in page
+    assert "Chosen on dev: **a=0.1 k=0.2 L=20-29**" in page and "These are `SteerConfig`'s defaults for `llmsteer`." in page
+    assert "Chosen on dev: **q a=0.1 L=all**" in page and "These are `SteerConfig`'s defaults for `query`, the default method." in page
+    assert "| squad-test (subspan_em) |" in page  # score against TTFT
     assert "| llmsteer | 40 |" in page and "| middle (n=40) |" in page and "| 512 |" in page
-    for png in ("sweep.png", "scores.png", "lost_in_the_middle.png", "ttft.png"):
+    for png in ("sweep.png", "sweep_query.png", "scores.png", "lost_in_the_middle.png", "ttft.png", "tradeoff.png"):
         assert (docs / "results" / png).stat().st_size > 1000
     assert (docs / "results" / "squad-test" / "summary.json").exists()

@@ -1,0 +1,152 @@
+"""Query-aware evidence selection: which units of a context (its sentences, or the documents of a
+multi-document input) a question points at, from the question's own attention.
+
+Shapes: ``L`` layers, ``H`` query heads, ``N`` context tokens, ``U`` units.
+
+* ``question [L, H, N]``: the attention the question's rows pay to each context key, averaged
+  over the rows (each row sums to 1 over every key it sees).
+* ``calibration [L, H, N]``: the same for a content-free question (``CALIBRATION_QUESTION``)
+  behind the same layout. It holds what attention prefers regardless of the question (position,
+  separators, titles), is query-independent, and so is computed once per stored context
+  (calibration as in ICR, arXiv 2410.02642, and "Found in the middle", arXiv 2406.16008).
+* ``token_scores [N] = sum over selector heads of max(0, question - calibration)``.
+* ``unit_scores [U]``: the token scores summed over each unit's tokens (the calibrated attention
+  mass the unit receives), then :func:`choose_units` keeps the best ``count`` units.
+
+Everything here is plain numpy and is the reference the tests compare against.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from steerc.steering.spans import split_sentences
+
+__all__ = ["CALIBRATION_QUESTION", "UNITS", "Units", "context_units", "token_spans", "token_scores", "unit_scores", "choose_units",
+           "evidence_bias", "adaptive_alphas"]
+
+CALIBRATION_QUESTION = "N/A"
+UNITS = ("auto", "sentence", "paragraph")
+# A context with at least this many non-empty lines is a multi-document (or multi-record) input.
+_MIN_PARAGRAPHS = 3
+_LINE = re.compile(r"[^\n]*\S[^\n]*")
+
+Span = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Units:
+    """A context cut into units: ``kind`` ("sentence" or "paragraph"), their character ranges and
+    token ranges ``[U, 2]`` (first token, one past the last)."""
+
+    kind: str
+    chars: np.ndarray  # [U, 2] int64
+    tokens: np.ndarray  # [U, 2] int64
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def token_mask(self, chosen: Sequence[int], num_tokens: int) -> np.ndarray:
+        """Bool ``[N]``: the tokens of the chosen units."""
+        mask = np.zeros(num_tokens, bool)
+        for u in chosen:
+            mask[self.tokens[u, 0] : self.tokens[u, 1]] = True
+        return mask
+
+
+def token_spans(offsets: Sequence[Span], spans: Sequence[Span]) -> np.ndarray:
+    """``[U, 2]`` int64: each character span's first and one-past-last token (the tokens whose
+    character range overlaps it; zero-width special tokens never do). A span that covers no
+    token gets ``(0, 0)``."""
+    bounds = np.array([(0, 0) if o is None else o for o in offsets], np.int64).reshape(-1, 2)
+    starts, ends = bounds[:, 0], bounds[:, 1]
+    out = np.zeros((len(spans), 2), np.int64)
+    for i, (s, e) in enumerate(spans):
+        hit = np.nonzero((starts < ends) & (starts < e) & (s < ends))[0]
+        if len(hit):
+            out[i] = hit.min(), hit.max() + 1
+    return out
+
+
+def context_units(text: str, offsets: Sequence[Span], unit: str = "auto") -> Units:
+    """Cut ``text`` into units. ``paragraph``: its non-empty lines (a multi-document input puts one
+    document per line, as ``steerc eval`` does); ``sentence``: :func:`split_sentences`; ``auto``:
+    paragraphs when there are at least three, else sentences."""
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    lines = [m.span() for m in _LINE.finditer(text)]
+    kind = unit if unit != "auto" else ("paragraph" if len(lines) >= _MIN_PARAGRAPHS else "sentence")
+    spans = lines if kind == "paragraph" else split_sentences(text)
+    tokens = token_spans(offsets, spans)
+    keep = tokens[:, 1] > tokens[:, 0]
+    return Units(kind, np.asarray(spans, np.int64).reshape(-1, 2)[keep], tokens[keep])
+
+
+def token_scores(question: np.ndarray, calibration: np.ndarray, selector: Sequence[tuple[int, int]]) -> np.ndarray:
+    """``[N]``: ``max(0, question - calibration)`` summed over the selector (layer, head) pairs."""
+    if question.shape != calibration.shape:
+        raise ValueError(f"question attention {question.shape} and calibration {calibration.shape} cover different keys")
+    if not selector:
+        raise ValueError("no selector heads")
+    layers, heads = np.asarray(selector, np.int64).T
+    return np.clip(question[layers, heads] - calibration[layers, heads], 0, None).sum(0)
+
+
+def unit_scores(scores: np.ndarray, units: Units) -> np.ndarray:
+    """``[U]``: each unit's summed token score."""
+    cums = np.concatenate([[0.0], np.cumsum(scores, dtype=np.float64)])
+    return (cums[units.tokens[:, 1]] - cums[units.tokens[:, 0]]).astype(np.float32)
+
+
+def choose_units(scores: np.ndarray, count: int, min_share: float = 0.0) -> list[int]:
+    """The ``count`` best units (ties: the earlier unit), best first. ``min_share`` > 0 keeps
+    only units holding at least that share of the total score (an empty list: not confident
+    enough to steer)."""
+    if count < 1:
+        raise ValueError(f"the number of evidence units must be at least 1, got {count}")
+    order = np.argsort(-scores, kind="stable")[:count]
+    total = float(scores.sum())
+    if total <= 0:
+        return []
+    return [int(u) for u in order if scores[u] / total >= min_share]
+
+
+def evidence_bias(keep: np.ndarray, offset: int, total: int, num_layers: int, num_heads: int, log_alpha: np.ndarray | float,
+                  pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+    """``[L, H, total]``: on each steered (layer, head), ``log_alpha`` (a number, or ``[L, H]``
+    per head) on the context keys (positions ``offset .. offset + N``) not in ``keep [N]``; 0 on
+    every other key (the instruction head, the question, generated tokens)."""
+    N = len(keep)
+    if offset + N > total:
+        raise ValueError(f"the context ends at key {offset + N}, beyond the {total} keys covered")
+    per_head = np.broadcast_to(np.asarray(log_alpha, np.float32), (num_layers, num_heads))
+    bias = np.zeros((num_layers, num_heads, total), np.float32)
+    for layer, head in pairs:
+        bias[layer, head, offset : offset + N] = np.where(keep, 0.0, per_head[layer, head])
+    return bias
+
+
+def adaptive_alphas(attention: np.ndarray, keep: np.ndarray, offset: int, target: float, floor: float) -> np.ndarray:
+    """``[L, H]`` alphas that lift the evidence's attention share to ``target`` (Spotlight,
+    arXiv 2505.12025, with the bias on the other context keys instead of on the evidence).
+
+    ``attention [L, H, K]`` is the question rows' mean attention over every key. With ``e`` the
+    share on the evidence, ``o`` on the other context keys and ``r`` on everything else, scaling
+    the other context keys by ``a`` gives the evidence ``e / (e + a*o + r)``; solving for the
+    target gives ``a = (e / target - e - r) / o``, clipped to ``[floor, 1]`` (1: already there,
+    no steering; ``floor``: the strongest steering allowed)."""
+    if not 0 < target < 1:
+        raise ValueError(f"the target evidence share must be in (0, 1), got {target}")
+    N = len(keep)
+    context = attention[..., offset : offset + N]
+    e = context[..., keep].sum(-1)
+    o = context[..., ~keep].sum(-1)
+    r = np.clip(attention.sum(-1) - e - o, 0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.where(o > 0, (e / target - e - r) / o, 1.0)
+    return np.clip(np.nan_to_num(a, nan=1.0), floor, 1.0).astype(np.float32)
+

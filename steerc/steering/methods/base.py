@@ -1,0 +1,128 @@
+"""The one interface every steering method implements.
+
+A method is a small object with three hooks; the runtime, the server and the evaluation ask
+it, and never test its name:
+
+* **What it prepares and stores once per context**: :meth:`SteeringMethod.prepare` (the entry,
+  from the store or built now) with :meth:`~SteeringMethod.build` doing the work on a miss and
+  :meth:`~SteeringMethod.key_fields` saying what the entry depends on.
+* **What it computes per query**: :meth:`~SteeringMethod.plan`, given the prepared context and
+  the question's tokens.
+* **The bias it returns**: the :class:`QueryPlan`'s ``steering`` (``[L, H, K]`` over the
+  stored keys; the question prefill and every decode step apply it) and the KV the question
+  attends to. The stored KV is never changed.
+
+Class attributes describe the method to its callers (how many instruction prefixes it
+prefills behind, whether a context can be registered for it once, whether the evaluation
+hands it the example's evidence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from steerc.runtime.kv_cache import KVCache
+from steerc.runtime.steering import Steering
+from steerc.steering.config import SteerConfig
+from steerc.steering.contexts import BuildJob, PreparedContext, Progress, prepare_context
+from steerc.steering.selection import steering_bias
+
+if TYPE_CHECKING:
+    from steerc.steering.answer import Steerer
+
+__all__ = ["Evidence", "QueryPlan", "SteeringMethod"]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A unit of the context a method chose to emphasise for one query."""
+
+    unit: int  # 0-based index among the context's units
+    kind: str  # "sentence" or "paragraph" (a document of a multi-document input)
+    start: int  # character range in the context
+    end: int
+    score: float  # the unit's share of the selector's calibrated attention (or of the lexical score)
+    preview: str  # its first words
+
+    def to_dict(self) -> dict:
+        return {"unit": self.unit, "kind": self.kind, "start": self.start, "end": self.end, "score": round(self.score, 4), "preview": self.preview}
+
+
+@dataclass
+class QueryPlan:
+    """What one query attends to: the context KV and the bias over its keys."""
+
+    kv: KVCache = field(repr=False)  # the context KV the question is prefilled after (never modified)
+    steering: Steering | None  # [L, H, K] bias over those keys for the question prefill and decode; None: unsteered
+    selected: np.ndarray  # [L, N] bool: the context tokens emphasised for this query (all True when none are)
+    evidence: tuple[Evidence, ...] = ()
+    key_sentence: str | None = None  # autopasta: the sentence the model named
+    seconds: float = 0.0  # per-query work before the answer's own prefill (selector prefill, key-sentence generation)
+    prepared: PreparedContext | None = field(default=None, repr=False)  # the context this plan steers, when not the stored one (autopasta)
+
+
+class SteeringMethod:
+    """Base class: the ``none`` behaviour plus the shared plumbing. Subclasses set ``name`` and
+    override the hooks they need."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    instruction_heads: ClassVar[int] = 1  # prefixes the preparation prefills the context behind
+    registrable: ClassVar[bool] = True  # its per-context work can be prepared once (POST /v1/contexts)
+    oracle: ClassVar[bool] = False  # evaluation: it takes the example's evidence as highlights
+    selects_evidence: ClassVar[bool] = False  # it picks units of the context per query (reported as evidence)
+    eval_rank: ClassVar[int] = 1  # evaluation order: lower first (llmsteer's analysis stores the plain KV others reuse)
+    default_layers: ClassVar[str] = "last-third"  # the steered band when ``layers`` is "auto" (LLMSteer's dev sweep chose the last third)
+
+    # -- once per context ------------------------------------------------------------------------
+    def key_fields(self, config: SteerConfig) -> dict:
+        """What the stored entry depends on besides the engine, the context and the heads."""
+        data = config.to_dict()
+        for name in ("prefixes", *config.query_fields()):
+            data.pop(name)  # prefixes: keyed through their tokens; query-time settings: not stored
+        return data
+
+    def highlight(self, config: SteerConfig, offsets: list[tuple[int, int]], length: int) -> np.ndarray | None:
+        """Bool ``[N]``: tokens the entry emphasises whatever the query (pasta); None otherwise."""
+        return None
+
+    def check_inputs(self, config: SteerConfig, context_ids: np.ndarray, highlight: np.ndarray | None) -> None:
+        """Token-level checks before any work."""
+
+    def prepare(self, steerer: "Steerer", context: str, config: SteerConfig, progress: Progress | None = None) -> tuple[PreparedContext, str]:
+        """The prepared context, from the store or built now, and its cache tier (or ``"miss"``)."""
+        ids, offsets = steerer.layout.context_ids(context)
+        heads = [steerer.layout.head_ids(p) for p in config.prefixes[: self.instruction_heads]]
+        return prepare_context(steerer.engine, heads, ids, config, highlight=self.highlight(config, offsets, len(context)), store=steerer.store,
+                               chunk=steerer.prefill_chunk, progress=progress, method=self)
+
+    def build(self, job: BuildJob) -> PreparedContext:
+        """Compute the entry on a store miss (``prepare_context`` stores what this returns)."""
+        raise ValueError(f"method {self.name!r} prepares a context from its text (its units are sentences or documents): use "
+                         f"Steerer.prepare or get_method({self.name!r}).prepare, not the token-level prepare_context")
+
+    def store_keys(self, steerer: "Steerer", prepared: PreparedContext, config: SteerConfig) -> list[str]:
+        """Every store entry a registered context of this method uses (deleted with it)."""
+        from steerc.steering.contexts import intermediate_keys
+
+        heads = [steerer.layout.head_ids(p) for p in config.prefixes[: self.instruction_heads]]
+        return list(dict.fromkeys([prepared.key, *intermediate_keys(steerer.engine, heads, prepared.context_ids, config.window)]))
+
+    # -- per query -------------------------------------------------------------------------------
+    def plan(self, steerer: "Steerer", prepared: PreparedContext, context: str, query: str, query_ids: np.ndarray, config: SteerConfig,
+             progress: Progress | None = None) -> QueryPlan:
+        """The KV and bias the question is answered with. Default: the stored bias."""
+        return QueryPlan(prepared.kv, prepared.query_steering(), prepared.selected)
+
+    # -- shared helpers --------------------------------------------------------------------------
+    @staticmethod
+    def selection_bias(job: BuildJob, selected: np.ndarray) -> np.ndarray:
+        """``[L, H, Nh + N]``: ``log(alpha)`` on the unselected context keys of the steered heads."""
+        g, Nh, N = job.engine.geometry, len(job.head), len(job.context_ids)
+        return steering_bias(selected, Nh, Nh + N, g.num_heads, job.config.alpha, job.config.steered_pairs(g.num_layers, g.num_heads))
+
+    def __repr__(self) -> str:
+        return f"<steering method {self.name!r}>"

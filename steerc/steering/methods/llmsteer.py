@@ -1,0 +1,28 @@
+"""``llmsteer``: LLMSteer's query-free selection (Gu et al., 2024).
+
+Once per context: the context is prefilled behind each of two instruction prefixes on the
+analysis graph; per layer (heads summed) the top-k context tokens of each pass are kept and
+intersected; ``log(alpha)`` goes on the other context keys of the steered heads. With
+``steer_at`` decode the stored KV is the plain one and the bias applies at query time; with
+prefill/both a third, steered prefill makes the stored KV. Per query: nothing more.
+"""
+
+from __future__ import annotations
+
+from steerc.steering.contexts import BuildJob, PreparedContext
+from steerc.steering.methods.base import SteeringMethod
+from steerc.steering.selection import select_tokens
+
+__all__ = ["LLMSteer"]
+
+
+class LLMSteer(SteeringMethod):
+    name = "llmsteer"
+    summary = "LLMSteer: tokens important behind both instruction prefixes, chosen once per context"
+    instruction_heads = 2
+    eval_rank = 0  # its first analysis pass also stores the plain KV every other method reuses
+
+    def build(self, job: BuildJob) -> PreparedContext:
+        importance = job.dual_importance(job.config.window)  # [2, L, N]
+        selected = select_tokens(importance[0], importance[1], job.config.top_k)  # [L, N]
+        return job.finish(selected, self.selection_bias(job, selected), importance)

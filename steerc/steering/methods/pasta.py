@@ -1,0 +1,36 @@
+"""``pasta``: PASTA (Zhang et al., 2024) on user-marked character ranges of the context.
+
+Once per context (and highlight): the highlighted tokens are kept on every layer and the other
+context keys of the steered heads get ``log(alpha)``. In ``steerc eval`` the highlight is the
+example's gold evidence, which makes it an oracle: an upper bound, not a deployable method.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from steerc.steering.config import SteerConfig
+from steerc.steering.contexts import BuildJob, PreparedContext
+from steerc.steering.methods.base import SteeringMethod
+from steerc.steering.spans import spans_to_token_mask
+
+__all__ = ["Pasta"]
+
+
+class Pasta(SteeringMethod):
+    name = "pasta"
+    summary = "PASTA on given highlights (character ranges); in eval the gold evidence, an oracle"
+    oracle = True
+    eval_rank = 2
+
+    def highlight(self, config: SteerConfig, offsets, length: int) -> np.ndarray:
+        return spans_to_token_mask(offsets, list(config.highlights), length)
+
+    def check_inputs(self, config: SteerConfig, context_ids: np.ndarray, highlight: np.ndarray | None) -> None:
+        if highlight is None or highlight.shape != context_ids.shape or not highlight.any():
+            raise ValueError(f"{self.name} needs a highlight mask with a True entry for each of the {len(context_ids)} context tokens it emphasises")
+
+    def build(self, job: BuildJob) -> PreparedContext:
+        g = job.engine.geometry
+        selected = np.broadcast_to(job.highlight, (g.num_layers, len(job.context_ids))).copy()  # [L, N]
+        return job.finish(selected, self.selection_bias(job, selected))

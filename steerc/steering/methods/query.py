@@ -1,0 +1,169 @@
+"""``query``: query-aware evidence steering on a reused context.
+
+**Once per context** (stored): the plain KV, shared with ``none`` and every other method (its
+own store entry, so it is held once), plus a small evidence index under its own key: the
+context's units (sentences, or the documents of a multi-document input; see
+:func:`~steerc.steering.evidence.context_units`) and the *calibration*, the attention a
+content-free question pays to every context token ``[L, H, N]``, from one analysis-graph call
+of that question over the cached context.
+
+**Per query**: the question is run once through the analysis graph over the cached context (the
+only extra work: the question's own tokens), which gives its rows' attention to every context
+key. Minus the calibration, clipped at 0, summed over the *selector heads*, pooled to units;
+the top ``evidence`` units are kept (``min_share``: only units with at least that share of the
+score, else the question is answered unsteered). The *steered heads* then get ``log(alpha)`` on
+every other context key (or, with ``target_share``, per head the alpha that lifts the evidence's
+attention share to that target), while the question is prefilled again and during decode. The
+stored KV is never changed.
+
+``rank_by = lexical`` ranks units by word overlap with the question instead (the floor an
+attention selector has to beat; it needs no analysis call).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+
+from steerc.runtime.generate import positions_for
+from steerc.runtime.steering import Steering
+from steerc.steering.config import SteerConfig
+from steerc.steering.contexts import PreparedContext, locked, lookup, store_key
+from steerc.steering.evidence import (
+    CALIBRATION_QUESTION,
+    Units,
+    adaptive_alphas,
+    choose_units,
+    context_units,
+    evidence_bias,
+    token_scores,
+    unit_scores,
+)
+from steerc.steering.methods.base import Evidence, QueryPlan, SteeringMethod
+from steerc.steering.profiles import selector_heads
+from steerc.stores import StoredContext
+
+__all__ = ["QueryEvidence", "question_attention", "lexical_scores"]
+
+_WORD = re.compile(r"\w+")
+# Words that say nothing about which sentence answers a question.
+_STOP = frozenset("a an the of in on at to for from by with and or is are was were be been what which who whom whose when where why how did does do "
+                  "that this these those it its as".split())
+
+
+def question_attention(engine, kv, query_ids: np.ndarray) -> np.ndarray:
+    """``[L, H, K]``: the mean attention of the rows of ``query_ids`` (prefilled after ``kv``,
+    unsteered, on the analysis graph) to every key; ``K = kv.length + len(query_ids)``."""
+    S = len(query_ids)
+    mask = np.ones((1, kv.length + S), np.int64)  # [1, P+S]
+    g = engine.geometry
+    bias = np.zeros((1, g.num_layers, g.num_heads, mask.shape[1]), np.float32)
+    _, _, importance = engine.analyze(np.asarray(query_ids, np.int64)[None], positions_for(mask, S), mask, kv, bias)  # [1, L, H, P+S]
+    return importance[0] / S
+
+
+def _words(text: str) -> Counter:
+    return Counter(w for w in _WORD.findall(text.lower()) if w not in _STOP)
+
+
+def lexical_scores(context: str, units: Units, question: str) -> np.ndarray:
+    """``[U]``: how many of the question's content words each unit contains."""
+    asked = set(_words(question))
+    return np.array([len(asked & set(_words(context[s:e]))) for s, e in units.chars], np.float32)
+
+
+def _preview(text: str, words: int = 8) -> str:
+    parts = text.split()
+    return " ".join(parts[:words]) + (" …" if len(parts) > words else "")
+
+
+class QueryEvidence(SteeringMethod):
+    name = "query"
+    summary = "query-aware evidence: the sentences or documents the question's calibrated attention points at, steered per query"
+    eval_rank = 1
+    selects_evidence = True
+    default_layers = "all"  # the dev sweep on SQuAD and NQ chose every layer (docs/RESULTS.md)
+
+    def key_fields(self, config: SteerConfig) -> dict:
+        # Only the units and the calibration are stored: selector, steered heads, alpha and N apply per query.
+        return {"method": "query-index", "unit": config.unit, "calibration": CALIBRATION_QUESTION}
+
+    def prepare(self, steerer, context: str, config: SteerConfig, progress=None) -> tuple[PreparedContext, str]:
+        from steerc.steering.methods import get_method
+
+        engine, store, layout = steerer.engine, steerer.store, steerer.layout
+        g = engine.geometry
+        config.steered_pairs(g.num_layers, g.num_heads)  # refuse heads beyond the engine before any work
+        bad = [p for p in config.selector if p[0] >= g.num_layers or p[1] >= g.num_heads]
+        if bad:
+            raise ValueError(f"selector head {list(bad[0])} is outside the engine ({g.num_layers} layers x {g.num_heads} heads)")
+        plain, plain_tier = get_method("none").prepare(steerer, context, replace(config, method="none"), progress)
+        ids, offsets = layout.context_ids(context)
+        head = plain.head_ids
+        key = store_key(engine, [head], ids, self.key_fields(config))
+        start = time.perf_counter()
+        entry, tier = lookup(store, key)
+        if entry is None:
+            with locked(store, key):
+                entry, tier = lookup(store, key)
+                if entry is None:
+                    entry, tier = self._index(steerer, context, offsets, config, plain), "miss"
+                    if store is not None:
+                        store.put(key, entry)
+        t = entry.tensors
+        N = len(ids)
+        meta = {"prepare_seconds": plain.meta.get("prepare_seconds", 0.0) + (time.perf_counter() - start if tier == "miss" else 0.0),
+                "context_tokens": N, "head_tokens": len(head), "unit_kind": entry.meta["unit_kind"]}
+        prepared = PreparedContext(key, config, head, ids, plain.kv, np.ones((g.num_layers, N), bool), np.zeros((0, g.num_layers, N), np.float32),
+                                   np.zeros((g.num_layers, g.num_heads, len(head) + N), np.float32), meta,
+                                   {"calibration": t["calibration"], "unit_chars": t["unit_chars"], "unit_tokens": t["unit_tokens"]})
+        return prepared, "miss" if "miss" in (tier, plain_tier) else tier
+
+    def _index(self, steerer, context: str, offsets, config: SteerConfig, plain: PreparedContext) -> StoredContext:
+        """The evidence index: units and the content-free question's attention over the context."""
+        Nh, N = len(plain.head_ids), len(plain.context_ids)
+        units = context_units(context, offsets, config.unit)
+        calibration_ids = steerer.layout.query_ids(config.prefixes[0], CALIBRATION_QUESTION)
+        calibration = question_attention(steerer.engine, plain.kv, calibration_ids)[..., Nh : Nh + N]  # [L, H, N]
+        return StoredContext({"calibration": calibration.astype(np.float32), "unit_chars": units.chars, "unit_tokens": units.tokens},
+                             {"kind": "evidence-index", "unit_kind": units.kind})
+
+    def store_keys(self, steerer, prepared: PreparedContext, config: SteerConfig) -> list[str]:
+        from steerc.steering.contexts import plain_key
+
+        return [prepared.key, plain_key(steerer.engine, prepared.head_ids, prepared.context_ids)]
+
+    def plan(self, steerer, prepared: PreparedContext, context: str, query: str, query_ids: np.ndarray, config: SteerConfig, progress=None) -> QueryPlan:
+        start = time.perf_counter()
+        engine, g = steerer.engine, steerer.engine.geometry
+        Nh, N = len(prepared.head_ids), len(prepared.context_ids)
+        units = Units(prepared.meta.get("unit_kind", "sentence"), prepared.extras["unit_chars"], prepared.extras["unit_tokens"])
+        attention = None
+        if config.rank_by == "attention":
+            attention = question_attention(engine, prepared.kv, query_ids)  # [L, H, Nh + N + S]
+            selector = config.selector or selector_heads(engine)
+            scores = unit_scores(token_scores(attention[..., Nh : Nh + N], prepared.extras["calibration"], selector), units)  # [U]
+        else:
+            scores = lexical_scores(context, units, query)
+        unselected = np.ones((g.num_layers, N), bool)
+        if len(units) < 2:  # nothing to choose between
+            return QueryPlan(prepared.kv, None, unselected, seconds=time.perf_counter() - start)
+        chosen = choose_units(scores, config.evidence, config.min_share)
+        total = float(scores.sum())
+        evidence = tuple(Evidence(u, units.kind, int(units.chars[u, 0]), int(units.chars[u, 1]), float(scores[u]) / total if total > 0 else 0.0,
+                                  _preview(context[units.chars[u, 0] : units.chars[u, 1]])) for u in chosen)
+        if not chosen:  # not confident enough: answer unsteered
+            return QueryPlan(prepared.kv, None, unselected, seconds=time.perf_counter() - start)
+        keep = units.token_mask(chosen, N)  # [N]
+        pairs = config.steered_pairs(g.num_layers, g.num_heads)
+        if config.target_share:
+            log_alpha = np.log(adaptive_alphas(attention, keep, Nh, config.target_share, config.alpha))  # [L, H]
+        else:
+            log_alpha = float(np.log(config.alpha))
+        bias = evidence_bias(keep, Nh, Nh + N, g.num_layers, g.num_heads, log_alpha, pairs)  # [L, H, Nh + N]
+        steering = Steering(bias) if bias.any() else None
+        return QueryPlan(prepared.kv, steering, np.broadcast_to(keep, (g.num_layers, N)).copy(), evidence, seconds=time.perf_counter() - start)
