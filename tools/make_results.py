@@ -137,7 +137,7 @@ def scores_section(tests: dict[str, dict], out: Path) -> list[str]:
             vals = [s["variants"][m]["metrics"][p] for m in ms]
             ax.bar([LABEL[m] for m in ms], [100 * v["mean"] for v in vals], yerr=errorbars(vals), capsize=4, color=[COLOR[m] for m in ms])
             model = "Gemma-3-270M" if "gemma" in name else "SmolLM2-135M"
-            ax.set_title(f"{s.get('run', {}).get('dataset', name)} ({p}), {model}", fontsize=9)
+            ax.set_title(f"{name} ({p}), {model}", fontsize=8)
             ax.tick_params(axis="x", labelrotation=30, labelsize=8)
             ax.set_ylabel("score x100 (95% CI)")
         save(fig, out / "scores.png")
@@ -180,7 +180,7 @@ def ttft_section(reuse: dict | None, out: Path) -> list[str]:
     series = {"reused": f"{method}, stored context (memory)", "reused_disk": f"{method}, stored context (disk)", "none_reused": "none, stored context (memory)",
               "query_reused": "query, stored context (memory)", "llmsteer_reused": "LLMSteer, stored context (memory)", "nocache": "no cache (prefill all)",
               "autopasta": "AutoPASTA (per query)"}
-    series = {k: v for k, v in series.items() if all(k in r["median_s"] for r in rows)}
+    series = {k: v for k, v in series.items() if all(k in r["median_s"] for r in rows) and k != f"{method}_reused"}  # the default is "reused"
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for key, label in series.items():
         ax.plot([r["context_tokens"] for r in rows], [r["median_s"][key] for r in rows], marker="o", label=label)
@@ -195,7 +195,7 @@ def ttft_section(reuse: dict | None, out: Path) -> list[str]:
     lines = ["| context tokens | " + " | ".join([*series.values(), *ratios.values()]) + " |", "|---|" + "---|" * (len(series) + len(ratios))]
     for r in rows:
         lines.append(f"| {r['context_tokens']} | " + " | ".join(f"{r['median_s'][k]:.3f} s" for k in series) + " | "
-                     + " | ".join(f"{r[k]:.2f}x" for k in ratios) + " |")
+                     + " | ".join(f"{r[k]:.3g}x" for k in ratios) + " |")
     return lines + ["", "![TTFT by method](results/ttft.png)", ""]
 
 

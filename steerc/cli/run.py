@@ -46,7 +46,7 @@ def cmd_run(args) -> int:
         f"({answer.selected_tokens} on some layer)"
         f"{'' if answer.key_sentence is None else f' (key sentence: {answer.key_sentence[:80]!r})'}; "
         f"context cache {answer.cache}{'' if answer.cache == 'miss' or answer.cache == 'per-query' else ' hit'}; "
-        f"context preparation {answer.prepare_s:.2f} s, time to first token {answer.ttft_s:.2f} s, "
+        f"context preparation{' and evidence selection' if get_method(config.method).selects_evidence else ''} {answer.prepare_s:.2f} s, time to first token {answer.ttft_s:.2f} s, "
         f"decode {answer.decode_tokens_per_s:.1f} tokens/s ({len(answer.token_ids)} tokens, {answer.finish_reason})[/]"
     )
     if args.html:

@@ -41,7 +41,8 @@ def test_run_llmsteer_then_reuse_from_disk(default_engine, context_file, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [["--method", "none"], ["--method", "pasta", "--highlight", "96:150"], ["--method", "autopasta"], ["--steer-at", "both", "--alpha", "0.3"]])
+@pytest.mark.parametrize("extra", [["--method", "none"], ["--method", "pasta", "--highlight", "96:150"], ["--method", "autopasta"],
+                                   ["--method", "llmsteer", "--steer-at", "both", "--alpha", "0.3"], ["--evidence", "2", "--alpha", "0.3"]])
 def test_run_methods(default_engine, context_file, tmp_path, extra):
     result = steerc("run", str(default_engine), "--context", str(context_file), "--query", "Which team won Super Bowl 50?", "--store", "memory", *extra)
     assert result.returncode == 0, result.stderr
