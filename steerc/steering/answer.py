@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from steerc.runtime.engine import Engine
 from steerc.runtime.generate import DEFAULT_PREFILL_CHUNK, SamplingParams, generate
 from steerc.runtime.text import Detokenizer, StreamRun, stream_steps
@@ -58,6 +60,14 @@ class Steerer:
         self.last: SteeredAnswer | None = None
         self.last_context: tuple[PreparedContext, list[tuple[int, int]]] | None = None
         self.last_plan: QueryPlan | None = None
+        self._tokens: tuple[str, tuple[np.ndarray, list[tuple[int, int]]]] | None = None
+
+    def context_tokens(self, context: str) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """``layout.context_ids(context)``, tokenized once per context text (a request's
+        preparation, plan and report all ask for it)."""
+        if self._tokens is None or self._tokens[0] != context:
+            self._tokens = (context, self.layout.context_ids(context))
+        return self._tokens[1]
 
     def prepare(self, context: str, config: SteerConfig | None = None, progress: Progress | None = None) -> tuple[PreparedContext, str]:
         """The prepared context (from the store, or computed and stored) and its cache tier."""
@@ -65,7 +75,7 @@ class Steerer:
         if not context.strip():
             raise ValueError("the context is empty")
         prepared, tier = get_method(config.method).prepare(self, context, config, progress)
-        self.last_context = (prepared, self.layout.context_ids(context)[1])
+        self.last_context = (prepared, self.context_tokens(context)[1])
         return prepared, tier
 
     def stream(self, context: str, query: str, *, max_new_tokens: int = 64, sampling: SamplingParams = SamplingParams(),

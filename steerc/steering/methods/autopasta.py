@@ -45,7 +45,7 @@ class AutoPasta(SteeringMethod):
         tokens = [int(t[0]) for t in generate(engine, ask[None], cache=prepared.kv, max_new_tokens=KEY_SENTENCE_TOKENS, prefill_chunk=steerer.prefill_chunk)]
         sentence = engine.tokenizer.decode([t for t in tokens if t not in engine.eos_token_ids], skip_special_tokens=True).strip()
         span, _score = best_sentence(sentence, context)
-        ids, offsets = layout.context_ids(context)
+        ids, offsets = steerer.context_tokens(context)
         highlight = spans_to_token_mask(offsets, [span], len(context))
         steered, _ = prepare_context(engine, [prepared.head_ids], ids, config, highlight=highlight, base_kv=prepared.kv, store=None,
                                      chunk=steerer.prefill_chunk, progress=progress, method=_PASTA)

@@ -94,7 +94,7 @@ class SteeringMethod:
 
     def prepare(self, steerer: "Steerer", context: str, config: SteerConfig, progress: Progress | None = None) -> tuple[PreparedContext, str]:
         """The prepared context, from the store or built now, and its cache tier (or ``"miss"``)."""
-        ids, offsets = steerer.layout.context_ids(context)
+        ids, offsets = steerer.context_tokens(context)
         heads = [steerer.layout.head_ids(p) for p in config.prefixes[: self.instruction_heads]]
         return prepare_context(steerer.engine, heads, ids, config, highlight=self.highlight(config, offsets, len(context)), store=steerer.store,
                                chunk=steerer.prefill_chunk, progress=progress, method=self)

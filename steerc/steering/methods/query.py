@@ -95,14 +95,14 @@ class QueryEvidence(SteeringMethod):
     def prepare(self, steerer, context: str, config: SteerConfig, progress=None) -> tuple[PreparedContext, str]:
         from steerc.steering.methods import get_method
 
-        engine, store, layout = steerer.engine, steerer.store, steerer.layout
+        engine, store = steerer.engine, steerer.store
         g = engine.geometry
         config.steered_pairs(g.num_layers, g.num_heads)  # refuse heads beyond the engine before any work
         bad = [p for p in config.selector if p[0] >= g.num_layers or p[1] >= g.num_heads]
         if bad:
             raise ValueError(f"selector head {list(bad[0])} is outside the engine ({g.num_layers} layers x {g.num_heads} heads)")
         plain, plain_tier = get_method("none").prepare(steerer, context, replace(config, method="none"), progress)
-        ids, offsets = layout.context_ids(context)
+        ids, offsets = steerer.context_tokens(context)
         head = plain.head_ids
         key = store_key(engine, [head], ids, self.key_fields(config))
         start = time.perf_counter()
