@@ -63,9 +63,10 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     return np.array([rng.choice(probs.shape[-1], p=row) for row in probs], np.int64)
 
 
-def positions_for(attention_mask: np.ndarray, new: int) -> np.ndarray:
-    """Position ids of the last ``new`` positions: real tokens before each one."""
-    return np.clip(attention_mask.cumsum(-1) - 1, 0, None)[:, -new:].astype(np.int64)
+def positions_for(attention_mask: np.ndarray, new: int, offset: int = 0) -> np.ndarray:
+    """Position ids of the last ``new`` positions: real tokens before each one, plus ``offset``
+    (the positions a compacted cache dropped: its keys keep their original positions)."""
+    return (np.clip(attention_mask.cumsum(-1) - 1, 0, None)[:, -new:] + offset).astype(np.int64)
 
 
 def _bias(engine: Engine, steering: Steering | None, batch: int, total: int) -> np.ndarray:
@@ -83,30 +84,36 @@ def prefill(
     steering: Steering | None = None,
     chunk: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    position_offset: int = 0,
 ) -> tuple[np.ndarray, KVCache]:
     """Run ``input_ids [B, S]`` after ``cache`` (``attention_mask [B, P+S]``); return the last
     position's logits ``[B, V]`` and the extended cache. ``chunk > 0`` splits long inputs into
-    calls of at most ``chunk`` tokens (exact: each chunk attends to the cache so far)."""
+    calls of at most ``chunk`` tokens (exact: each chunk attends to the cache so far).
+    ``position_offset``: positions the cache does not hold (a compacted cache of ``P`` kept keys
+    out of ``P + offset``); new tokens continue at their original positions."""
     B, S = input_ids.shape
-    engine.check_length(cache.length + S, f"a prompt of {S} tokens after {cache.length} cached")
+    engine.check_length(cache.length + S + position_offset, f"a prompt of {S} tokens after {cache.length + position_offset} cached")
     step = chunk if chunk > 0 else S
     logits = None
     for start in range(0, S, step):
         end = min(S, start + step)
         mask = attention_mask[:, : cache.length + end - start]
         total = mask.shape[1]
-        out, cache = engine.forward(input_ids[:, start:end], positions_for(mask, end - start), mask, cache, _bias(engine, steering, B, total))
+        out, cache = engine.forward(input_ids[:, start:end], positions_for(mask, end - start, position_offset), mask, cache,
+                                    _bias(engine, steering, B, total))
         logits = out[:, -1]  # [B, V]
         if progress:
             progress(end, S)
     return logits, cache
 
 
-def decode_one_token(engine: Engine, tokens: np.ndarray, attention_mask: np.ndarray, cache: KVCache, steering: Steering | None = None) -> tuple[np.ndarray, KVCache]:
+def decode_one_token(engine: Engine, tokens: np.ndarray, attention_mask: np.ndarray, cache: KVCache, steering: Steering | None = None,
+                     position_offset: int = 0) -> tuple[np.ndarray, KVCache]:
     """``tokens [B]`` after ``cache`` (``attention_mask [B, P+1]``) -> ``(logits [B, V], cache)``."""
     B = tokens.shape[0]
     total = attention_mask.shape[1]
-    logits, cache = engine.forward(tokens[:, None].astype(np.int64), positions_for(attention_mask, 1), attention_mask, cache, _bias(engine, steering, B, total))
+    logits, cache = engine.forward(tokens[:, None].astype(np.int64), positions_for(attention_mask, 1, position_offset), attention_mask, cache,
+                                   _bias(engine, steering, B, total))
     return logits[:, -1], cache
 
 
@@ -122,12 +129,13 @@ def generate(
     cache: KVCache | None = None,
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     progress: Callable[[int, int], None] | None = None,
+    position_offset: int = 0,
 ) -> Iterator[np.ndarray]:
     """Yield the next token of every row, ``[B]``, until every row hit a stop token, the
     engine's length limit, or ``max_new_tokens``. Finished rows repeat their stop token.
 
     ``input_ids [B, S]`` are left-padded (``attention_mask [B, S]``, default all ones) and go
-    after ``cache`` (default empty)."""
+    after ``cache`` (default empty). ``position_offset``: see :func:`prefill` (a compacted cache)."""
     input_ids = np.asarray(input_ids, np.int64)
     B, S = input_ids.shape
     if B > engine.max_batch:
@@ -141,7 +149,7 @@ def generate(
         steering.check(engine.geometry.num_layers, engine.geometry.num_heads, B)
     stop = stop_token_ids if stop_token_ids is not None else engine.eos_token_ids
     rng = np.random.default_rng(sampling.seed)
-    logits, cache = prefill(engine, input_ids, mask, cache, steering, chunk=prefill_chunk, progress=progress)
+    logits, cache = prefill(engine, input_ids, mask, cache, steering, chunk=prefill_chunk, progress=progress, position_offset=position_offset)
     done = np.zeros(B, bool)
     last = np.zeros(B, np.int64)
     for step in range(max_new_tokens):
@@ -150,7 +158,7 @@ def generate(
         done |= np.isin(tokens, list(stop)) if stop else False
         last = tokens
         yield tokens
-        if done.all() or step == max_new_tokens - 1 or mask.shape[1] + 1 > engine.max_seq_len:
+        if done.all() or step == max_new_tokens - 1 or mask.shape[1] + position_offset + 1 > engine.max_seq_len:
             return
         mask = np.concatenate([mask, np.ones((B, 1), np.int64)], axis=1)
-        logits, cache = decode_one_token(engine, tokens, mask, cache, steering)
+        logits, cache = decode_one_token(engine, tokens, mask, cache, steering, position_offset)

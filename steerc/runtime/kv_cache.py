@@ -67,6 +67,17 @@ class KVCache:
         sl = np.s_[:, :, start:end, :]
         return KVCache([k[sl].copy() for k in self.keys], [v[sl].copy() for v in self.values])
 
+    def take(self, positions: np.ndarray) -> "KVCache":
+        """The given sequence positions (an index array, in order) of every layer (a copy).
+
+        Keys are stored after rotary embedding, so a gathered cache still encodes each key's
+        original position; later tokens continue at their original position ids (see
+        ``position_offset`` in :mod:`steerc.runtime.generate`)."""
+        index = np.asarray(positions, np.int64)
+        if index.ndim != 1 or (index.size and (index.min() < 0 or index.max() >= self.length)):
+            raise ValueError(f"take: positions must be a 1-D index into the cache's {self.length} positions")
+        return KVCache([np.take(k, index, axis=2) for k in self.keys], [np.take(v, index, axis=2) for v in self.values])
+
     def rows(self, index) -> "KVCache":
         """A sub-batch (a copy)."""
         return KVCache([k[index].copy() for k in self.keys], [v[index].copy() for v in self.values])
