@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS"]
+__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS", "check_layer_groups"]
 
 DTYPES = ("fp32", "fp16", "bf16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -46,6 +46,34 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
         raise ValueError(f"{name} must be {bound}, got {value}")
 
 
+def check_layer_groups(groups: Any, num_layers: int | None = None) -> tuple[tuple[int, ...], ...]:
+    """Validate layer groups (e.g. shared-attention groups) and return them as a tuple of tuples.
+
+    Each group is a run of at least two contiguous, ascending layer indices; groups do not
+    overlap; with ``num_layers`` every index must be in ``[0, num_layers)``. Lists (from JSON)
+    are accepted. Raises ValueError with a message naming the offending group."""
+    if not isinstance(groups, (tuple, list)):
+        raise ValueError(f"layer groups must be a list of groups of layer indices, got {groups!r}")
+    out = []
+    for group in groups:
+        if not isinstance(group, (tuple, list)) or any(isinstance(i, bool) or not isinstance(i, int) for i in group):
+            raise ValueError(f"a layer group must be a list of integer layer indices, got {group!r}")
+        group = tuple(group)
+        if len(group) < 2:
+            raise ValueError(f"layer group {list(group)} has a single layer; a shared group needs at least two layers (the first one's attention is reused by the others)")
+        if any(i < 0 for i in group):
+            raise ValueError(f"layer group {list(group)} has a negative layer index")
+        if list(group) != list(range(group[0], group[0] + len(group))):
+            raise ValueError(f"layer group {list(group)} must be contiguous and ascending (e.g. {list(range(min(group), min(group) + len(group)))})")
+        if num_layers is not None and group[-1] >= num_layers:
+            raise ValueError(f"layer group {group[0]}-{group[-1]} is outside the model: it has {num_layers} layers (0-{num_layers - 1})")
+        out.append(group)
+    for a, b in zip(sorted(out), sorted(out)[1:]):
+        if b[0] <= a[-1]:
+            raise ValueError(f"layer groups {a[0]}-{a[-1]} and {b[0]}-{b[-1]} overlap; a layer can belong to one group only")
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class CompileSettings(_JsonDataclass):
     """How ``steerc compile`` captures and exports a model.
@@ -62,6 +90,9 @@ class CompileSettings(_JsonDataclass):
     attn_implementation: str = "sdpa"
     verify: bool = True
     importance: bool = True  # also build the analysis graph (attn_importance) that LLMSteer's selection needs
+    # Shared Attention (arXiv 2407.12866): groups of contiguous layers, e.g. ((20, ..., 29),); the
+    # later layers of a group reuse the first one's attention probabilities. () = no sharing.
+    share_attention: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.opset not in SUPPORTED_OPSETS:
@@ -76,6 +107,11 @@ class CompileSettings(_JsonDataclass):
         for name in ("verify", "importance"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        object.__setattr__(self, "share_attention", check_layer_groups(self.share_attention))  # lists (JSON) -> tuples
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-native values (the groups as lists), so a manifest equals its JSON reading."""
+        return {**super().to_dict(), "share_attention": [list(g) for g in self.share_attention]}
 
     @property
     def torch_dtype(self):

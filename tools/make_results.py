@@ -264,6 +264,9 @@ def main() -> int:
             "## Score against time to first token", "", *tradeoff_section(tests, out),
             "## NQ accuracy against gold position", "", *position_section(curve, out),
             "## Time to first token by method", "", *ttft_section(load(docs / "bench" / "reuse.json"), out)]
+    rewrites = out / "attention_rewrites.md"  # tools/make_attention_results.py: qllm, --keep, shared attention
+    if rewrites.exists():
+        text += ["", rewrites.read_text()]
     (docs / "RESULTS.md").write_text("\n".join(text))
     print(f"wrote {docs / 'RESULTS.md'} and {out}/*.png", file=sys.stderr)
     return 0

@@ -59,6 +59,8 @@ def main() -> int:
     ap.add_argument("engine")
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--limit", type=int, default=40)
+    ap.add_argument("--split", default="dev", choices=["dev", "test"], help="dev to choose settings; test once, for the chosen ones")
+    ap.add_argument("--num-keys", type=int, default=25, help="kv-retrieval: key-value records per question")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--alphas", default="0.01,0.1,0.3")
     ap.add_argument("--top-ks", default="0.1,0.2,0.4")
@@ -69,27 +71,28 @@ def main() -> int:
     ap.add_argument("--gold-position", default=None, help="nq-multidoc / kv-retrieval: where the gold document sits")
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-chat", action="store_true", help="completion-style prompts (base models)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--summarize-only", action="store_true", help="summarise the examples an interrupted sweep completed (every variant answered)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     engine = Engine.load(args.engine, threads=args.threads)
-    examples = load_dataset(args.dataset, split="dev", seed=args.seed, limit=args.limit, gold_position=args.gold_position)
+    examples = load_dataset(args.dataset, split=args.split, seed=args.seed, limit=args.limit, gold_position=args.gold_position, num_keys=args.num_keys)
     grid = listed_variants(args.variants) if args.variants else variants(engine.geometry.num_layers, [float(a) for a in args.alphas.split(",")], [float(k) for k in args.top_ks.split(",")],
                     [s for s in args.steer_ats.split(",") if s], SteerConfig(method="llmsteer", layers=None) if args.all_layers else SteerConfig(method="llmsteer", layers="last-third"), not args.no_bands)
-    print(f"{len(examples)} dev examples x {len(grid)} variants", file=sys.stderr)
+    print(f"{len(examples)} {args.split} examples x {len(grid)} variants", file=sys.stderr)
 
     def progress(done: int, total: int, _id: str) -> None:
         print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
 
-    info = {"dataset": args.dataset, "split": "dev", "seed": args.seed, "gold_position": args.gold_position}
+    info = {"chat": not args.no_chat, "dataset": args.dataset, "split": args.split, "seed": args.seed, "gold_position": args.gold_position, "num_keys": args.num_keys}
     if args.summarize_only:
         rows = read_predictions(Path(args.out, PREDICTIONS))
         complete = {i for i in {r["id"] for r in rows} if sum(r["id"] == i for r in rows) == len(grid)}
         examples = [e for e in examples if e.id in complete]
         rows = [r for r in rows if r["id"] in complete]
     else:
-        rows = run_eval(engine, examples, grid, max_new_tokens=args.max_new_tokens, out=args.out, run_info=info, progress=progress)
+        rows = run_eval(engine, examples, grid, max_new_tokens=args.max_new_tokens, out=args.out, run_info=info, progress=progress, chat=not args.no_chat)
     summary = summarize(rows, primary=PRIMARY.get(args.dataset, "f1"), seed=args.seed)
     summary["run"] = info | {"examples": len(examples), "num_layers": engine.geometry.num_layers, "num_heads": engine.geometry.num_heads, "variants": {v.name: v.config.to_dict() for v in grid}, "max_new_tokens": args.max_new_tokens}
     write_text_atomic(Path(args.out, "sweep.json"), json.dumps(summary, indent=1))

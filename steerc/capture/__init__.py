@@ -2,7 +2,7 @@
 
 from steerc.capture.decoder_step import DecoderStep
 from steerc.capture.export import CaptureShapes, capture_decoder_step, example_inputs, rebuild_program, run_program
-from steerc.capture.io_spec import ATTN_IMPORTANCE, STEER_BIAS, DecoderGeometry, TensorSpec, decoder_inputs, decoder_outputs, importance_output
+from steerc.capture.io_spec import ATTN_IMPORTANCE, ATTN_QUERIES, STEER_BIAS, DecoderGeometry, TensorSpec, decoder_inputs, decoder_outputs, importance_output, queries_output
 
 __all__ = [
     "ATTN_IMPORTANCE",
@@ -15,6 +15,8 @@ __all__ = [
     "decoder_inputs",
     "decoder_outputs",
     "importance_output",
+    "queries_output",
+    "ATTN_QUERIES",
     "example_inputs",
     "rebuild_program",
     "run_program",

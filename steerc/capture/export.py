@@ -128,29 +128,54 @@ def _is_symbolic(node: torch.fx.Node) -> bool:
 def rebuild_program(ep: ExportedProgram, gm: torch.fx.GraphModule | None = None) -> ExportedProgram:
     """A new ExportedProgram over ``ep``'s (pass-mutated) graph whose signature lists the
     placeholders and outputs that passes added as user inputs / outputs, in graph order, after
-    the original ones. Passes only append, so the original calling convention still holds:
-    ``program.module()(*original_args, *added_inputs)``."""
+    the original ones. Passes that only append keep the original calling convention:
+    ``program.module()(*original_args, *added_inputs)``.
+
+    Passes may also remove user inputs (their placeholder is gone) and user outputs (the
+    output node no longer returns them; the others keep their order): those are dropped from
+    the signature and from the call's input/output structure, so e.g. a removed element of
+    the ``past_key_values`` list makes that list shorter. A graph with no removal gets exactly
+    the signature of the append-only case."""
     gm = gm if gm is not None else ep.graph_module
     sig = ep.graph_signature
+    placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     known_inputs = {spec.arg.name for spec in sig.input_specs if hasattr(spec.arg, "name")}
     added_inputs = [n for n in gm.graph.nodes if n.op == "placeholder" and n.name not in known_inputs]
     output_node = next(n for n in gm.graph.nodes if n.op == "output")
     outputs = list(output_node.args[0])
-    added_outputs = outputs[len(sig.output_specs) :]
+    removed_inputs = {spec.arg.name for spec in sig.input_specs if hasattr(spec.arg, "name") and spec.arg.name not in placeholders}
+    kept_outputs = _kept_outputs(sig.output_specs, outputs)
+    added_outputs = outputs[len(kept_outputs) :]
     input_specs = [*sig.input_specs, *(InputSpec(InputKind.USER_INPUT, TensorArgument(n.name), None) for n in added_inputs)]
     output_specs = [*sig.output_specs, *(OutputSpec(OutputKind.USER_OUTPUT, TensorArgument(n.name), None) for n in added_outputs)]
+    removed_user_in: list[int] = []  # positions among the original user inputs / outputs (= leaves of the call's in/out spec)
+    removed_user_out: list[int] = []
+    if removed_inputs:
+        user_in = [s for s in sig.input_specs if s.kind == InputKind.USER_INPUT]
+        removed_user_in = [i for i, s in enumerate(user_in) if s.arg.name in removed_inputs]
+        input_specs = [s for s in input_specs if not (hasattr(s.arg, "name") and s.arg.name in removed_inputs)]
+    if len(kept_outputs) != len(sig.output_specs):
+        kept = set(kept_outputs)
+        user_out = [i for i, s in enumerate(sig.output_specs) if s.kind == OutputKind.USER_OUTPUT]
+        removed_user_out = [j for j, i in enumerate(user_out) if i not in kept]
+        output_specs = [spec for i, spec in enumerate(sig.output_specs) if i in kept] + output_specs[len(sig.output_specs) :]
 
     call_graph = copy.deepcopy(ep.module_call_graph)
     root = call_graph[0].signature
     if root is not None:
         args, kwargs = pytree.tree_unflatten([0] * root.in_spec.num_leaves, root.in_spec)
+        if removed_user_in:
+            args, kwargs = _drop_leaves((args, kwargs), removed_user_in)
         _, root.in_spec = pytree.tree_flatten(((*args, *([0] * len(added_inputs))), kwargs))
-        if added_outputs:
+        if added_outputs or removed_user_out:
             out = pytree.tree_unflatten([0] * root.out_spec.num_leaves, root.out_spec)
             out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+            if removed_user_out:
+                out = _drop_leaves(out, removed_user_out)
             _, root.out_spec = pytree.tree_flatten((*out, *([0] * len(added_outputs))))
-        root.inputs = [*root.inputs, *(TensorArgument(n.name) for n in added_inputs)]
-        root.outputs = [*root.outputs, *(TensorArgument(n.name) for n in added_outputs)]
+        removed_out_names = {sig.output_specs[i].arg.name for i in range(len(sig.output_specs)) if i not in set(kept_outputs)}
+        root.inputs = [*(a for a in root.inputs if getattr(a, "name", None) not in removed_inputs), *(TensorArgument(n.name) for n in added_inputs)]
+        root.outputs = [*(a for a in root.outputs if getattr(a, "name", None) not in removed_out_names), *(TensorArgument(n.name) for n in added_outputs)]
         if root.forward_arg_names:
             root.forward_arg_names = [*root.forward_arg_names, *(n.name for n in added_inputs)]
     return ExportedProgram(
@@ -164,6 +189,38 @@ def rebuild_program(ep: ExportedProgram, gm: torch.fx.GraphModule | None = None)
         constants=ep.constants,
         verifiers=ep.verifiers,
     )
+
+
+def _kept_outputs(specs, outputs) -> list[int]:
+    """Indices of the original output specs the graph still returns: its outputs are the
+    original ones in order, some possibly removed, then the added ones."""
+    if len(outputs) >= len(specs) and all(getattr(o, "name", None) == s.arg.name for o, s in zip(outputs, specs)):
+        return list(range(len(specs)))  # nothing removed (append-only passes)
+    kept, j = [], 0
+    for i, spec in enumerate(specs):
+        if j < len(outputs) and getattr(outputs[j], "name", None) == getattr(spec.arg, "name", None):
+            kept.append(i)
+            j += 1
+    return kept
+
+
+def _drop_leaves(tree, positions: list[int]):
+    """``tree`` (tuples, lists, dicts of leaves) without the leaves at the given flat positions."""
+    leaves, spec = pytree.tree_flatten(tree)
+    marker = object()
+    drop = set(positions)
+    marked = pytree.tree_unflatten([marker if i in drop else leaf for i, leaf in enumerate(leaves)], spec)
+
+    def prune(node):
+        if isinstance(node, tuple) and not hasattr(node, "_fields"):
+            return tuple(prune(x) for x in node if x is not marker)
+        if isinstance(node, list):
+            return [prune(x) for x in node if x is not marker]
+        if isinstance(node, dict):
+            return {k: prune(v) for k, v in node.items() if v is not marker}
+        return node
+
+    return prune(marked)
 
 
 def run_program(ep: ExportedProgram):

@@ -24,4 +24,5 @@ def analysis_line(manifest: dict) -> str:
     analysis = manifest.get("analysis")
     if not analysis:
         return "none (compiled with --no-importance: LLMSteer selection is unavailable)"
-    return f"{analysis['model']} outputs attn_importance (shares {analysis['data']})"
+    extra = [o["name"] for o in analysis.get("outputs", ()) if o["name"] in ("attn_importance", "attn_queries")] or ["attn_importance"]
+    return f"{analysis['model']} outputs {', '.join(extra)} (shares {analysis['data']})"

@@ -24,9 +24,12 @@ def cmd_compile(args) -> int:
     from steerc.progress import StageTracker
     from steerc.settings import CompileSettings
 
+    from steerc.passes.share_attention import parse_share_groups
+
     try:
+        groups = parse_share_groups(args.share_attention) if args.share_attention else ()
         settings = CompileSettings(opset=args.opset, dtype=args.dtype, max_seq_len=args.max_seq_len, max_batch=args.max_batch, attn_implementation=args.attn, verify=not args.no_verify,
-                                   importance=not args.no_importance)
+                                   importance=not args.no_importance, share_attention=groups)
     except ValueError as exc:
         raise SteercError(f"invalid option: {exc}") from None
     console = rich_console()
@@ -60,7 +63,9 @@ def cmd_compile(args) -> int:
         f"passes: {', '.join(p['name'] + ' (' + str(p['num_sites']) + ')' for p in manifest['passes'])}\n"
         f"  onnx      opset {manifest['backend']['opset']}, {sum(counts.values())} nodes, attention ops {attention_ops}\n"
         f"  analysis  {analysis_line(manifest)}\n"
-        f"  verify    {verify_line(manifest['verify'])}\n"
+        + (f"  shared    attention groups {', '.join(f'{grp[0]}-{grp[-1]}' for grp in manifest['share_attention']['groups'])} "
+           f"({len(manifest['share_attention']['shared_layers'])} layers without Q/K and key cache; no genai_config.json)\n" if manifest.get("share_attention") else "")
+        + f"  verify    {verify_line(manifest['verify'])}\n"
         f"  time      {total:.1f} s total; peak memory {_peak_rss_mib():.0f} MiB"
     )
     return 0
@@ -77,5 +82,8 @@ def add_compile_parser(sub) -> None:
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation to capture")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime self-check")
     p.add_argument("--no-importance", action="store_true", help="do not build the analysis graph (attn_importance) LLMSteer selects tokens with")
+    p.add_argument("--share-attention", metavar="GROUPS", default=None,
+                   help="Shared Attention: layer groups FIRST-LAST, comma-separated (e.g. 20-29 or 20-24,25-29); the later layers of a group "
+                   "reuse the first layer's attention probabilities and keep no key cache")
     p.add_argument("--force", action="store_true", help="replace an existing engine folder")
     p.set_defaults(func=cmd_compile)

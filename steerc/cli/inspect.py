@@ -33,6 +33,10 @@ def cmd_inspect(args) -> int:
             continue
         console.print(f"    {spec['name']:<28} {spec['dtype']:<8} {spec['dims']}")
     console.print(f"    (past_key_values.0 … {g['num_layers'] - 1}.key|value)")
+    shared = manifest.get("share_attention")
+    if shared:
+        groups = ", ".join(f"{grp[0]}-{grp[-1]}" for grp in shared["groups"])
+        console.print(f"  shared    attention groups {groups}: layers {shared['shared_layers']} use their group's first layer's probabilities and have no key cache")
     for report in [*manifest["passes"], *(manifest.get("analysis") or {}).get("passes", [])]:
         console.print(f"  pass {report['name']}: {report['num_sites']} site(s)")
         for site in report["sites"]:

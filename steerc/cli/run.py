@@ -38,7 +38,7 @@ def cmd_run(args) -> int:
         raise SteercError(str(exc)) from None
     print(answer.text)
     for e in answer.evidence:
-        console.print(f"[dim]evidence: {e.kind} {e.unit + 1} ({e.score:.0%} of the calibrated attention): {e.preview!r}[/]")
+        console.print(f"[dim]evidence: {e.describe()}[/]")
     if not answer.evidence and get_method(config.method).selects_evidence:
         console.print("[dim]evidence: none chosen with enough confidence (--min-share); answered unsteered[/]")
     console.print(
@@ -76,7 +76,7 @@ def _write_html(path: str, context: str, steerer, answer) -> None:
     stats = {"method": answer.method, "steer_at": prepared.config.steer_at, "alpha": prepared.config.alpha, "top_k": prepared.config.top_k,
              "selected tokens": f"{answer.selected_tokens} of {answer.context_tokens}", "answer": answer.text}
     for e in answer.evidence:
-        stats[f"evidence ({e.kind} {e.unit + 1})"] = f"{e.score:.0%}: {e.preview}"
+        stats[f"evidence ({e.kind} {e.unit + 1})"] = e.describe()
     write_html(path, render_html(context, offsets, importance, steerer.last_plan.selected.any(0), title="steerc run", stats=stats))
 
 

@@ -39,10 +39,13 @@ def steer_config(args, method: str | None = None):
         value = getattr(args, name)
         if value is not None:
             fields[name] = value if name == "layers" and value in ("auto", "first-third", "middle-third", "last-third") else _ints(value)
-    for name in ("steer_at", "alpha", "evidence", "unit", "rank_by", "target_share", "min_share"):
+    for name in ("steer_at", "alpha", "evidence", "unit", "rank_by", "target_share", "min_share", "blocks", "block_size", "initial", "local", "block_mask",
+                 "retrieve_for", "keep_sinks", "keep_recent", "keep_unit"):
         value = getattr(args, name, None)
         if value is not None:
             fields[name] = value
+    if getattr(args, "keep", None) is not None:
+        fields["keep"] = int(args.keep) if args.keep > 1 and args.keep == int(args.keep) else args.keep
     if args.top_k is not None:
         fields["top_k"] = int(args.top_k) if args.top_k >= 1 else args.top_k
     if args.prefix:
@@ -90,3 +93,16 @@ def add_steer_options(p) -> None:
     p.add_argument("--rank-by", default=None, choices=["attention", "lexical"], help="query: rank units by the question's calibrated attention, or by word overlap")
     p.add_argument("--target-share", type=float, default=None, help="query: adaptive bias, per head lift the evidence's attention share to this (0 = fixed alpha)")
     p.add_argument("--min-share", type=float, default=None, help="query: steer only when the best unit holds at least this share of the score (0 = always)")
+    p.add_argument("--blocks", type=int, default=None, help="qllm: context blocks retrieved per question (default: SteerConfig's)")
+    p.add_argument("--block-size", type=int, default=None, help="qllm: tokens per block (default: SteerConfig's)")
+    p.add_argument("--initial", type=int, default=None, help="qllm: first context tokens always attended (default: SteerConfig's)")
+    p.add_argument("--local", type=int, default=None, help="qllm: last context tokens always attended (default: SteerConfig's)")
+    p.add_argument("--block-mask", default=None, choices=["hard", "soft"], help="qllm: drop the other blocks (hard) or down-weight them by alpha (soft)")
+    p.add_argument("--retrieve-for", default=None, choices=["question", "answer"],
+                   help="qllm: the question and answer attend to the retrieved blocks, or only the answer (the question is read once)")
+    p.add_argument("--keep", type=float, default=None,
+                   help="store only this share (0-1] or count of the context's tokens' KV, the most important by dual-prefix attention (default 1: all)")
+    p.add_argument("--keep-sinks", type=int, default=None, help="--keep: first context tokens always kept (default: SteerConfig's)")
+    p.add_argument("--keep-recent", type=int, default=None, help="--keep: last context tokens always kept (default 0)")
+    p.add_argument("--keep-unit", default=None, choices=["token", "auto", "sentence", "paragraph"],
+                   help="--keep: keep single tokens, or whole sentences / documents (auto: documents of a multi-document input, else sentences)")

@@ -19,7 +19,7 @@ from steerc.backends.onnx import ANALYSIS_FILE, DATA_FILE, MODEL_FILE, create_se
 from steerc.compiler import capture_steerable
 from steerc.engine.genai_config import genai_config
 from steerc.engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, write_json_atomic, write_manifest
-from steerc.engine.verify import importance_check, self_check
+from steerc.engine.verify import importance_check, queries_check, self_check
 from steerc.errors import EngineError, require
 from steerc.models import load_model
 from steerc.progress import StageTracker
@@ -82,16 +82,21 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                 check = {"skipped": "ONNX Runtime's CPU provider has no bfloat16 MatMul; verify bf16 engines on CUDA"}
                 log.warning("bf16 engine written without the ONNX Runtime self-check (%s)", check["skipped"])
             else:
-                check = self_check(create_session(model_path), loaded.model, sp.geometry, sp.inputs, settings.dtype)
+                groups = settings.share_attention  # shared attention: checked against reference_shared_step
+                check = self_check(create_session(model_path), loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups)
                 if analysis_path is not None:
-                    check["importance"] = importance_check(create_session(analysis_path), loaded.model, sp.geometry, sp.inputs, settings.dtype)
+                    analysis_session = create_session(analysis_path)
+                    check["importance"] = importance_check(analysis_session, loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups)
+                    if any(s.name == "attn_queries" for s in sp.analysis_outputs):
+                        check["queries"] = queries_check(analysis_session, loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups)
         with tracker.stage("write"):
             if loaded.tokenizer is not None:
                 loaded.tokenizer.save_pretrained(tmp)
             loaded.model.config.save_pretrained(tmp)
             if getattr(loaded.model, "generation_config", None) is not None:
                 loaded.model.generation_config.save_pretrained(tmp)
-            write_json_atomic(tmp / "genai_config.json", genai_config(loaded.model.config, sp.geometry, settings.max_seq_len, MODEL_FILE))
+            if sp.share_attention is None:
+                write_json_atomic(tmp / "genai_config.json", genai_config(loaded.model.config, sp.geometry, settings.max_seq_len, MODEL_FILE))
             dropped = sp.program.graph_module.meta.get("steerc_dropped_asserts", [])
             manifest = {
                 "format": FORMAT,
@@ -123,6 +128,15 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                     "broadcast over query rows; 0 = unsteered, log(alpha) down-weights a key by alpha",
                 },
                 "passes": [r.to_dict() for r in sp.reports],
+                "share_attention": None if sp.share_attention is None else {
+                    "groups": sp.share_attention["groups"],
+                    "shared_layers": sp.share_attention["shared_layers"],
+                    "meaning": "Shared Attention (arXiv 2407.12866): each later layer of a group uses the first layer's attention probabilities "
+                    "(steering included: a shared layer's steer_bias row has no effect) with its own values; shared layers have no "
+                    "past_key_values.{i}.key input and no present.{i}.key output",
+                    "genai_config": "not written: onnxruntime-genai expects a key cache for every layer",
+                    "analysis_passes_skipped": list(sp.analysis.graph_module.meta.get("steerc_skipped_passes", [])) if sp.analysis is not None else [],
+                },
                 "capture": {"dropped_shape_asserts": len(dropped)},
                 "tokenizer": loaded.tokenizer is not None,
                 "chat_template": bool(getattr(loaded.tokenizer, "chat_template", None)),

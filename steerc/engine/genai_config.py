@@ -2,7 +2,10 @@
 
 Its parser rejects unknown keys, so only keys of that schema appear here; everything about
 steering lives in ``steerc.json``. (The graph's extra ``steer_bias`` input means genai
-itself cannot feed the model; the file is there for tools that read the schema.)
+itself cannot feed the model; the file is there for tools that read the schema.) An engine
+compiled with shared attention gets no ``genai_config.json``: its shared layers have no key
+cache, which the ``past_key_names`` template (one key per layer) cannot express; its manifest
+says so under ``share_attention``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 Two steps on random tokens: a prefill (past length 0) with zero bias, and a decode step
 (one token) on top of the reference's cache with a random non-zero bias over every key.
-Logits are compared as ``max|onnx - ref| / max(1, max|ref|)``.
+Logits are compared as ``max|onnx - ref| / max(1, max|ref|)``. An engine compiled with shared
+attention (``groups``) is checked against :func:`steerc.reference.reference_shared_step`, its KV
+in the shared layout (no keys for shared layers).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 
 from steerc.capture.io_spec import DecoderGeometry, TensorSpec
 from steerc.errors import VerificationError
-from steerc.reference import reference_importance, reference_step
+from steerc.reference import reference_importance, reference_queries, reference_shared_step, reference_step
 
 __all__ = ["self_check", "importance_check", "TOLERANCE"]
 
@@ -28,7 +30,13 @@ def _rel_err(got: np.ndarray, ref: torch.Tensor) -> float:
     return float(np.abs(got.astype(np.float32) - ref_np).max() / max(1.0, float(np.abs(ref_np).max())))
 
 
-def self_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 0) -> dict:
+def _past(g: DecoderGeometry, groups, dtype=torch.float32) -> list[torch.Tensor]:
+    """Empty past KV in the engine's layout (no key for a shared layer)."""
+    shared = {l for grp in groups for l in grp[1:]}
+    return [torch.zeros(1, g.num_kv_heads, 0, g.head_dim, dtype=dtype) for i in range(g.num_layers) for kind in ("key", "value") if not (kind == "key" and i in shared)]
+
+
+def self_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 0, groups=()) -> dict:
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
     np_dtype = {"fp32": np.float32, "fp16": np.float16}[dtype]
     gen = torch.Generator().manual_seed(seed)
@@ -40,10 +48,13 @@ def self_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dty
         mask = torch.ones(1, P + S, dtype=torch.long)
         feed = [ids, positions, mask, *[t.to(torch_dtype) for t in past], bias]
         got = session.run(["logits"], {n: t.numpy().astype(np_dtype) if t.is_floating_point() and n != "steer_bias" else t.numpy() for n, t in zip(names, feed)})[0]
-        ref_logits, ref_present = reference_step(model, ids, positions, mask, [t.to(torch_dtype) for t in past], None if not bias.any() else bias)
+        if groups:
+            ref_logits, ref_present = reference_shared_step(model, ids, positions, mask, [t.to(torch_dtype) for t in past], groups, bias)
+        else:
+            ref_logits, ref_present = reference_step(model, ids, positions, mask, [t.to(torch_dtype) for t in past], None if not bias.any() else bias)
         return got, ref_logits, ref_present
 
-    empty = [torch.zeros(1, g.num_kv_heads, 0, g.head_dim) for _ in range(2 * g.num_layers)]
+    empty = _past(g, groups)
     ids = torch.randint(0, g.vocab_size, (1, prompt_len), generator=gen)
     got, ref, present = run(ids, empty, torch.zeros(1, g.num_layers, g.num_heads, prompt_len))
     prefill = _rel_err(got, ref)
@@ -52,6 +63,8 @@ def self_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dty
     got, ref, _ = run(nxt, [t.float() for t in present], bias)
     decode = _rel_err(got, ref)
     result = {"prefill_zero_bias_rel_err": prefill, "decode_steered_rel_err": decode, "tolerance": TOLERANCE[dtype], "prompt_len": prompt_len}
+    if groups:
+        result["reference"] = "reference_shared_step"
     log.info("self-check: prefill %.2e, steered decode %.2e (tolerance %.0e)", prefill, decode, TOLERANCE[dtype])
     if not (prefill <= TOLERANCE[dtype] and decode <= TOLERANCE[dtype]):
         raise VerificationError(
@@ -61,7 +74,7 @@ def self_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dty
     return result
 
 
-def importance_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 1) -> dict:
+def importance_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 1, groups=()) -> dict:
     """The analysis graph's ``attn_importance`` against :func:`steerc.reference.reference_importance`
     on a steered prefill (absolute error; each value is a sum of at most ``prompt_len`` probabilities)."""
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
@@ -70,13 +83,38 @@ def importance_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec
     ids = torch.randint(0, g.vocab_size, (1, prompt_len), generator=gen)
     positions = torch.arange(prompt_len).unsqueeze(0)
     mask = torch.ones(1, prompt_len, dtype=torch.long)
-    past = [torch.zeros(1, g.num_kv_heads, 0, g.head_dim, dtype=torch_dtype) for _ in range(2 * g.num_layers)]
+    past = _past(g, groups, torch_dtype)
     bias = torch.randn(1, g.num_layers, g.num_heads, prompt_len, generator=gen)
     feed = [ids.numpy(), positions.numpy(), mask.numpy(), *[t.numpy().astype(np_dtype) for t in past], bias.numpy()]
     got = session.run(["attn_importance"], dict(zip([s.name for s in inputs], feed)))[0]
-    ref = reference_importance(model, ids, positions, mask, past, bias).float().numpy()
+    ref = reference_importance(model, ids, positions, mask, past, bias, groups=groups).float().numpy()
     err = float(np.abs(got - ref).max())
     log.info("self-check: attn_importance %.2e (tolerance %.0e)", err, TOLERANCE[dtype])
     if not err <= TOLERANCE[dtype] * prompt_len:
         raise VerificationError(f"the analysis graph's attn_importance disagrees with the eager model (max abs error {err:.2e}); this is a steerc bug: rerun with --debug and report it")
     return {"attn_importance_abs_err": err, "tolerance": TOLERANCE[dtype] * prompt_len}
+
+
+def queries_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 2, groups=()) -> dict:
+    """The analysis graph's ``attn_queries`` against :func:`steerc.reference.reference_queries`
+    on a prefill (error relative to the largest query component). Shared-attention engines are
+    not checked here (their layers see shared probabilities; ``attn_importance`` is checked
+    against the sharing reference)."""
+    if groups:
+        return {"skipped": "shared attention: attn_queries has no eager reference; attn_importance is checked against reference_shared_step's sharing"}
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
+    np_dtype = {"fp32": np.float32, "fp16": np.float16}[dtype]
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, g.vocab_size, (1, prompt_len), generator=gen)
+    positions = torch.arange(prompt_len).unsqueeze(0)
+    mask = torch.ones(1, prompt_len, dtype=torch.long)
+    past = _past(g, groups, torch_dtype)
+    bias = np.zeros((1, g.num_layers, g.num_heads, prompt_len), np.float32)
+    feed = [ids.numpy(), positions.numpy(), mask.numpy(), *[t.numpy().astype(np_dtype) for t in past], bias]
+    got = session.run(["attn_queries"], dict(zip([s.name for s in inputs], feed)))[0]
+    ref = reference_queries(model, ids, positions, mask, past).float().numpy()
+    err = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-6))
+    log.info("self-check: attn_queries %.2e (relative)", err)
+    if not err <= TOLERANCE[dtype]:
+        raise VerificationError(f"the analysis graph's attn_queries disagree with the eager model (relative error {err:.2e}); this is a steerc bug: rerun with --debug and report it")
+    return {"attn_queries_rel_err": err, "tolerance": TOLERANCE[dtype]}

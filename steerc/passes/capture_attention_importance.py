@@ -20,6 +20,9 @@ Per site kind:
   ``enable_gqa`` (grouped K/V), queries are viewed as ``[B, Hkv, H/Hkv, S, D]`` so query head
   ``h`` meets KV head ``h // (H/Hkv)``, the mapping SDPA uses.
 
+After ``share_attention``, a shared layer (no site of its own) reports the column sums of
+the probabilities it uses, its group's first layer's.
+
 Run it after ``insert_steering_bias`` (it reads the merged masks); it raises on a graph
 without that input, on a second application, and when a layer has no site.
 """
@@ -131,11 +134,18 @@ def capture_attention_importance(gm: fx.GraphModule, settings: ImportanceSetting
         if site.layer in by_layer:
             raise PassError(f"{settings.architecture}: layer {site.layer} has two attention sites ({by_layer[site.layer].node.name}, {site.node.name})")
         by_layer[site.layer] = site
-    if sorted(by_layer) != list(range(settings.num_layers)):
-        raise PassError(f"{settings.architecture}: attention sites cover layers {sorted(by_layer)}, expected 0..{settings.num_layers - 1}")
+    # Shared attention (share_attention pass): a shared layer has no site of its own and uses
+    # its group's first layer's probabilities, so it reports that layer's column sums.
+    shared = {int(l): g[0] for g in gm.meta.get("steerc_shared_attention", {}).get("groups", ()) for l in g[1:]}
+    if sorted({*by_layer, *shared}) != list(range(settings.num_layers)) or set(by_layer) & set(shared):
+        raise PassError(f"{settings.architecture}: attention sites cover layers {sorted(by_layer)}, expected 0..{settings.num_layers - 1}"
+                        + (f" (shared layers {sorted(shared)})" if shared else ""))
 
     per_layer = []
     for layer in range(settings.num_layers):
+        if layer in shared:
+            per_layer.append(per_layer[shared[layer]])  # [B, H, P+S], the first layer's
+            continue
         site = by_layer[layer]
         with graph.inserting_before(site.node.next):  # each new node goes after the previous one
             probs = site.node if site.kind == "eager_softmax" else _sdpa_probs(graph, site)  # [B, H, S, P+S]
@@ -146,9 +156,10 @@ def capture_attention_importance(gm: fx.GraphModule, settings: ImportanceSetting
     output.args = ((*output.args[0], importance),)
     graph.lint()
     gm.recompile()
-    reports = tuple(SiteReport(s.node.name, s.layer, s.kind, str(s.node.target), s.mask, s.heads) for s in (by_layer[i] for i in range(settings.num_layers)))
+    reports = tuple(SiteReport(s.node.name, s.layer, s.kind, str(s.node.target), s.mask, s.heads) for s in (by_layer[i] for i in range(settings.num_layers) if i in by_layer))
     return PassReport(name="capture_attention_importance", sites=reports, outputs_added=(IMPORTANCE_OUTPUT,), notes=(f"settings={settings.to_json()}",))
 
 
 ImportanceSettings.__doc__ = "Settings of :func:`capture_attention_importance`: the output covers ``num_layers`` x ``num_heads``."
 capture_attention_importance.settings_type = ImportanceSettings
+capture_attention_importance.supports_shared_attention = True  # see the module doc

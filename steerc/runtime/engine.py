@@ -41,6 +41,8 @@ class Engine:
         self.max_batch: int = manifest["max_batch"]
         self.input_names = [s["name"] for s in manifest["inputs"]]
         self.output_names = [s["name"] for s in manifest["outputs"]]
+        # Shared attention: layers without a key cache (their KV cache holds values only).
+        self.keyless_layers: tuple[int, ...] = tuple((manifest.get("share_attention") or {}).get("shared_layers", ()))
         self.eos_token_ids = _eos_ids(folder)
         self.threads: int | None = None
         self._analysis = None  # the analysis session, opened on first use (only context preparation needs it)
@@ -54,6 +56,12 @@ class Engine:
     @property
     def has_analysis(self) -> bool:
         return bool(self.manifest.get("analysis"))
+
+    @property
+    def has_queries(self) -> bool:
+        """The analysis graph also outputs ``attn_queries`` (engines compiled before it did not)."""
+        analysis = self.manifest.get("analysis") or {}
+        return any(o.get("name") == "attn_queries" for o in analysis.get("outputs", ()))
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu", threads: int | None = None, check_files: bool = True) -> "Engine":
@@ -73,7 +81,7 @@ class Engine:
 
     def new_cache(self, batch: int) -> KVCache:
         g = self.geometry
-        return KVCache.empty(g.num_layers, batch, g.num_kv_heads, g.head_dim, self.kv_dtype)
+        return KVCache.empty(g.num_layers, batch, g.num_kv_heads, g.head_dim, self.kv_dtype, keyless=self.keyless_layers)
 
     def check_length(self, total: int, what: str = "the request") -> None:
         if total > self.max_seq_len:
@@ -84,6 +92,7 @@ class Engine:
 
     def _feed(self, input_ids, position_ids, attention_mask, cache: KVCache, bias) -> dict:
         """The graph inputs of one step, after checking the shapes agree."""
+        cache.check_layout(self.keyless_layers, f"engine {self.folder}")
         B, S = input_ids.shape
         total = cache.length + S
         if attention_mask.shape != (B, total) or bias.shape != (B, self.geometry.num_layers, self.geometry.num_heads, total):
@@ -95,20 +104,28 @@ class Engine:
         -> ``(logits [B,S,V], cache extended by S positions)``."""
         feed = self._feed(input_ids, position_ids, attention_mask, cache, bias)
         logits, *present = self.session.run(self.output_names, feed)
-        return logits, KVCache.from_flat(present)
+        return logits, KVCache.from_flat(present, self.keyless_layers)
 
 
-    def analyze(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache, bias: np.ndarray) -> tuple[np.ndarray, KVCache, np.ndarray]:
+    def analyze(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache, bias: np.ndarray,
+                queries: bool = False):
         """:meth:`forward` on the analysis graph: also returns ``attn_importance [B, L, H, P+S]``,
-        the attention each key received, summed over this call's real query rows."""
+        the attention each key received, summed over this call's real query rows, and with
+        ``queries`` ``attn_queries [B, L, H, D]``, each layer's query vectors summed over them."""
         if not self.has_analysis:
             raise EngineError(f"engine {self.folder} has no analysis graph (compiled with --no-importance); recompile without it to use LLMSteer selection")
+        if queries and not self.has_queries:
+            raise EngineError(f"engine {self.folder} was compiled before its analysis graph output query vectors (attn_queries), which qllm "
+                              "block retrieval scores blocks with; recompile it with this steerc (`steerc compile ... --force`)")
         with self._analysis_lock:
             if self._analysis is None:
                 self._analysis = create_session(self.folder / self.manifest["analysis"]["model"], device=self.device, threads=self.threads)
         feed = self._feed(input_ids, position_ids, attention_mask, cache, bias)
+        if queries:
+            logits, *present, importance, query_sums = self._analysis.run([*self.output_names, "attn_importance", "attn_queries"], feed)
+            return logits, KVCache.from_flat(present, self.keyless_layers), importance, query_sums
         logits, *present, importance = self._analysis.run([*self.output_names, "attn_importance"], feed)
-        return logits, KVCache.from_flat(present), importance
+        return logits, KVCache.from_flat(present, self.keyless_layers), importance
 
 
 def _kv_dtype(folder: Path, manifest: dict):

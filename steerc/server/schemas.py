@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from steerc.steering.config import METHODS, RANK_BY, UNITS
+from steerc.steering.config import BLOCK_MASKS, METHODS, RANK_BY, RETRIEVE_FOR, UNITS
 
 __all__ = ["SteerOptions", "SteerRequest", "ContextRequest", "CompletionRequest", "ChatMessage", "ChatCompletionRequest"]
 
@@ -40,6 +40,16 @@ class SteerOptions(_Strict):
     rank_by: Literal[RANK_BY] | None = None
     target_share: Annotated[float, Field(ge=0, lt=1)] | None = None
     min_share: Annotated[float, Field(ge=0, lt=1)] | None = None
+    blocks: Annotated[int, Field(ge=1)] | None = None
+    block_size: Annotated[int, Field(ge=4)] | None = None
+    initial: Annotated[int, Field(ge=0)] | None = None
+    local: Annotated[int, Field(ge=0)] | None = None
+    block_mask: Literal[BLOCK_MASKS] | None = None
+    retrieve_for: Literal[RETRIEVE_FOR] | None = None
+    keep: Annotated[float, Field(gt=0)] | Annotated[int, Field(ge=1)] | None = None  # a ratio in (0, 1] or a token count
+    keep_sinks: Annotated[int, Field(ge=0)] | None = None
+    keep_recent: Annotated[int, Field(ge=0)] | None = None
+    keep_unit: Literal["token", *UNITS] | None = None
 
     def overrides(self) -> dict:
         return self.model_dump(exclude_none=True)

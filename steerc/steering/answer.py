@@ -74,7 +74,13 @@ class Steerer:
         config = config or self.config
         if not context.strip():
             raise ValueError("the context is empty")
-        prepared, tier = get_method(config.method).prepare(self, context, config, progress)
+        method = get_method(config.method)
+        if config.compacts:
+            from steerc.steering.compaction import prepare_compacted
+
+            prepared, tier = prepare_compacted(self, method, context, config, progress)
+        else:
+            prepared, tier = method.prepare(self, context, config, progress)
         self.last_context = (prepared, self.context_tokens(context)[1])
         return prepared, tier
 
@@ -89,7 +95,7 @@ class Steerer:
         prepared, tier = self.prepare(context, config, progress)
         prepare_s = time.perf_counter() - start if tier == "miss" else 0.0
         query_ids = self.layout.query_ids(config.prefixes[0], query)
-        self.engine.check_length(prepared.length + len(query_ids) + 1, f"the context ({prepared.length} tokens) plus the query ({len(query_ids)} tokens)")
+        self.engine.check_length(prepared.full_length + len(query_ids) + 1, f"the context ({prepared.full_length} tokens) plus the query ({len(query_ids)} tokens)")
         plan = method.plan(self, prepared, context, query, query_ids, config, progress)
         self.last_plan = plan
         if plan.prepared is not None:  # a per-query context (autopasta)
@@ -98,8 +104,10 @@ class Steerer:
         else:
             prepare_s += plan.seconds
         text, run = Detokenizer(self.engine.tokenizer, self.layout.stop + tuple(stop)), StreamRun()
-        steps = generate(self.engine, query_ids[None], cache=plan.kv, steering=plan.steering, max_new_tokens=max_new_tokens, sampling=sampling,
-                         prefill_chunk=self.prefill_chunk)
+        offset = plan.position_offset if plan.position_offset is not None else (plan.prepared or prepared).position_offset
+        todo = plan.query_ids if plan.query_ids is not None else query_ids
+        steps = generate(self.engine, todo[None], cache=plan.kv, steering=plan.steering, max_new_tokens=max_new_tokens, sampling=sampling,
+                         prefill_chunk=self.prefill_chunk, position_offset=offset)
         yield from stream_steps(self.engine, steps, text, run)
         selected = plan.selected
         self.last = SteeredAnswer(text.text.strip(), text.tokens, run.finish, config.method, tier, len(prepared.context_ids), int(selected.any(0).sum()),

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 
 from steerc.settings import _JsonDataclass
 
-__all__ = ["SteerConfig", "METHODS", "STEER_AT", "LAYER_BANDS", "AUTO_LAYERS", "DEFAULT_PREFIXES", "UNITS", "RANK_BY", "band_layers"]
+__all__ = ["SteerConfig", "METHODS", "BLOCK_MASKS", "RETRIEVE_FOR", "STEER_AT", "LAYER_BANDS", "AUTO_LAYERS", "DEFAULT_PREFIXES", "UNITS", "RANK_BY", "band_layers"]
 
 # The steering methods (steerc.steering.methods holds one object per name).
-METHODS = ("none", "query", "llmsteer", "pasta", "autopasta")
+METHODS = ("none", "query", "qllm", "llmsteer", "pasta", "autopasta")
 UNITS = ("auto", "sentence", "paragraph")
+BLOCK_MASKS = ("hard", "soft")
+RETRIEVE_FOR = ("question", "answer")
 RANK_BY = ("attention", "lexical")
 STEER_AT = ("prefill", "decode", "both")
 # Named layer sets that fit any depth: thirds of the stack (for 30 layers: 0-9, 10-19, 20-29).
@@ -71,7 +73,23 @@ class SteerConfig(_JsonDataclass):
     engine's shipped profile, else the middle half of the layers), or by word overlap with
     ``rank_by = lexical``. ``min_share`` > 0 steers only when a unit holds at least that share of
     the score. ``target_share`` in (0, 1) replaces the fixed alpha by, per steered head, the one
-    that lifts the evidence's attention share to it (``alpha`` is then the strongest allowed)."""
+    that lifts the evidence's attention share to it (``alpha`` is then the strongest allowed).
+
+    ``qllm`` (Q-LLM block retrieval, per question): the context is cut into blocks of
+    ``block_size`` tokens; the ``blocks`` whose representative keys best match the question's
+    query vectors are attended to, with the first ``initial`` and the last ``local`` context
+    tokens, the instruction head and the query; the other blocks are dropped (``block_mask =
+    hard``: the question runs on a KV cut down to the kept keys, positions preserved) or get
+    ``log(alpha)`` (``soft``). ``retrieve_for = answer`` (the default, chosen on NQ dev): the
+    question is read once over everything (that call scores the blocks) and only its last token
+    and the answer attend to the retrieved blocks; ``question``: the question is read again over
+    the retrieved blocks only (Q-LLM's form, one more question prefill).
+
+    ``keep`` (every method): store only the KV of the kept context tokens, a ratio in (0, 1] of
+    the context or a count; 1 keeps everything. The kept tokens are the first ``keep_sinks``
+    context tokens, the last ``keep_recent`` and the rest by LLMSteer's dual-prefix importance
+    (``keep_unit``: single tokens, or whole sentences / documents ranked by their mean importance);
+    the instruction head is always kept and every key keeps its original position."""
 
     method: str = "query"
     alpha: float = 0.1
@@ -89,6 +107,16 @@ class SteerConfig(_JsonDataclass):
     rank_by: str = "attention"
     target_share: float = 0.0
     min_share: float = 0.0
+    blocks: int = 4
+    block_size: int = 64
+    initial: int = 16
+    local: int = 64
+    block_mask: str = "hard"
+    retrieve_for: str = "answer"
+    keep: float = 1.0
+    keep_sinks: int = 4
+    keep_recent: int = 0
+    keep_unit: str = "token"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -127,8 +155,22 @@ class SteerConfig(_JsonDataclass):
             raise ValueError("target_share needs the question's attention: use it with rank_by 'attention'")
         if isinstance(self.min_share, bool) or not isinstance(self.min_share, (int, float)) or not 0 <= self.min_share < 1:
             raise ValueError(f"min_share must be in [0, 1) (0 = always steer), got {self.min_share!r}")
-        if self.method == "query" and self.steer_at != "decode":
-            raise ValueError("method 'query' picks its evidence per question, so the stored KV stays plain and the bias applies while the question "
+        for name, low in (("blocks", 1), ("block_size", 4), ("initial", 0), ("local", 0), ("keep_sinks", 0), ("keep_recent", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+        if self.keep_unit not in ("token", *UNITS):
+            raise ValueError(f"keep_unit must be one of {('token', *UNITS)}, got {self.keep_unit!r}")
+        if self.block_mask not in BLOCK_MASKS:
+            raise ValueError(f"block_mask must be one of {BLOCK_MASKS}, got {self.block_mask!r}")
+        if self.retrieve_for not in RETRIEVE_FOR:
+            raise ValueError(f"retrieve_for must be one of {RETRIEVE_FOR}, got {self.retrieve_for!r}")
+        if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) or not math.isfinite(self.keep) or self.keep <= 0:
+            raise ValueError(f"keep must be a ratio in (0, 1] of the context or a token count >= 2, got {self.keep!r}")
+        if self.keep > 1 and self.keep != int(self.keep):
+            raise ValueError(f"keep above 1 is a token count and must be a whole number, got {self.keep!r}")
+        if self.method in ("query", "qllm") and self.steer_at != "decode":
+            raise ValueError(f"method {self.method!r} picks its evidence per question, so the stored KV stays plain and the bias applies while the question "
                              f"is prefilled and decoded: steer_at must be 'decode', got {self.steer_at!r}")
         if self.method == "pasta" and not spans:
             raise ValueError("method 'pasta' needs highlights: character ranges of the context to emphasise (e.g. [[120, 180]]; on the command line --highlight 120:180)")
@@ -158,7 +200,13 @@ class SteerConfig(_JsonDataclass):
     @staticmethod
     def query_fields() -> tuple[str, ...]:
         """Fields only query-time selection reads (never part of a stored entry's key)."""
-        return ("evidence", "unit", "selector", "rank_by", "target_share", "min_share")
+        return ("evidence", "unit", "selector", "rank_by", "target_share", "min_share", "blocks", "initial", "local", "block_mask", "retrieve_for",
+                "block_size", "keep", "keep_sinks", "keep_recent", "keep_unit")
+
+    @property
+    def compacts(self) -> bool:
+        """Whether the stored context keeps only some context tokens' KV."""
+        return self.keep != 1
 
 
 def _pairs(name: str, value) -> tuple[tuple[int, int], ...]:

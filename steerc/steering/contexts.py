@@ -42,7 +42,7 @@ from steerc.stores import ContextStore, StoredContext, context_key
 if TYPE_CHECKING:
     from steerc.steering.methods.base import SteeringMethod
 
-__all__ = ["BuildJob", "PreparedContext", "Progress", "intermediate_keys", "plain_key", "prepare_context", "store_key", "lookup", "locked"]
+__all__ = ["BuildJob", "PreparedContext", "Progress", "get_or_build", "intermediate_keys", "plain_key", "prepare_context", "store_key", "lookup", "locked"]
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,48 @@ class PreparedContext:
     kv: KVCache  # batch 1, Nh + N positions
     selected: np.ndarray  # [L, N] bool (all True when nothing is emphasised)
     importance: np.ndarray  # [passes, L, N] float32 (passes = 0 without an importance pass)
-    bias: np.ndarray  # [L, H, Nh + N] float32, the bias over the stored keys
+    bias: np.ndarray  # [L, H, Nh + N] float32, the bias over the stored keys (a compacted context: over the K kept ones)
     meta: dict = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # method-specific tensors (e.g. query's calibration)
+    positions: np.ndarray | None = None  # [K] int64: original position of each stored key of a compacted context; None: all Nh + N
 
     @property
     def length(self) -> int:
         return self.kv.length
+
+    @property
+    def full_length(self) -> int:
+        """Positions of ``head + context`` (what later tokens' positions continue from)."""
+        return len(self.head_ids) + len(self.context_ids)
+
+    @property
+    def position_offset(self) -> int:
+        """Positions a compacted context dropped (0 when every key is stored)."""
+        return self.full_length - self.kv.length
+
+    def on_stored_keys(self, values: np.ndarray) -> np.ndarray:
+        """``[..., Nh + N]`` over every position -> ``[..., K]`` over the stored keys."""
+        return values if self.positions is None else np.take(values, self.positions, axis=-1)
+
+    def on_all_keys(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        """``[..., K (+ S)]`` over the stored keys (and any later ones) -> ``[..., Nh + N (+ S)]``;
+        dropped positions get ``fill``."""
+        if self.positions is None:
+            return values
+        K = self.kv.length
+        out = np.full((*values.shape[:-1], self.full_length + values.shape[-1] - K), fill, values.dtype)
+        out[..., self.positions] = values[..., :K]
+        out[..., self.full_length :] = values[..., K:]
+        return out
+
+    def compacted(self, positions: np.ndarray) -> "PreparedContext":
+        """This context with only the keys at ``positions`` (original positions, ascending) stored."""
+        from dataclasses import replace
+
+        positions = np.asarray(positions, np.int64)
+        if self.positions is not None:
+            raise ValueError("this context is compacted already")
+        return replace(self, kv=self.kv.take(positions), positions=positions, bias=np.take(self.bias, positions, axis=-1))
 
     @property
     def num_selected(self) -> int:
@@ -80,22 +115,29 @@ class PreparedContext:
         """The stored bias later tokens apply to the stored keys (None when nothing is steered at query time)."""
         if self.config.steer_at == "prefill" or not self.bias.any():
             return None
-        return Steering(self.bias)
+        return Steering(self.bias if self.bias.shape[-1] == self.kv.length else self.on_stored_keys(self.bias))
 
     def to_stored(self) -> StoredContext:
         tensors = {f"kv.{i}": a for i, a in enumerate(self.kv.flat())}
+        if self.kv.keyless:  # shared-attention layout: the layers without keys (absent for a full cache)
+            tensors["kv_keyless"] = np.asarray(self.kv.keyless, np.int64)
         tensors.update(head_ids=self.head_ids, context_ids=self.context_ids, selected=self.selected, importance=self.importance, bias=self.bias)
         tensors.update({f"extra.{k}": v for k, v in self.extras.items()})
+        if self.positions is not None:
+            tensors["positions"] = self.positions
         return StoredContext(tensors, {"config": self.config.to_dict(), **self.meta})
 
     @classmethod
     def from_stored(cls, key: str, entry: StoredContext) -> "PreparedContext":
         t = entry.tensors
-        kv = KVCache.from_flat([t[f"kv.{i}"] for i in range(sum(1 for n in t if n.startswith("kv.")))])
+        kv = KVCache.from_flat([t[f"kv.{i}"] for i in range(sum(1 for n in t if n.startswith("kv.")))], tuple(int(l) for l in t.get("kv_keyless", ())))
         meta = {k: v for k, v in entry.meta.items() if k != "config"}
         extras = {n[len("extra.") :]: v for n, v in t.items() if n.startswith("extra.")}
+        positions = t.get("positions")
+        if positions is not None and (positions.shape != (kv.length,) or (len(positions) and positions.max() >= len(t["head_ids"]) + len(t["context_ids"]))):
+            raise ValueError(f"stored context {key[:12]}… is inconsistent: {len(positions)} key positions for a KV of {kv.length}")
         return cls(key, SteerConfig.from_dict(entry.meta["config"]), t["head_ids"], t["context_ids"], kv, t["selected"], t["importance"], t["bias"],
-                   meta, extras)
+                   meta, extras, positions)
 
 
 def store_key(engine: Engine, heads: list[np.ndarray], context_ids: np.ndarray, fields: dict) -> str:
@@ -119,6 +161,22 @@ def locked(store: ContextStore | None, key: str):
 
 def lookup(store: ContextStore | None, key: str) -> tuple[StoredContext | None, str]:
     return store.lookup(key) if store is not None else (None, "miss")
+
+
+def get_or_build(store: ContextStore | None, key: str, build: Callable[[], StoredContext]) -> tuple[StoredContext, str]:
+    """The entry under ``key`` and its tier, or ``build()``'s, stored, and ``"miss"``; concurrent
+    callers for one new key build it once (the others wait on the key's lock, then hit)."""
+    entry, tier = lookup(store, key)
+    if entry is not None:
+        return entry, tier
+    with locked(store, key):
+        entry, tier = lookup(store, key)
+        if entry is not None:
+            return entry, tier
+        entry = build()
+        if store is not None:
+            store.put(key, entry)
+        return entry, "miss"
 
 
 def intermediate_keys(engine: Engine, heads: list[np.ndarray], context_ids: np.ndarray, window: int) -> list[str]:

@@ -42,7 +42,9 @@ def test_run_llmsteer_then_reuse_from_disk(default_engine, context_file, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [["--method", "none"], ["--method", "pasta", "--highlight", "96:150"], ["--method", "autopasta"],
-                                   ["--method", "llmsteer", "--steer-at", "both", "--alpha", "0.3"], ["--evidence", "2", "--alpha", "0.3"]])
+                                   ["--method", "llmsteer", "--steer-at", "both", "--alpha", "0.3"], ["--evidence", "2", "--alpha", "0.3"],
+                                   ["--method", "qllm", "--block-size", "16", "--blocks", "1", "--local", "8"], ["--method", "none", "--keep", "0.5"],
+                                   ["--method", "query", "--keep", "40"]])
 def test_run_methods(default_engine, context_file, tmp_path, extra):
     result = steerc("run", str(default_engine), "--context", str(context_file), "--query", "Which team won Super Bowl 50?", "--store", "memory", *extra)
     assert result.returncode == 0, result.stderr
@@ -65,6 +67,10 @@ def test_run_refuses_context_longer_than_engine(default_engine, tmp_path):
     (["--layers", "a,b"], "comma-separated list of integers"),
     (["--method", "query", "--evidence", "0"], "evidence (the number of units query steering keeps) must be a whole number >= 1"),
     (["--method", "query", "--rank-by", "lexical", "--target-share", "0.5"], "target_share needs the question's attention"),
+    (["--keep", "0"], "keep must be a ratio in (0, 1] of the context or a token count"),
+    (["--keep", "2.5"], "keep above 1 is a token count and must be a whole number"),
+    (["--method", "qllm", "--blocks", "0"], "blocks must be a whole number >= 1"),
+    (["--method", "qllm", "--steer-at", "both"], "method 'qllm' picks its evidence per question"),
 ])
 def test_run_bad_options_fail_in_one_line(tiny_engine, context_file, extra, message):
     result = steerc("run", str(tiny_engine), "--context", str(context_file), "--query", "q", *extra)
@@ -106,3 +112,17 @@ def test_run_query_shows_its_evidence(default_engine, context_file, tmp_path):
     assert "evidence: sentence 3" in evidence[0] and "The game was played" in evidence[0]
     page_text = page.read_text()
     assert 'class="tok sel"' in page_text and "evidence (sentence 3)" in page_text
+
+
+@pytest.mark.slow
+def test_run_qllm_shows_the_retrieved_blocks(default_engine, context_file):
+    result = steerc("run", str(default_engine), "--context", str(context_file), "--query", "Where was the game played?", "--method", "qllm",
+                    "--block-size", "16", "--blocks", "2", "--local", "8", "--store", "memory")
+    assert result.returncode == 0, result.stderr
+    blocks = [line for line in result.stderr.splitlines() if line.startswith("evidence: block")]
+    assert len(blocks) == 2 and "retrieval score" in blocks[0] and "qllm, steer_at" in result.stderr
+
+
+def test_run_keep_above_the_context_is_refused(tiny_text_engine, context_file):
+    result = steerc("run", str(tiny_text_engine), "--context", str(context_file), "--query", "q", "--method", "none", "--keep", "5000", "--store", "memory")
+    assert result.returncode == 2 and "more than the context's" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -26,7 +26,7 @@ def test_importance_equals_eager_attention_column_sums(arch, shape):
     B, P, S, pad = SHAPES[shape]
     ids, pos, mask, kv = step_inputs(g, B, P, S, pad)
     bias = 2.0 * torch.randn(B, g.num_layers, g.num_heads, P + S, generator=torch.Generator().manual_seed(3))
-    *outputs, importance = run_program(sp.analysis)(ids, pos, mask, kv, bias)
+    *outputs, importance = run_program(sp.analysis)(ids, pos, mask, kv, bias)[: len(sp.outputs) + 1]
     ref = reference_importance(model, ids, pos, mask, kv, bias)
     assert importance.shape == (B, g.num_layers, g.num_heads, P + S)
     keys = mask.bool()[:, None, None, :].expand_as(ref)  # padded keys receive no defined value
@@ -45,25 +45,27 @@ def test_importance_sees_the_steering_bias():
     g = sp.geometry
     ids, pos, mask, kv = step_inputs(g, 1, 0, 8)
     run = run_program(sp.analysis)
-    plain = run(ids, pos, mask, kv, torch.zeros(1, g.num_layers, g.num_heads, 8))[-1]
+    at = len(sp.outputs)  # attn_importance follows the decoder's outputs
+    plain = run(ids, pos, mask, kv, torch.zeros(1, g.num_layers, g.num_heads, 8))[at]
     bias = torch.zeros(1, g.num_layers, g.num_heads, 8)
     bias[..., 2:] = torch.log(torch.tensor(0.05))  # emphasise keys 0 and 1
-    steered = run(ids, pos, mask, kv, bias)[-1]
+    steered = run(ids, pos, mask, kv, bias)[at]
     assert (steered[..., :2].sum(-1) > plain[..., :2].sum(-1) + 0.5).all()
 
 
 def test_structure_adds_one_output_and_keeps_attention_nodes():
     _, sp = steerable("mistral")
-    (report,) = sp.analysis_reports
+    report = sp.analysis_reports[0]
     assert report.name == "capture_attention_importance" and report.outputs_added == (IMPORTANCE_OUTPUT,)
     assert report.sites_per_layer == {0: 1, 1: 1}
     graph = sp.analysis.graph_module.graph
     output = next(n for n in graph.nodes if n.op == "output")
-    assert len(output.args[0]) == len(sp.outputs) + 1 and output.args[0][-1].target == aten.stack.default
+    importance = output.args[0][len(sp.outputs)]
+    assert importance.meta["steerc_output"] == IMPORTANCE_OUTPUT and importance.target == aten.stack.default
     sdpa = [n for n in graph.nodes if n.target == aten.scaled_dot_product_attention.default]
     assert len(sdpa) == 2  # fused attention still computes the outputs
     assert len([n for n in graph.nodes if n.target == aten._softmax.default]) == 2  # the probabilities beside it
-    assert sp.analysis.graph_signature.output_specs[-1].arg.name == output.args[0][-1].name
+    assert sp.analysis.graph_signature.output_specs[len(sp.outputs)].arg.name == importance.name
     # The decoder graph itself is untouched.
     assert not any(n.target == aten.stack.default for n in sp.program.graph_module.graph.nodes)
 

@@ -15,11 +15,12 @@ from steerc.steering.methods.base import Evidence, QueryPlan, SteeringMethod
 from steerc.steering.methods.llmsteer import LLMSteer
 from steerc.steering.methods.none import NoSteering
 from steerc.steering.methods.pasta import Pasta
+from steerc.steering.methods.qllm import QLLM
 from steerc.steering.methods.query import QueryEvidence
 
 __all__ = ["Evidence", "METHODS", "QueryPlan", "SteeringMethod", "get_method"]
 
-_ALL: tuple[SteeringMethod, ...] = (NoSteering(), QueryEvidence(), LLMSteer(), Pasta(), AutoPasta())
+_ALL: tuple[SteeringMethod, ...] = (NoSteering(), QueryEvidence(), QLLM(), LLMSteer(), Pasta(), AutoPasta())
 METHODS: dict[str, SteeringMethod] = {m.name: m for m in _ALL}
 if tuple(METHODS) != CONFIG_METHODS:  # SteerConfig validates names without importing the methods
     raise ImportError(f"steering methods {tuple(METHODS)} and SteerConfig's METHODS {CONFIG_METHODS} disagree")

@@ -42,13 +42,17 @@ class AutoPasta(SteeringMethod):
         start = time.perf_counter()
         engine, layout = steerer.engine, steerer.layout
         ask = layout.query_ids(config.prefixes[0], query, AUTOPASTA_INSTRUCTION)
-        tokens = [int(t[0]) for t in generate(engine, ask[None], cache=prepared.kv, max_new_tokens=KEY_SENTENCE_TOKENS, prefill_chunk=steerer.prefill_chunk)]
+        tokens = [int(t[0]) for t in generate(engine, ask[None], cache=prepared.kv, max_new_tokens=KEY_SENTENCE_TOKENS, prefill_chunk=steerer.prefill_chunk,
+                                              position_offset=prepared.position_offset)]
         sentence = engine.tokenizer.decode([t for t in tokens if t not in engine.eos_token_ids], skip_special_tokens=True).strip()
         span, _score = best_sentence(sentence, context)
         ids, offsets = steerer.context_tokens(context)
         highlight = spans_to_token_mask(offsets, [span], len(context))
         steered, _ = prepare_context(engine, [prepared.head_ids], ids, config, highlight=highlight, base_kv=prepared.kv, store=None,
                                      chunk=steerer.prefill_chunk, progress=progress, method=_PASTA)
+        if prepared.positions is not None:  # a compacted context: the same keys (a steered prefill re-ran the whole context)
+            same = steered.kv.length == prepared.kv.length
+            steered = replace(steered, positions=prepared.positions) if same else steered.compacted(prepared.positions)
         return QueryPlan(steered.kv, steered.query_steering(), steered.selected, key_sentence=context[span[0] : span[1]],
                          seconds=time.perf_counter() - start, prepared=steered)
 

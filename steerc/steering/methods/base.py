@@ -41,11 +41,16 @@ class Evidence:
     """A unit of the context a method chose to emphasise for one query."""
 
     unit: int  # 0-based index among the context's units
-    kind: str  # "sentence" or "paragraph" (a document of a multi-document input)
+    kind: str  # "sentence", "paragraph" (a document of a multi-document input) or "block" (qllm: a block of tokens)
     start: int  # character range in the context
     end: int
-    score: float  # the unit's share of the selector's calibrated attention (or of the lexical score)
+    score: float  # the unit's share of the selector's calibrated attention (or of the lexical score); qllm: its standardised block score
     preview: str  # its first words
+
+    def describe(self) -> str:
+        """One line for people: which unit, how strongly it was picked, its first words."""
+        how = f"retrieval score {self.score:+.2f} (standardised over the blocks)" if self.kind == "block" else f"{self.score:.0%} of the calibrated attention"
+        return f"{self.kind} {self.unit + 1} ({how}): {self.preview!r}"
 
     def to_dict(self) -> dict:
         return {"unit": self.unit, "kind": self.kind, "start": self.start, "end": self.end, "score": round(self.score, 4), "preview": self.preview}
@@ -62,6 +67,8 @@ class QueryPlan:
     key_sentence: str | None = None  # autopasta: the sentence the model named
     seconds: float = 0.0  # per-query work before the answer's own prefill (selector prefill, key-sentence generation)
     prepared: PreparedContext | None = field(default=None, repr=False)  # the context this plan steers, when not the stored one (autopasta)
+    query_ids: np.ndarray | None = None  # the question tokens still to prefill after ``kv`` (None: all of them; qllm may have read some already)
+    position_offset: int | None = None  # positions ``kv`` does not hold (a compacted or cut-down KV); None: the prepared context's
 
 
 class SteeringMethod:
@@ -115,7 +122,7 @@ class SteeringMethod:
     def plan(self, steerer: "Steerer", prepared: PreparedContext, context: str, query: str, query_ids: np.ndarray, config: SteerConfig,
              progress: Progress | None = None) -> QueryPlan:
         """The KV and bias the question is answered with. Default: the stored bias."""
-        return QueryPlan(prepared.kv, prepared.query_steering(), prepared.selected)
+        return QueryPlan(prepared.kv, prepared.query_steering(), prepared.selected, position_offset=prepared.position_offset)
 
     # -- shared helpers --------------------------------------------------------------------------
     @staticmethod

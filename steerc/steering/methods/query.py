@@ -32,7 +32,7 @@ import numpy as np
 from steerc.runtime.generate import positions_for
 from steerc.runtime.steering import Steering
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import PreparedContext, locked, lookup, store_key
+from steerc.steering.contexts import PreparedContext, get_or_build, store_key
 from steerc.steering.evidence import (
     CALIBRATION_QUESTION,
     Units,
@@ -55,14 +55,15 @@ _STOP = frozenset("a an the of in on at to for from by with and or is are was we
                   "that this these those it its as".split())
 
 
-def question_attention(engine, kv, query_ids: np.ndarray) -> np.ndarray:
+def question_attention(engine, kv, query_ids: np.ndarray, position_offset: int = 0) -> np.ndarray:
     """``[L, H, K]``: the mean attention of the rows of ``query_ids`` (prefilled after ``kv``,
-    unsteered, on the analysis graph) to every key; ``K = kv.length + len(query_ids)``."""
+    unsteered, on the analysis graph) to every key; ``K = kv.length + len(query_ids)``.
+    ``position_offset``: positions a compacted ``kv`` dropped."""
     S = len(query_ids)
     mask = np.ones((1, kv.length + S), np.int64)  # [1, P+S]
     g = engine.geometry
     bias = np.zeros((1, g.num_layers, g.num_heads, mask.shape[1]), np.float32)
-    _, _, importance = engine.analyze(np.asarray(query_ids, np.int64)[None], positions_for(mask, S), mask, kv, bias)  # [1, L, H, P+S]
+    _, _, importance = engine.analyze(np.asarray(query_ids, np.int64)[None], positions_for(mask, S, position_offset), mask, kv, bias)  # [1, L, H, P+S]
     return importance[0] / S
 
 
@@ -106,14 +107,7 @@ class QueryEvidence(SteeringMethod):
         head = plain.head_ids
         key = store_key(engine, [head], ids, self.key_fields(config))
         start = time.perf_counter()
-        entry, tier = lookup(store, key)
-        if entry is None:
-            with locked(store, key):
-                entry, tier = lookup(store, key)
-                if entry is None:
-                    entry, tier = self._index(steerer, context, offsets, config, plain), "miss"
-                    if store is not None:
-                        store.put(key, entry)
+        entry, tier = get_or_build(store, key, lambda: self._index(steerer, context, offsets, config, plain))
         t = entry.tensors
         N = len(ids)
         meta = {"prepare_seconds": plain.meta.get("prepare_seconds", 0.0) + (time.perf_counter() - start if tier == "miss" else 0.0),
@@ -144,7 +138,7 @@ class QueryEvidence(SteeringMethod):
         units = Units(prepared.meta.get("unit_kind", "sentence"), prepared.extras["unit_chars"], prepared.extras["unit_tokens"])
         attention = None
         if config.rank_by == "attention":
-            attention = question_attention(engine, prepared.kv, query_ids)  # [L, H, Nh + N + S]
+            attention = prepared.on_all_keys(question_attention(engine, prepared.kv, query_ids, prepared.position_offset))  # [L, H, Nh + N + S]
             selector = config.selector or selector_heads(engine)
             scores = unit_scores(token_scores(attention[..., Nh : Nh + N], prepared.extras["calibration"], selector), units)  # [U]
         else:
@@ -165,5 +159,5 @@ class QueryEvidence(SteeringMethod):
         else:
             log_alpha = float(np.log(config.alpha))
         bias = evidence_bias(keep, Nh, Nh + N, g.num_layers, g.num_heads, log_alpha, pairs)  # [L, H, Nh + N]
-        steering = Steering(bias) if bias.any() else None
+        steering = Steering(prepared.on_stored_keys(bias)) if bias.any() else None
         return QueryPlan(prepared.kv, steering, np.broadcast_to(keep, (g.num_layers, N)).copy(), evidence, seconds=time.perf_counter() - start)

@@ -1,0 +1,136 @@
+"""Speed of attending to fewer context keys: Q-LLM block retrieval (``qllm``) and compacted stored
+contexts (``keep``), each against the plain reused context (``none``) in the same run.
+
+Contexts of 512 and 2048 tokens are built from SQuAD dev passages (``../shared/data``), with one of
+the first passage's questions. Every variant's context is prepared once and held in its store, so
+the timings are of a *reused* context. Interleaved per repeat, medians:
+
+* **time to first token on reuse**: the request (context text and query) to the first answer token;
+* **decode tokens/s**: 64 tokens after the first, forced (no stop token), on the KV and bias the
+  method's plan chose;
+* **share of context keys attended** per decode step (qllm: initial + retrieved blocks + local
+  window; keep: the stored share);
+* compaction only: the **store entry bytes** (the checksummed safetensors a disk or Redis store
+  holds) and, with ``--redis URL``, the **Redis fetch plus verify** time of that entry (the
+  checksum is verified on every read).
+
+Ratios are against ``none`` measured in the same run. Writes JSON and prints markdown tables.
+
+    python tools/bench_sparse_kv.py ENGINE [--contexts 512 2048] [--repeats 5] [--redis redis://127.0.0.1:6379/0] [--out docs/bench/sparse_kv.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from bench_reuse import build_context  # noqa: E402
+
+DECODE_TOKENS = 64
+
+
+def decode_rate(steerer, engine) -> float:
+    """Tokens/s of ``DECODE_TOKENS`` forced decode steps on the last plan's KV and bias."""
+    from steerc.runtime.generate import generate
+
+    plan, prepared = steerer.last_plan, steerer.last_context[0]
+    query_ids = plan.query_ids if plan.query_ids is not None else steerer.layout.query_ids(steerer.config.prefixes[0], steerer.last_query)
+    offset = plan.position_offset if plan.position_offset is not None else prepared.position_offset
+    steps = generate(engine, query_ids[None], cache=plan.kv, steering=plan.steering, max_new_tokens=DECODE_TOKENS + 1, stop_token_ids=set(),
+                     position_offset=offset)
+    next(steps)  # prefill and the first token
+    start = time.perf_counter()
+    count = sum(1 for _ in steps)
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("engine")
+    parser.add_argument("--contexts", type=int, nargs="+", default=[512, 2048])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--keeps", type=float, nargs="+", default=[0.5, 0.25])
+    parser.add_argument("--redis", default=None, help="a Redis URL to time fetch + verify of the stored entries")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "bench" / "sparse_kv.json"))
+    args = parser.parse_args()
+
+    from steerc.runtime import Engine
+    from steerc.steering.answer import Steerer
+    from steerc.steering.config import SteerConfig
+    from steerc.stores import MemoryStore
+    from steerc.stores.base import entry_to_bytes
+
+    engine = Engine.load(args.engine, threads=args.threads)
+    base = SteerConfig(method="none")
+    variants = {"none": base, "qllm": replace(base, method="qllm"), "qllm answer": replace(base, method="qllm", retrieve_for="answer")}
+    variants.update({f"keep {k:g}": replace(base, keep=k) for k in args.keeps})
+    redis = None
+    if args.redis:
+        from steerc.stores.redis import RedisStore
+
+        redis = RedisStore(args.redis, prefix=f"bench:{time.time_ns()}:")
+    rows = []
+    for length in args.contexts:
+        context, query, _ = build_context(engine.tokenizer, length)
+        steerers = {name: Steerer(engine, config, MemoryStore(1 << 34)) for name, config in variants.items()}
+        for s in steerers.values():  # prepare once (the stores then hold the contexts)
+            s.answer(context, query, max_new_tokens=1)
+            s.last_query = query
+        times = {name: {"ttft": [], "decode": [], "fetch": []} for name in variants}
+        shares, entry_bytes = {}, {}
+        for name, s in steerers.items():
+            prepared = s.last_context[0]
+            stored = prepared.to_stored()
+            entry_bytes[name] = len(entry_to_bytes(prepared.key, stored))
+            if redis is not None:
+                redis.put(prepared.key, stored)
+            plan = s.last_plan
+            shares[name] = float(plan.selected[0].mean()) if name.startswith("qllm") else prepared.kv.length / prepared.full_length
+        for _ in range(args.repeats):
+            for name, s in steerers.items():
+                start = time.perf_counter()
+                answer = s.answer(context, query, max_new_tokens=1)
+                times[name]["ttft"].append(time.perf_counter() - start)
+                if answer.cache == "miss":
+                    raise SystemExit(f"{name}: expected a store hit on reuse")
+                times[name]["decode"].append(decode_rate(s, engine))
+                if redis is not None:
+                    key = s.last_context[0].key
+                    start = time.perf_counter()
+                    if redis.get(key) is None:
+                        raise SystemExit(f"{name}: the Redis entry is missing")
+                    times[name]["fetch"].append(time.perf_counter() - start)
+        med = {name: {k: statistics.median(v) if v else None for k, v in t.items()} for name, t in times.items()}
+        none = med["none"]
+        row = {"context_tokens": length, "median": med, "entry_bytes": entry_bytes, "key_share": shares,
+               "ttft_vs_none": {n: m["ttft"] / none["ttft"] for n, m in med.items()},
+               "decode_vs_none": {n: m["decode"] / none["decode"] for n, m in med.items()},
+               "bytes_vs_none": {n: entry_bytes[n] / entry_bytes["none"] for n in med},
+               "fetch_vs_none": {n: m["fetch"] / none["fetch"] for n, m in med.items()} if redis is not None else None}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    result = {"engine": str(args.engine), "machine": platform.processor() or platform.machine(), "threads": args.threads, "repeats": args.repeats,
+              "decode_tokens": DECODE_TOKENS, "variants": {n: c.to_dict() for n, c in variants.items()}, "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print("\n| context | variant | keys attended | TTFT on reuse | x none | decode tok/s | x none | entry MB | x none | Redis fetch+verify | x none |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        for n, m in r["median"].items():
+            fetch = f"{m['fetch'] * 1e3:.1f} ms | {r['fetch_vs_none'][n]:.2f}" if m["fetch"] is not None else "- | -"
+            print(f"| {r['context_tokens']} | {n} | {r['key_share'][n]:.0%} | {m['ttft']:.3f} s | {r['ttft_vs_none'][n]:.2f} | {m['decode']:.1f} | "
+                  f"{r['decode_vs_none'][n]:.2f} | {r['entry_bytes'][n] / 1e6:.1f} | {r['bytes_vs_none'][n]:.2f} | {fetch} |")
+
+
+if __name__ == "__main__":
+    main()
