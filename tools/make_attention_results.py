@@ -6,8 +6,8 @@ Reads (each optional; a missing one is said so on the page):
 * ``docs/results/qllm-dev-nq/sweep.json``: the dev sweep that chose qllm's defaults;
 * ``docs/results/qllm-*-test/`` and ``docs/results/gemma3-270m-qllm-*-test/``: test runs, ``qllm`` vs ``none``;
 * ``docs/results/keep-*-test/``: compacted contexts (``keep 0.5``, ``keep 0.25``) vs ``none``;
-* ``docs/results/shared-*/summary.json``: shared-attention engines paired against the unshared one
-  (``tools/compare_runs.py``);
+* ``docs/results/shared-DATASET@GROUPS/summary.json``: a shared-attention engine (variant ``shared``)
+  paired against the unshared one (``tools/compare_runs.py``);
 * ``docs/bench/sparse_kv.json`` (``tools/bench_sparse_kv.py``) and ``docs/bench/shared_attention.json``
   (``tools/bench_shared_attention.py``): speed ratios measured in one run.
 
@@ -78,7 +78,9 @@ def qllm_section() -> list[str]:
                     continue
                 share = v["mean_selected_per_layer"] / max(none["mean_selected_per_layer"], 1)
                 hit = v.get("evidence_hit_rate")
-                lines.append(f"| {run.name} ({name}) | {v['n']} | {metric} | {100 * none['metrics'][metric]['mean']:.1f} | {100 * v['metrics'][metric]['mean']:.1f} | "
+                cfg = s.get("run", {}).get("variants", {}).get(name, {})
+                how = f"{cfg.get('retrieve_for', '?')}, {cfg.get('block_mask', '?')}" if cfg else name
+                lines.append(f"| {run.name} (retrieve for {how}) | {v['n']} | {metric} | {100 * none['metrics'][metric]['mean']:.1f} | {100 * v['metrics'][metric]['mean']:.1f} | "
                              f"{_fmt(_delta(v, metric))} | {share:.0%} | {'—' if hit is None else f'{hit:.0%}'} |")
         lines.append("")
     else:
@@ -166,43 +168,65 @@ def sparse_speed_table(bench: dict | None) -> list[str]:
 
 
 def shared_section(bench: dict | None) -> list[str]:
+    """Quality from ``docs/results/shared-{dataset}-{groups}/summary.json`` (tools/compare_runs.py, the
+    shared engine labelled ``shared``, the unshared one the baseline) and speed from the bench."""
     lines = ["### Shared attention (`steerc compile --share-attention`)", "",
+             "Layer-pair similarity of the attention maps on SQuAD passages (`tools/attention_similarity.py`), where the groups come from:", "",
              "![layer-pair attention similarity](results/attention_similarity.png)", ""]
-    runs = {p.name: _summary(p) for p in sorted(RESULTS.glob("shared-*")) if p.is_dir() and _summary(p)}
-    points = []
-    if runs:
-        lines += ["| comparison | n | metric | unshared | shared | Δ [95% CI] |", "|---|---|---|---|---|---|"]
-        for name, s in runs.items():
-            m, v = s["primary"], s["variants"]
-            base = v[s["baseline"]]
-            for label, e in v.items():
-                if label == s["baseline"]:
-                    continue
-                d = _delta(e, m)
-                points.append((label, name, d))
-                lines.append(f"| {name} | {e['n']} | {m} | {100 * base['metrics'][m]['mean']:.1f} | {100 * e['metrics'][m]['mean']:.1f} | {_fmt(d)} |")
-        lines.append("")
-    else:
-        lines += ["No shared-attention quality runs found (docs/results/shared-*).", ""]
-    if bench and bench.get("rows"):
-        lines += ["Speed, `tools/bench_shared_attention.py` (ratios against the unshared engine in the same run):", "",
-                  "```", json.dumps(bench["rows"], indent=1)[:4000], "```", ""]
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        speed = {}
-        for row in bench["rows"]:
-            speed.setdefault(row.get("groups_label") or row.get("groups"), row)
-        for label, run, d in points:
-            row = speed.get(label) or {}
-            x = row.get("decode_vs_unshared_2k") or row.get("decode_vs_unshared") or 1.0
-            ax.errorbar(x, d[0], yerr=[[d[0] - d[1]], [d[2] - d[0]]], fmt="o", capsize=3)
-            ax.annotate(f"{label} ({run})", (x, d[0]), textcoords="offset points", xytext=(5, 4), fontsize=7)
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xlabel("decode tokens/s vs the unshared engine")
-        ax.set_ylabel("Δ score vs unshared (points x100)")
-        ax.set_title("Shared attention: speed against quality")
-        lines += [_save(fig, "tradeoff_shared.png"), ""]
-    return lines
+    ratios = {r["groups"]: r for r in (bench or {}).get("ratios", [])}
+    quality: dict[str, dict[str, tuple]] = {}
+    for path in sorted(RESULTS.glob("shared-*")):
+        s = _summary(path)
+        if not s or not path.is_dir():
+            continue
+        dataset, _, groups = path.name[len("shared-"):].partition("@")
+        e = s["variants"].get("shared")
+        if e is not None:
+            quality.setdefault(groups, {})[dataset] = (_delta(e, s["primary"]), e["n"], s["primary"])
+    if not ratios and not quality:
+        return lines + ["No shared-attention measurements found.", ""]
+    contexts = sorted({c["context"] for r in ratios.values() for c in r["per_context"]})
+    datasets = sorted({d for q in quality.values() for d in q})
+    head = ["groups", "shared layers", "KV bytes"] + [f"decode @{c}" for c in contexts] + [f"TTFT @{c}" for c in contexts] + [f"Δ {d}" for d in datasets]
+    lines += ["Speed as ratios against the unshared engine in the same run (`tools/bench_shared_attention.py`, "
+              f"{(bench or {}).get('repeats', '?')} interleaved repeats); quality paired against the unshared engine on the same test questions "
+              "(`tools/compare_runs.py`; * = the interval excludes 0):", "",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for groups in sorted(set(ratios) | set(quality)):
+        r = ratios.get(groups, {})
+        per = {c["context"]: c for c in r.get("per_context", [])}
+        cells = [groups, str(len(r.get("shared_layers", []))) if r else "?", f"{r['kv_bytes_ratio']:.2f}x" if r else "—"]
+        cells += [f"{per[c]['decode_speedup']:.2f}x" if c in per else "—" for c in contexts]
+        cells += [f"{per[c]['ttft_speedup']:.2f}x" if c in per else "—" for c in contexts]
+        for d in datasets:
+            q = quality.get(groups, {}).get(d)
+            cells.append("—" if q is None else f"{_fmt(q[0])} ({q[2]}, n={q[1]})")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for d in datasets:
+        xs, ys, lo, hi, labels = [], [], [], [], []
+        for groups, q in quality.items():
+            if d not in q or groups not in ratios:
+                continue
+            delta = q[d][0]
+            xs.append(ratios[groups]["kv_bytes_ratio"])
+            ys.append(delta[0])
+            lo.append(delta[0] - delta[1])
+            hi.append(delta[2] - delta[0])
+            speed = max(ratios[groups]["per_context"], key=lambda c: c["context"])["decode_speedup"]
+            labels.append(f"{groups} ({speed:.2f}x decode)")
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=3, label=d)
+        for x, y, label in zip(xs, ys, labels):
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("KV bytes per token vs the unshared engine")
+    ax.set_ylabel("Δ score vs unshared (points x100)")
+    ax.invert_xaxis()
+    ax.legend(fontsize=7)
+    ax.set_title("Shared attention: KV saved against quality")
+    return lines + [_save(fig, "tradeoff_shared.png"), ""]
 
 
 def main() -> int:

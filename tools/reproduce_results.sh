@@ -50,3 +50,48 @@ fi
 # 5. Time to first token on reused contexts, then the page and its plots.
 $PY tools/bench_reuse.py "$ENGINE" --out docs/bench/reuse.json
 $PY tools/make_results.py
+
+# 6. Attention rewrites (Q-LLM block retrieval, compacted contexts, shared attention). ENGINE must be
+#    compiled by this steerc (its analysis graph outputs attn_queries); ENGINE4K the same at --max-seq-len 4096.
+ENGINE4K=${ENGINE4K:-}
+SWEEP="$PY tools/sweep.py"
+$SWEEP "$ENGINE" --dataset nq-multidoc --gold-position middle --limit 30 --threads 1 --variants docs/results/qllm-variants.json --out runs/qllm/dev-nq
+$SWEEP "$ENGINE" --dataset squad --limit 60 --threads 1 --variants docs/results/keep-dev-variants.json --out runs/keep/squad-dev
+for pos in middle first last; do
+  $SWEEP "$ENGINE" --split test --dataset nq-multidoc --gold-position $pos --limit 40 --threads 1 --variants docs/results/qllm-test-variants.json \
+      --out runs/qllm/nq-$pos-test
+done
+$SWEEP "$ENGINE" --split test --dataset kv-retrieval --num-keys 25 --limit 40 --max-new-tokens 64 --threads 1 --variants docs/results/qllm-test-variants.json --out runs/qllm/kv25-test
+$SWEEP "$ENGINE" --split test --dataset squad --limit 200 --threads 1 --variants docs/results/qllm-test-variants.json --out runs/qllm/squad-test
+[ -n "$ENGINE4K" ] && $SWEEP "$ENGINE4K" --split test --dataset kv-retrieval --num-keys 75 --limit 20 --max-new-tokens 64 --threads 1 \
+    --variants docs/results/qllm-test-variants.json --out runs/qllm/kv75-test
+if [ -n "$GEMMA" ]; then
+  $SWEEP "$GEMMA" --split test --dataset squad --limit 100 --threads 1 --no-chat --variants docs/results/qllm-gemma-variants.json --out runs/qllm/gemma3-270m-squad-test
+  $SWEEP "$GEMMA" --split test --dataset nq-multidoc --gold-position middle --limit 40 --threads 1 --no-chat --variants docs/results/qllm-gemma-variants.json \
+      --out runs/qllm/gemma3-270m-nq-middle-test
+fi
+$SWEEP "$ENGINE" --split test --dataset squad --limit 200 --threads 1 --variants docs/results/keep-variants.json --out runs/keep/squad-test
+$SWEEP "$ENGINE" --split test --dataset nq-multidoc --gold-position middle --limit 40 --threads 1 --variants docs/results/keep-variants.json --out runs/keep/nq-middle-test
+# Shared attention: the similarity heatmap, engines for the chosen groups, their quality paired against the unshared engine.
+$PY tools/attention_similarity.py
+for g in 23-27 4-8 17-26 12-29; do
+  $STEERC compile -o "$ENGINE-shared-$g" --share-attention $g --force
+  $STEERC eval "$ENGINE-shared-$g" --dataset squad --split test --limit 200 --methods none --max-new-tokens 24 --threads 1 --out runs/shared/squad-$g
+  $PY tools/compare_runs.py --run unshared=runs/keep/squad-test:none --run shared=runs/shared/squad-$g --primary f1 --out "docs/results/shared-squad@$g"
+done
+for g in 23-27 4-8; do
+  $STEERC eval "$ENGINE-shared-$g" --dataset nq-multidoc --gold-position middle --split test --limit 40 --methods none --max-new-tokens 24 --threads 1 \
+      --out runs/shared/nq-middle-$g
+  $PY tools/compare_runs.py --run unshared=runs/qllm/nq-middle-test:none --run shared=runs/shared/nq-middle-$g --primary subspan_em \
+      --out "docs/results/shared-nq-middle@$g"
+done
+# Speed, each against its baseline in one run, then the section of RESULTS.md.
+redis-server --port 6399 --save "" --appendonly no --daemonize yes
+$PY tools/bench_sparse_kv.py "${ENGINE4K:-$ENGINE}" --contexts 512 2048 --repeats 5 --redis redis://127.0.0.1:6399/0
+$PY tools/bench_shared_attention.py --groups 23-27 --groups 4-8 --groups 17-26 --groups 12-29 --baseline "$ENGINE" --contexts 512 2016 --repeats 5
+for d in runs/qllm/*-test runs/qllm/dev-nq runs/keep/*-test runs/keep/squad-dev; do  # e.g. runs/qllm/nq-middle-test -> docs/results/qllm-nq-middle-test
+  target="docs/results/$(basename "$(dirname "$d")")-$(basename "$d")"
+  mkdir -p "$target" && cp "$d"/{sweep.json,run.json,predictions.jsonl} "$target"/
+done
+$PY tools/make_attention_results.py
+$PY tools/make_results.py

@@ -161,7 +161,7 @@ def prepare_compacted(steerer: "Steerer", method: "SteeringMethod", context: str
                                     config.keep_sinks, config.keep_recent)
         positions = np.concatenate([np.arange(len(full.head_ids)), len(full.head_ids) + kept])
         prepared = full.compacted(positions)
-        prepared.key = key
+        prepared.key, prepared.config = key, config  # the entry records the keep setting it was made with
         prepared.meta = {**prepared.meta, "prepare_seconds": time.perf_counter() - start, "kept_keys": int(len(positions)),
                          "full_keys": int(full.full_length)}
         log.info("context %s… compacted to %d of %d keys (keep %s) in %.2f s", key[:12], len(positions), full.full_length, config.keep,

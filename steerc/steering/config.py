@@ -80,10 +80,10 @@ class SteerConfig(_JsonDataclass):
     query vectors are attended to, with the first ``initial`` and the last ``local`` context
     tokens, the instruction head and the query; the other blocks are dropped (``block_mask =
     hard``: the question runs on a KV cut down to the kept keys, positions preserved) or get
-    ``log(alpha)`` (``soft``). ``retrieve_for = answer`` (the default, chosen on NQ dev): the
-    question is read once over everything (that call scores the blocks) and only its last token
-    and the answer attend to the retrieved blocks; ``question``: the question is read again over
-    the retrieved blocks only (Q-LLM's form, one more question prefill).
+    ``log(alpha)`` (``soft``). ``retrieve_for = question`` (the default, Q-LLM's form): the
+    question is read again over the retrieved blocks only (the first read, over everything,
+    scores the blocks); ``answer``: the question is read once over everything and only its last
+    token and the answer attend to the retrieved blocks (no second question prefill).
 
     ``keep`` (every method): store only the KV of the kept context tokens, a ratio in (0, 1] of
     the context or a count; 1 keeps everything. The kept tokens are the first ``keep_sinks``
@@ -112,7 +112,7 @@ class SteerConfig(_JsonDataclass):
     initial: int = 16
     local: int = 64
     block_mask: str = "hard"
-    retrieve_for: str = "answer"
+    retrieve_for: str = "question"
     keep: float = 1.0
     keep_sinks: int = 4
     keep_recent: int = 0

@@ -163,6 +163,23 @@ def test_query_steering_of_a_registered_context_reports_its_evidence(server):
         assert deleted["deleted"] and deleted["entries_removed"] == 2  # the evidence index and the plain KV
 
 
+@pytest.mark.parametrize("fields", [{"method": "none", "keep": 0.5}, {"method": "qllm", "block_size": 16, "blocks": 1, "local": 8}])
+def test_compacted_and_block_retrieval_contexts_register_and_reuse(server, fields):
+    """keep: the registration stores one compacted entry; qllm: a block index beside the plain KV. Both reuse without a prefill."""
+    context = CONTEXT + f" ({fields['method']} test)"
+    with server.client() as c:
+        info = c.post("/v1/contexts", json={"context": context, **fields}).json()
+        assert info["cache"] == "miss" and all(info["config"][k] == v for k, v in fields.items())
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4, "temperature": 0,
+                                                 "steer": {"context_id": info["id"]}}).json()
+        steer = r["steer"]
+        assert steer["cache"] == "memory" and steer["context_prefill_tokens"] == 0 and r["choices"][0]["message"]["content"] is not None
+        if fields["method"] == "qllm":
+            assert len(steer["evidence"]) == 1 and steer["evidence"][0]["kind"] == "block"
+        deleted = c.delete(f"/v1/contexts/{info['id']}").json()
+        assert deleted["deleted"] and deleted["entries_removed"] == (1 if "keep" in fields else 2)
+
+
 def test_steered_streaming_carries_statistics_at_the_end(server):
     with server.client() as c:
         r = c.post("/v1/completions", json={"prompt": [QUESTION, "Who lost?"], "max_tokens": 4, "temperature": 0, "stream": True,

@@ -18,10 +18,10 @@ other blocks are dropped:
   so the question's prefill and every decode step attend to fewer keys;
 * ``soft``: every steered head gets ``log(alpha)`` on the dropped keys (the full KV stays).
 
-``retrieve_for = answer`` (the default: on NQ dev it scored best and costs no second question
-prefill) keeps the scoring call's KV for the question (read once, over everything) and restricts
-its last token and the answer; ``question`` prefills the question again over the kept keys (the
-question and the answer attend to the retrieved blocks, Q-LLM's form). The stored
+``retrieve_for = question`` (the default, Q-LLM's form) prefills the question again over the
+kept keys, so the question and the answer attend to the retrieved blocks; ``answer`` keeps the
+scoring call's KV for the question (read once, over everything) and restricts only its last
+token and the answer, which saves the second question prefill but lost on NQ (docs/RESULTS.md). The stored
 KV is never changed.
 """
 
