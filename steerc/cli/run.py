@@ -41,6 +41,10 @@ def cmd_run(args) -> int:
         console.print(f"[dim]evidence: {e.describe()}[/]")
     if not answer.evidence and get_method(config.method).selects_evidence:
         console.print("[dim]evidence: none chosen with enough confidence (--min-share); answered unsteered[/]")
+    prepared = steerer.last_context[0] if steerer.last_context else None
+    if prepared is not None and prepared.positions is not None:
+        console.print(f"[dim]compacted context (--keep {config.keep:g}): {prepared.kv.length} of {prepared.full_length} keys stored "
+                      f"({prepared.kv.length / prepared.full_length:.0%}, instruction included)[/]")
     console.print(
         f"[dim]{answer.method}, steer_at {config.steer_at}: {answer.selected_per_layer:.0f} of {answer.context_tokens} context tokens selected per layer "
         f"({answer.selected_tokens} on some layer)"

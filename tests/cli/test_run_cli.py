@@ -49,6 +49,7 @@ def test_run_methods(default_engine, context_file, tmp_path, extra):
     result = steerc("run", str(default_engine), "--context", str(context_file), "--query", "Which team won Super Bowl 50?", "--store", "memory", *extra)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() and f"{extra[1] if extra[0] == '--method' else 'query'}, steer_at" in result.stderr
+    assert ("compacted context (--keep" in result.stderr) == ("--keep" in extra)
 
 
 @pytest.mark.slow
