@@ -102,12 +102,21 @@ class QueryEvidence(SteeringMethod):
         bad = [p for p in config.selector if p[0] >= g.num_layers or p[1] >= g.num_heads]
         if bad:
             raise ValueError(f"selector head {list(bad[0])} is outside the engine ({g.num_layers} layers x {g.num_heads} heads)")
-        plain, plain_tier = get_method("none").prepare(steerer, context, replace(config, method="none"), progress)
         ids, offsets = steerer.context_tokens(context)
-        head = plain.head_ids
+        head = np.asarray(steerer.layout.head_ids(config.prefixes[0]), np.int64)
         key = store_key(engine, [head], ids, self.key_fields(config))
         start = time.perf_counter()
-        entry, tier = get_or_build(store, key, lambda: self._index(steerer, context, offsets, config, plain))
+        built: list = []  # (plain, its tier) when this request built the index
+
+        def build() -> StoredContext:
+            # Under the index's lock: the request that builds the index also prepares (or finds) the plain KV,
+            # so concurrent requests for a new context wait once and then hit both entries (lock order: index, then plain).
+            plain, plain_tier = get_method("none").prepare(steerer, context, replace(config, method="none"), progress)
+            built.append((plain, plain_tier))
+            return self._index(steerer, context, offsets, config, plain)
+
+        entry, tier = get_or_build(store, key, build)
+        plain, plain_tier = built[0] if built else get_method("none").prepare(steerer, context, replace(config, method="none"), progress)
         t = entry.tensors
         N = len(ids)
         meta = {"prepare_seconds": plain.meta.get("prepare_seconds", 0.0) + (time.perf_counter() - start if tier == "miss" else 0.0),
