@@ -17,7 +17,7 @@ from torch import fx
 
 from steerc.errors import PassError
 
-__all__ = ["AttentionSite", "SDPA_MASK_ARGS", "SDPA_WITHOUT_MASK", "SOFTMAX_TARGETS", "find_attention_sites", "get_arg", "set_arg"]
+__all__ = ["AttentionSite", "SDPA_MASK_ARGS", "SDPA_WITHOUT_MASK", "SOFTMAX_TARGETS", "find_attention_sites", "get_arg", "set_arg", "sites_by_layer"]
 
 aten = torch.ops.aten
 
@@ -143,3 +143,20 @@ def find_attention_sites(gm: fx.GraphModule, architecture: str = "model") -> lis
         # No module metadata at all (a hand-built graph): sites are layers in graph order.
         sites = [AttentionSite(s.node, s.kind, i, s.mask, s.heads) for i, s in enumerate(sites)]
     return sites
+
+
+def sites_by_layer(gm: fx.GraphModule, num_layers: int, architecture: str = "model") -> tuple[dict[int, AttentionSite], dict[int, int]]:
+    """``(site of each layer, shared layer -> its group's first layer)`` for passes that need one
+    site per layer. After ``share_attention`` a shared layer has no site of its own (it uses its
+    group's first layer's probabilities). Raises when a layer has two sites or the layers with a
+    site plus the shared ones are not exactly ``0 .. num_layers - 1``."""
+    by_layer: dict[int, AttentionSite] = {}
+    for site in find_attention_sites(gm, architecture):
+        if site.layer in by_layer:
+            raise PassError(f"{architecture}: layer {site.layer} has two attention sites ({by_layer[site.layer].node.name}, {site.node.name})")
+        by_layer[site.layer] = site
+    shared = {int(m): g[0] for g in gm.meta.get("steerc_shared_attention", {}).get("groups", ()) for m in g[1:]}
+    if sorted({*by_layer, *shared}) != list(range(num_layers)) or set(by_layer) & set(shared):
+        raise PassError(f"{architecture}: attention sites cover layers {sorted(by_layer)}, expected 0..{num_layers - 1}"
+                        + (f" (shared layers {sorted(shared)})" if shared else ""))
+    return by_layer, shared

@@ -37,7 +37,7 @@ import torch
 from torch import fx
 
 from steerc.errors import PassError
-from steerc.passes.attention_sites import SDPA_MASK_ARGS, AttentionSite, find_attention_sites, get_arg
+from steerc.passes.attention_sites import SDPA_MASK_ARGS, AttentionSite, get_arg, sites_by_layer
 from steerc.passes.graph_ops import call as _call
 from steerc.passes.report import PassReport, SiteReport
 from steerc.settings import _check_int, _JsonDataclass
@@ -128,19 +128,9 @@ def capture_attention_importance(gm: fx.GraphModule, settings: ImportanceSetting
     output = next(n for n in graph.nodes if n.op == "output")
     if any(n.meta.get("steerc_output") == IMPORTANCE_OUTPUT for n in output.args[0] if isinstance(n, fx.Node)):
         raise PassError(f"{settings.architecture}: the graph already outputs '{IMPORTANCE_OUTPUT}': capture_attention_importance was applied twice")
-    sites = find_attention_sites(gm, settings.architecture)
-    by_layer: dict[int, AttentionSite] = {}
-    for site in sites:
-        if site.layer in by_layer:
-            raise PassError(f"{settings.architecture}: layer {site.layer} has two attention sites ({by_layer[site.layer].node.name}, {site.node.name})")
-        by_layer[site.layer] = site
     # Shared attention (share_attention pass): a shared layer has no site of its own and uses
     # its group's first layer's probabilities, so it reports that layer's column sums.
-    shared = {int(l): g[0] for g in gm.meta.get("steerc_shared_attention", {}).get("groups", ()) for l in g[1:]}
-    if sorted({*by_layer, *shared}) != list(range(settings.num_layers)) or set(by_layer) & set(shared):
-        raise PassError(f"{settings.architecture}: attention sites cover layers {sorted(by_layer)}, expected 0..{settings.num_layers - 1}"
-                        + (f" (shared layers {sorted(shared)})" if shared else ""))
-
+    by_layer, shared = sites_by_layer(gm, settings.num_layers, settings.architecture)
     per_layer = []
     for layer in range(settings.num_layers):
         if layer in shared:

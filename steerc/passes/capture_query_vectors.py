@@ -36,7 +36,7 @@ import torch
 from torch import fx
 
 from steerc.errors import PassError
-from steerc.passes.attention_sites import AttentionSite, find_attention_sites
+from steerc.passes.attention_sites import AttentionSite, sites_by_layer
 from steerc.passes.graph_ops import call as _call
 from steerc.passes.report import PassReport, SiteReport
 from steerc.settings import _check_int, _JsonDataclass
@@ -115,16 +115,7 @@ def capture_query_vectors(gm: fx.GraphModule, settings: QueryVectorSettings) -> 
     output = next(n for n in graph.nodes if n.op == "output")
     if any(isinstance(n, fx.Node) and n.meta.get("steerc_output") == QUERY_OUTPUT for n in output.args[0]):
         raise PassError(f"{settings.architecture}: the graph already outputs '{QUERY_OUTPUT}': capture_query_vectors was applied twice")
-    by_layer: dict[int, AttentionSite] = {}
-    for site in find_attention_sites(gm, settings.architecture):
-        if site.layer in by_layer:
-            raise PassError(f"{settings.architecture}: layer {site.layer} has two attention sites ({by_layer[site.layer].node.name}, {site.node.name})")
-        by_layer[site.layer] = site
-    shared = {int(m): g[0] for g in gm.meta.get("steerc_shared_attention", {}).get("groups", ()) for m in g[1:]}
-    if sorted({*by_layer, *shared}) != list(range(settings.num_layers)) or set(by_layer) & set(shared):
-        raise PassError(f"{settings.architecture}: attention sites cover layers {sorted(by_layer)}, expected 0..{settings.num_layers - 1}"
-                        + (f" (shared layers {sorted(shared)})" if shared else ""))
-
+    by_layer, shared = sites_by_layer(gm, settings.num_layers, settings.architecture)
     per_layer = []
     for layer in range(settings.num_layers):
         if layer in shared:
