@@ -74,19 +74,29 @@ def self_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dty
     return result
 
 
-def importance_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 1, groups=()) -> dict:
-    """The analysis graph's ``attn_importance`` against :func:`steerc.reference.reference_importance`
-    on a steered prefill (absolute error; each value is a sum of at most ``prompt_len`` probabilities)."""
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
-    np_dtype = {"fp32": np.float32, "fp16": np.float16}[dtype]
+def _prefill_inputs(g: DecoderGeometry, dtype: str, prompt_len: int, seed: int, groups):
+    """``(generator, ids, positions, mask, empty past)`` of a random one-row prefill; the generator
+    continues the seeded stream (for a bias drawn after the ids)."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, g.vocab_size, (1, prompt_len), generator=gen)
     positions = torch.arange(prompt_len).unsqueeze(0)
     mask = torch.ones(1, prompt_len, dtype=torch.long)
-    past = _past(g, groups, torch_dtype)
+    return gen, ids, positions, mask, _past(g, groups, {"fp32": torch.float32, "fp16": torch.float16}[dtype])
+
+
+def _feed(inputs: list[TensorSpec], dtype: str, ids, positions, mask, past, bias: np.ndarray) -> dict:
+    """The session feed of those inputs (KV in the engine's dtype)."""
+    np_dtype = {"fp32": np.float32, "fp16": np.float16}[dtype]
+    values = [ids.numpy(), positions.numpy(), mask.numpy(), *[t.numpy().astype(np_dtype) for t in past], bias]
+    return dict(zip([s.name for s in inputs], values))
+
+
+def importance_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 1, groups=()) -> dict:
+    """The analysis graph's ``attn_importance`` against :func:`steerc.reference.reference_importance`
+    on a steered prefill (absolute error; each value is a sum of at most ``prompt_len`` probabilities)."""
+    gen, ids, positions, mask, past = _prefill_inputs(g, dtype, prompt_len, seed, groups)
     bias = torch.randn(1, g.num_layers, g.num_heads, prompt_len, generator=gen)
-    feed = [ids.numpy(), positions.numpy(), mask.numpy(), *[t.numpy().astype(np_dtype) for t in past], bias.numpy()]
-    got = session.run(["attn_importance"], dict(zip([s.name for s in inputs], feed)))[0]
+    got = session.run(["attn_importance"], _feed(inputs, dtype, ids, positions, mask, past, bias.numpy()))[0]
     ref = reference_importance(model, ids, positions, mask, past, bias, groups=groups).float().numpy()
     err = float(np.abs(got - ref).max())
     log.info("self-check: attn_importance %.2e (tolerance %.0e)", err, TOLERANCE[dtype])
@@ -102,16 +112,9 @@ def queries_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], 
     against the sharing reference)."""
     if groups:
         return {"skipped": "shared attention: attn_queries has no eager reference; attn_importance is checked against reference_shared_step's sharing"}
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
-    np_dtype = {"fp32": np.float32, "fp16": np.float16}[dtype]
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, g.vocab_size, (1, prompt_len), generator=gen)
-    positions = torch.arange(prompt_len).unsqueeze(0)
-    mask = torch.ones(1, prompt_len, dtype=torch.long)
-    past = _past(g, groups, torch_dtype)
+    _, ids, positions, mask, past = _prefill_inputs(g, dtype, prompt_len, seed, groups)
     bias = np.zeros((1, g.num_layers, g.num_heads, prompt_len), np.float32)
-    feed = [ids.numpy(), positions.numpy(), mask.numpy(), *[t.numpy().astype(np_dtype) for t in past], bias]
-    got = session.run(["attn_queries"], dict(zip([s.name for s in inputs], feed)))[0]
+    got = session.run(["attn_queries"], _feed(inputs, dtype, ids, positions, mask, past, bias))[0]
     ref = reference_queries(model, ids, positions, mask, past).float().numpy()
     err = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-6))
     log.info("self-check: attn_queries %.2e (relative)", err)
