@@ -1,13 +1,14 @@
-"""Atomic text writes: a temporary file beside the target, then a rename, so a reader sees the
-old file or the new one, never a torn one; the temporary file is removed on any failure."""
+"""Atomic writes: a temporary file (or folder) beside the target, then a rename, so a reader
+sees the old one or the new one, never a torn one; the temporary file is removed on any failure."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_text_atomic"]
+__all__ = ["write_text_atomic", "install_folder"]
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -24,3 +25,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def install_folder(tmp: Path, target: Path) -> None:
+    """Rename the finished folder ``tmp`` (beside ``target``) into place; an old ``target`` is
+    moved aside first and removed only afterwards."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

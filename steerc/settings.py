@@ -7,11 +7,17 @@ import json
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS", "check_layer_groups"]
+__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS", "TARGETS", "BACKENDS", "DEVICES", "check_layer_groups"]
 
 DTYPES = ("fp32", "fp16", "bf16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 SUPPORTED_OPSETS = (20, 21, 22, 23)
+# What the ONNX graph is written for: ONNX Runtime, or TensorRT's ONNX parser (its rules are
+# checked and the manifest carries optimization profiles and a trtexec command line).
+TARGETS = ("onnx", "tensorrt")
+# Compiled forms built beside the ONNX engine from the same rewritten ExportedProgram.
+BACKENDS = ("onnx", "aoti", "torch-tensorrt")
+DEVICES = ("cpu", "cuda")
 
 T = TypeVar("T", bound="_JsonDataclass")
 
@@ -93,6 +99,11 @@ class CompileSettings(_JsonDataclass):
     # Shared Attention (arXiv 2407.12866): groups of contiguous layers, e.g. ((20, ..., 29),); the
     # later layers of a group reuse the first one's attention probabilities. () = no sharing.
     share_attention: tuple[tuple[int, ...], ...] = ()
+    target: str = "onnx"
+    # "aoti": also an AOTInductor package (model.pt2) for ``device``; "torch-tensorrt": also a
+    # serialized TensorRT plan (model.plan; CUDA only). The ONNX engine is always written.
+    backend: str = "onnx"
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.opset not in SUPPORTED_OPSETS:
@@ -108,6 +119,16 @@ class CompileSettings(_JsonDataclass):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         object.__setattr__(self, "share_attention", check_layer_groups(self.share_attention))  # lists (JSON) -> tuples
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.backend == "torch-tensorrt" and self.device != "cuda":
+            raise ValueError("backend 'torch-tensorrt' builds a TensorRT plan, which runs on an NVIDIA GPU only: pass --device cuda")
+        if self.target == "tensorrt" and self.dtype == "bf16":
+            raise ValueError("target 'tensorrt' is written in fp16 (default) or fp32; bf16 engines cannot be self-checked on CPU")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-native values (the groups as lists), so a manifest equals its JSON reading."""

@@ -85,12 +85,10 @@ def tiny_engine(tiny_folder, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_text_engine(tmp_path_factory):
-    """A tiny random Llama with the default model's tokenizer (and chat template), compiled:
-    text-level runtime tests (eval, steering over text contexts) without the real weights."""
+def tiny_text_folder(tmp_path_factory):
+    """A tiny random Llama checkpoint with the default model's tokenizer (and chat template)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from steerc.engine import compile_engine
     from steerc.models.loading import _default_gguf
 
     gguf = _default_gguf()
@@ -102,8 +100,17 @@ def tiny_text_engine(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-text")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_text_engine(tiny_text_folder, tmp_path_factory):
+    """The tiny text model compiled: text-level runtime tests (eval, steering over text
+    contexts) without the real weights."""
+    from steerc.engine import compile_engine
+
     out = tmp_path_factory.mktemp("tiny-text-engine") / "engine"
-    compile_engine(str(folder), out, CompileSettings(max_seq_len=384, max_batch=2))
+    compile_engine(str(tiny_text_folder), out, CompileSettings(max_seq_len=384, max_batch=2))
     return out
 
 

@@ -39,3 +39,20 @@ def test_unknown_json_key_is_rejected():
 def test_steering_settings_validation(kwargs):
     with pytest.raises(ValueError):
         SteeringBiasSettings(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"target": "trt"}, "target must be one of"),
+    ({"backend": "tvm"}, "backend must be one of"),
+    ({"device": "tpu"}, "device must be one of"),
+    ({"backend": "torch-tensorrt"}, "--device cuda"),
+    ({"target": "tensorrt", "dtype": "bf16"}, "fp16"),
+])
+def test_deployment_settings_are_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CompileSettings(**kwargs)
+
+
+def test_deployment_settings_round_trip():
+    s = CompileSettings(target="tensorrt", dtype="fp16", backend="aoti", device="cpu")
+    assert CompileSettings.from_json(s.to_json()) == s

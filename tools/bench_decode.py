@@ -7,6 +7,8 @@ Variants, interleaved per repeat so machine noise hits all alike:
 * ``steerc-steered``  the same engine with a random N(0, 1) bias over the prompt keys
 * ``hf-eager``        transformers ``generate``, eager attention
 * ``genai``           onnxruntime-genai on a model its own builder made from the same HF folder
+* ``aoti``, ``aoti-steered``  the same engine's AOTInductor package (``--backend aoti`` at compile)
+                      through the same runtime loop: compiled code against ONNX Runtime
 
 Reported per (context, batch): time to first token (prefill + first token) and decode
 tokens/s (batch x (N-1) tokens over the time from first to last token), medians; then the
@@ -113,6 +115,10 @@ def main() -> None:
     if {"steerc", "steerc-steered"} & set(args.variants):
         runners["steerc"] = lambda ids: run_steerc(engine, ids, args.new_tokens, False)
         runners["steerc-steered"] = lambda ids: run_steerc(engine, ids, args.new_tokens, True)
+    if {"aoti", "aoti-steered"} & set(args.variants):
+        aoti = Engine.load(args.engine, backend="aoti")
+        runners["aoti"] = lambda ids: run_steerc(aoti, ids, args.new_tokens, False)
+        runners["aoti-steered"] = lambda ids: run_steerc(aoti, ids, args.new_tokens, True)
     if "hf-eager" in args.variants:
         hf = load_model(spec, "fp32", "eager").model
         runners["hf-eager"] = lambda ids: run_hf(hf, ids, args.new_tokens)
@@ -160,13 +166,17 @@ def main() -> None:
             ratios.append({"context": context, "batch": batch,
                            "steerc_over_hf_eager": ratio("steerc", "hf-eager", context, batch),
                            "steerc_over_genai": ratio("steerc", "genai", context, batch),
-                           "steered_over_unsteered": ratio("steerc-steered", "steerc", context, batch)})
+                           "steered_over_unsteered": ratio("steerc-steered", "steerc", context, batch),
+                           "aoti_over_onnx": ratio("aoti", "steerc", context, batch),
+                           "aoti_over_onnx_steered": ratio("aoti-steered", "steerc-steered", context, batch),
+                           "aoti_over_onnx_ttft": 1 / ratio("aoti", "steerc", context, batch, key="ttft_s")})
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "engine": str(args.engine), "new_tokens": args.new_tokens,
               "repeats": args.repeats, "genai_note": genai_note, "rows": rows, "ratios": ratios}
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print("\n| context | batch | steerc / HF eager | steerc / genai | steered / unsteered |\n|---|---|---|---|---|")
+    print("\n| context | batch | steerc / HF eager | steerc / genai | steered / unsteered | AOTI / ONNX decode | AOTI / ONNX steered | ONNX TTFT / AOTI TTFT |\n|---|---|---|---|---|---|---|---|")
     for r in ratios:
-        print(f"| {r['context']} | {r['batch']} | {r['steerc_over_hf_eager']:.2f}x | {r['steerc_over_genai']:.2f}x | {r['steered_over_unsteered']:.3f} |")
+        print(f"| {r['context']} | {r['batch']} | {r['steerc_over_hf_eager']:.2f}x | {r['steerc_over_genai']:.2f}x | {r['steered_over_unsteered']:.3f} "
+              f"| {r['aoti_over_onnx']:.2f}x | {r['aoti_over_onnx_steered']:.2f}x | {r['aoti_over_onnx_ttft']:.2f}x |")
     if genai_note:
         print(f"genai: {genai_note}")
 

@@ -16,8 +16,10 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from steerc.cli.check_tensorrt import add_check_tensorrt_parser
     from steerc.cli.compile import add_compile_parser
     from steerc.cli.eval import add_eval_parser
+    from steerc.cli.export_triton import add_export_triton_parser
     from steerc.cli.generate import add_generate_parser
     from steerc.cli.inspect import add_inspect_parser
     from steerc.cli.profile import add_profile_parser
@@ -34,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_parser(sub)
     add_run_parser(sub)
     add_eval_parser(sub)
+    add_export_triton_parser(sub)
     add_profile_parser(sub)
     add_serve_parser(sub)
+    add_check_tensorrt_parser(sub)
     return parser
 
 

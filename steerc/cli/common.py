@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["analysis_line", "rich_console", "verify_line"]
+from pathlib import Path
+
+__all__ = ["analysis_line", "deploy_lines", "rich_console", "verify_line"]
 
 
 def rich_console(stderr: bool = False):
@@ -17,6 +19,9 @@ def verify_line(check: dict) -> str:
     line = f"ONNX Runtime vs eager: prefill {check['prefill_zero_bias_rel_err']:.1e}, steered decode {check['decode_steered_rel_err']:.1e} (tolerance {check['tolerance']:.0e})"
     if "importance" in check:
         line += f"; attn_importance {check['importance']['attn_importance_abs_err']:.1e}"
+    for name, label in (("aoti", "AOTInductor"), ("tensorrt", "TensorRT plan")):
+        if name in check:
+            line += f"; {label} vs eager: prefill {check[name]['prefill_zero_bias_rel_err']:.1e}, steered decode {check[name]['decode_steered_rel_err']:.1e}"
     return line
 
 
@@ -26,3 +31,16 @@ def analysis_line(manifest: dict) -> str:
         return "none (compiled with --no-importance: LLMSteer selection is unavailable)"
     extra = [o["name"] for o in analysis.get("outputs", ()) if o["name"] in ("attn_importance", "attn_queries")] or ["attn_importance"]
     return f"{analysis['model']} outputs {', '.join(extra)} (shares {analysis['data']})"
+
+
+def deploy_lines(manifest: dict, folder) -> str:
+    """The TensorRT target and compiled-backend lines of ``compile`` and ``inspect`` (empty when none)."""
+    lines = ""
+    trt = manifest.get("tensorrt")
+    if trt:
+        names = ", ".join(p["name"] for p in trt["profiles"])
+        lines += f"  tensorrt  step graph passes the TensorRT parser rules ({sum(trt['rewrites'].values())} rewrite(s)); profiles {names}; build a plan: {Path(folder) / trt['trtexec']}\n"
+    for name, entry in (manifest.get("backends") or {}).items():
+        what = entry.get("package") or entry.get("plan")
+        lines += f"  {name:<9} {what} ({entry.get('device', 'cuda')}, built in {entry.get('compile_seconds', 0):.0f} s); run with --backend {name}\n"
+    return lines

@@ -6,7 +6,7 @@ import resource
 import time
 from pathlib import Path
 
-from steerc.cli.common import analysis_line, rich_console, verify_line
+from steerc.cli.common import analysis_line, deploy_lines, rich_console, verify_line
 from steerc.errors import SteercError
 
 __all__ = ["STAGES", "add_compile_parser", "cmd_compile"]
@@ -28,18 +28,22 @@ def cmd_compile(args) -> int:
 
     try:
         groups = parse_share_groups(args.share_attention) if args.share_attention else ()
-        settings = CompileSettings(opset=args.opset, dtype=args.dtype, max_seq_len=args.max_seq_len, max_batch=args.max_batch, attn_implementation=args.attn, verify=not args.no_verify,
-                                   importance=not args.no_importance, share_attention=groups)
+        dtype = args.dtype or ("fp16" if args.target == "tensorrt" else "fp32")  # TensorRT deployments run fp16
+        settings = CompileSettings(opset=args.opset, dtype=dtype, max_seq_len=args.max_seq_len, max_batch=args.max_batch, attn_implementation=args.attn, verify=not args.no_verify,
+                                   importance=not args.no_importance, share_attention=groups, target=args.target, backend=args.backend, device=args.device)
     except ValueError as exc:
         raise SteercError(f"invalid option: {exc}") from None
     console = rich_console()
     model = args.model or DEFAULT_MODEL
-    console.print(f"[bold]steerc compile[/] {model} -> {args.output}  (opset {settings.opset}, {settings.dtype}, max {settings.max_seq_len} tokens)")
-    index = {name: i + 1 for i, name in enumerate(STAGES)}
+    extra = f", target {settings.target}" if settings.target != "onnx" else ""
+    extra += f", backend {settings.backend} ({settings.device})" if settings.backend != "onnx" else ""
+    console.print(f"[bold]steerc compile[/] {model} -> {args.output}  (opset {settings.opset}, {settings.dtype}, max {settings.max_seq_len} tokens{extra})")
+    stages = _stages(settings)
+    index = {name: i + 1 for i, name in enumerate(stages)}
     status = {"live": None}
 
     def listener(event: str, stage: str, seconds: float | None) -> None:
-        tag = f"[{index.get(stage, '?')}/{len(STAGES)}] {stage}"
+        tag = f"[{index.get(stage, '?')}/{len(stages)}] {stage}"
         if event == "start":
             status["live"] = console.status(f"{tag} ...")
             status["live"].start()
@@ -65,10 +69,17 @@ def cmd_compile(args) -> int:
         f"  analysis  {analysis_line(manifest)}\n"
         + (f"  shared    attention groups {', '.join(f'{grp[0]}-{grp[-1]}' for grp in manifest['share_attention']['groups'])} "
            f"({len(manifest['share_attention']['shared_layers'])} layers without Q/K and key cache; no genai_config.json)\n" if manifest.get("share_attention") else "")
+        + deploy_lines(manifest, Path(args.output))
         + f"  verify    {verify_line(manifest['verify'])}\n"
         f"  time      {total:.1f} s total; peak memory {_peak_rss_mib():.0f} MiB"
     )
     return 0
+
+
+def _stages(settings) -> tuple[str, ...]:
+    """The stages this compile runs, in order (a compiled backend adds one after export)."""
+    extra = {"aoti": ("aoti",), "torch-tensorrt": ("tensorrt",)}.get(settings.backend, ())
+    return STAGES[:4] + extra + STAGES[4:]
 
 
 def add_compile_parser(sub) -> None:
@@ -76,7 +87,7 @@ def add_compile_parser(sub) -> None:
     p.add_argument("model", nargs="?", help="hub id (local cache only), local folder, .gguf file, or smollm2-135m-instruct (default)")
     p.add_argument("-o", "--output", required=True, help="engine folder to create")
     p.add_argument("--opset", type=int, default=23, help="ONNX opset (default 23: fused Attention; 20: decomposed)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="weights and KV dtype (default fp32; fp16 with --target tensorrt)")
     p.add_argument("--max-seq-len", type=int, default=2048, help="most tokens (past + new) one call may see")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation to capture")
@@ -85,5 +96,10 @@ def add_compile_parser(sub) -> None:
     p.add_argument("--share-attention", metavar="GROUPS", default=None,
                    help="Shared Attention: layer groups FIRST-LAST, comma-separated (e.g. 20-29 or 20-24,25-29); the later layers of a group "
                    "reuse the first layer's attention probabilities and keep no key cache")
+    p.add_argument("--target", default="onnx", choices=["onnx", "tensorrt"],
+                   help="tensorrt: write the step graph to the TensorRT ONNX parser's rules (checked), with optimization profiles and a trtexec command")
+    p.add_argument("--backend", default="onnx", choices=["onnx", "aoti", "torch-tensorrt"],
+                   help="also build a compiled form of the same program: aoti (AOTInductor package, CPU or CUDA) or torch-tensorrt (a TensorRT plan, CUDA)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device the compiled backend is built for (torch-tensorrt: cuda)")
     p.add_argument("--force", action="store_true", help="replace an existing engine folder")
     p.set_defaults(func=cmd_compile)

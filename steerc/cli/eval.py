@@ -41,6 +41,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--store", default="memory", help="context store: 'memory' (default) or a folder to keep prepared contexts across runs")
     p.add_argument("--no-chat", action="store_true", help="completion-style prompts (base models)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--backend", default="onnx", choices=["onnx", "aoti", "tensorrt"], help="what runs the step graph: ONNX Runtime, the AOTInductor package (--backend aoti at compile) or the TensorRT plan")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_eval)
 
@@ -66,7 +67,7 @@ def cmd_eval(args) -> int:
     name = args.dataset if builtin else Path(args.dataset).name.split(".")[0]
     out = Path(args.out or f"runs/eval/{name}-{split}")
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    engine = Engine.load(args.engine, device=args.device, threads=args.threads)
+    engine = Engine.load(args.engine, device=args.device, threads=args.threads, backend=args.backend)
     info = {"dataset": args.dataset, "split": split, "seed": args.seed, "num_docs": args.num_docs, "gold_position": args.gold_position, "num_keys": args.num_keys}
     profile = check_profile(args, engine)
     if profile is not None:

@@ -28,7 +28,7 @@ def cmd_generate(args) -> int:
         raise SteercError(f"invalid option: {exc}") from None
     if args.max_new_tokens < 1:
         raise SteercError(f"invalid option: --max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    engine = Engine.load(args.engine, device=args.device, threads=args.threads)
+    engine = Engine.load(args.engine, device=args.device, threads=args.threads, backend=args.backend)
     from rich.progress import Progress
 
     progress = Progress(transient=True, console=rich_console(stderr=True))
@@ -76,5 +76,6 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--no-stream", action="store_true", help="print the answer at the end instead of streaming")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--backend", default="onnx", choices=["onnx", "aoti", "tensorrt"], help="what runs the step graph: ONNX Runtime, the AOTInductor package (--backend aoti at compile) or the TensorRT plan")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.set_defaults(func=cmd_generate)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from steerc.cli.common import analysis_line, rich_console, verify_line
+from steerc.cli.common import analysis_line, deploy_lines, rich_console, verify_line
 
 __all__ = ["add_inspect_parser", "cmd_inspect"]
 
@@ -25,6 +25,7 @@ def cmd_inspect(args) -> int:
     console.print(f"  model     {manifest['architecture']} ({manifest['model_type']}), dtype {manifest['dtype']}, max {manifest['max_seq_len']} tokens, batch ≤ {manifest['max_batch']}")
     console.print(f"  geometry  {g['num_layers']} layers, {g['num_heads']} heads, {g['num_kv_heads']} kv heads, head dim {g['head_dim']}, vocab {g['vocab_size']}")
     console.print(f"  backend   {manifest['backend']['name']} opset {manifest['backend']['opset']}: {sum(manifest['backend']['op_counts'].values())} nodes")
+    console.print(deploy_lines(manifest, args.engine), end="")
     console.print(f"  verify    {verify_line(manifest['verify'])}")
     console.print(f"  analysis  {analysis_line(manifest)}")
     console.print("  inputs")

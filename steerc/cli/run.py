@@ -25,7 +25,7 @@ def cmd_run(args) -> int:
         raise SteercError(f"cannot read --context {args.context}: {exc.strerror}") from None
     config = steer_config(args)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    engine = Engine.load(args.engine, device=args.device, threads=args.threads)
+    engine = Engine.load(args.engine, device=args.device, threads=args.threads, backend=args.backend)
     check_profile(args, engine)
     steerer = Steerer(engine, config, open_store(args.store), chat=not args.no_chat)
     bars: dict = {}
@@ -100,5 +100,6 @@ def add_run_parser(sub) -> None:
     p.add_argument("--html", default=None, help="write a page showing the selected tokens and their importance")
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--backend", default="onnx", choices=["onnx", "aoti", "tensorrt"], help="what runs the step graph: ONNX Runtime, the AOTInductor package (--backend aoti at compile) or the TensorRT plan")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_run)

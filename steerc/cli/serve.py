@@ -37,7 +37,7 @@ def cmd_serve(args) -> int:
     except ValueError as exc:
         raise SteercError(f"invalid option: {exc}") from None
     steer_defaults = steer_config(args)
-    engine = Engine.load(args.engine, device=args.device, threads=args.threads)
+    engine = Engine.load(args.engine, device=args.device, threads=args.threads, backend=args.backend)
     check_profile(args, engine)
     store = open_store(settings.kv_store, settings.memory_store_bytes)
     app = create_app(engine, settings, store, steer_defaults)
@@ -70,6 +70,7 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the engine folder's name)")
     p.add_argument("--no-chat", action="store_true", help="do not use the chat template (base models)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--backend", default="onnx", choices=["onnx", "aoti", "tensorrt"], help="what runs the step graph: ONNX Runtime, the AOTInductor package (--backend aoti at compile) or the TensorRT plan")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's log level")
     p.add_argument("--method", default=None, choices=list(METHODS), help="default steering method of requests that send steer without one")

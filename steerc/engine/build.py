@@ -19,13 +19,16 @@ from steerc.backends.onnx import ANALYSIS_FILE, DATA_FILE, MODEL_FILE, create_se
 from steerc.compiler import capture_steerable
 from steerc.engine.genai_config import genai_config
 from steerc.engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, write_json_atomic, write_manifest
+from steerc.atomic import install_folder, write_text_atomic
 from steerc.engine.verify import importance_check, queries_check, self_check
 from steerc.errors import EngineError, require
 from steerc.models import load_model
 from steerc.progress import StageTracker
 from steerc.settings import CompileSettings
 
-__all__ = ["compile_engine"]
+__all__ = ["compile_engine", "TRTEXEC_FILE"]
+
+TRTEXEC_FILE = "trtexec.sh"
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +42,38 @@ def _check_target(out_dir: Path, force: bool) -> None:
         raise EngineError(f"{out_dir} is not empty and is not a steerc engine; refusing to replace it even with --force")
 
 
-def _install(tmp: Path, out_dir: Path) -> None:
-    """Move the finished engine into place; an old engine is removed only afterwards."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _tensorrt_target(model_path: Path, folder: Path, sp, settings: CompileSettings) -> dict:
+    """``--target tensorrt``: rewrite the step graph to the TensorRT parser's rules, check them
+    (a violation fails the compile), write ``trtexec.sh``; returns the manifest entry."""
+    from steerc.tensorrt.check import check_tensorrt
+    from steerc.tensorrt.profiles import optimization_profiles, trtexec_command
+    from steerc.tensorrt.ready import make_tensorrt_ready
+
+    fixes = make_tensorrt_ready(model_path)
+    violations = check_tensorrt(model_path)
+    if violations:
+        lines = "\n  ".join(str(v) for v in violations[:20])
+        raise EngineError(f"the ONNX graph breaks {len(violations)} TensorRT parser rule(s):\n  {lines}\n"
+                          "compile without --target tensorrt for ONNX Runtime, or report the model")
+    profiles = optimization_profiles(sp.inputs, settings.max_batch, settings.max_seq_len)
+    command = trtexec_command(MODEL_FILE, profiles)
+    write_text_atomic(folder / TRTEXEC_FILE, "#!/bin/sh\n# Build a TensorRT plan from this engine's step graph (needs TensorRT >= 10.14 and an NVIDIA GPU).\n"
+                      f'cd "$(dirname "$0")"\n{command} "$@"\n')
+    os.chmod(folder / TRTEXEC_FILE, 0o755)
+    return {"profiles": profiles, "trtexec": TRTEXEC_FILE, "command": command, "rewrites": fixes, "violations": 0,
+            "graph": MODEL_FILE, "note": "only the step graph is meant for TensorRT; analysis.onnx (context preparation) stays on ONNX Runtime"}
+
+
+def _backend_session(folder: Path, name: str, entry: dict, sp):
+    """A runtime session over the compiled form ``name`` just built into ``folder``."""
+    contract = {"backends": {name: entry}, "inputs": [x.to_dict() for x in sp.inputs], "outputs": [x.to_dict() for x in sp.outputs]}
+    if name == "aoti":
+        from steerc.backends.aoti import aoti_session
+
+        return aoti_session(folder, contract, entry["device"])
+    from steerc.backends.tensorrt import tensorrt_session
+
+    return tensorrt_session(folder, contract, "cuda")
 
 
 def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSettings | None = None, force: bool = False, tracker: StageTracker | None = None) -> dict:
@@ -59,6 +85,14 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
     # Fail before minutes of loading and capture, not at the export stage.
     for module in ("onnx", "onnxscript") + (("onnxruntime",) if settings.verify else ()):
         require(module, "the ONNX backend")
+    if settings.backend == "torch-tensorrt":
+        from steerc.backends.tensorrt import require_tensorrt
+
+        require_tensorrt()
+    if settings.backend == "aoti" and settings.device == "cuda":
+        from steerc.backends.aoti import require_cuda
+
+        require_cuda()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
     with tracker.stage("load"):
@@ -75,6 +109,19 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
             if sp.analysis is not None:
                 analysis_path = export_onnx(sp.analysis, tmp, sp.inputs, sp.analysis_outputs, settings.opset, model_file=ANALYSIS_FILE)
                 share_weights(analysis_path, model_path)
+            tensorrt = _tensorrt_target(model_path, tmp, sp, settings) if settings.target == "tensorrt" else None
+        backends = {}
+        # After the ONNX export: building for CUDA moves sp.program's weights to the GPU in place.
+        if settings.backend == "aoti":
+            with tracker.stage("aoti"):
+                from steerc.backends.aoti import build_aoti_package
+
+                backends["aoti"] = build_aoti_package(sp.program, tmp, sp.geometry, sp.inputs, settings.device)
+        elif settings.backend == "torch-tensorrt":
+            with tracker.stage("tensorrt"):
+                from steerc.backends.tensorrt import build_tensorrt_plan
+
+                backends["tensorrt"] = build_tensorrt_plan(sp.program, tmp, sp.geometry, sp.inputs, settings, outputs=sp.outputs)
         with tracker.stage("verify"):
             if not settings.verify:
                 check = {"skipped": "--no-verify"}
@@ -89,6 +136,9 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                     check["importance"] = importance_check(analysis_session, loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups)
                     if any(s.name == "attn_queries" for s in sp.analysis_outputs):
                         check["queries"] = queries_check(analysis_session, loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups)
+                for name, entry in backends.items():  # each compiled form against the same eager reference
+                    check[name] = self_check(_backend_session(tmp, name, entry, sp), loaded.model, sp.geometry, sp.inputs, settings.dtype,
+                                             groups=groups, what=f"the {name} backend ({entry.get('package') or entry.get('plan')})")
         with tracker.stage("write"):
             if loaded.tokenizer is not None:
                 loaded.tokenizer.save_pretrained(tmp)
@@ -111,6 +161,9 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                 "max_batch": settings.max_batch,
                 "settings": settings.to_dict(),
                 "backend": {"name": "onnx", "opset": settings.opset, "model": MODEL_FILE, "data": DATA_FILE, "op_counts": counts},
+                # compiled forms of the same program beside the ONNX engine: {"aoti": {...}} / {"tensorrt": {...}}
+                "backends": backends,
+                "tensorrt": tensorrt,
                 "analysis": None if analysis_path is None else {
                     "model": ANALYSIS_FILE,
                     "data": DATA_FILE,
@@ -144,7 +197,7 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                 "compile_seconds": dict(tracker.timings),
             }
             manifest = write_manifest(tmp, manifest)
-        _install(tmp, out_dir)
+        install_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -36,7 +36,7 @@ def _past(g: DecoderGeometry, groups, dtype=torch.float32) -> list[torch.Tensor]
     return [torch.zeros(1, g.num_kv_heads, 0, g.head_dim, dtype=dtype) for i in range(g.num_layers) for kind in ("key", "value") if not (kind == "key" and i in shared)]
 
 
-def self_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 0, groups=()) -> dict:
+def self_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 0, groups=(), what: str = "the ONNX engine") -> dict:
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
     np_dtype = {"fp32": np.float32, "fp16": np.float16}[dtype]
     gen = torch.Generator().manual_seed(seed)
@@ -68,7 +68,7 @@ def self_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dty
     log.info("self-check: prefill %.2e, steered decode %.2e (tolerance %.0e)", prefill, decode, TOLERANCE[dtype])
     if not (prefill <= TOLERANCE[dtype] and decode <= TOLERANCE[dtype]):
         raise VerificationError(
-            f"the ONNX engine disagrees with the eager model (prefill {prefill:.2e}, steered decode {decode:.2e}, tolerance {TOLERANCE[dtype]:.0e}); "
+            f"{what} disagrees with the eager model (prefill {prefill:.2e}, steered decode {decode:.2e}, tolerance {TOLERANCE[dtype]:.0e}); "
             "this is a steerc bug: rerun with --debug and report it"
         )
     return result

@@ -15,7 +15,7 @@ from steerc.engine.manifest import read_manifest
 from steerc.errors import EngineError, SteercError
 from steerc.runtime.kv_cache import KVCache
 
-__all__ = ["Engine", "ContextTooLongError"]
+__all__ = ["Engine", "ContextTooLongError", "RUNTIME_BACKENDS"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Engine:
         self.keyless_layers: tuple[int, ...] = tuple((manifest.get("share_attention") or {}).get("shared_layers", ()))
         self.eos_token_ids = _eos_ids(folder)
         self.threads: int | None = None
+        self.backend = "onnx"  # what runs the step graph (see load)
         self._analysis = None  # the analysis session, opened on first use (only context preparation needs it)
         self._analysis_lock = threading.Lock()  # sessions run concurrently; opening one happens once
 
@@ -64,12 +65,15 @@ class Engine:
         return any(o.get("name") == "attn_queries" for o in analysis.get("outputs", ()))
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "cpu", threads: int | None = None, check_files: bool = True) -> "Engine":
-        """Check the manifest (format version, every file's sha256) and open a session."""
+    def load(cls, folder: str | Path, device: str = "cpu", threads: int | None = None, check_files: bool = True, backend: str = "onnx") -> "Engine":
+        """Check the manifest (format version, every file's sha256) and open a session on
+        ``backend``: ``onnx`` (ONNX Runtime, always present), ``aoti`` (the AOTInductor package
+        of ``--backend aoti``) or ``tensorrt`` (the plan of ``--backend torch-tensorrt``). The
+        analysis graph (context preparation) runs on ONNX Runtime whatever the backend."""
         folder = Path(folder)
         manifest = read_manifest(folder, check_files=check_files)
         _kv_dtype(folder, manifest)  # refuse before opening a session
-        session = create_session(folder / manifest["backend"]["model"], device=device, threads=threads)
+        session = open_session(folder, manifest, backend, device, threads)
         tokenizer = None
         if manifest.get("tokenizer"):
             from transformers import AutoTokenizer
@@ -77,6 +81,7 @@ class Engine:
             tokenizer = AutoTokenizer.from_pretrained(folder)
         engine = cls(folder, manifest, session, tokenizer, device)
         engine.threads = threads
+        engine.backend = backend
         return engine
 
     def new_cache(self, batch: int) -> KVCache:
@@ -107,6 +112,15 @@ class Engine:
         return logits, KVCache.from_flat(present, self.keyless_layers)
 
 
+    def _analysis_device(self) -> str:
+        """A compiled backend on CUDA keeps the analysis graph on ONNX Runtime's CPU provider
+        unless onnxruntime-gpu is installed (it is optional; the step graph is what runs per token)."""
+        if self.backend == "onnx" or self.device == "cpu":
+            return self.device
+        import onnxruntime
+
+        return "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+
     def analyze(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache, bias: np.ndarray,
                 queries: bool = False):
         """:meth:`forward` on the analysis graph: also returns ``attn_importance [B, L, H, P+S]``,
@@ -119,13 +133,31 @@ class Engine:
                               "block retrieval scores blocks with; recompile it with this steerc (`steerc compile ... --force`)")
         with self._analysis_lock:
             if self._analysis is None:
-                self._analysis = create_session(self.folder / self.manifest["analysis"]["model"], device=self.device, threads=self.threads)
+                self._analysis = create_session(self.folder / self.manifest["analysis"]["model"], device=self._analysis_device(), threads=self.threads)
         feed = self._feed(input_ids, position_ids, attention_mask, cache, bias)
         if queries:
             logits, *present, importance, query_sums = self._analysis.run([*self.output_names, "attn_importance", "attn_queries"], feed)
             return logits, KVCache.from_flat(present, self.keyless_layers), importance, query_sums
         logits, *present, importance = self._analysis.run([*self.output_names, "attn_importance"], feed)
         return logits, KVCache.from_flat(present, self.keyless_layers), importance
+
+
+RUNTIME_BACKENDS = ("onnx", "aoti", "tensorrt")
+
+
+def open_session(folder: Path, manifest: dict, backend: str, device: str, threads: int | None):
+    """The step session of ``backend``; each one has ONNX Runtime's ``run(output_names, feed)``."""
+    if backend == "onnx":
+        return create_session(folder / manifest["backend"]["model"], device=device, threads=threads)
+    if backend == "aoti":
+        from steerc.backends.aoti import aoti_session
+
+        return aoti_session(folder, manifest, device, threads)
+    if backend == "tensorrt":
+        from steerc.backends.tensorrt import tensorrt_session
+
+        return tensorrt_session(folder, manifest, device)
+    raise ValueError(f"backend must be one of {RUNTIME_BACKENDS}, got {backend!r}")
 
 
 def _kv_dtype(folder: Path, manifest: dict):

@@ -1,7 +1,6 @@
 """The engine contract of a shared-attention engine: manifest, I/O names, no genai config,
 the runtime (generate, KV layout, KV files, stores) and its refusal of a cache of another layout."""
 
-import json
 
 import numpy as np
 import pytest
