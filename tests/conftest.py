@@ -1,4 +1,3 @@
-import functools
 import os
 import sys
 from pathlib import Path
@@ -9,50 +8,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from steps import TEST_SETTINGS, assert_step_close, step_inputs, steerable  # noqa: E402,F401  (re-exported for the tests)
 from tiny_models import tiny_model  # noqa: E402
 
-from steerc.compiler import capture_steerable  # noqa: E402
 from steerc.settings import CompileSettings  # noqa: E402
-
-TEST_SETTINGS = CompileSettings(max_seq_len=256, max_batch=8)
-
-
-@functools.lru_cache(maxsize=None)
-def steerable(name: str):
-    """(model, SteerableProgram) for a tiny architecture, captured once per session."""
-    model = tiny_model(name)
-    return model, capture_steerable(model, TEST_SETTINGS)
-
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # GGUF conversions are shared across tests of a session but never touch the user's cache.
     monkeypatch.setenv("STEERC_CACHE", os.environ.get("STEERC_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "steerc-cache"))
-
-
-def step_inputs(g, batch: int, past: int, seq: int, left_pad: int = 0, seed: int = 1):
-    """Random decoder-step inputs; the first row is left-padded by ``left_pad`` positions."""
-    from steerc.capture import example_inputs
-    from steerc.reference import padded_positions
-
-    ids, _, mask, kv = example_inputs(g, torch.float32, batch, past, seq, seed=seed)
-    if left_pad:
-        mask[0, :left_pad] = 0
-    positions = padded_positions(mask, past)
-    return ids, positions, mask, kv
-
-
-def assert_step_close(got, ref, mask: torch.Tensor, seq: int, atol: float = 1e-5):
-    """Compare (logits, present) of a decoder step on the positions that are real tokens:
-    query rows and key positions that left padding masks out carry no defined value."""
-    got_logits, got_present = got
-    ref_logits, ref_present = ref
-    rows = mask[:, -seq:].bool()  # [B, S]
-    torch.testing.assert_close(torch.as_tensor(got_logits)[rows], ref_logits[rows], atol=atol, rtol=0)
-    keys = mask.bool()  # [B, P+S]
-    for g_kv, r_kv in zip(got_present, ref_present):
-        g_kv = torch.as_tensor(g_kv)
-        torch.testing.assert_close(g_kv.transpose(1, 2)[keys], r_kv.transpose(1, 2)[keys], atol=atol, rtol=0)
 
 
 @pytest.fixture(scope="session")

@@ -95,3 +95,11 @@ for d in runs/qllm/*-test runs/qllm/dev-nq runs/keep/*-test runs/keep/squad-dev;
 done
 $PY tools/make_attention_results.py
 $PY tools/make_results.py
+
+# 7. Deployment (docs/BENCHMARKS.md "Compiled backends" and "GPU"): the AOTInductor package against
+# ONNX Runtime on CPU in one run; the TensorRT target checked; the GPU run where a GPU is.
+$STEERC compile -o "$ENGINE-aoti" --backend aoti --force
+$PY tools/bench_decode.py "$ENGINE-aoti" --contexts 128 512 --batches 1 4 --new-tokens 32 --repeats 3 \
+    --variants steerc steerc-steered aoti aoti-steered --out docs/bench/aoti-cpu.json
+$STEERC compile -o "$ENGINE-trt" --target tensorrt --force && $STEERC check-tensorrt "$ENGINE-trt"
+$PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && $PY tools/bench_gpu.py --out docs/bench/gpu.json || echo "no CUDA here: tools/bench_gpu.py not run"

@@ -13,7 +13,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import assert_step_close, step_inputs
+from steps import assert_step_close, step_inputs
 
 from tiny_models import tiny_model
 

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import TEST_SETTINGS, step_inputs, steerable
+from steps import TEST_SETTINGS, step_inputs, steerable
 
 from tiny_models import TINY_MODELS, tiny_model
 
