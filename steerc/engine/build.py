@@ -76,6 +76,18 @@ def _backend_session(folder: Path, name: str, entry: dict, sp):
     return tensorrt_session(folder, contract, "cuda")
 
 
+def _verify_session(model_path: Path, settings: CompileSettings):
+    """The ONNX Runtime session the self-check runs, or a one-line reason it cannot open one."""
+    try:
+        return create_session(model_path)
+    except Exception as exc:
+        if "onnxruntime" not in type(exc).__module__ and "ONNXRuntime" not in str(exc):
+            raise
+        first = str(exc).strip().splitlines()[0][:240]
+        raise EngineError(f"ONNX Runtime's CPU provider cannot load the {settings.dtype} graph for the self-check ({first}); compile with --dtype fp32 "
+                          "(valid with --target tensorrt too), or pass --no-verify to write it unchecked") from None
+
+
 def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSettings | None = None, force: bool = False, tracker: StageTracker | None = None) -> dict:
     """Compile ``model`` (see :func:`steerc.models.resolve_model`) into ``out_dir``; returns the manifest."""
     settings = settings or CompileSettings()
@@ -130,7 +142,7 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                 log.warning("bf16 engine written without the ONNX Runtime self-check (%s)", check["skipped"])
             else:
                 groups = settings.share_attention  # shared attention: checked against reference_shared_step
-                check = self_check(create_session(model_path), loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups)
+                check = self_check(_verify_session(model_path, settings), loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups)
                 if analysis_path is not None:
                     analysis_session = create_session(analysis_path)
                     check["importance"] = importance_check(analysis_session, loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups)

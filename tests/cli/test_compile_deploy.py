@@ -69,3 +69,15 @@ def test_check_tensorrt_passes_on_the_default_model(default_engine, tmp_path):
         result = steerc("check-tensorrt", str(engine))
         assert result.returncode == 0 and "0 violations" in result.stdout, result.stdout + result.stderr
         assert "Attention 30" in result.stdout  # the fused op of every layer was checked
+
+
+def test_fp16_graph_onnx_runtime_cannot_load_is_one_clear_line(tmp_path):
+    """Gemma's fp16 export mixes fp16 activations with an fp32 norm scale, which ONNX Runtime's
+    CPU provider refuses: the compile says so and how to go on, and leaves nothing behind."""
+    from tiny_models import tiny_model
+
+    folder = tmp_path / "gemma3"
+    tiny_model("gemma3").save_pretrained(folder)
+    result = steerc("compile", str(folder), "-o", str(tmp_path / "e"), "--target", "tensorrt", "--max-seq-len", "64", "--max-batch", "2")
+    assert result.returncode != 0 and "--dtype fp32" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "e").exists()
