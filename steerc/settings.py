@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS", "TARGETS", "BACKENDS", "DEVICES", "check_layer_groups"]
+__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS", "TARGETS", "BACKENDS", "DEVICES", "WEIGHTS", "check_layer_groups"]
 
 DTYPES = ("fp32", "fp16", "bf16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -18,6 +18,8 @@ TARGETS = ("onnx", "tensorrt")
 # Compiled forms built beside the ONNX engine from the same rewritten ExportedProgram.
 BACKENDS = ("onnx", "aoti", "torch-tensorrt")
 DEVICES = ("cpu", "cuda")
+# Weights: "full" (in --dtype) or weight-only quantized to ONNX Runtime's MatMulNBits.
+WEIGHTS = ("full", "int8", "int4")
 
 T = TypeVar("T", bound="_JsonDataclass")
 
@@ -104,6 +106,10 @@ class CompileSettings(_JsonDataclass):
     # serialized TensorRT plan (model.plan; CUDA only). The ONNX engine is always written.
     backend: str = "onnx"
     device: str = "cpu"
+    # Weight-only quantization of the ONNX graphs' MatMul weights (activations stay in dtype).
+    weights: str = "full"
+    weight_block: int = 32
+    weight_symmetric: bool = True
 
     def __post_init__(self) -> None:
         if self.opset not in SUPPORTED_OPSETS:
@@ -127,6 +133,20 @@ class CompileSettings(_JsonDataclass):
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.backend == "torch-tensorrt" and self.device != "cuda":
             raise ValueError("backend 'torch-tensorrt' builds a TensorRT plan, which runs on an NVIDIA GPU only: pass --device cuda")
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS}, got {self.weights!r}")
+        _check_int("weight_block", self.weight_block, 16, 4096)
+        if self.weight_block & (self.weight_block - 1):
+            raise ValueError(f"weight_block must be a power of two (16, 32, 64, 128, ...), got {self.weight_block}")
+        if not isinstance(self.weight_symmetric, bool):
+            raise ValueError(f"weight_symmetric must be true or false, got {self.weight_symmetric!r}")
+        if self.weights != "full":
+            if self.target == "tensorrt":
+                raise ValueError(f"weights {self.weights} use ONNX Runtime's MatMulNBits, which TensorRT's parser does not read; use --target onnx")
+            if self.backend != "onnx":
+                raise ValueError(f"weights {self.weights} apply to the ONNX engine only; --backend {self.backend} would compile full-precision weights")
+            if self.dtype == "bf16":
+                raise ValueError(f"weights {self.weights} need --dtype fp32 or fp16 activations (ONNX Runtime's CPU provider has no bf16 MatMulNBits)")
         if self.target == "tensorrt" and self.dtype == "bf16":
             raise ValueError("target 'tensorrt' is written in fp16 (default) or fp32; bf16 engines cannot be self-checked on CPU")
 

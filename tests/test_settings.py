@@ -56,3 +56,8 @@ def test_deployment_settings_are_validated(kwargs, message):
 def test_deployment_settings_round_trip():
     s = CompileSettings(target="tensorrt", dtype="fp16", backend="aoti", device="cpu")
     assert CompileSettings.from_json(s.to_json()) == s
+
+
+def test_weight_settings_round_trip():
+    s = CompileSettings(weights="int4", weight_block=64, weight_symmetric=False)
+    assert CompileSettings.from_json(s.to_json()) == s and CompileSettings().weights == "full"

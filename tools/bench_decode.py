@@ -7,6 +7,8 @@ Variants, interleaved per repeat so machine noise hits all alike:
 * ``steerc-steered``  the same engine with a random N(0, 1) bias over the prompt keys
 * ``hf-eager``        transformers ``generate``, eager attention
 * ``genai``           onnxruntime-genai on a model its own builder made from the same HF folder
+* ``--compare NAME=ENGINE``  another engine folder through the same loop (e.g. ``int4=engines/x-int4``),
+                      unsteered; ratios ``NAME / steerc`` are reported
 * ``aoti``, ``aoti-steered``  the same engine's AOTInductor package (``--backend aoti`` at compile)
                       through the same runtime loop: compiled code against ONNX Runtime
 
@@ -102,6 +104,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=["steerc", "steerc-steered", "hf-eager", "genai"])
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=ENGINE", help="another engine folder to time in the same run")
     parser.add_argument("--workdir", default="bench-work")
     parser.add_argument("--out", default="bench-decode.json")
     args = parser.parse_args()
@@ -119,6 +122,12 @@ def main() -> None:
         aoti = Engine.load(args.engine, backend="aoti")
         runners["aoti"] = lambda ids: run_steerc(aoti, ids, args.new_tokens, False)
         runners["aoti-steered"] = lambda ids: run_steerc(aoti, ids, args.new_tokens, True)
+    compared = []
+    for item in args.compare:
+        name, _, folder = item.partition("=")
+        other = Engine.load(folder)
+        runners[name] = (lambda e: lambda ids: run_steerc(e, ids, args.new_tokens, False))(other)
+        compared.append(name)
     if "hf-eager" in args.variants:
         hf = load_model(spec, "fp32", "eager").model
         runners["hf-eager"] = lambda ids: run_hf(hf, ids, args.new_tokens)
@@ -135,7 +144,7 @@ def main() -> None:
                 runners["genai"] = lambda ids: run_genai(og_model, ids, args.new_tokens)
         except ImportError:
             genai_note = "onnxruntime-genai is not installed (pip install onnxruntime-genai)"
-    runners = {k: v for k, v in runners.items() if k in args.variants}
+    runners = {k: v for k, v in runners.items() if k in args.variants or k in compared}
 
     rows = []
     for context in args.contexts:
@@ -169,7 +178,9 @@ def main() -> None:
                            "steered_over_unsteered": ratio("steerc-steered", "steerc", context, batch),
                            "aoti_over_onnx": ratio("aoti", "steerc", context, batch),
                            "aoti_over_onnx_steered": ratio("aoti-steered", "steerc-steered", context, batch),
-                           "aoti_over_onnx_ttft": 1 / ratio("aoti", "steerc", context, batch, key="ttft_s")})
+                           "aoti_over_onnx_ttft": 1 / ratio("aoti", "steerc", context, batch, key="ttft_s"),
+                           **{f"{n}_over_steerc": ratio(n, "steerc", context, batch) for n in compared},
+                           **{f"{n}_over_steerc_ttft": 1 / ratio(n, "steerc", context, batch, key="ttft_s") for n in compared}})
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "engine": str(args.engine), "new_tokens": args.new_tokens,
               "repeats": args.repeats, "genai_note": genai_note, "rows": rows, "ratios": ratios}
     Path(args.out).write_text(json.dumps(result, indent=2))
@@ -177,6 +188,8 @@ def main() -> None:
     for r in ratios:
         print(f"| {r['context']} | {r['batch']} | {r['steerc_over_hf_eager']:.2f}x | {r['steerc_over_genai']:.2f}x | {r['steered_over_unsteered']:.3f} "
               f"| {r['aoti_over_onnx']:.2f}x | {r['aoti_over_onnx_steered']:.2f}x | {r['aoti_over_onnx_ttft']:.2f}x |")
+    for n in compared:
+        print(f"{n} / steerc decode: " + ", ".join(f"ctx {r['context']} x{r['batch']}: {r[f'{n}_over_steerc']:.2f}x (TTFT {r[f'{n}_over_steerc_ttft']:.2f}x)" for r in ratios))
     if genai_note:
         print(f"genai: {genai_note}")
 

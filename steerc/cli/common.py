@@ -36,6 +36,10 @@ def analysis_line(manifest: dict) -> str:
 def deploy_lines(manifest: dict, folder) -> str:
     """The TensorRT target and compiled-backend lines of ``compile`` and ``inspect`` (empty when none)."""
     lines = ""
+    w = manifest.get("weights") or {}
+    if w.get("scheme") in ("int8", "int4"):
+        lines += (f"  weights   {w['scheme']} MatMulNBits ({w['matmuls']} matmuls, block {w['block_size']}, {'symmetric' if w['symmetric'] else 'asymmetric'}): "
+                  f"{w['data_bytes_before'] / 2**20:.1f} -> {w['data_bytes_after'] / 2**20:.1f} MiB of weights\n")
     trt = manifest.get("tensorrt")
     if trt:
         names = ", ".join(p["name"] for p in trt["profiles"])

@@ -29,13 +29,20 @@ def cmd_compile(args) -> int:
     try:
         groups = parse_share_groups(args.share_attention) if args.share_attention else ()
         dtype = args.dtype or ("fp16" if args.target == "tensorrt" else "fp32")  # TensorRT deployments run fp16
+        weights = args.weights or "full"
+        if weights in ("fp32", "fp16"):  # full-precision weights in that dtype
+            if args.dtype and args.dtype != weights:
+                raise ValueError(f"--weights {weights} contradicts --dtype {args.dtype}; give one of them")
+            dtype, weights = weights, "full"
         settings = CompileSettings(opset=args.opset, dtype=dtype, max_seq_len=args.max_seq_len, max_batch=args.max_batch, attn_implementation=args.attn, verify=not args.no_verify,
-                                   importance=not args.no_importance, share_attention=groups, target=args.target, backend=args.backend, device=args.device)
+                                   importance=not args.no_importance, share_attention=groups, target=args.target, backend=args.backend, device=args.device,
+                                   weights=weights, weight_block=args.weight_block, weight_symmetric=not args.weight_asymmetric)
     except ValueError as exc:
         raise SteercError(f"invalid option: {exc}") from None
     console = rich_console()
     model = args.model or DEFAULT_MODEL
     extra = f", target {settings.target}" if settings.target != "onnx" else ""
+    extra += f", weights {settings.weights} (block {settings.weight_block})" if settings.weights != "full" else ""
     extra += f", backend {settings.backend} ({settings.device})" if settings.backend != "onnx" else ""
     console.print(f"[bold]steerc compile[/] {model} -> {args.output}  (opset {settings.opset}, {settings.dtype}, max {settings.max_seq_len} tokens{extra})")
     stages = _stages(settings)
@@ -101,5 +108,10 @@ def add_compile_parser(sub) -> None:
     p.add_argument("--backend", default="onnx", choices=["onnx", "aoti", "torch-tensorrt"],
                    help="also build a compiled form of the same program: aoti (AOTInductor package, CPU or CUDA) or torch-tensorrt (a TensorRT plan, CUDA)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device the compiled backend is built for (torch-tensorrt: cuda)")
+    p.add_argument("--weights", default=None, choices=["fp32", "fp16", "int8", "int4"],
+                   help="int8/int4: weight-only quantization of every MatMul weight to ONNX Runtime's MatMulNBits (activations stay in --dtype); "
+                   "fp32/fp16: full-precision weights in that dtype")
+    p.add_argument("--weight-block", type=int, default=32, help="input channels per quantization block (power of two >= 16; default 32)")
+    p.add_argument("--weight-asymmetric", action="store_true", help="quantize with a zero point per block (default: symmetric)")
     p.add_argument("--force", action="store_true", help="replace an existing engine folder")
     p.set_defaults(func=cmd_compile)

@@ -20,7 +20,7 @@ from steerc.compiler import capture_steerable
 from steerc.engine.genai_config import genai_config
 from steerc.engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, write_json_atomic, write_manifest
 from steerc.atomic import install_folder, write_text_atomic
-from steerc.engine.verify import importance_check, queries_check, self_check
+from steerc.engine.verify import WEIGHT_TOLERANCE, importance_check, queries_check, self_check
 from steerc.errors import EngineError, require
 from steerc.models import load_model
 from steerc.progress import StageTracker
@@ -76,6 +76,15 @@ def _backend_session(folder: Path, name: str, entry: dict, sp):
     return tensorrt_session(folder, contract, "cuda")
 
 
+def _quantize(path: Path, settings: CompileSettings) -> dict:
+    """``--weights int8|int4``: MatMulNBits weights in ``path``; the manifest entry."""
+    if settings.weights == "full":
+        return {"scheme": "full", "dtype": settings.dtype}
+    from steerc.backends.quantize import quantize_weights
+
+    return quantize_weights(path, settings.weights, settings.weight_block, settings.weight_symmetric)
+
+
 def _verify_session(model_path: Path, settings: CompileSettings):
     """The ONNX Runtime session the self-check runs, or a one-line reason it cannot open one."""
     try:
@@ -116,10 +125,12 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
     try:
         with tracker.stage("export"):
             model_path = export_onnx(sp.program, tmp, sp.inputs, sp.outputs, settings.opset)
+            weights = _quantize(model_path, settings)
             counts = op_counts(model_path)
             analysis_path = None
             if sp.analysis is not None:
                 analysis_path = export_onnx(sp.analysis, tmp, sp.inputs, sp.analysis_outputs, settings.opset, model_file=ANALYSIS_FILE)
+                _quantize(analysis_path, settings)  # deterministic: the same quantized bytes, shared below
                 share_weights(analysis_path, model_path)
             tensorrt = _tensorrt_target(model_path, tmp, sp, settings) if settings.target == "tensorrt" else None
         backends = {}
@@ -142,12 +153,13 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                 log.warning("bf16 engine written without the ONNX Runtime self-check (%s)", check["skipped"])
             else:
                 groups = settings.share_attention  # shared attention: checked against reference_shared_step
-                check = self_check(_verify_session(model_path, settings), loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups)
+                tol = WEIGHT_TOLERANCE.get(settings.weights)  # a quantized engine against the full-precision reference
+                check = self_check(_verify_session(model_path, settings), loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups, tolerance=tol)
                 if analysis_path is not None:
                     analysis_session = create_session(analysis_path)
-                    check["importance"] = importance_check(analysis_session, loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups)
+                    check["importance"] = importance_check(analysis_session, loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups, tolerance=tol)
                     if any(s.name == "attn_queries" for s in sp.analysis_outputs):
-                        check["queries"] = queries_check(analysis_session, loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups)
+                        check["queries"] = queries_check(analysis_session, loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups, tolerance=tol)
                 for name, entry in backends.items():  # each compiled form against the same eager reference
                     check[name] = self_check(_backend_session(tmp, name, entry, sp), loaded.model, sp.geometry, sp.inputs, settings.dtype,
                                              groups=groups, what=f"the {name} backend ({entry.get('package') or entry.get('plan')})")
@@ -175,6 +187,7 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                 "backend": {"name": "onnx", "opset": settings.opset, "model": MODEL_FILE, "data": DATA_FILE, "op_counts": counts},
                 # compiled forms of the same program beside the ONNX engine: {"aoti": {...}} / {"tensorrt": {...}}
                 "backends": backends,
+                "weights": weights,
                 "tensorrt": tensorrt,
                 "analysis": None if analysis_path is None else {
                     "model": ANALYSIS_FILE,

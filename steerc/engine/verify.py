@@ -18,11 +18,16 @@ from steerc.capture.io_spec import DecoderGeometry, TensorSpec
 from steerc.errors import VerificationError
 from steerc.reference import reference_importance, reference_queries, reference_shared_step, reference_step
 
-__all__ = ["self_check", "importance_check", "TOLERANCE"]
+__all__ = ["self_check", "importance_check", "TOLERANCE", "WEIGHT_TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2}  # bf16 is not self-checked on CPU (see engine/build.py)
+# Weight-only quantized engines against the unquantized eager model (relative to the largest
+# logit / query component; importance per query row): about twice the quantization error
+# measured on SmolLM2-135M (int8: prefill 3.6e-2, steered decode 1.9e-2; int4 block 32: 3.4e-1,
+# 1.6e-1). They catch a broken graph, not quality: steerc eval measures that.
+WEIGHT_TOLERANCE = {"int8": 1e-1, "int4": 6e-1}
 
 
 def _rel_err(got: np.ndarray, ref: torch.Tensor) -> float:
@@ -36,7 +41,8 @@ def _past(g: DecoderGeometry, groups, dtype=torch.float32) -> list[torch.Tensor]
     return [torch.zeros(1, g.num_kv_heads, 0, g.head_dim, dtype=dtype) for i in range(g.num_layers) for kind in ("key", "value") if not (kind == "key" and i in shared)]
 
 
-def self_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 0, groups=(), what: str = "the ONNX engine") -> dict:
+def self_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 0, groups=(), what: str = "the ONNX engine", tolerance: float | None = None) -> dict:
+    tol = tolerance if tolerance is not None else TOLERANCE[dtype]
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
     np_dtype = {"fp32": np.float32, "fp16": np.float16}[dtype]
     gen = torch.Generator().manual_seed(seed)
@@ -62,15 +68,14 @@ def self_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dty
     bias = torch.randn(1, g.num_layers, g.num_heads, prompt_len + 1, generator=gen)
     got, ref, _ = run(nxt, [t.float() for t in present], bias)
     decode = _rel_err(got, ref)
-    result = {"prefill_zero_bias_rel_err": prefill, "decode_steered_rel_err": decode, "tolerance": TOLERANCE[dtype], "prompt_len": prompt_len}
+    result = {"prefill_zero_bias_rel_err": prefill, "decode_steered_rel_err": decode, "tolerance": tol, "prompt_len": prompt_len}
     if groups:
         result["reference"] = "reference_shared_step"
-    log.info("self-check: prefill %.2e, steered decode %.2e (tolerance %.0e)", prefill, decode, TOLERANCE[dtype])
-    if not (prefill <= TOLERANCE[dtype] and decode <= TOLERANCE[dtype]):
-        raise VerificationError(
-            f"{what} disagrees with the eager model (prefill {prefill:.2e}, steered decode {decode:.2e}, tolerance {TOLERANCE[dtype]:.0e}); "
-            "this is a steerc bug: rerun with --debug and report it"
-        )
+    log.info("self-check: prefill %.2e, steered decode %.2e (tolerance %.0e)", prefill, decode, tol)
+    if not (prefill <= tol and decode <= tol):
+        cause = ("the weight quantization error is beyond its tolerance: try int8 or a smaller --weight-block" if tolerance is not None
+                 else "this is a steerc bug: rerun with --debug and report it")
+        raise VerificationError(f"{what} disagrees with the eager model (prefill {prefill:.2e}, steered decode {decode:.2e}, tolerance {tol:.0e}); {cause}")
     return result
 
 
@@ -91,25 +96,27 @@ def _feed(inputs: list[TensorSpec], dtype: str, ids, positions, mask, past, bias
     return dict(zip([s.name for s in inputs], values))
 
 
-def importance_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 1, groups=()) -> dict:
+def importance_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 1, groups=(), tolerance: float | None = None) -> dict:
     """The analysis graph's ``attn_importance`` against :func:`steerc.reference.reference_importance`
     on a steered prefill (absolute error; each value is a sum of at most ``prompt_len`` probabilities)."""
+    tol = tolerance if tolerance is not None else TOLERANCE[dtype]
     gen, ids, positions, mask, past = _prefill_inputs(g, dtype, prompt_len, seed, groups)
     bias = torch.randn(1, g.num_layers, g.num_heads, prompt_len, generator=gen)
     got = session.run(["attn_importance"], _feed(inputs, dtype, ids, positions, mask, past, bias.numpy()))[0]
     ref = reference_importance(model, ids, positions, mask, past, bias, groups=groups).float().numpy()
     err = float(np.abs(got - ref).max())
-    log.info("self-check: attn_importance %.2e (tolerance %.0e)", err, TOLERANCE[dtype])
-    if not err <= TOLERANCE[dtype] * prompt_len:
+    log.info("self-check: attn_importance %.2e (tolerance %.0e)", err, tol)
+    if not err <= tol * prompt_len:
         raise VerificationError(f"the analysis graph's attn_importance disagrees with the eager model (max abs error {err:.2e}); this is a steerc bug: rerun with --debug and report it")
-    return {"attn_importance_abs_err": err, "tolerance": TOLERANCE[dtype] * prompt_len}
+    return {"attn_importance_abs_err": err, "tolerance": tol * prompt_len}
 
 
-def queries_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 2, groups=()) -> dict:
+def queries_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, prompt_len: int = 8, seed: int = 2, groups=(), tolerance: float | None = None) -> dict:
     """The analysis graph's ``attn_queries`` against :func:`steerc.reference.reference_queries`
     on a prefill (error relative to the largest query component). Shared-attention engines are
     not checked here (their layers see shared probabilities; ``attn_importance`` is checked
     against the sharing reference)."""
+    tol = tolerance if tolerance is not None else TOLERANCE[dtype]
     if groups:
         return {"skipped": "shared attention: attn_queries has no eager reference; attn_importance is checked against reference_shared_step's sharing"}
     _, ids, positions, mask, past = _prefill_inputs(g, dtype, prompt_len, seed, groups)
@@ -118,6 +125,6 @@ def queries_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], 
     ref = reference_queries(model, ids, positions, mask, past).float().numpy()
     err = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-6))
     log.info("self-check: attn_queries %.2e (relative)", err)
-    if not err <= TOLERANCE[dtype]:
+    if not err <= tol:
         raise VerificationError(f"the analysis graph's attn_queries disagree with the eager model (relative error {err:.2e}); this is a steerc bug: rerun with --debug and report it")
-    return {"attn_queries_rel_err": err, "tolerance": TOLERANCE[dtype]}
+    return {"attn_queries_rel_err": err, "tolerance": tol}

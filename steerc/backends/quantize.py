@@ -1,0 +1,65 @@
+"""Weight-only quantization of an exported ONNX graph with ONNX Runtime's own quantizer.
+
+``--weights int4|int8`` rewrites every ``MatMul`` whose right operand is a constant weight into
+ONNX Runtime's ``com.microsoft::MatMulNBits`` (4 or 8 bits, blocks of ``block_size`` input
+channels, one scale per block, symmetric or with a zero point), through
+``onnxruntime.quantization.matmul_nbits_quantizer``. Activations, the KV cache, attention, the
+steering bias and the analysis outputs stay in the engine's dtype; only the weight bytes shrink,
+which is what a memory-bound decode step reads. Matmuls without a constant weight (attention's
+own) are left alone.
+
+The step graph and the analysis graph are quantized separately with the same settings; the
+quantizer is deterministic, so their quantized weights are byte-identical and
+:func:`steerc.backends.onnx.share_weights` still keeps one copy on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from steerc.errors import require
+
+__all__ = ["WEIGHT_SCHEMES", "quantize_weights"]
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SCHEMES = {"int8": 8, "int4": 4}
+
+
+def quantize_weights(path: Path, scheme: str, block_size: int = 32, symmetric: bool = True) -> dict:
+    """Rewrite ``path`` (and its external data file ``path.name + '.data'``) in place with
+    MatMulNBits weights; returns the manifest entry (scheme, bits, block size, matmuls
+    quantized, weight bytes before and after)."""
+    require("onnxruntime", "weight quantization")
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    if scheme not in WEIGHT_SCHEMES:
+        raise ValueError(f"weight scheme must be one of {sorted(WEIGHT_SCHEMES)}, got {scheme!r}")
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    before = data.stat().st_size if data.is_file() else 0
+    model = onnx.load(str(path))  # with its weights
+    # accuracy_level 4: int8 activations inside the kernel (MLAS's fast path on CPU).
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, accuracy_level=4, bits=WEIGHT_SCHEMES[scheme])
+    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    quantizer.process()
+    quantized = quantizer.model.model
+    count = sum(1 for n in quantized.graph.node if n.op_type == "MatMulNBits")
+    if count == 0:
+        raise RuntimeError(f"{path.name}: no MatMul with a constant weight to quantize")
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.quant-") as tmp:
+        out = Path(tmp) / path.name
+        onnx.save_model(quantized, str(out), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
+        os.replace(Path(tmp) / data.name, data)
+        os.replace(out, path)
+    onnx.checker.check_model(str(path))
+    after = data.stat().st_size
+    log.info("%s: %d MatMul weights quantized to %s (block %d, %s): %.1f -> %.1f MiB", path.name, count, scheme, block_size,
+             "symmetric" if symmetric else "asymmetric", before / 2**20, after / 2**20)
+    return {"scheme": scheme, "bits": WEIGHT_SCHEMES[scheme], "block_size": block_size, "symmetric": symmetric, "op": "com.microsoft::MatMulNBits",
+            "matmuls": count, "data_bytes_before": before, "data_bytes_after": after}

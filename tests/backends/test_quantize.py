@@ -1,0 +1,100 @@
+"""``steerc compile --weights int8|int4``: MatMulNBits weights in both graphs, one weight file,
+parity against the full-precision engine within the scheme's tolerance, and bad settings."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from tiny_models import tiny_model
+
+from steerc.backends.onnx import op_counts
+from steerc.engine import compile_engine
+from steerc.engine.verify import WEIGHT_TOLERANCE
+from steerc.runtime.engine import Engine
+from steerc.runtime.generate import SamplingParams, decode_one_token, generate, prefill
+from steerc.runtime.steering import Steering
+from steerc.settings import CompileSettings
+
+SETTINGS = dict(max_seq_len=64, max_batch=4)
+
+
+def steerc(*args):
+    return subprocess.run([sys.executable, "-m", "steerc.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    """The tiny Llama compiled with full, int8 and int4 weights."""
+    root = tmp_path_factory.mktemp("quant")
+    folder = root / "llama"
+    tiny_model("llama").save_pretrained(folder)
+    out = {}
+    for weights in ("full", "int8", "int4"):
+        out[weights] = root / weights
+        compile_engine(str(folder), out[weights], CompileSettings(**SETTINGS, weights=weights))
+    return out
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_both_graphs_use_matmulnbits_from_one_weight_file(engines, scheme):
+    folder = engines[scheme]
+    manifest = json.loads((folder / "steerc.json").read_text())
+    w = manifest["weights"]
+    assert w["scheme"] == scheme and w["bits"] == {"int8": 8, "int4": 4}[scheme] and w["matmuls"] > 0
+    assert w["data_bytes_after"] < w["data_bytes_before"]
+    for graph in ("model.onnx", "analysis.onnx"):
+        counts = op_counts(folder / graph)
+        assert counts.get("com.microsoft::MatMulNBits", 0) == w["matmuls"]  # every projection and the LM head
+    assert not (folder / "analysis.onnx.data").exists() and "analysis.onnx.data" not in manifest["files"]
+    assert manifest["verify"]["tolerance"] == WEIGHT_TOLERANCE[scheme]
+    assert f"{scheme} MatMulNBits" in steerc("inspect", str(folder)).stdout
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_steered_decode_is_close_to_full_precision(engines, scheme):
+    full, quant = Engine.load(engines["full"]), Engine.load(engines[scheme])
+    g = full.geometry
+    B, S = 2, 9
+    ids = np.random.default_rng(0).integers(0, g.vocab_size, (B, S))
+    mask = np.ones((B, S + 1), np.int64)
+    steering = Steering(np.where(np.random.default_rng(1).random((g.num_layers, g.num_heads, S + 1)) < 0.5, np.log(0.05), 0.0).astype(np.float32))
+    results = []
+    for engine in (full, quant):
+        _, cache = prefill(engine, ids, mask[:, :S], engine.new_cache(B))
+        logits, _ = decode_one_token(engine, ids[:, -1], mask, cache, steering=steering)
+        results.append(logits)
+    err = np.abs(results[1] - results[0]).max() / max(1.0, np.abs(results[0]).max())
+    assert 0 < err <= WEIGHT_TOLERANCE[scheme]  # quantized (not identical), within the scheme's tolerance
+
+
+def test_int8_greedy_tokens_equal_full_precision(engines):
+    prompt = np.array([[5, 17, 99, 3, 42, 7]])
+    tokens = {w: [int(t[0]) for t in generate(Engine.load(engines[w]), prompt, max_new_tokens=10, sampling=SamplingParams(), stop_token_ids=set())]
+              for w in ("full", "int8")}
+    assert tokens["int8"] == tokens["full"]
+
+
+def test_other_architecture_quantizes(tmp_path):
+    folder = tmp_path / "qwen2"
+    tiny_model("qwen2").save_pretrained(folder)
+    manifest = compile_engine(str(folder), tmp_path / "e", CompileSettings(**SETTINGS, weights="int4", weight_block=16, weight_symmetric=False))
+    assert manifest["weights"]["block_size"] == 16 and manifest["weights"]["symmetric"] is False
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"weights": "int2"}, "weights must be one of"),
+    ({"weights": "int4", "weight_block": 24}, "power of two"),
+    ({"weights": "int4", "target": "tensorrt", "dtype": "fp16"}, "TensorRT"),
+    ({"weights": "int8", "backend": "aoti"}, "ONNX engine only"),
+    ({"weights": "int4", "dtype": "bf16"}, "bf16"),
+])
+def test_bad_weight_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CompileSettings(**kwargs)
+
+
+def test_contradicting_weights_and_dtype_is_one_line(tiny_folder, tmp_path):
+    result = steerc("compile", str(tiny_folder), "-o", str(tmp_path / "e"), "--weights", "fp16", "--dtype", "fp32")
+    assert result.returncode == 2 and "contradicts" in result.stderr and "Traceback" not in result.stderr
