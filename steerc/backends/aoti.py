@@ -41,12 +41,12 @@ def _example_args(inputs, geometry, dtype, device: str):
     return (ids.to(device), positions.to(device), mask.to(device), [t.to(device) for t in kv], bias.to(device))
 
 
-def require_cuda() -> None:
-    """Refuse a CUDA package where this torch has no CUDA, before minutes of loading."""
+def require_cuda(what: str = "--backend aoti --device cuda") -> None:
+    """Refuse CUDA work where this torch has no CUDA (at compile: before minutes of loading)."""
     import torch
 
     if not torch.cuda.is_available():
-        raise MissingDependencyError(f"--backend aoti --device cuda needs CUDA PyTorch on a machine with an NVIDIA GPU (this torch {torch.__version__} "
+        raise MissingDependencyError(f"{what} needs CUDA PyTorch on a machine with an NVIDIA GPU (this torch {torch.__version__} "
                                      "sees none); use --device cpu here")
 
 
@@ -61,8 +61,7 @@ def build_aoti_package(program, folder: Path, geometry, inputs, device: str = "c
         require_cuda()
     import torch._inductor
 
-    kv_dtype = next(s.dtype for s in inputs if s.name.startswith("past_key_values."))
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[kv_dtype]
+    dtype = getattr(torch, next(s.dtype for s in inputs if s.name.startswith("past_key_values.")))  # float32 / float16 / bfloat16
     args = _example_args(inputs, geometry, dtype, device)
     if device == "cuda":
         from torch.export.passes import move_to_device_pass
@@ -82,9 +81,8 @@ def load_aoti_step(path: Path, device: str = "cpu", threads: int | None = None):
     import torch
     import torch._inductor
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MissingDependencyError("this AOTInductor package was built for CUDA, which this machine's torch cannot use; "
-                                     "run it where CUDA PyTorch and an NVIDIA GPU are, or compile with --backend aoti --device cpu")
+    if device == "cuda":
+        require_cuda("this AOTInductor package, built for CUDA,")
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -92,11 +90,7 @@ def load_aoti_step(path: Path, device: str = "cpu", threads: int | None = None):
     except Exception as exc:  # a truncated or foreign file; the manifest's sha256 check normally catches it first
         raise EngineError(f"{path} is not a loadable AOTInductor package ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                           "recompile the engine with --backend aoti --force") from None
-
-    def step(ids, positions, mask, kv, bias):
-        return runner(ids, positions, mask, kv, bias)
-
-    return step
+    return runner  # called as runner(ids, positions, mask, kv, bias)
 
 
 def aoti_session(folder: Path, manifest: dict, device: str, threads: int | None = None):

@@ -15,11 +15,11 @@ import tempfile
 from pathlib import Path
 
 import steerc
+from steerc.atomic import install_folder, write_text_atomic
 from steerc.backends.onnx import ANALYSIS_FILE, DATA_FILE, MODEL_FILE, create_session, export_onnx, op_counts, share_weights
 from steerc.compiler import capture_steerable
 from steerc.engine.genai_config import genai_config
 from steerc.engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, write_json_atomic, write_manifest
-from steerc.atomic import install_folder, write_text_atomic
 from steerc.engine.verify import WEIGHT_TOLERANCE, importance_check, queries_check, self_check
 from steerc.errors import EngineError, require
 from steerc.models import load_model
