@@ -46,6 +46,11 @@ class _JsonDataclass:
         return cls.from_dict(json.loads(text))
 
 
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -112,12 +117,9 @@ class CompileSettings(_JsonDataclass):
     weight_symmetric: bool = True
 
     def __post_init__(self) -> None:
-        if self.opset not in SUPPORTED_OPSETS:
-            raise ValueError(f"opset must be one of {SUPPORTED_OPSETS}, got {self.opset!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {self.attn_implementation!r}")
+        _check_choice("opset", self.opset, SUPPORTED_OPSETS)
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         # The capture traces with 5 new tokens after 3 past ones (see capture/export.py).
         _check_int("max_seq_len", self.max_seq_len, 16, 1 << 20)
         _check_int("max_batch", self.max_batch, 2, 4096)
@@ -125,16 +127,12 @@ class CompileSettings(_JsonDataclass):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         object.__setattr__(self, "share_attention", check_layer_groups(self.share_attention))  # lists (JSON) -> tuples
-        if self.target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        _check_choice("target", self.target, TARGETS)
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("device", self.device, DEVICES)
         if self.backend == "torch-tensorrt" and self.device != "cuda":
             raise ValueError("backend 'torch-tensorrt' builds a TensorRT plan, which runs on an NVIDIA GPU only: pass --device cuda")
-        if self.weights not in WEIGHTS:
-            raise ValueError(f"weights must be one of {WEIGHTS}, got {self.weights!r}")
+        _check_choice("weights", self.weights, WEIGHTS)
         _check_int("weight_block", self.weight_block, 16, 4096)
         if self.weight_block & (self.weight_block - 1):
             raise ValueError(f"weight_block must be a power of two (16, 32, 64, 128, ...), got {self.weight_block}")
