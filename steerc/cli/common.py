@@ -38,7 +38,8 @@ def deploy_lines(manifest: dict, folder) -> str:
     lines = ""
     w = manifest.get("weights") or {}
     if w.get("scheme") in ("int8", "int4"):
-        lines += (f"  weights   {w['scheme']} MatMulNBits ({w['matmuls']} matmuls, block {w['block_size']}, {'symmetric' if w['symmetric'] else 'asymmetric'}): "
+        how = "block min/max, minimum exact" if w.get("method") == "minmax" else ("symmetric" if w["symmetric"] else "asymmetric")
+        lines += (f"  weights   {w['scheme']} MatMulNBits ({w['matmuls']} matmuls in {w.get('kernels', w['matmuls'])} kernels, block {w['block_size']}, {how}): "
                   f"{w['data_bytes_before'] / 2**20:.1f} -> {w['data_bytes_after'] / 2**20:.1f} MiB of weights\n")
     trt = manifest.get("tensorrt")
     if trt:

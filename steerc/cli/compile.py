@@ -36,13 +36,13 @@ def cmd_compile(args) -> int:
             dtype, weights = weights, "full"
         settings = CompileSettings(opset=args.opset, dtype=dtype, max_seq_len=args.max_seq_len, max_batch=args.max_batch, attn_implementation=args.attn, verify=not args.no_verify,
                                    importance=not args.no_importance, share_attention=groups, target=args.target, backend=args.backend, device=args.device,
-                                   weights=weights, weight_block=args.weight_block, weight_symmetric=not args.weight_asymmetric)
+                                   weights=weights, weight_block=args.weight_block, weight_symmetric=not args.weight_asymmetric, weight_method=args.weight_method)
     except ValueError as exc:
         raise SteercError(f"invalid option: {exc}") from None
     console = rich_console()
     model = args.model or DEFAULT_MODEL
     extra = f", target {settings.target}" if settings.target != "onnx" else ""
-    extra += f", weights {settings.weights} (block {settings.weight_block})" if settings.weights != "full" else ""
+    extra += f", weights {settings.weights} {settings.resolved_weight_method} (block {settings.weight_block})" if settings.weights != "full" else ""
     extra += f", backend {settings.backend} ({settings.device})" if settings.backend != "onnx" else ""
     console.print(f"[bold]steerc compile[/] {model} -> {args.output}  (opset {settings.opset}, {settings.dtype}, max {settings.max_seq_len} tokens{extra})")
     stages = _stages(settings)
@@ -112,6 +112,9 @@ def add_compile_parser(sub) -> None:
                    help="int8/int4: weight-only quantization of every MatMul weight to ONNX Runtime's MatMulNBits (activations stay in --dtype); "
                    "fp32/fp16: full-precision weights in that dtype")
     p.add_argument("--weight-block", type=int, default=32, help="input channels per quantization block (power of two >= 16; default 32)")
-    p.add_argument("--weight-asymmetric", action="store_true", help="quantize with a zero point per block (default: symmetric)")
+    p.add_argument("--weight-method", default="auto", choices=["auto", "minmax", "rtn"],
+                   help="minmax: each block from its minimum to its maximum, the minimum kept exactly (exact for weights from a Q4_1 GGUF); "
+                   "rtn: ONNX Runtime's round-to-nearest quantizer; auto (default): minmax for int4, rtn for int8")
+    p.add_argument("--weight-asymmetric", action="store_true", help="rtn: quantize with an integer zero point per block (default: symmetric)")
     p.add_argument("--force", action="store_true", help="replace an existing engine folder")
     p.set_defaults(func=cmd_compile)

@@ -82,7 +82,7 @@ def _quantize(path: Path, settings: CompileSettings) -> dict:
         return {"scheme": "full", "dtype": settings.dtype}
     from steerc.backends.quantize import quantize_weights
 
-    return quantize_weights(path, settings.weights, settings.weight_block, settings.weight_symmetric)
+    return quantize_weights(path, settings.weights, settings.weight_block, settings.weight_symmetric, settings.resolved_weight_method)
 
 
 def _verify_session(model_path: Path, settings: CompileSettings):

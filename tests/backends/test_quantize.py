@@ -43,10 +43,11 @@ def test_both_graphs_use_matmulnbits_from_one_weight_file(engines, scheme):
     manifest = json.loads((folder / "steerc.json").read_text())
     w = manifest["weights"]
     assert w["scheme"] == scheme and w["bits"] == {"int8": 8, "int4": 4}[scheme] and w["matmuls"] > 0
+    assert w["method"] == {"int8": "rtn", "int4": "minmax"}[scheme]  # what --weights picks by default
     assert w["data_bytes_after"] < w["data_bytes_before"]
     for graph in ("model.onnx", "analysis.onnx"):
         counts = op_counts(folder / graph)
-        assert counts.get("com.microsoft::MatMulNBits", 0) == w["matmuls"]  # every projection and the LM head
+        assert counts.get("com.microsoft::MatMulNBits", 0) == w["kernels"] <= w["matmuls"]  # minmax fuses q/k/v and gate/up
     assert not (folder / "analysis.onnx.data").exists() and "analysis.onnx.data" not in manifest["files"]
     assert manifest["verify"]["tolerance"] == WEIGHT_TOLERANCE[scheme]
     assert f"{scheme} MatMulNBits" in steerc("inspect", str(folder)).stdout
@@ -76,11 +77,47 @@ def test_int8_greedy_tokens_equal_full_precision(engines):
     assert tokens["int8"] == tokens["full"]
 
 
+def gguf_like(model):
+    """Put every projection weight on a Q4_1 grid (blocks of 32 inputs, fp16 scale and
+    minimum), as transformers loads a Q4_1 GGUF file."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.weight.shape[1] % 32 == 0:
+                w = module.weight.view(module.weight.shape[0], -1, 32)
+                lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+                d = ((hi - lo) / 15).half().float()
+                m = lo.half().float()
+                module.weight.copy_((torch.round((w - m) / d).clamp(0, 15) * d + m).view_as(module.weight))
+    return model
+
+
+def test_int4_minmax_rebuilds_gguf_weights(tmp_path):
+    """A model whose weights came from a Q4_1 GGUF: int4 minmax stores them exactly, so the int4
+    engine's greedy tokens are the full-precision engine's and its logits differ only by the
+    kernel's int8 activations; rtn int4 re-rounds every weight and is further off."""
+    folder = tmp_path / "gguf"
+    gguf_like(tiny_model("llama")).save_pretrained(folder)
+    engines = {}
+    for name, kwargs in {"full": {}, "minmax": {"weights": "int4"}, "rtn": {"weights": "int4", "weight_method": "rtn"}}.items():
+        manifest = compile_engine(str(folder), tmp_path / name, CompileSettings(**SETTINGS, **kwargs, importance=False))  # no analysis graph: faster
+        engines[name] = Engine.load(tmp_path / name)
+    assert manifest["weights"]["method"] == "rtn" and json.loads((tmp_path / "minmax" / "steerc.json").read_text())["weights"]["max_error"] <= 1e-6
+    ids = np.random.default_rng(0).integers(0, 128, (1, 12))
+    logits = {n: prefill(e, ids, np.ones((1, 12), np.int64), e.new_cache(1))[0] for n, e in engines.items()}
+    err = {n: np.abs(logits[n] - logits["full"]).max() for n in ("minmax", "rtn")}
+    assert err["minmax"] < err["rtn"] / 2
+    prompt = np.array([[5, 17, 99, 3, 42, 7]])
+    tokens = {n: [int(t[0]) for t in generate(engines[n], prompt, max_new_tokens=10, sampling=SamplingParams(), stop_token_ids=set())] for n in ("full", "minmax")}
+    assert tokens["minmax"] == tokens["full"]
+
+
 def test_other_architecture_quantizes(tmp_path):
     folder = tmp_path / "qwen2"
     tiny_model("qwen2").save_pretrained(folder)
     manifest = compile_engine(str(folder), tmp_path / "e", CompileSettings(**SETTINGS, weights="int4", weight_block=16, weight_symmetric=False))
-    assert manifest["weights"]["block_size"] == 16 and manifest["weights"]["symmetric"] is False
+    assert manifest["weights"]["block_size"] == 16 and manifest["weights"]["symmetric"] is False and manifest["weights"]["method"] == "rtn"
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -89,6 +126,8 @@ def test_other_architecture_quantizes(tmp_path):
     ({"weights": "int4", "target": "tensorrt", "dtype": "fp16"}, "TensorRT"),
     ({"weights": "int8", "backend": "aoti"}, "ONNX engine only"),
     ({"weights": "int4", "dtype": "bf16"}, "bf16"),
+    ({"weights": "int4", "weight_method": "gptq"}, "weight_method must be one of"),
+    ({"weights": "int4", "weight_method": "minmax", "weight_symmetric": False}, "drop one of them"),
 ])
 def test_bad_weight_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

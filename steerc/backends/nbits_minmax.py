@@ -1,0 +1,174 @@
+"""Block min/max weight quantization with an exact float offset, on ONNX Runtime's MatMulNBits.
+
+Each block of ``block_size`` input channels of a constant MatMul weight ``W [K, N]`` is stored as
+
+    W[k, n] = d[b, n] * q[k, n] + m[b, n]        q in 0 .. 2**bits - 1,  b = k // block_size
+
+with ``m`` the block's minimum and ``d = (max - min) / (2**bits - 1)``: llama.cpp's ``Q4_1``
+(``Q8_1`` at 8 bits). ONNX Runtime's fast MatMulNBits kernels take only integer zero points
+(float zero points fall back to a dequantize path about 20x slower), so the product is split:
+
+    A @ W = MatMulNBits(A, q, d, zero_point=0)  +  blocksum(A) @ m
+
+``blocksum(A) [.., K/block]`` sums ``A`` over each block (one ReduceSum per distinct input,
+shared by e.g. q/k/v); ``m [K/block, N]`` is a small fp32 matrix (1/block of the weight). The
+offset is thus exact, where an integer zero point rounds it by up to half a step for every
+element of the block. Weights that are already on such a grid (a model converted from a Q4_1
+GGUF file, dequantized on load) come back bit for bit up to float rounding.
+
+Inputs ``A`` must have a known rank (shape inference or value_info); ``K`` must be a multiple
+of ``block_size``. Matmuls that do not qualify are left in full precision and counted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["minmax_blocks", "quantize_matmuls_minmax"]
+
+
+def minmax_blocks(w: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``w [K, N]`` -> ``q [N, K/block, block] uint8``, ``d [N, K/block]``, ``m [N, K/block]``
+    with ``w.T`` blockwise equal to ``d * q + m`` up to rounding of ``q``."""
+    k, n = w.shape
+    if k % block_size:
+        raise ValueError(f"K={k} is not a multiple of the block size {block_size}")
+    blocks = w.T.reshape(n, k // block_size, block_size).astype(np.float32)  # [N, nb, bs]
+    lo, hi = blocks.min(-1), blocks.max(-1)
+    levels = (1 << bits) - 1
+    d = (hi - lo) / levels
+    safe = np.where(d > 0, d, 1.0).astype(np.float32)
+    q = np.clip(np.rint((blocks - lo[..., None]) / safe[..., None]), 0, levels).astype(np.uint8)
+    return q, d.astype(np.float32), lo.astype(np.float32)
+
+
+def _pack(q: np.ndarray, bits: int) -> np.ndarray:
+    """``q [N, nb, bs]`` -> MatMulNBits' ``B [N, nb, bs * bits / 8]`` (low nibble first)."""
+    if bits == 8:
+        return q
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+
+
+def _centre(d: np.ndarray, m: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer zero points ``z [N, nb]`` nearest ``-m / d`` and the exact residual offsets
+    ``r = m + z * d``: ``d * q + m == d * (q - z) + r``. The kernel's integer part then holds
+    weights centred on zero (its int8 activations' rounding error does not add up over a block)
+    and only the residual, at most half a step, goes through the float correction."""
+    levels = (1 << bits) - 1
+    safe = np.where(d > 0, d, 1.0)
+    z = np.clip(np.rint(-m / safe), 0, levels).astype(np.uint8)
+    return z, (m + z.astype(np.float32) * d).astype(np.float32)
+
+
+def _pack_zero_points(z: np.ndarray, bits: int) -> np.ndarray:
+    """``z [N, nb]`` -> MatMulNBits' packed zero points ``[N * ceil(nb * bits / 8)]``."""
+    if bits == 8:
+        return z.reshape(-1)
+    if z.shape[1] % 2:
+        z = np.pad(z, ((0, 0), (0, 1)))
+    return (z[:, 0::2] | (z[:, 1::2] << 4)).astype(np.uint8).reshape(-1)
+
+
+def _rank(graph, name: str) -> int | None:
+    for value in (*graph.value_info, *graph.input, *graph.output):
+        if value.name == name and value.type.tensor_type.HasField("shape"):
+            return len(value.type.tensor_type.shape.dim)
+    return None
+
+
+def _eligible(graph, node, inits, block_size: int) -> str | None:
+    """Why ``node`` (a MatMul with a constant right operand) cannot be rewritten, or None."""
+    from onnx import numpy_helper
+
+    w = numpy_helper.to_array(inits[node.input[1]]) if inits[node.input[1]].data_type in (1, 10) else None  # float, float16
+    if w is None or w.ndim != 2:
+        return f"weight {list(inits[node.input[1]].dims)} is not a 2-D float32 or float16 matrix"
+    if w.shape[0] % block_size:
+        return f"K={w.shape[0]} is not a multiple of the block size {block_size}"
+    rank = _rank(graph, node.input[0])
+    if rank is None or rank < 2:
+        return "the input's rank is unknown"
+    return None
+
+
+def quantize_matmuls_minmax(model, bits: int, block_size: int, accuracy_level: int = 4) -> dict:
+    """Rewrite ``model`` (an ``onnx.ModelProto`` with its weights loaded) in place.
+
+    MatMuls that read the same input with weights of the same ``K`` (q/k/v, gate/up) become
+    one MatMulNBits over the concatenated weights, one offset MatMul and one Split: fewer,
+    larger kernel calls for a decode step. Returns ``matmuls`` (rewritten), ``kernels``
+    (MatMulNBits nodes), ``skipped`` (name -> why) and ``max_error`` (largest absolute
+    difference between a rebuilt weight and the original)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    groups: dict[tuple[str, int], list] = {}
+    skipped = {}
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or node.input[1] not in inits:
+            continue
+        if node.input[1].endswith(".nbits.offset"):
+            continue  # an offset correction of an earlier run, not a weight
+        why = _eligible(graph, node, inits, block_size)
+        if why:
+            skipped[node.name or node.input[1]] = why
+            continue
+        groups.setdefault((node.input[0], int(inits[node.input[1]].dims[0])), []).append(node)
+    first = {id(members[0]): key for key, members in groups.items()}
+    grouped = {id(n) for members in groups.values() for n in members}
+    new_nodes, new_inits, max_error = [], [], 0.0
+    for node in graph.node:
+        if id(node) not in grouped:
+            new_nodes.append(node)
+            continue
+        if id(node) not in first:
+            continue  # emitted with its group
+        (a, k), members = first[id(node)], groups[first[id(node)]]
+        nb = k // block_size
+        parts = []
+        for member in members:
+            w = numpy_helper.to_array(inits[member.input[1]]).astype(np.float32)
+            q, d, m = minmax_blocks(w, bits, block_size)
+            z, r = _centre(d, m, bits)
+            rebuilt = d[..., None] * (q.astype(np.float32) - z[..., None]) + r[..., None]
+            max_error = max(max_error, float(np.abs(rebuilt - w.T.reshape(w.shape[1], nb, block_size)).max()))
+            parts.append((q, d, z, r))
+            consumers[member.input[1]] -= 1
+        n = sum(p[0].shape[0] for p in parts)
+        dtype = np.float16 if inits[members[0].input[1]].data_type == 10 else np.float32  # scales and offsets in the activations' dtype
+        stem = f"{members[0].name or members[0].input[1]}.nbits"
+        rank = _rank(graph, a)
+        new_inits += [
+            numpy_helper.from_array(np.concatenate([_pack(p[0], bits) for p in parts]), f"{stem}.q"),  # [N, nb, blob]
+            numpy_helper.from_array(np.concatenate([p[1].reshape(-1) for p in parts]).astype(dtype), f"{stem}.scale"),  # [N * nb]
+            numpy_helper.from_array(np.concatenate([_pack_zero_points(p[2], bits) for p in parts]), f"{stem}.zero"),
+            numpy_helper.from_array(np.concatenate([p[3].T for p in parts], axis=1).astype(dtype), f"{stem}.offset"),  # [nb, N]
+            numpy_helper.from_array(np.array([0] * (rank - 1) + [nb, block_size], np.int64), f"{stem}.blocks.shape"),
+            numpy_helper.from_array(np.array([-1], np.int64), f"{stem}.blocks.axis"),
+        ]
+        fused = f"{stem}.out" if len(members) > 1 else members[0].output[0]
+        new_nodes += [
+            helper.make_node("MatMulNBits", [a, f"{stem}.q", f"{stem}.scale", f"{stem}.zero"], [f"{stem}.int"], name=f"{stem}",
+                             domain="com.microsoft", K=k, N=n, bits=bits, block_size=block_size, accuracy_level=accuracy_level),
+            helper.make_node("Reshape", [a, f"{stem}.blocks.shape"], [f"{stem}.blocks"], name=f"{stem}.blocks"),  # [.., nb, block]
+            helper.make_node("ReduceSum", [f"{stem}.blocks", f"{stem}.blocks.axis"], [f"{stem}.blocksum"], name=f"{stem}.blocksum", keepdims=0),
+            helper.make_node("MatMul", [f"{stem}.blocksum", f"{stem}.offset"], [f"{stem}.correction"], name=f"{stem}.correction"),  # [.., N]
+            helper.make_node("Add", [f"{stem}.int", f"{stem}.correction"], [fused], name=f"{stem}.add"),
+        ]
+        if len(members) > 1:
+            sizes = f"{stem}.split"
+            new_inits.append(numpy_helper.from_array(np.array([p[0].shape[0] for p in parts], np.int64), sizes))
+            new_nodes.append(helper.make_node("Split", [fused, sizes], [m.output[0] for m in members], name=f"{stem}.split", axis=-1))
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    keep = [t for t in graph.initializer if consumers.get(t.name, 0) > 0]
+    del graph.initializer[:]
+    graph.initializer.extend(keep + new_inits)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return {"matmuls": len(grouped), "kernels": len(groups), "skipped": skipped, "max_error": max_error}
