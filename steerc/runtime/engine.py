@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from steerc.backends.onnx import create_session
+from steerc.backends.onnx import PREPACK_ONLY_OPS, SharedWeights, create_session
 from steerc.capture.io_spec import DecoderGeometry
 from steerc.engine.manifest import read_manifest
 from steerc.errors import EngineError, SteercError
 from steerc.runtime.kv_cache import KVCache
 
-__all__ = ["Engine", "ContextTooLongError", "RUNTIME_BACKENDS"]
+__all__ = ["Engine", "ContextTooLongError", "RUNTIME_BACKENDS", "SHARE_MODES"]
 
 log = logging.getLogger(__name__)
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+# What the step and analysis sessions share in memory (Engine.load's ``share``, default $STEERC_SHARE
+# or "arena"; numbers in docs/BENCHMARKS.md): "off" nothing; "arena" one CPU memory arena (exact,
+# no speed cost); "weights" the arena and one copy of the weights (prepacking off, so MatMul
+# results move by float rounding and fp32 decode is slower; engines with MatMulNBits fall back).
+SHARE_MODES = ("off", "arena", "weights")
 
 
 class ContextTooLongError(SteercError):
@@ -46,6 +53,8 @@ class Engine:
         self.eos_token_ids = _eos_ids(folder)
         self.threads: int | None = None
         self.backend = "onnx"  # what runs the step graph (see load)
+        self.share = "off"  # what the sessions share in memory (see load)
+        self.weights: SharedWeights | None = None  # the weights both sessions run from (share "weights")
         self._analysis = None  # the analysis session, opened on first use (only context preparation needs it)
         self._analysis_lock = threading.Lock()  # sessions run concurrently; opening one happens once
 
@@ -65,15 +74,19 @@ class Engine:
         return any(o.get("name") == "attn_queries" for o in analysis.get("outputs", ()))
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "cpu", threads: int | None = None, check_files: bool = True, backend: str = "onnx") -> "Engine":
+    def load(cls, folder: str | Path, device: str = "cpu", threads: int | None = None, check_files: bool = True, backend: str = "onnx",
+             share: str | None = None) -> "Engine":
         """Check the manifest (format version, every file's sha256) and open a session on
         ``backend``: ``onnx`` (ONNX Runtime, always present), ``aoti`` (the AOTInductor package
         of ``--backend aoti``) or ``tensorrt`` (the plan of ``--backend torch-tensorrt``). The
-        analysis graph (context preparation) runs on ONNX Runtime whatever the backend."""
+        analysis graph (context preparation) runs on ONNX Runtime whatever the backend.
+        ``share``: one of ``SHARE_MODES``."""
         folder = Path(folder)
         manifest = read_manifest(folder, check_files=check_files)
         _kv_dtype(folder, manifest)  # refuse before opening a session
-        session = open_session(folder, manifest, backend, device, threads)
+        share = _share_mode(share, manifest, backend, device)
+        weights = SharedWeights() if share == "weights" else None
+        session = open_session(folder, manifest, backend, device, threads, weights=weights, shared_arena=share != "off")
         tokenizer = None
         if manifest.get("tokenizer"):
             from transformers import AutoTokenizer
@@ -82,6 +95,7 @@ class Engine:
         engine = cls(folder, manifest, session, tokenizer, device)
         engine.threads = threads
         engine.backend = backend
+        engine.share, engine.weights = share, weights
         return engine
 
     def new_cache(self, batch: int) -> KVCache:
@@ -133,7 +147,8 @@ class Engine:
                               "block retrieval scores blocks with; recompile it with this steerc (`steerc compile ... --force`)")
         with self._analysis_lock:
             if self._analysis is None:
-                self._analysis = create_session(self.folder / self.manifest["analysis"]["model"], device=self._analysis_device(), threads=self.threads)
+                self._analysis = create_session(self.folder / self.manifest["analysis"]["model"], device=self._analysis_device(), threads=self.threads,
+                                                weights=self.weights, shared_arena=self.share != "off")
         feed = self._feed(input_ids, position_ids, attention_mask, cache, bias)
         if queries:
             logits, *present, importance, query_sums = self._analysis.run([*self.output_names, "attn_importance", "attn_queries"], feed)
@@ -145,10 +160,11 @@ class Engine:
 RUNTIME_BACKENDS = ("onnx", "aoti", "tensorrt")
 
 
-def open_session(folder: Path, manifest: dict, backend: str, device: str, threads: int | None):
+def open_session(folder: Path, manifest: dict, backend: str, device: str, threads: int | None, weights: SharedWeights | None = None,
+                 shared_arena: bool = False):
     """The step session of ``backend``; each one has ONNX Runtime's ``run(output_names, feed)``."""
     if backend == "onnx":
-        return create_session(folder / manifest["backend"]["model"], device=device, threads=threads)
+        return create_session(folder / manifest["backend"]["model"], device=device, threads=threads, weights=weights, shared_arena=shared_arena)
     if backend == "aoti":
         from steerc.backends.aoti import aoti_session
 
@@ -158,6 +174,20 @@ def open_session(folder: Path, manifest: dict, backend: str, device: str, thread
 
         return tensorrt_session(folder, manifest, device)
     raise ValueError(f"backend must be one of {RUNTIME_BACKENDS}, got {backend!r}")
+
+
+def _share_mode(share: str | None, manifest: dict, backend: str, device: str) -> str:
+    """``share`` (or $STEERC_SHARE, or "arena") checked; "weights" falls back to "arena" where
+    one copy cannot help: a step graph not on ONNX Runtime's CPU provider, or MatMulNBits weights."""
+    share = share or os.environ.get("STEERC_SHARE") or "arena"
+    if share not in SHARE_MODES:
+        raise ValueError(f"share must be one of {SHARE_MODES}, got {share!r}")
+    packed = [op for op in PREPACK_ONLY_OPS if op in manifest["backend"].get("op_counts", {})]
+    if share == "weights" and (backend != "onnx" or device != "cpu" or packed):
+        why = f"its {packed[0]} weights must be pre-packed per session" if packed else f"the step graph runs on {backend} / {device}"
+        log.warning("share 'weights' falls back to 'arena': %s", why)
+        share = "arena"
+    return share
 
 
 def _kv_dtype(folder: Path, manifest: dict):
