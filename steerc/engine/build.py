@@ -12,12 +12,15 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import steerc
 from steerc.atomic import install_folder, write_text_atomic
+from steerc.backends.derive_analysis import derive_analysis_graph
 from steerc.backends.onnx import ANALYSIS_FILE, DATA_FILE, MODEL_FILE, create_session, export_onnx, op_counts, share_weights
 from steerc.compiler import capture_steerable
+from steerc.engine.forked import ForkedCall, can_fork
 from steerc.engine.genai_config import genai_config
 from steerc.engine.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, write_json_atomic, write_manifest
 from steerc.engine.verify import WEIGHT_TOLERANCE, importance_check, queries_check, self_check
@@ -85,6 +88,51 @@ def _quantize(path: Path, settings: CompileSettings) -> dict:
     return quantize_weights(path, settings.weights, settings.weight_block, settings.weight_symmetric, settings.resolved_weight_method)
 
 
+def _export_analysis(sp, tmp: Path, settings: CompileSettings) -> Path:
+    path = export_onnx(sp.analysis, tmp, sp.inputs, sp.analysis_outputs, settings.opset, model_file=ANALYSIS_FILE)
+    _quantize(path, settings)  # deterministic: the same quantized bytes as the step graph's, shared below
+    return path
+
+
+def _export_graphs(sp, tmp: Path, settings: CompileSettings) -> tuple[Path, Path | None, dict, dict]:
+    """Export (and quantize) the step graph, then the analysis graph: derived from the step graph
+    at the ONNX level where every layer has its own fused Attention node (seconds, see
+    :mod:`steerc.backends.derive_analysis`), else exported from the analysis program, in a
+    forked child beside the step graph's export when there are two cores (see
+    :mod:`steerc.engine.forked`). Returns both paths, the weights entry and the seconds taken."""
+    derive = sp.analysis is not None and sp.share_attention is None and settings.attn_implementation == "sdpa"
+    seconds = {"analysis_from": None if sp.analysis is None else "step graph" if derive else "analysis program",
+               "parallel": sp.analysis is not None and not derive and can_fork()}
+    child = ForkedCall(lambda: _export_analysis(sp, tmp, settings), tmp / ".analysis-export.json", "exporting the analysis graph") if seconds["parallel"] else None
+    try:
+        start = time.perf_counter()
+        model_path = export_onnx(sp.program, tmp, sp.inputs, sp.outputs, settings.opset)
+        weights = _quantize(model_path, settings)
+        seconds["step"] = round(time.perf_counter() - start, 1)
+        if sp.analysis is None:
+            return model_path, None, weights, seconds
+        start = time.perf_counter()
+        analysis_path = tmp / ANALYSIS_FILE
+        why = derive_analysis_graph(model_path, analysis_path, sp.geometry.num_layers, sp.analysis_outputs) if derive else "not tried"
+        if why is None:
+            seconds["analysis"] = round(time.perf_counter() - start, 1)
+            return model_path, analysis_path, weights, seconds
+        if derive:
+            log.warning("analysis graph not derivable from the step graph (%s); exporting the analysis program", why)
+            seconds["analysis_from"] = "analysis program"
+        if child is not None:
+            seconds["analysis"] = round(child.join(), 1)
+            child = None
+        else:
+            _export_analysis(sp, tmp, settings)
+            seconds["analysis"] = round(time.perf_counter() - start, 1)
+        share_weights(analysis_path, model_path)
+    finally:
+        if child is not None:  # the step export failed or was interrupted
+            child.cancel()
+    return model_path, analysis_path, weights, seconds
+
+
 def _verify_session(model_path: Path, settings: CompileSettings):
     """The ONNX Runtime session the self-check runs, or a one-line reason it cannot open one."""
     try:
@@ -124,14 +172,8 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
     os.chmod(tmp, 0o755)
     try:
         with tracker.stage("export"):
-            model_path = export_onnx(sp.program, tmp, sp.inputs, sp.outputs, settings.opset)
-            weights = _quantize(model_path, settings)
+            model_path, analysis_path, weights, export_seconds = _export_graphs(sp, tmp, settings)
             counts = op_counts(model_path)
-            analysis_path = None
-            if sp.analysis is not None:
-                analysis_path = export_onnx(sp.analysis, tmp, sp.inputs, sp.analysis_outputs, settings.opset, model_file=ANALYSIS_FILE)
-                _quantize(analysis_path, settings)  # deterministic: the same quantized bytes, shared below
-                share_weights(analysis_path, model_path)
             tensorrt = _tensorrt_target(model_path, tmp, sp, settings) if settings.target == "tensorrt" else None
         backends = {}
         # After the ONNX export: building for CUDA moves sp.program's weights to the GPU in place.
@@ -219,7 +261,7 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                 "tokenizer": loaded.tokenizer is not None,
                 "chat_template": bool(getattr(loaded.tokenizer, "chat_template", None)),
                 "verify": check,
-                "compile_seconds": dict(tracker.timings),
+                "compile_seconds": {**tracker.timings, "export_graphs": export_seconds},
             }
             manifest = write_manifest(tmp, manifest)
         install_folder(tmp, out_dir)
