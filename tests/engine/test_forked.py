@@ -49,7 +49,8 @@ def test_cancel_stops_the_worker(tmp_path):
 
 
 def test_parallel_export_writes_the_same_engine(tiny_folder, tmp_path, monkeypatch):
-    settings = CompileSettings(max_seq_len=64, max_batch=4)
+    """Eager attention: the analysis graph cannot be derived from the step graph, so it is exported."""
+    settings = CompileSettings(max_seq_len=64, max_batch=4, attn_implementation="eager")
     manifests = {}
     for mode in ("0", "1"):
         monkeypatch.setenv("STEERC_PARALLEL_EXPORT", mode)
