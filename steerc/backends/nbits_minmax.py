@@ -76,29 +76,43 @@ def _rank(graph, name: str) -> int | None:
     return None
 
 
-def _eligible(graph, node, inits, block_size: int) -> str | None:
-    """Why ``node`` (a MatMul with a constant right operand) cannot be rewritten, or None."""
-    from onnx import numpy_helper
+def _constant_weight(node, inits, producers) -> tuple[str, bool] | None:
+    """``(initializer, transposed)`` that a MatMul's right operand is: the initializer itself,
+    or a 2-D Transpose of one (a tied LM head reads the embedding table ``[V, K]`` that way)."""
+    b = node.input[1]
+    if b in inits:
+        return b, False
+    t = producers.get(b)
+    if t is not None and t.op_type == "Transpose" and t.input[0] in inits and len(inits[t.input[0]].dims) == 2:
+        perm = [list(a.ints) for a in t.attribute if a.name == "perm"]
+        if perm in ([[1, 0]], []):
+            return t.input[0], True
+    return None
 
-    w = numpy_helper.to_array(inits[node.input[1]]) if inits[node.input[1]].data_type in (1, 10) else None  # float, float16
-    if w is None or w.ndim != 2:
-        return f"weight {list(inits[node.input[1]].dims)} is not a 2-D float32 or float16 matrix"
-    if w.shape[0] % block_size:
-        return f"K={w.shape[0]} is not a multiple of the block size {block_size}"
+
+def _eligible(graph, node, tensor, block_size: int) -> str | None:
+    """Why ``node`` (a MatMul with the constant weight ``tensor``) cannot be rewritten, or None."""
+    if tensor.data_type not in (1, 10) or len(tensor.dims) != 2:  # float, float16
+        return f"weight {list(tensor.dims)} is not a 2-D float32 or float16 matrix"
+    k = tensor.dims[1] if node.input[1] != tensor.name else tensor.dims[0]
+    if k % block_size:
+        return f"K={k} is not a multiple of the block size {block_size}"
     rank = _rank(graph, node.input[0])
     if rank is None or rank < 2:
         return "the input's rank is unknown"
     return None
 
 
-def quantize_matmuls_minmax(model, bits: int, block_size: int, accuracy_level: int = 4) -> dict:
+def quantize_matmuls_minmax(model, bits: int, block_size: int, accuracy_level: int = 4, head_bits: int | None = None) -> dict:
     """Rewrite ``model`` (an ``onnx.ModelProto`` with its weights loaded) in place.
 
     MatMuls that read the same input with weights of the same ``K`` (q/k/v, gate/up) become
     one MatMulNBits over the concatenated weights, one offset MatMul and one Split: fewer,
-    larger kernel calls for a decode step. Returns ``matmuls`` (rewritten), ``kernels``
-    (MatMulNBits nodes), ``skipped`` (name -> why) and ``max_error`` (largest absolute
-    difference between a rebuilt weight and the original)."""
+    larger kernel calls for a decode step. ``head_bits``: bits of the MatMul that writes the
+    ``logits`` output (the LM head; llama.cpp's Q4 files keep it at 8 bits too). Returns ``matmuls`` (rewritten), ``kernels``
+    (MatMulNBits nodes), ``skipped`` (name -> why), ``max_error`` (largest absolute
+    difference between a rebuilt weight and the original) and, with a head at ``head_bits``,
+    ``head_bits`` and ``head_max_error``."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -107,46 +121,60 @@ def quantize_matmuls_minmax(model, bits: int, block_size: int, accuracy_level: i
     for node in graph.node:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
-    groups: dict[tuple[str, int], list] = {}
+    producers = {o: n for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
+    groups: dict[tuple[str, int, int], list] = {}
+    weight: dict[int, tuple[str, bool]] = {}  # id(MatMul) -> (initializer, transposed)
     skipped = {}
     for node in graph.node:
-        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or node.input[1] not in inits:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or node.input[1].endswith(".nbits.offset"):
+            continue  # not a MatMul, or an offset correction of an earlier run
+        found = _constant_weight(node, inits, producers)
+        if found is None:
             continue
-        if node.input[1].endswith(".nbits.offset"):
-            continue  # an offset correction of an earlier run, not a weight
-        why = _eligible(graph, node, inits, block_size)
+        why = _eligible(graph, node, inits[found[0]], block_size)
         if why:
-            skipped[node.name or node.input[1]] = why
+            skipped[node.name or found[0]] = why
             continue
-        groups.setdefault((node.input[0], int(inits[node.input[1]].dims[0])), []).append(node)
+        weight[id(node)] = found
+        tensor = inits[found[0]]
+        k = int(tensor.dims[1] if found[1] else tensor.dims[0])
+        node_bits = head_bits if head_bits and node.output[0] == "logits" and "logits" in outputs else bits
+        groups.setdefault((node.input[0], k, node_bits), []).append(node)
+    dropped = set()  # Transposes whose only reader was a rewritten MatMul
     first = {id(members[0]): key for key, members in groups.items()}
     grouped = {id(n) for members in groups.values() for n in members}
-    new_nodes, new_inits, max_error = [], [], 0.0
+    new_nodes, new_inits, errors = [], [], {}  # bits -> largest rebuild error
     for node in graph.node:
         if id(node) not in grouped:
             new_nodes.append(node)
             continue
         if id(node) not in first:
             continue  # emitted with its group
-        (a, k), members = first[id(node)], groups[first[id(node)]]
+        (a, k, group_bits), members = first[id(node)], groups[first[id(node)]]
         nb = k // block_size
         parts = []
         for member in members:
-            w = numpy_helper.to_array(inits[member.input[1]]).astype(np.float32)
-            q, d, m = minmax_blocks(w, bits, block_size)
-            z, r = _centre(d, m, bits)
+            name, transposed = weight[id(member)]
+            w = numpy_helper.to_array(inits[name]).astype(np.float32)
+            w = w.T if transposed else w
+            q, d, m = minmax_blocks(w, group_bits, block_size)
+            z, r = _centre(d, m, group_bits)
             rebuilt = d[..., None] * (q.astype(np.float32) - z[..., None]) + r[..., None]
-            max_error = max(max_error, float(np.abs(rebuilt - w.T.reshape(w.shape[1], nb, block_size)).max()))
+            errors[group_bits] = max(errors.get(group_bits, 0.0), float(np.abs(rebuilt - w.T.reshape(w.shape[1], nb, block_size)).max()))
             parts.append((q, d, z, r))
             consumers[member.input[1]] -= 1
+            if transposed and consumers[member.input[1]] == 0:
+                dropped.add(id(producers[member.input[1]]))
+                consumers[name] -= 1
         n = sum(p[0].shape[0] for p in parts)
-        dtype = np.float16 if inits[members[0].input[1]].data_type == 10 else np.float32  # scales and offsets in the activations' dtype
-        stem = f"{members[0].name or members[0].input[1]}.nbits"
+        dtype = np.float16 if inits[weight[id(members[0])][0]].data_type == 10 else np.float32  # scales and offsets in the activations' dtype
+        stem = f"{members[0].name or weight[id(members[0])][0]}.nbits"
         rank = _rank(graph, a)
         new_inits += [
-            numpy_helper.from_array(np.concatenate([_pack(p[0], bits) for p in parts]), f"{stem}.q"),  # [N, nb, blob]
+            numpy_helper.from_array(np.concatenate([_pack(p[0], group_bits) for p in parts]), f"{stem}.q"),  # [N, nb, blob]
             numpy_helper.from_array(np.concatenate([p[1].reshape(-1) for p in parts]).astype(dtype), f"{stem}.scale"),  # [N * nb]
-            numpy_helper.from_array(np.concatenate([_pack_zero_points(p[2], bits) for p in parts]), f"{stem}.zero"),
+            numpy_helper.from_array(np.concatenate([_pack_zero_points(p[2], group_bits) for p in parts]), f"{stem}.zero"),
             numpy_helper.from_array(np.concatenate([p[3].T for p in parts], axis=1).astype(dtype), f"{stem}.offset"),  # [nb, N]
             numpy_helper.from_array(np.array([0] * (rank - 1) + [nb, block_size], np.int64), f"{stem}.blocks.shape"),
             numpy_helper.from_array(np.array([-1], np.int64), f"{stem}.blocks.axis"),
@@ -154,7 +182,7 @@ def quantize_matmuls_minmax(model, bits: int, block_size: int, accuracy_level: i
         fused = f"{stem}.out" if len(members) > 1 else members[0].output[0]
         new_nodes += [
             helper.make_node("MatMulNBits", [a, f"{stem}.q", f"{stem}.scale", f"{stem}.zero"], [f"{stem}.int"], name=f"{stem}",
-                             domain="com.microsoft", K=k, N=n, bits=bits, block_size=block_size, accuracy_level=accuracy_level),
+                             domain="com.microsoft", K=k, N=n, bits=group_bits, block_size=block_size, accuracy_level=accuracy_level),
             helper.make_node("Reshape", [a, f"{stem}.blocks.shape"], [f"{stem}.blocks"], name=f"{stem}.blocks"),  # [.., nb, block]
             helper.make_node("ReduceSum", [f"{stem}.blocks", f"{stem}.blocks.axis"], [f"{stem}.blocksum"], name=f"{stem}.blocksum", keepdims=0),
             helper.make_node("MatMul", [f"{stem}.blocksum", f"{stem}.offset"], [f"{stem}.correction"], name=f"{stem}.correction"),  # [.., N]
@@ -165,10 +193,14 @@ def quantize_matmuls_minmax(model, bits: int, block_size: int, accuracy_level: i
             new_inits.append(numpy_helper.from_array(np.array([p[0].shape[0] for p in parts], np.int64), sizes))
             new_nodes.append(helper.make_node("Split", [fused, sizes], [m.output[0] for m in members], name=f"{stem}.split", axis=-1))
     del graph.node[:]
-    graph.node.extend(new_nodes)
+    graph.node.extend(n for n in new_nodes if id(n) not in dropped)
     keep = [t for t in graph.initializer if consumers.get(t.name, 0) > 0]
     del graph.initializer[:]
     graph.initializer.extend(keep + new_inits)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return {"matmuls": len(grouped), "kernels": len(groups), "skipped": skipped, "max_error": max_error}
+    head = {key[2] for key in groups} - {bits}
+    report = {"matmuls": len(grouped), "kernels": len(groups), "skipped": skipped, "max_error": errors.get(bits, 0.0)}
+    if head:
+        report.update(head_bits=head_bits, head_max_error=errors[head_bits])
+    return report

@@ -107,3 +107,34 @@ def test_second_run_finds_nothing(tmp_path):
     assert entry["method"] == "minmax" and entry["matmuls"] == 1 and entry["max_error"] <= 1e-6
     with pytest.raises(RuntimeError, match="no MatMul with a constant weight"):
         quantize_weights(path, "int4", BLOCK, method="minmax")  # the offset MatMul is ours, not a weight
+
+
+def test_tied_head_is_quantized_at_head_bits():
+    """A tied LM head reads the embedding table [V, K] through a Transpose: quantized at 8 bits,
+    the Transpose dropped, the table kept for the token lookup."""
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((48, K)).astype(np.float32)  # [V, K]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["x"]),
+             helper.make_node("Transpose", ["table"], ["table_t"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "table_t"], ["logits"], name="head")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "S"])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "S", 48])], [numpy_helper.from_array(table, "table")],
+                          value_info=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", K])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    feed = {"ids": np.array([[1, 5, 47]])}
+    (expected,) = run(model, feed)
+    report = quantize_matmuls_minmax(model, 4, BLOCK, accuracy_level=0, head_bits=8)
+    assert report["matmuls"] == 1 and report["head_bits"] == 8 and 0 < report["head_max_error"] < report_4bit_error(table)
+    ops = [n.op_type for n in model.graph.node]
+    assert "Transpose" not in ops and "Gather" in ops and "table" in {t.name for t in model.graph.initializer}
+    assert [a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"] == [8]
+    (got,) = run(model, feed)
+    q, d, m = minmax_blocks(table.T, 8, BLOCK)  # the 8-bit weights the kernel holds
+    rebuilt = (d[..., None] * q + m[..., None]).reshape(table.shape)  # [V, K]
+    np.testing.assert_allclose(got, table[feed["ids"]] @ rebuilt.T, atol=1e-4)
+    assert np.abs(got - expected).max() > 0  # quantized, not the full-precision head
+
+
+def report_4bit_error(table: np.ndarray) -> float:
+    q, d, m = minmax_blocks(table.T, 4, BLOCK)
+    return float(np.abs((d[..., None] * q + m[..., None]).reshape(table.shape) - table).max())
