@@ -36,7 +36,7 @@ def cmd_compile(args) -> int:
             dtype, weights = weights, "full"
         settings = CompileSettings(opset=args.opset, dtype=dtype, max_seq_len=args.max_seq_len, max_batch=args.max_batch, attn_implementation=args.attn, verify=not args.no_verify,
                                    importance=not args.no_importance, share_attention=groups, target=args.target, backend=args.backend, device=args.device,
-                                   weights=weights, weight_block=args.weight_block, weight_symmetric=not args.weight_asymmetric)
+                                   weights=weights, weight_block=args.weight_block, weight_symmetric=not args.weight_asymmetric, kv=args.kv)
     except ValueError as exc:
         raise SteercError(f"invalid option: {exc}") from None
     console = rich_console()
@@ -44,6 +44,7 @@ def cmd_compile(args) -> int:
     extra = f", target {settings.target}" if settings.target != "onnx" else ""
     extra += f", weights {settings.weights} (block {settings.weight_block})" if settings.weights != "full" else ""
     extra += f", backend {settings.backend} ({settings.device})" if settings.backend != "onnx" else ""
+    extra += ", kv in-place" if settings.kv == "in-place" else ""
     console.print(f"[bold]steerc compile[/] {model} -> {args.output}  (opset {settings.opset}, {settings.dtype}, max {settings.max_seq_len} tokens{extra})")
     stages = _stages(settings)
     index = {name: i + 1 for i, name in enumerate(stages)}
@@ -113,5 +114,8 @@ def add_compile_parser(sub) -> None:
                    "fp32/fp16: full-precision weights in that dtype")
     p.add_argument("--weight-block", type=int, default=32, help="input channels per quantization block (power of two >= 16; default 32)")
     p.add_argument("--weight-asymmetric", action="store_true", help="quantize with a zero point per block (default: symmetric)")
+    p.add_argument("--kv", default="concat", choices=["concat", "in-place"],
+                   help="KV update of the step graph: concat (present = past + new, a copy per call; default) or in-place "
+                   "(preallocated buffers the graph writes into: no copy of the past per decode step)")
     p.add_argument("--force", action="store_true", help="replace an existing engine folder")
     p.set_defaults(func=cmd_compile)
