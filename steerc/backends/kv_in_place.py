@@ -61,14 +61,14 @@ def _consumers(graph) -> dict[str, list]:
     return out
 
 
-def _position_nodes(batch_input: str, seq_input: str, mask_input: str, capacity_of: str) -> list:
-    """Nodes computing ``P`` ([1]), the write index ``[B]``, ``P+S`` and ``C`` ([1] each)."""
+def _position_nodes(ids_input: str, mask_input: str, capacity_of: str) -> list:
+    """Nodes computing ``P`` ([1]), the write index ``[B]``, ``P+S`` and ``C - (P+S)`` ([1] each)."""
     from onnx import helper
 
     p = _PREFIX
     return [
-        helper.make_node("Shape", [batch_input], [p + "batch"], start=0, end=1),  # [1] = B
-        helper.make_node("Shape", [seq_input], [p + "new"], start=1, end=2),  # [1] = S
+        helper.make_node("Shape", [ids_input], [p + "batch"], start=0, end=1),  # [1] = B
+        helper.make_node("Shape", [ids_input], [p + "new"], start=1, end=2),  # [1] = S
         helper.make_node("Shape", [mask_input], [p + "total"], start=1, end=2),  # [1] = P+S
         helper.make_node("Sub", [p + "total", p + "new"], [p + "past"]),  # [1] = P
         helper.make_node("Expand", [p + "past", p + "batch"], [p + "write_index"]),  # [B]
@@ -77,7 +77,7 @@ def _position_nodes(batch_input: str, seq_input: str, mask_input: str, capacity_
     ]
 
 
-def _virtual_shape(node) -> list:
+def _virtual_shape(node, kv_heads: int, head_dim: int) -> list:
     """Nodes replacing ``Shape(past)``: the shape the concat graph's past had, ``[B, Hkv, P, D]``,
     sliced by the node's ``start``/``end``."""
     from onnx import helper
@@ -87,7 +87,9 @@ def _virtual_shape(node) -> list:
     if (start, end) == (2, 3):  # what the exported mask subgraph reads: P
         return [helper.make_node("Identity", [p + "past"], [out], name=p + out)]
     return [
-        helper.make_node("Concat", [p + "batch", p + "kv_heads", p + "past", p + "head_dim"], [out + "/full"], axis=0),
+        helper.make_node("Constant", [], [out + "/kv_heads"], value=_ints(out + "/kv_heads", [kv_heads])),
+        helper.make_node("Constant", [], [out + "/head_dim"], value=_ints(out + "/head_dim", [head_dim])),
+        helper.make_node("Concat", [p + "batch", out + "/kv_heads", p + "past", out + "/head_dim"], [out + "/full"], axis=0),
         helper.make_node("Constant", [], [out + "/starts"], value=_ints(out + "/starts", [start])),
         helper.make_node("Constant", [], [out + "/ends"], value=_ints(out + "/ends", [end])),
         helper.make_node("Slice", [out + "/full", out + "/starts", out + "/ends"], [out]),
@@ -117,7 +119,7 @@ def _pad_mask(mask: str, rank: int, elem_type: int) -> tuple[str, list]:
     return out, nodes
 
 
-def _mask_types(model) -> dict[str, tuple[int, int]]:
+def _tensor_types(model) -> dict[str, tuple[int, int]]:
     """Element type and rank of every tensor shape inference can type."""
     import onnx
 
@@ -130,7 +132,7 @@ def _mask_types(model) -> dict[str, tuple[int, int]]:
     return out
 
 
-def kv_in_place(model, batch_input: str = "input_ids", mask_input: str = "attention_mask") -> dict:
+def kv_in_place(model, ids_input: str = "input_ids", mask_input: str = "attention_mask") -> dict:
     """Rewrite ``model`` (an ``onnx.ModelProto`` of a step graph with the concat KV contract,
     opset 23 or 24) in place as described in the module docstring. Returns a report for the
     manifest. Raises :class:`EngineError` when the graph does not have the expected form
@@ -150,7 +152,7 @@ def kv_in_place(model, batch_input: str = "input_ids", mask_input: str = "attent
     consumers = _consumers(graph)
     past_dims = pasts[0].type.tensor_type.shape.dim
     kv_heads, head_dim = past_dims[1].dim_value, past_dims[3].dim_value
-    types = _mask_types(model)
+    types = _tensor_types(model)
 
     replaced: dict[int, list] = {}  # node index -> replacement nodes
     index = {id(n): i for i, n in enumerate(graph.node)}
@@ -160,11 +162,12 @@ def kv_in_place(model, batch_input: str = "input_ids", mask_input: str = "attent
         if present not in presents:
             raise EngineError(f"kv in-place: input {past.name} has no output {present}")
         for node in consumers.get(past.name, []):
-            if node.op_type == "Concat" and list(node.input)[0] == past.name and list(node.output) == [present] and _attr(node, "axis", None) in (2, -2):
+            if (node.op_type == "Concat" and len(node.input) == 2 and node.input[0] == past.name and list(node.output) == [present]
+                    and _attr(node, "axis", None) in (2, -2)):
                 replaced[index[id(node)]] = [helper.make_node("TensorScatter", [past.name, node.input[1], _PREFIX + "write_index"], [present],
                                                               name=_PREFIX + present, axis=2)]
             elif node.op_type == "Shape":
-                replaced[index[id(node)]] = _virtual_shape(node)
+                replaced[index[id(node)]] = _virtual_shape(node, kv_heads, head_dim)
             else:
                 raise EngineError(f"kv in-place: {past.name} is read by a {node.op_type} node ({node.name or node.output[0]}); "
                                   "only its concat into the present and Shape are supported")
@@ -172,8 +175,8 @@ def kv_in_place(model, batch_input: str = "input_ids", mask_input: str = "attent
             raise EngineError(f"kv in-place: no Concat({past.name}, new) -> {present} along the sequence axis")
         buffers.add(present)
 
-    padded: dict[str, str] = {}
-    extra: list = []
+    padded: dict[str, str] = {}  # mask -> padded mask
+    pads: dict[str, list] = {}  # padded mask -> the nodes computing it
     attention_sites = 0
     for node in graph.node:
         reads = [name for name in node.input if name in buffers]
@@ -189,17 +192,14 @@ def kv_in_place(model, batch_input: str = "input_ids", mask_input: str = "attent
             if mask not in types:
                 raise EngineError(f"kv in-place: shape inference gives no type for attention mask {mask}")
             elem_type, rank = types[mask]
-            padded[mask], nodes = _pad_mask(mask, rank, elem_type)
-            extra += nodes
+            padded[mask], pads[padded[mask]] = _pad_mask(mask, rank, elem_type)
         node.input[3] = padded[mask]
         attention_sites += 1
 
-    const = [helper.make_node("Constant", [], [_PREFIX + "kv_heads"], value=_ints(_PREFIX + "kv_heads", [kv_heads])),
-             helper.make_node("Constant", [], [_PREFIX + "head_dim"], value=_ints(_PREFIX + "head_dim", [head_dim]))]
-    nodes = const + _position_nodes(batch_input, batch_input, mask_input, pasts[0].name)
+    nodes = _position_nodes(ids_input, mask_input, pasts[0].name)
     for i, node in enumerate(graph.node):
         nodes += replaced.get(i, [node])
-    nodes = _insert_before_first_use(nodes, extra)
+    nodes = _insert_before_first_use(nodes, pads)
     del graph.node[:]
     graph.node.extend(nodes)
 
@@ -217,14 +217,9 @@ def kv_in_place(model, batch_input: str = "input_ids", mask_input: str = "attent
     return {"layout": "in-place", "buffers": len(buffers), "attention_sites": attention_sites, "opset": IN_PLACE_OPSET}
 
 
-def _insert_before_first_use(nodes: list, extra: list) -> list:
-    """``nodes`` with the groups of ``extra`` (each ends in the Pad that produces a padded
-    mask) inserted right before the first node that reads what they produce."""
-    groups, start = {}, 0
-    for i, n in enumerate(extra):
-        if n.op_type == "Pad":
-            groups[n.output[0]] = extra[start : i + 1]
-            start = i + 1
+def _insert_before_first_use(nodes: list, groups: dict[str, list]) -> list:
+    """``nodes`` with each group of ``groups`` (the nodes computing the named tensor) inserted
+    right before the first node that reads that tensor."""
     out, done = [], set()
     for node in nodes:
         for name in node.input:

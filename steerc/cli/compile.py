@@ -77,6 +77,8 @@ def cmd_compile(args) -> int:
         f"  analysis  {analysis_line(manifest)}\n"
         + (f"  shared    attention groups {', '.join(f'{grp[0]}-{grp[-1]}' for grp in manifest['share_attention']['groups'])} "
            f"({len(manifest['share_attention']['shared_layers'])} layers without Q/K and key cache; no genai_config.json)\n" if manifest.get("share_attention") else "")
+        + (f"  kv        in place: {manifest['kv']['buffers']} buffers written by TensorScatter (opset {manifest['kv']['opset']}); no genai_config.json\n"
+           if (manifest.get("kv") or {}).get("layout") == "in-place" else "")
         + deploy_lines(manifest, Path(args.output))
         + f"  verify    {verify_line(manifest['verify'])}\n"
         f"  time      {total:.1f} s total; peak memory {_peak_rss_mib():.0f} MiB"

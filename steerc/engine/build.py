@@ -212,7 +212,7 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                 "max_seq_len": settings.max_seq_len,
                 "max_batch": settings.max_batch,
                 "settings": settings.to_dict(),
-                "backend": {"name": "onnx", "opset": settings.opset, "model": MODEL_FILE, "data": DATA_FILE, "op_counts": counts},
+                "backend": {"name": "onnx", "opset": kv.get("opset", settings.opset), "model": MODEL_FILE, "data": DATA_FILE, "op_counts": counts},
                 # compiled forms of the same program beside the ONNX engine: {"aoti": {...}} / {"tensorrt": {...}}
                 "backends": backends,
                 "weights": weights,
