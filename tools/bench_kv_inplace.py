@@ -10,7 +10,7 @@ position, so load from other processes hits both alike (this machine is shared).
 
 * ``concat``: :func:`decode_one_token` on a :class:`KVCache` (the graph copies the past each step);
 * ``in-place``: the cache moved once into :class:`KVBuffers` (capacity rounded up to the
-  growth chunk, ``--chunk``, 256 by default; not timed: a generation pays it once) and every
+  growth chunk, ``--chunk``, 128 by default; not timed: a generation pays it once) and every
   step writes into them (growing by one chunk, one copy, when full).
 
 Each repeat starts again from the prefilled cache. The table gives the median ms per decode
@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--generate", type=int, default=64, help="tokens of the end-to-end generate check (0: skip)")
     parser.add_argument("--generate-context", type=int, default=512, help="prompt length of the generate check")
-    parser.add_argument("--chunk", type=int, default=None, help="growth chunk of the KV buffers (default: the runtime's, 256)")
+    parser.add_argument("--chunk", type=int, default=None, help="growth chunk of the KV buffers (default: the runtime's, 128)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
