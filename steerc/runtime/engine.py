@@ -78,8 +78,9 @@ class Engine:
         manifest = read_manifest(folder, check_files=check_files)
         _kv_dtype(folder, manifest)  # refuse before opening a session
         in_place = (manifest.get("kv") or {}).get("layout", "concat") == "in-place"
-        if in_place and backend != "onnx":
-            raise EngineError(f"engine {folder} was compiled with --kv in-place, which only the onnx backend runs; use --backend onnx")
+        if in_place and (backend != "onnx" or device != "cpu"):
+            raise EngineError(f"engine {folder} was compiled with --kv in-place, whose KV buffers only the onnx backend on the CPU runs; "
+                              "use --backend onnx --device cpu, or recompile with --kv concat")
         session = open_session(folder, manifest, backend, device, threads)
         if in_place:
             session = ConcatFeedSession(session)  # run(...) keeps the concat contract; step(...) updates KVBuffers in place

@@ -192,8 +192,9 @@ def test_wrong_inputs_are_refused(concat, in_place, in_place_folder):
         in_place.buffers_for(keyless, 8)
     with pytest.raises(EngineError, match="key and a value cache for every layer"):
         KVBuffers.from_cache(keyless)
-    with pytest.raises(EngineError, match="only the onnx backend"):
-        Engine.load(in_place_folder, backend="aoti")
+    for kwargs in ({"backend": "aoti"}, {"device": "cuda"}):
+        with pytest.raises(EngineError, match="only the onnx backend on the CPU"):
+            Engine.load(in_place_folder, **kwargs)
     with pytest.raises(ValueError, match="outside the capacity"):
         KVBuffers([np.zeros((1, 2, 4, 16), np.float32)] * 2, 5)
 
@@ -219,3 +220,17 @@ def test_analysis_takes_buffers(concat, in_place):
 def test_settings_refuse(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CompileSettings(**kwargs)
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "steerc.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_inspect_and_invalid_combination(in_place_folder, tiny_folder, tmp_path):
+    result = _cli("inspect", str(in_place_folder))
+    assert result.returncode == 0 and "kv        in place: 4 buffers [B, Hkv, kv_capacity, D]" in result.stdout, result.stderr
+    result = _cli("compile", str(tiny_folder), "-o", str(tmp_path / "e"), "--kv", "in-place", "--share-attention", "0-1")
+    assert result.returncode == 2 and "invalid option: kv in-place does not support shared attention" in result.stderr and not (tmp_path / "e").exists()
