@@ -112,9 +112,9 @@ def _verify_session(model_path: Path, settings: CompileSettings):
     try:
         session = create_session(model_path)
         if settings.kv == "in-place":
-            from steerc.runtime.kv_buffers import ConcatFeedSession
+            from steerc.runtime.kv_buffers import InPlaceSession
 
-            session = ConcatFeedSession(session)
+            session = InPlaceSession(session)
         return session
     except Exception as exc:
         if "onnxruntime" not in type(exc).__module__ and "ONNXRuntime" not in str(exc):

@@ -13,7 +13,7 @@ from steerc.backends.onnx import create_session
 from steerc.capture.io_spec import DecoderGeometry
 from steerc.engine.manifest import read_manifest
 from steerc.errors import EngineError, SteercError
-from steerc.runtime.kv_buffers import KV_CHUNK, ConcatFeedSession, KVBuffers, round_capacity
+from steerc.runtime.kv_buffers import KV_CHUNK, InPlaceSession, KVBuffers, round_capacity
 from steerc.runtime.kv_cache import KVCache
 
 __all__ = ["Engine", "ContextTooLongError", "RUNTIME_BACKENDS"]
@@ -83,7 +83,7 @@ class Engine:
                               "use --backend onnx --device cpu, or recompile with --kv concat")
         session = open_session(folder, manifest, backend, device, threads)
         if in_place:
-            session = ConcatFeedSession(session)  # run(...) keeps the concat contract; step(...) updates KVBuffers in place
+            session = InPlaceSession(session)  # run(...) keeps the concat contract; step(...) updates KVBuffers in place
         tokenizer = None
         if manifest.get("tokenizer"):
             from transformers import AutoTokenizer

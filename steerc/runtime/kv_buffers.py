@@ -14,7 +14,7 @@ needs (0 * NaN would be NaN).
 
 :class:`~steerc.runtime.kv_cache.KVCache` (``[B, Hkv, P, D]`` per layer) stays the interchange
 format that stores, saved files and the concat graphs use: :meth:`KVBuffers.from_cache` and
-:meth:`KVBuffers.to_cache` convert. :class:`ConcatFeedSession` runs an in-place graph behind
+:meth:`KVBuffers.to_cache` convert. :class:`InPlaceSession` runs an in-place graph behind
 the concat contract (numpy pasts in, ``present [B, Hkv, P+S, D]`` out) for callers that hold a
 ``KVCache``.
 """
@@ -26,7 +26,7 @@ import numpy as np
 from steerc.errors import EngineError
 from steerc.runtime.kv_cache import KVCache
 
-__all__ = ["KVBuffers", "ConcatFeedSession", "KV_CHUNK", "round_capacity"]
+__all__ = ["KVBuffers", "InPlaceSession", "KV_CHUNK", "round_capacity"]
 
 KV_CHUNK = 128  # capacity grows by multiples of this many positions (measured: 64 and 256 decode alike)
 _PAST, _PRESENT = "past_key_values.", "present."
@@ -120,7 +120,7 @@ class KVBuffers:
         self.__init__(grown, self.length, self.chunk)
 
 
-class ConcatFeedSession:
+class InPlaceSession:
     """An in-place step graph's ONNX Runtime session, run through IO binding.
 
     :meth:`step` runs one call on :class:`KVBuffers` (in place). :meth:`run` keeps the concat
