@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS", "TARGETS", "BACKENDS", "DEVICES", "WEIGHTS", "check_layer_groups"]
+__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS", "TARGETS", "BACKENDS", "DEVICES", "WEIGHTS", "KV_LAYOUTS", "check_layer_groups"]
 
 DTYPES = ("fp32", "fp16", "bf16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -23,6 +23,10 @@ WEIGHTS = ("full", "int8", "int4")
 # How blocks are quantized: "minmax" (steerc: exact block minimum), "rtn" (ONNX Runtime's
 # round-to-nearest quantizer), "auto" (minmax for int4, rtn for int8: what measured best).
 WEIGHT_METHODS = ("auto", "minmax", "rtn")
+# How the step graph extends the KV cache: "concat" returns present = past + new (a copy of the
+# past per call); "in-place" takes preallocated buffers and writes the new positions into them
+# (steerc/backends/kv_in_place.py; the runtime binds one buffer as past and present).
+KV_LAYOUTS = ("concat", "in-place")
 
 T = TypeVar("T", bound="_JsonDataclass")
 
@@ -119,6 +123,7 @@ class CompileSettings(_JsonDataclass):
     weight_block: int = 32
     weight_symmetric: bool = True  # rtn only: no zero point (minmax always keeps the block minimum)
     weight_method: str = "auto"
+    kv: str = "concat"
 
     def __post_init__(self) -> None:
         _check_choice("opset", self.opset, SUPPORTED_OPSETS)
@@ -152,6 +157,14 @@ class CompileSettings(_JsonDataclass):
                 raise ValueError(f"weights {self.weights} apply to the ONNX engine only; --backend {self.backend} would compile full-precision weights")
             if self.dtype == "bf16":
                 raise ValueError(f"weights {self.weights} need --dtype fp32 or fp16 activations (ONNX Runtime's CPU provider has no bf16 MatMulNBits)")
+        _check_choice("kv", self.kv, KV_LAYOUTS)
+        if self.kv == "in-place":
+            if self.opset < 23:
+                raise ValueError(f"kv in-place rewrites the fused Attention of opset 23 (raised to 24 for TensorScatter); got opset {self.opset}")
+            if self.target != "onnx" or self.backend != "onnx":
+                raise ValueError("kv in-place is an ONNX Runtime step graph: use --target onnx and --backend onnx")
+            if self.share_attention:
+                raise ValueError("kv in-place does not support shared attention (shared layers read the values outside the fused Attention)")
         if self.target == "tensorrt" and self.dtype == "bf16":
             raise ValueError("target 'tensorrt' is written in fp16 (default) or fp32; bf16 engines cannot be self-checked on CPU")
 

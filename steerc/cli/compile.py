@@ -36,7 +36,7 @@ def cmd_compile(args) -> int:
             dtype, weights = weights, "full"
         settings = CompileSettings(opset=args.opset, dtype=dtype, max_seq_len=args.max_seq_len, max_batch=args.max_batch, attn_implementation=args.attn, verify=not args.no_verify,
                                    importance=not args.no_importance, share_attention=groups, target=args.target, backend=args.backend, device=args.device,
-                                   weights=weights, weight_block=args.weight_block, weight_symmetric=not args.weight_asymmetric, weight_method=args.weight_method)
+                                   weights=weights, weight_block=args.weight_block, weight_symmetric=not args.weight_asymmetric, weight_method=args.weight_method, kv=args.kv)
     except ValueError as exc:
         raise SteercError(f"invalid option: {exc}") from None
     console = rich_console()
@@ -44,6 +44,7 @@ def cmd_compile(args) -> int:
     extra = f", target {settings.target}" if settings.target != "onnx" else ""
     extra += f", weights {settings.weights} {settings.resolved_weight_method} (block {settings.weight_block})" if settings.weights != "full" else ""
     extra += f", backend {settings.backend} ({settings.device})" if settings.backend != "onnx" else ""
+    extra += ", kv in-place" if settings.kv == "in-place" else ""
     console.print(f"[bold]steerc compile[/] {model} -> {args.output}  (opset {settings.opset}, {settings.dtype}, max {settings.max_seq_len} tokens{extra})")
     stages = _stages(settings)
     index = {name: i + 1 for i, name in enumerate(stages)}
@@ -76,6 +77,8 @@ def cmd_compile(args) -> int:
         f"  analysis  {analysis_line(manifest)}\n"
         + (f"  shared    attention groups {', '.join(f'{grp[0]}-{grp[-1]}' for grp in manifest['share_attention']['groups'])} "
            f"({len(manifest['share_attention']['shared_layers'])} layers without Q/K and key cache; no genai_config.json)\n" if manifest.get("share_attention") else "")
+        + (f"  kv        in place: {manifest['kv']['buffers']} buffers written by TensorScatter (opset {manifest['kv']['opset']}); no genai_config.json\n"
+           if (manifest.get("kv") or {}).get("layout") == "in-place" else "")
         + deploy_lines(manifest, Path(args.output))
         + f"  verify    {verify_line(manifest['verify'])}\n"
         f"  time      {total:.1f} s total; peak memory {_peak_rss_mib():.0f} MiB"
@@ -116,5 +119,8 @@ def add_compile_parser(sub) -> None:
                    help="minmax: each block from its minimum to its maximum, the minimum kept exactly (exact for weights from a Q4_1 GGUF); "
                    "rtn: ONNX Runtime's round-to-nearest quantizer; auto (default): minmax for int4, rtn for int8")
     p.add_argument("--weight-asymmetric", action="store_true", help="rtn: quantize with an integer zero point per block (default: symmetric)")
+    p.add_argument("--kv", default="concat", choices=["concat", "in-place"],
+                   help="KV update of the step graph: concat (present = past + new, a copy per call; default) or in-place "
+                   "(preallocated buffers the graph writes into: no copy of the past per decode step)")
     p.add_argument("--force", action="store_true", help="replace an existing engine folder")
     p.set_defaults(func=cmd_compile)

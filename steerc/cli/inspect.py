@@ -25,6 +25,8 @@ def cmd_inspect(args) -> int:
     console.print(f"  model     {manifest['architecture']} ({manifest['model_type']}), dtype {manifest['dtype']}, max {manifest['max_seq_len']} tokens, batch ≤ {manifest['max_batch']}")
     console.print(f"  geometry  {g['num_layers']} layers, {g['num_heads']} heads, {g['num_kv_heads']} kv heads, head dim {g['head_dim']}, vocab {g['vocab_size']}")
     console.print(f"  backend   {manifest['backend']['name']} opset {manifest['backend']['opset']}: {sum(manifest['backend']['op_counts'].values())} nodes")
+    if (manifest.get("kv") or {}).get("layout") == "in-place":
+        console.print(f"  kv        in place: {manifest['kv']['buffers']} buffers [B, Hkv, {manifest['kv']['capacity_dim']}, D] written by TensorScatter")
     console.print(deploy_lines(manifest, args.engine), end="")
     console.print(f"  verify    {verify_line(manifest['verify'])}")
     console.print(f"  analysis  {analysis_line(manifest)}")

@@ -133,10 +133,37 @@ def _export_graphs(sp, tmp: Path, settings: CompileSettings) -> tuple[Path, Path
     return model_path, analysis_path, weights, seconds
 
 
+def _kv_layout(model_path: Path, settings: CompileSettings) -> dict:
+    """``--kv in-place``: rewrite the step graph to write into preallocated KV buffers (the
+    analysis graph keeps the concat layout); the manifest entry."""
+    if settings.kv == "concat":
+        return {"layout": "concat"}
+    from steerc.backends.kv_in_place import CAPACITY_DIM, kv_in_place_file
+
+    return {**kv_in_place_file(model_path), "capacity_dim": CAPACITY_DIM,
+            "meaning": f"past_key_values.* are buffers [B, Hkv, {CAPACITY_DIM}, D] whose first P = attention_mask.shape[1] - input_ids.shape[1] "
+            "positions hold the cache; present.* are the same buffers with the S new positions written at P (bind one OrtValue as both "
+            "to update it in place); attention_mask and steer_bias still cover P+S keys. analysis.onnx keeps the concat layout"}
+
+
+def _step_specs(specs, settings: CompileSettings) -> list:
+    if settings.kv == "concat":
+        return specs
+    from steerc.backends.kv_in_place import in_place_specs
+
+    return in_place_specs(specs)
+
+
 def _verify_session(model_path: Path, settings: CompileSettings):
-    """The ONNX Runtime session the self-check runs, or a one-line reason it cannot open one."""
+    """The ONNX Runtime session the self-check runs (an in-place graph behind the concat
+    contract), or a one-line reason it cannot open one."""
     try:
-        return create_session(model_path)
+        session = create_session(model_path)
+        if settings.kv == "in-place":
+            from steerc.runtime.kv_buffers import InPlaceSession
+
+            session = InPlaceSession(session)
+        return session
     except Exception as exc:
         if "onnxruntime" not in type(exc).__module__ and "ONNXRuntime" not in str(exc):
             raise
@@ -173,6 +200,7 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
     try:
         with tracker.stage("export"):
             model_path, analysis_path, weights, export_seconds = _export_graphs(sp, tmp, settings)
+            kv = _kv_layout(model_path, settings)  # after the analysis graph is derived: it keeps the concat layout
             counts = op_counts(model_path)
             tensorrt = _tensorrt_target(model_path, tmp, sp, settings) if settings.target == "tensorrt" else None
         backends = {}
@@ -211,7 +239,7 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
             loaded.model.config.save_pretrained(tmp)
             if getattr(loaded.model, "generation_config", None) is not None:
                 loaded.model.generation_config.save_pretrained(tmp)
-            if sp.share_attention is None:
+            if sp.share_attention is None and settings.kv == "concat":
                 write_json_atomic(tmp / "genai_config.json", genai_config(loaded.model.config, sp.geometry, settings.max_seq_len, MODEL_FILE))
             dropped = sp.program.graph_module.meta.get("steerc_dropped_asserts", [])
             manifest = {
@@ -226,7 +254,7 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                 "max_seq_len": settings.max_seq_len,
                 "max_batch": settings.max_batch,
                 "settings": settings.to_dict(),
-                "backend": {"name": "onnx", "opset": settings.opset, "model": MODEL_FILE, "data": DATA_FILE, "op_counts": counts},
+                "backend": {"name": "onnx", "opset": kv.get("opset", settings.opset), "model": MODEL_FILE, "data": DATA_FILE, "op_counts": counts},
                 # compiled forms of the same program beside the ONNX engine: {"aoti": {...}} / {"tensorrt": {...}}
                 "backends": backends,
                 "weights": weights,
@@ -239,8 +267,9 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                     "meaning": "attn_importance[b, l, h, t]: attention probability key t receives in layer l, query head h, "
                     "summed over the real query rows of the call (steering bias included); chunks of one prefill add up",
                 },
-                "inputs": [s.to_dict() for s in sp.inputs],
-                "outputs": [s.to_dict() for s in sp.outputs],
+                "kv": kv,
+                "inputs": [s.to_dict() for s in _step_specs(sp.inputs, settings)],
+                "outputs": [s.to_dict() for s in _step_specs(sp.outputs, settings)],
                 "steering": {
                     "input": "steer_bias",
                     "dims": ["batch_size", "num_layers", "num_heads", "total_sequence_length"],

@@ -14,6 +14,7 @@ lives in :mod:`steerc.steering`; prepared contexts are kept in :mod:`steerc.stor
 
 from steerc.runtime.engine import ContextTooLongError, Engine
 from steerc.runtime.generate import SamplingParams, decode_one_token, generate, prefill
+from steerc.runtime.kv_buffers import KVBuffers
 from steerc.runtime.kv_cache import KVCache
 from steerc.runtime.steering import Steering
 from steerc.runtime.text import Completion, TextStream, complete, encode_prompts
@@ -22,6 +23,7 @@ __all__ = [
     "Completion",
     "ContextTooLongError",
     "Engine",
+    "KVBuffers",
     "KVCache",
     "SamplingParams",
     "Steering",

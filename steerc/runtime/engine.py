@@ -14,6 +14,7 @@ from steerc.backends.onnx import PREPACK_ONLY_OPS, SharedWeights, create_session
 from steerc.capture.io_spec import DecoderGeometry
 from steerc.engine.manifest import read_manifest
 from steerc.errors import EngineError, SteercError
+from steerc.runtime.kv_buffers import KV_CHUNK, InPlaceSession, KVBuffers, round_capacity
 from steerc.runtime.kv_cache import KVCache
 
 __all__ = ["Engine", "ContextTooLongError", "RUNTIME_BACKENDS", "SHARE_MODES"]
@@ -50,6 +51,9 @@ class Engine:
         self.output_names = [s["name"] for s in manifest["outputs"]]
         # Shared attention: layers without a key cache (their KV cache holds values only).
         self.keyless_layers: tuple[int, ...] = tuple((manifest.get("share_attention") or {}).get("shared_layers", ()))
+        # "in-place": the step graph writes into KVBuffers (engines compiled before --kv are "concat").
+        self.kv_layout: str = (manifest.get("kv") or {}).get("layout", "concat")
+        self.kv_chunk = KV_CHUNK  # in-place engines: KV buffers grow by this many positions
         self.eos_token_ids = _eos_ids(folder)
         self.threads: int | None = None
         self.backend = "onnx"  # what runs the step graph (see load)
@@ -84,9 +88,15 @@ class Engine:
         folder = Path(folder)
         manifest = read_manifest(folder, check_files=check_files)
         _kv_dtype(folder, manifest)  # refuse before opening a session
+        in_place = (manifest.get("kv") or {}).get("layout", "concat") == "in-place"
+        if in_place and (backend != "onnx" or device != "cpu"):
+            raise EngineError(f"engine {folder} was compiled with --kv in-place, whose KV buffers only the onnx backend on the CPU runs; "
+                              "use --backend onnx --device cpu, or recompile with --kv concat")
         share = _share_mode(share, manifest, backend, device)
         weights = SharedWeights() if share == "weights" else None
         session = open_session(folder, manifest, backend, device, threads, weights=weights, shared_arena=share != "off")
+        if in_place:
+            session = InPlaceSession(session)  # run(...) keeps the concat contract; step(...) updates KVBuffers in place
         tokenizer = None
         if manifest.get("tokenizer"):
             from transformers import AutoTokenizer
@@ -102,6 +112,27 @@ class Engine:
         g = self.geometry
         return KVCache.empty(g.num_layers, batch, g.num_kv_heads, g.head_dim, self.kv_dtype, keyless=self.keyless_layers)
 
+    @property
+    def kv_in_place(self) -> bool:
+        """The step graph updates :class:`KVBuffers` in place (``--kv in-place``)."""
+        return self.kv_layout == "in-place"
+
+    def buffers_for(self, cache: KVCache | None, total: int, exact: bool = False) -> KVBuffers:
+        """In-place engines: :class:`KVBuffers` holding ``cache`` (one copy; an empty cache of one row
+        when None) with room for ``total`` positions, rounded up to the growth chunk unless ``exact``."""
+        if not self.kv_in_place:
+            raise EngineError(f"engine {self.folder} has the concat KV layout; it takes a KVCache (KV buffers need `steerc compile --kv in-place`)")
+        cache = cache if cache is not None else self.new_cache(1)
+        cache.check_layout(self.keyless_layers, f"engine {self.folder}")
+        self._check_cache_geometry(cache.values[0].shape[1], cache.values[0].shape[3], cache.values[0].dtype)
+        return KVBuffers.from_cache(cache, total if exact else round_capacity(total, self.kv_chunk, self.max_seq_len), self.kv_chunk)
+
+    def _check_cache_geometry(self, kv_heads: int, head_dim: int, dtype) -> None:
+        g = self.geometry
+        if (kv_heads, head_dim, np.dtype(dtype)) != (g.num_kv_heads, g.head_dim, np.dtype(self.kv_dtype)):
+            raise EngineError(f"KV cache of {kv_heads} kv heads x {head_dim} ({np.dtype(dtype)}) does not fit engine {self.folder} "
+                              f"({g.num_kv_heads} kv heads x {g.head_dim}, {np.dtype(self.kv_dtype)})")
+
     def check_length(self, total: int, what: str = "the request") -> None:
         if total > self.max_seq_len:
             raise ContextTooLongError(
@@ -109,21 +140,50 @@ class Engine:
                 "shorten it, or recompile with a larger --max-seq-len"
             )
 
+    def _check_step(self, input_ids, attention_mask, bias, batch: int, length: int) -> None:
+        B, S = input_ids.shape
+        total = length + S
+        if B != batch or attention_mask.shape != (B, total) or bias.shape != (B, self.geometry.num_layers, self.geometry.num_heads, total):
+            raise ValueError(f"inconsistent step shapes: ids {input_ids.shape}, mask {attention_mask.shape}, bias {bias.shape}, "
+                             f"cache of {batch} rows and length {length}")
+
     def _feed(self, input_ids, position_ids, attention_mask, cache: KVCache, bias) -> dict:
         """The graph inputs of one step, after checking the shapes agree."""
+        if isinstance(cache, KVBuffers):
+            raise EngineError("this call takes a KVCache, not KV buffers: convert them with buffers.to_cache()")
         cache.check_layout(self.keyless_layers, f"engine {self.folder}")
-        B, S = input_ids.shape
-        total = cache.length + S
-        if attention_mask.shape != (B, total) or bias.shape != (B, self.geometry.num_layers, self.geometry.num_heads, total):
-            raise ValueError(f"inconsistent step shapes: ids {input_ids.shape}, mask {attention_mask.shape}, bias {bias.shape}, cache length {cache.length}")
+        self._check_step(input_ids, attention_mask, bias, cache.batch, cache.length)
         return dict(zip(self.input_names, (input_ids, position_ids, attention_mask, *cache.flat(), bias)))
 
-    def forward(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache, bias: np.ndarray) -> tuple[np.ndarray, KVCache]:
+    def forward(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache | KVBuffers,
+                bias: np.ndarray) -> tuple[np.ndarray, KVCache | KVBuffers]:
         """One engine call: ``input_ids [B,S]``, ``attention_mask [B,P+S]``, ``bias [B,L,H,P+S]``
-        -> ``(logits [B,S,V], cache extended by S positions)``."""
+        -> ``(logits [B,S,V], cache extended by S positions)``. A :class:`KVCache` is not
+        modified (a new one is returned); :class:`KVBuffers` (in-place engines) are updated in
+        place, growing if full, and returned."""
+        if isinstance(cache, KVBuffers):
+            return self._forward_in_place(input_ids, position_ids, attention_mask, cache, bias), cache
         feed = self._feed(input_ids, position_ids, attention_mask, cache, bias)
         logits, *present = self.session.run(self.output_names, feed)
         return logits, KVCache.from_flat(present, self.keyless_layers)
+
+    def _forward_in_place(self, input_ids, position_ids, attention_mask, buffers: KVBuffers, bias) -> np.ndarray:
+        """:meth:`forward` on KV buffers: the new positions are written into them."""
+        if not self.kv_in_place:
+            raise EngineError(f"engine {self.folder} has the concat KV layout and takes a KVCache; "
+                              "convert the buffers with buffers.to_cache(), or compile the engine with --kv in-place")
+        if len(buffers.arrays) != 2 * self.geometry.num_layers:
+            raise EngineError(f"KV buffers of {buffers.num_layers} layers do not fit engine {self.folder} ({self.geometry.num_layers} layers)")
+        _, H, _, D = buffers.arrays[0].shape
+        self._check_cache_geometry(H, D, buffers.dtype)
+        self._check_step(input_ids, attention_mask, bias, buffers.batch, buffers.length)
+        total = buffers.length + input_ids.shape[1]
+        self.check_length(total)
+        buffers.reserve(total, limit=self.max_seq_len)
+        ids_name, positions_name, mask_name = self.input_names[:3]
+        inputs = {ids_name: np.asarray(input_ids, np.int64), positions_name: np.asarray(position_ids, np.int64),
+                  mask_name: np.asarray(attention_mask, np.int64), self.input_names[-1]: np.asarray(bias, np.float32)}
+        return self.session.step(inputs, buffers)
 
 
     def _analysis_device(self) -> str:
@@ -149,6 +209,8 @@ class Engine:
             if self._analysis is None:
                 self._analysis = create_session(self.folder / self.manifest["analysis"]["model"], device=self._analysis_device(), threads=self.threads,
                                                 weights=self.weights, shared_arena=self.share != "off")
+        if isinstance(cache, KVBuffers):  # the analysis graph keeps the concat layout
+            cache = cache.to_cache()
         feed = self._feed(input_ids, position_ids, attention_mask, cache, bias)
         if queries:
             logits, *present, importance, query_sums = self._analysis.run([*self.output_names, "attn_importance", "attn_queries"], feed)

@@ -3,6 +3,11 @@
 Shapes: ``B`` rows, ``P`` cached positions, ``S`` new positions, ``V`` vocabulary. Batches
 are left-padded: ``attention_mask [B, P+S]`` is 0 on padding, and positions count only real
 tokens. The steering input is always fed (zeros when ``steering`` is None).
+
+On an in-place engine (``--kv in-place``) :func:`generate` moves the cache into
+:class:`~steerc.runtime.kv_buffers.KVBuffers` once and every step writes into them; the
+caller's :class:`KVCache` is never modified. :func:`prefill` and :func:`decode_one_token`
+take either kind and return the kind they were given.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from steerc.runtime.engine import Engine
+from steerc.runtime.kv_buffers import KVBuffers
 from steerc.runtime.kv_cache import KVCache
 from steerc.runtime.steering import Steering
 
@@ -80,12 +86,12 @@ def prefill(
     engine: Engine,
     input_ids: np.ndarray,
     attention_mask: np.ndarray,
-    cache: KVCache,
+    cache: KVCache | KVBuffers,
     steering: Steering | None = None,
     chunk: int = 0,
     progress: Callable[[int, int], None] | None = None,
     position_offset: int = 0,
-) -> tuple[np.ndarray, KVCache]:
+) -> tuple[np.ndarray, KVCache | KVBuffers]:
     """Run ``input_ids [B, S]`` after ``cache`` (``attention_mask [B, P+S]``); return the last
     position's logits ``[B, V]`` and the extended cache. ``chunk > 0`` splits long inputs into
     calls of at most ``chunk`` tokens (exact: each chunk attends to the cache so far).
@@ -94,6 +100,9 @@ def prefill(
     B, S = input_ids.shape
     engine.check_length(cache.length + S + position_offset, f"a prompt of {S} tokens after {cache.length + position_offset} cached")
     step = chunk if chunk > 0 else S
+    given = cache
+    if isinstance(cache, KVCache) and S > step and getattr(engine, "kv_in_place", False):
+        cache = engine.buffers_for(cache, cache.length + S, exact=True)  # one copy of the past instead of one per chunk
     logits = None
     for start in range(0, S, step):
         end = min(S, start + step)
@@ -104,11 +113,13 @@ def prefill(
         logits = out[:, -1]  # [B, V]
         if progress:
             progress(end, S)
+    if isinstance(given, KVCache) and isinstance(cache, KVBuffers):
+        cache = cache.to_cache()  # exactly full: the buffers themselves, no copy
     return logits, cache
 
 
-def decode_one_token(engine: Engine, tokens: np.ndarray, attention_mask: np.ndarray, cache: KVCache, steering: Steering | None = None,
-                     position_offset: int = 0) -> tuple[np.ndarray, KVCache]:
+def decode_one_token(engine: Engine, tokens: np.ndarray, attention_mask: np.ndarray, cache: KVCache | KVBuffers, steering: Steering | None = None,
+                     position_offset: int = 0) -> tuple[np.ndarray, KVCache | KVBuffers]:
     """``tokens [B]`` after ``cache`` (``attention_mask [B, P+1]``) -> ``(logits [B, V], cache)``."""
     B = tokens.shape[0]
     total = attention_mask.shape[1]
@@ -145,6 +156,8 @@ def generate(
     cache = cache if cache is not None else engine.new_cache(B)
     new_mask = np.ones((B, S), np.int64) if attention_mask is None else np.asarray(attention_mask, np.int64)
     mask = np.concatenate([np.ones((B, cache.length), np.int64), new_mask], axis=1)  # [B, P+S]
+    if isinstance(cache, KVCache) and getattr(engine, "kv_in_place", False):
+        cache = engine.buffers_for(cache, mask.shape[1])  # decode steps then write into the buffers (growing by chunks)
     if steering is not None:
         steering.check(engine.geometry.num_layers, engine.geometry.num_heads, B)
     stop = stop_token_ids if stop_token_ids is not None else engine.eos_token_ids
