@@ -20,6 +20,7 @@ from steerc.stores.base import (
     KeyLocks,
     StoredContext,
     StoreStats,
+    StoreUnavailableError,
     check_key,
     context_key,
     entry_from_bytes,
@@ -30,7 +31,7 @@ from steerc.stores.memory import MemoryStore
 from steerc.stores.tiered import TieredStore
 
 __all__ = [
-    "StoredContext", "StoreStats", "CorruptEntryError", "check_key", "context_key", "entry_to_bytes", "entry_from_bytes",
+    "StoredContext", "StoreStats", "CorruptEntryError", "StoreUnavailableError", "check_key", "context_key", "entry_to_bytes", "entry_from_bytes",
     "ContextStore", "KeyLocks", "MemoryStore", "DiskStore", "TieredStore", "default_root", "open_store",
 ]  # fmt: skip
 
