@@ -41,7 +41,7 @@ _HIT_TIERS = ("memory", "disk", "redis", "store")
 
 def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), store: ContextStore | None = None, steer_defaults: SteerConfig | None = None) -> FastAPI:
     """``steer_defaults``: the steering config a request's ``steer`` fields override (default ``SteerConfig()``)."""
-    store = store if store is not None else open_store(settings.kv_store, settings.memory_store_bytes)
+    store = store if store is not None else open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s)
     service = Service(engine, store, settings, steer_defaults)
     admission = Admission(settings.max_concurrency, settings.max_queue)
     metrics = Metrics(lambda: admission.waiting, lambda: admission.active)

@@ -1,8 +1,10 @@
 """A `steerc serve` whose Redis store is killed in the middle of a run of requests, then restarted:
 inline requests keep answering (as the healthy server did), /ready says 503 then 200, and the
-server uses Redis again once it is back."""
+server uses Redis again once it is back. A Redis that stops answering costs a request at most
+the store timeout."""
 
 import threading
+import time
 
 import httpx
 import pytest
@@ -17,7 +19,7 @@ CONTEXTS = [f"{CONTEXT[:400]} (fault run {i})" for i in range(6)]
 @pytest.fixture(scope="module")
 def redis_and_server(tiny_text_engine, tmp_path_factory):
     redis = Redis(tmp_path_factory.mktemp("fault-redis"))
-    server = Server(tiny_text_engine, tmp_path_factory.mktemp("fault-serve"), "--kv-store", redis.url, "--memory-store-mb", "0")
+    server = Server(tiny_text_engine, tmp_path_factory.mktemp("fault-serve"), "--kv-store", redis.url, "--memory-store-mb", "0", "--store-timeout", "1")
     yield redis, server
     server.stop()
     redis.stop()
@@ -81,3 +83,25 @@ def test_inline_requests_survive_a_redis_outage_and_redis_is_used_again(redis_an
     assert body["steer"]["store"] == "ok" and body["steer"]["cache"] == "miss" and body["choices"][0]["text"] == healthy[CONTEXTS[0]]
     assert _keys(redis) > 0  # written to Redis again
     assert _ask(server, CONTEXTS[0])["steer"]["cache"] == "redis"
+
+
+def test_a_redis_that_does_not_answer_costs_at_most_the_store_timeout(redis_and_server):
+    import redis as redis_py
+
+    redis, server = redis_and_server
+    start = time.perf_counter()
+    healthy = _ask(server, CONTEXT[:400] + " (slow, healthy)")
+    healthy_s = time.perf_counter() - start
+    assert healthy["steer"]["store"] == "ok" and healthy["steer"]["cache"] == "miss"
+    redis_py.Redis.from_url(redis.url).execute_command("CLIENT", "PAUSE", "6000", "ALL")  # every command waits 6 s
+    start = time.perf_counter()
+    slow = _ask(server, CONTEXT[:400] + " (slow, paused)")
+    paused_s = time.perf_counter() - start
+    assert slow["steer"]["store"] == "unavailable" and slow["steer"]["cache"] == "miss"
+    assert paused_s < healthy_s + 1 + 1.5, (healthy_s, paused_s)  # the prepare, one 1 s store timeout, slack
+    assert server.metric("steerc_store_errors_total", backend="redis", operation="get") >= 2
+    deadline = time.monotonic() + 30
+    while httpx.get(server.url + "/ready").status_code != 200:  # the pause ends
+        assert time.monotonic() < deadline, "the store did not come back after the pause"
+        time.sleep(0.5)
+    assert _ask(server, CONTEXT[:400] + " (slow, after)")["steer"]["store"] == "ok"
