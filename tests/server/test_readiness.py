@@ -1,5 +1,7 @@
 """In-process app: /ready with each failing part, the store error counter, and the `store` field."""
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -94,6 +96,8 @@ def test_the_store_field_and_the_error_counter(app_and_store):
     assert _ask(client, CONTEXT + " (units)")["cache"] == "miss"
     steer = _ask(client, CONTEXT + " (units)")
     assert steer["store"] == "ok" and steer["cache"] == "redis"
+    backoff = app.state.service.store.backoff
+    backoff.clock = lambda: 0.0  # no retry during the outage, however slow the request
     backing.down = True
     try:
         steer = _ask(client, CONTEXT + " (units)")
@@ -103,5 +107,6 @@ def test_the_store_field_and_the_error_counter(app_and_store):
         assert r.status_code == 503 and r.json()["error"]["code"] == "kv_store_unavailable"
     finally:
         backing.down = False
-    app.state.service.store.backoff.succeeded()  # skip the backoff interval
+        backoff.clock = time.monotonic
+    backoff.succeeded()  # skip the backoff interval
     assert _ask(client, CONTEXT + " (units)")["store"] == "ok"
