@@ -20,16 +20,21 @@ def free_port() -> int:
 
 
 class Redis:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, port: int | None = None):
         binary = shutil.which("redis-server")
         if binary is None:
             message = "redis-server is not installed (Debian: apt-get install redis-server; `make test` installs it)"
             if os.environ.get("STEERC_REQUIRE_REDIS"):
                 pytest.fail(message)
             pytest.skip(message)
-        self.port = free_port()
+        self.binary, self.tmp = binary, tmp
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        self.start()
+
+    def start(self) -> None:
+        """Start redis-server on this port (again, after ``kill``: empty) and wait for PING."""
+        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.tmp)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         import redis
 
@@ -41,6 +46,11 @@ class Redis:
             except redis.exceptions.ConnectionError:
                 time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        """SIGKILL: an outage as abrupt as a crash."""
+        self.proc.kill()
+        self.proc.wait(10)
 
     def stop(self) -> None:
         self.proc.terminate()

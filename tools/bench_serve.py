@@ -45,10 +45,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(engine: str, concurrency: int, threads: int | None, log: Path, kv_store: str = "memory", memory_mb: int = 1024) -> tuple[subprocess.Popen, str]:
+def start_server(engine: str, concurrency: int, threads: int | None, log: Path, kv_store: str = "memory", memory_mb: int = 1024,
+                 extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     cmd = [sys.executable, "-m", "steerc.cli", "serve", engine, "--port", str(port), "--kv-store", kv_store, "--memory-store-mb", str(memory_mb),
-           "--max-concurrency", str(concurrency), "--max-queue", "1024", "--log-level", "warning", "--request-timeout", "3600"]
+           "--max-concurrency", str(concurrency), "--max-queue", "1024", "--log-level", "warning", "--request-timeout", "3600", *extra]
     if threads:
         cmd += ["--threads", str(threads)]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "STEERC_API_KEY": ""})

@@ -31,7 +31,7 @@ def cmd_serve(args) -> int:
 
     try:
         settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("STEERC_API_KEY") or None,
-                                  max_concurrency=args.max_concurrency, max_queue=args.max_queue, request_timeout_s=args.request_timeout,
+                                  max_concurrency=args.max_concurrency, max_queue=args.max_queue, request_timeout_s=args.request_timeout, store_timeout_s=args.store_timeout,
                                   max_body_bytes=args.max_body_bytes, kv_store=args.kv_store, memory_store_bytes=args.memory_store_mb << 20,
                                   model_name=args.model_name, chat=not args.no_chat)
     except ValueError as exc:
@@ -39,7 +39,7 @@ def cmd_serve(args) -> int:
     steer_defaults = steer_config(args)
     engine = Engine.load(args.engine, device=args.device, threads=args.threads, backend=args.backend)
     check_profile(args, engine)
-    store = open_store(settings.kv_store, settings.memory_store_bytes)
+    store = open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s)
     app = create_app(engine, settings, store, steer_defaults)
     name = app.state.service.model_name
     print(f"steerc serve: {name} ({engine.max_seq_len} tokens) on http://{settings.host}:{settings.port}/v1  "
@@ -62,6 +62,7 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health (or set STEERC_API_KEY)")
     p.add_argument("--kv-store", default=None, help="prepared-context store: 'memory', a folder, or redis://host:port/db "
                                                     "(shared by servers); default: memory + ~/.cache/steerc/contexts")
+    p.add_argument("--store-timeout", type=float, default=10.0, help="seconds a Redis command may take; past it the request is answered without the store (default 10)")
     p.add_argument("--memory-store-mb", type=int, default=1024, help="in-memory store budget (MiB)")
     p.add_argument("--max-concurrency", type=int, default=2, help="generations running at once (default 2)")
     p.add_argument("--max-queue", type=int, default=32, help="requests that may wait for a slot; more get 429 (default 32)")

@@ -41,10 +41,11 @@ _HIT_TIERS = ("memory", "disk", "redis", "store")
 
 def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), store: ContextStore | None = None, steer_defaults: SteerConfig | None = None) -> FastAPI:
     """``steer_defaults``: the steering config a request's ``steer`` fields override (default ``SteerConfig()``)."""
-    store = store if store is not None else open_store(settings.kv_store, settings.memory_store_bytes)
+    store = store if store is not None else open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s)
     service = Service(engine, store, settings, steer_defaults)
     admission = Admission(settings.max_concurrency, settings.max_queue)
     metrics = Metrics(lambda: admission.waiting, lambda: admission.active)
+    service.store.on_error = lambda backend, operation: metrics.store_errors.labels(backend, operation).inc()
     executor = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix="steerc-gen")
     jobs: set[Job] = set()
     started = int(time.time())
@@ -166,6 +167,14 @@ def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), stor
     async def health():
         return {"status": "ok", "model": service.model_name, "running": admission.active, "queued": admission.waiting}
 
+    @app.get("/ready")
+    async def ready():
+        problems = await run_in_threadpool(service.not_ready)
+        body = {"status": "not ready" if problems else "ready", "model": service.model_name, "store": "unavailable" if "store" in problems else "ok"}
+        if problems:
+            body["reason"] = "; ".join(problems.values())
+        return JSONResponse(body, 503 if problems else 200)
+
     @api.get("/metrics")
     async def prometheus():
         return Response(metrics.render(), media_type=CONTENT_TYPE)
@@ -221,7 +230,7 @@ def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), stor
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException):
-        message = {404: f"no route {request.method} {request.url.path}; the API is /v1/completions, /v1/chat/completions, /v1/contexts, /v1/models, /health, /metrics",
+        message = {404: f"no route {request.method} {request.url.path}; the API is /v1/completions, /v1/chat/completions, /v1/contexts, /v1/models, /health, /ready, /metrics",
                    405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
         return JSONResponse(ApiError(exc.status_code, message, code="not_found" if exc.status_code == 404 else None).body(), exc.status_code)
 

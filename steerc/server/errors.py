@@ -44,7 +44,7 @@ class TimedOut(Exception):
 def api_error(exc: BaseException, timeout_s: float | None = None) -> ApiError:
     """The ApiError a failure maps to (an unexpected one is logged with its traceback: a bug)."""
     from steerc.runtime.engine import ContextTooLongError
-    from steerc.stores.redis import StoreUnavailableError
+    from steerc.stores.base import StoreUnavailableError
 
     if isinstance(exc, ApiError):
         return exc

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 __all__ = ["Metrics", "RequestMetrics", "route_label", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/contexts", "/v1/models", "/health", "/metrics")
+_ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/contexts", "/v1/models", "/health", "/ready", "/metrics")
 _SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
 
 
@@ -32,6 +32,8 @@ class Metrics:
                                      buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000), registry=r)
         self.prefill_tokens = Counter("steerc_prefill_tokens", "Tokens prefilled, by kind (context preparation or prompt)", ["kind"], registry=r)
         self.cache = Counter("steerc_context_cache", "Steered-context lookups by result (hit: no context prefill)", ["result"], registry=r)
+        self.store_errors = Counter("steerc_store_errors", "Context-store operations that failed (the request went on without the store), by backend and operation",
+                                    ["backend", "operation"], registry=r)
         self.cancelled = Counter("steerc_cancelled_requests", "Generations stopped early, by reason", ["reason"], registry=r)
         Gauge("steerc_queue_depth", "Requests waiting for a generation slot", registry=r).set_function(queue_depth)
         Gauge("steerc_requests_in_flight", "Generations running", registry=r).set_function(in_flight)

@@ -38,7 +38,8 @@ from steerc.steering.answer import Steerer
 from steerc.steering.config import SteerConfig
 from steerc.steering.layout import PromptLayout
 from steerc.steering.methods import METHODS, get_method
-from steerc.stores import ContextStore
+from steerc.stores import ContextStore, StoreUnavailableError
+from steerc.stores.guarded import GuardedStore
 
 __all__ = ["Generation", "Job", "Service"]
 
@@ -123,11 +124,23 @@ class Service:
     def __init__(self, engine: Engine, store: ContextStore, settings: ServerSettings, steer_defaults: SteerConfig | None = None) -> None:
         if engine.tokenizer is None:
             raise EngineError(f"engine {engine.folder} has no tokenizer; the server speaks text, so compile from a model folder or GGUF that has one")
-        self.engine, self.store, self.settings = engine, store, settings
+        self.engine, self.settings = engine, settings
+        self.store = store if isinstance(store, GuardedStore) else GuardedStore(store)  # answers degrade, not fail, when the store does
         self.steer_defaults = steer_defaults or SteerConfig()
         self.layout = PromptLayout.for_tokenizer(engine.tokenizer, settings.chat)
-        self.registry = ContextRegistry(store)
+        self.registry = ContextRegistry(self.store.inner)  # a registered context's record lives only in the store: no degrading
         self.model_name = settings.model_name or Path(engine.folder).name
+
+    def not_ready(self) -> dict[str, str]:
+        """What keeps the server from answering well, by part (``engine``, ``store``); empty when ready."""
+        problems = {}
+        if getattr(self.engine, "session", None) is None:
+            problems["engine"] = "the engine is not loaded"
+        try:
+            self.store.ping()
+        except StoreUnavailableError as exc:
+            problems["store"] = str(exc)
+        return problems
 
     # -- checks -----------------------------------------------------------------------------
     def check_model(self, model: str | None) -> None:
@@ -223,13 +236,14 @@ class Service:
     def _stream_steered(self, plan: Plan, job: Job) -> Iterator[str]:
         start = time.perf_counter()
         steerer, prefilled, parts = Steerer(self.engine, plan.config, self.store, chat=self.settings.chat), _Prefilled(job), []
-        for delta in steerer.stream(plan.context, plan.query, max_new_tokens=plan.max_tokens, sampling=plan.sampling, progress=prefilled, stop=plan.stop):
-            job.check()
-            parts.append(delta)
-            yield delta
+        with self.store.track() as used:
+            for delta in steerer.stream(plan.context, plan.query, max_new_tokens=plan.max_tokens, sampling=plan.sampling, progress=prefilled, stop=plan.stop):
+                job.check()
+                parts.append(delta)
+                yield delta
         job.check()
         a = steerer.last
-        steer = {"context_id": plan.context_id, "method": a.method, "cache": a.cache, "context_tokens": a.context_tokens, "selected_tokens": a.selected_tokens,
+        steer = {"context_id": plan.context_id, "method": a.method, "cache": a.cache, "store": used.state, "context_tokens": a.context_tokens, "selected_tokens": a.selected_tokens,
                  "context_prefill_tokens": prefilled.tokens, "prepare_s": round(a.prepare_s, 4),
                  "config": {k: v for k, v in plan.config.to_dict().items() if k != "prefixes"}}
         if a.key_sentence is not None:
@@ -248,12 +262,13 @@ class Service:
                                 f"another method ({', '.join(n for n, m in METHODS.items() if m.registrable)}) and send method '{config.method}' with each request", param="method")
         steerer, prefilled = Steerer(self.engine, config, self.store, chat=self.settings.chat), _Prefilled(job)
         start = time.perf_counter()
-        prepared, tier = steerer.prepare(req.context, config, progress=prefilled)
+        with self.store.track() as used:
+            prepared, tier = steerer.prepare(req.context, config, progress=prefilled)
         job.check()
         entries = [prepared.key] if prepared.positions is not None else method.store_keys(steerer, prepared, config)  # a compacted context is one entry
         record = self.registry.save(prepared, req.context, self.layout.chat, entries, {"prepare_s": round(prepared.meta.get("prepare_seconds", 0.0), 4)})
         out = self.registry.public(record)
-        out.update(cache=tier, context_prefill_tokens=prefilled.tokens, seconds=round(time.perf_counter() - start, 4))
+        out.update(cache=tier, store=used.state, context_prefill_tokens=prefilled.tokens, seconds=round(time.perf_counter() - start, 4))
         return out
 
 

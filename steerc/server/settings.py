@@ -22,6 +22,7 @@ class ServerSettings(_JsonDataclass):
     bounds a request from arrival (queue wait included) to its last token. ``api_key``: when
     set, every route but ``/health`` needs ``Authorization: Bearer <key>``. ``kv_store``:
     None (memory + disk at the default folder), ``memory``, a folder, or ``redis://host:port/db``.
+    ``store_timeout_s``: how long one Redis command may take before the request goes on without the store.
     ``chat``: steered prompts and ``/v1/chat/completions`` use the engine's chat template."""
 
     host: str = "127.0.0.1"
@@ -33,6 +34,7 @@ class ServerSettings(_JsonDataclass):
     max_body_bytes: int = 1 << 20
     kv_store: str | None = None
     memory_store_bytes: int = 1 << 30
+    store_timeout_s: float = 10.0
     model_name: str | None = None
     chat: bool = True
 
@@ -46,9 +48,10 @@ class ServerSettings(_JsonDataclass):
             raise ValueError("api_key must be at least 8 characters without spaces")
         _positive_int("max_concurrency", self.max_concurrency)
         _positive_int("max_queue", self.max_queue, 0)
-        t = self.request_timeout_s
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-            raise ValueError(f"request_timeout_s must be a positive number of seconds, got {t!r}")
+        for name in ("request_timeout_s", "store_timeout_s"):
+            t = getattr(self, name)
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {t!r}")
         _positive_int("max_body_bytes", self.max_body_bytes, 1024)
         _positive_int("memory_store_bytes", self.memory_store_bytes, 0)
         if self.kv_store is not None and (not isinstance(self.kv_store, str) or not self.kv_store.strip()):

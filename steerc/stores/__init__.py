@@ -20,6 +20,7 @@ from steerc.stores.base import (
     KeyLocks,
     StoredContext,
     StoreStats,
+    StoreUnavailableError,
     check_key,
     context_key,
     entry_from_bytes,
@@ -30,7 +31,7 @@ from steerc.stores.memory import MemoryStore
 from steerc.stores.tiered import TieredStore
 
 __all__ = [
-    "StoredContext", "StoreStats", "CorruptEntryError", "check_key", "context_key", "entry_to_bytes", "entry_from_bytes",
+    "StoredContext", "StoreStats", "CorruptEntryError", "StoreUnavailableError", "check_key", "context_key", "entry_to_bytes", "entry_from_bytes",
     "ContextStore", "KeyLocks", "MemoryStore", "DiskStore", "TieredStore", "default_root", "open_store",
 ]  # fmt: skip
 
@@ -40,9 +41,10 @@ def default_root() -> Path:
     return Path(os.environ.get("STEERC_CONTEXT_STORE") or "~/.cache/steerc/contexts").expanduser()
 
 
-def open_store(spec: str | None, memory_bytes: int = 1 << 30) -> ContextStore:
+def open_store(spec: str | None, memory_bytes: int = 1 << 30, timeout: float = 60.0) -> ContextStore:
     """``None``: memory + disk at :func:`default_root`; ``"memory"``: memory only; a folder path:
-    memory + disk there; ``redis://host:port/db``: memory + a Redis server (shared by processes)."""
+    memory + disk there; ``redis://host:port/db``: memory + a Redis server (shared by processes),
+    each command failing after ``timeout`` seconds."""
     if spec is None:
         return TieredStore(MemoryStore(memory_bytes), DiskStore(default_root()))
     if spec == "memory":
@@ -50,7 +52,7 @@ def open_store(spec: str | None, memory_bytes: int = 1 << 30) -> ContextStore:
     if spec.startswith(("redis://", "rediss://", "unix://")):
         from steerc.stores.redis import RedisStore
 
-        return TieredStore(MemoryStore(memory_bytes), RedisStore(spec))
+        return TieredStore(MemoryStore(memory_bytes), RedisStore(spec, timeout=timeout))
     if not spec.strip():
         raise SteercError("the context store spec is empty; pass 'memory', a folder path, or leave it out for the default")
     return TieredStore(MemoryStore(memory_bytes), DiskStore(spec))

@@ -27,7 +27,7 @@ import numpy as np
 from steerc.errors import SteercError
 
 __all__ = [
-    "StoredContext", "StoreStats", "CorruptEntryError", "check_key", "context_key", "entry_to_bytes", "entry_from_bytes",
+    "StoredContext", "StoreStats", "CorruptEntryError", "StoreUnavailableError", "check_key", "context_key", "entry_to_bytes", "entry_from_bytes",
     "ContextStore", "KeyLocks",
 ]  # fmt: skip
 
@@ -43,6 +43,10 @@ def check_key(key: str) -> str:
 
 class CorruptEntryError(SteercError):
     """A stored context is truncated, garbled, or filed under the wrong key."""
+
+
+class StoreUnavailableError(SteercError):
+    """The context store cannot be read or written (server down, timeout, disk full, permission denied)."""
 
 
 def _json(value: Any) -> str:
@@ -178,6 +182,9 @@ class ContextStore(abc.ABC):
         """The entry and where it came from: this store's ``tier``, or ``(None, "miss")``."""
         entry = self.get(key)
         return entry, (self.tier if entry is not None else "miss")
+
+    def ping(self) -> None:
+        """Check that the store answers (cheaply); raises :class:`StoreUnavailableError` if not."""
 
     @abc.abstractmethod
     def get(self, key: str) -> StoredContext | None: ...

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from steerc.stores.base import ContextStore, CorruptEntryError, StoredContext, check_key, entry_from_bytes, entry_to_bytes
+from steerc.stores.base import ContextStore, CorruptEntryError, StoredContext, StoreUnavailableError, check_key, entry_from_bytes, entry_to_bytes
 
 __all__ = ["DiskStore"]
 
@@ -15,7 +15,10 @@ log = logging.getLogger(__name__)
 
 
 class DiskStore(ContextStore):
-    """One safetensors file per entry under ``root/key[:2]/``; atomic writes; corrupt files are dropped."""
+    """One safetensors file per entry under ``root/key[:2]/``; atomic writes; corrupt files are dropped.
+
+    A folder that cannot be read or written (permission denied, disk full, I/O error) raises
+    :class:`StoreUnavailableError`; a failed write leaves nothing behind (not even its temporary)."""
 
     tier = "disk"
 
@@ -26,14 +29,31 @@ class DiskStore(ContextStore):
     def path(self, key: str) -> Path:
         return self.root / check_key(key)[:2] / f"{key}.safetensors"
 
+    def _failed(self, what: str, exc: OSError) -> StoreUnavailableError:
+        return StoreUnavailableError(f"the disk context store at {self.root} could not {what}: {exc.strerror or exc}; check its free space and permissions")
+
+    def ping(self) -> None:
+        """The folder exists (or can be made) and takes a small file."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".ping.", suffix=".tmp", dir=self.root)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise self._failed("write a file", exc) from None
+
     def get(self, key: str) -> StoredContext | None:
         path = self.path(key)
         try:
-            entry = entry_from_bytes(key, path.read_bytes())
-        except FileNotFoundError:
+            data = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
             self.stats.misses += 1
             return None
-        except (CorruptEntryError, OSError) as exc:
+        except OSError as exc:
+            raise self._failed(f"read {path.name}", exc) from None
+        try:
+            entry = entry_from_bytes(key, data)
+        except CorruptEntryError as exc:
             log.warning("dropping unreadable stored context %s: %s", path, exc)
             self.stats.corrupt += 1
             self.stats.misses += 1
@@ -45,16 +65,21 @@ class DiskStore(ContextStore):
     def put(self, key: str, entry: StoredContext) -> None:
         path = self.path(key)
         data = entry_to_bytes(key, entry)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
+        except OSError as exc:
+            raise self._failed(f"write {path.name}", exc) from None
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise self._failed(f"write {path.name}", exc) from None
             raise
         self.stats.puts += 1
 
@@ -70,7 +95,10 @@ class DiskStore(ContextStore):
         return self._unlink(self.path(key))
 
     def __contains__(self, key: str) -> bool:
-        return self.path(key).is_file()
+        try:
+            return self.path(key).is_file()
+        except OSError as exc:
+            raise self._failed("look up an entry", exc) from None
 
     def clear(self) -> None:
         """Remove this store's entry files (and stray temporaries); other files are left alone."""

@@ -16,15 +16,11 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 from steerc.errors import SteercError, require
-from steerc.stores.base import ContextStore, CorruptEntryError, StoredContext, check_key, entry_from_bytes, entry_to_bytes
+from steerc.stores.base import ContextStore, CorruptEntryError, StoredContext, StoreUnavailableError, check_key, entry_from_bytes, entry_to_bytes
 
 __all__ = ["RedisStore", "StoreUnavailableError"]
 
 log = logging.getLogger(__name__)
-
-
-class StoreUnavailableError(SteercError):
-    """The shared context store cannot be reached."""
 
 
 def _redacted(url: str) -> str:
@@ -36,20 +32,29 @@ def _redacted(url: str) -> str:
 
 
 class RedisStore(ContextStore):
-    """Entries in Redis at ``url`` (``redis://[:password@]host:port/db``); see the module doc."""
+    """Entries in Redis at ``url`` (``redis://[:password@]host:port/db``); see the module doc.
+    ``timeout``: seconds one Redis command may take before it fails (StoreUnavailableError)."""
 
     tier = "redis"
 
-    def __init__(self, url: str, prefix: str = "steerc:ctx:", *, lock_seconds: float = 600.0, connect_timeout: float = 5.0) -> None:
+    def __init__(self, url: str, prefix: str = "steerc:ctx:", *, lock_seconds: float = 600.0, connect_timeout: float = 5.0,
+                 timeout: float = 60.0) -> None:
         super().__init__()
         redis = require("redis", "the Redis context store", "pip install 'steerc[serve]'")
         self.url, self.prefix, self.lock_seconds = _redacted(url), prefix, lock_seconds
         try:
-            self.client = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout, socket_timeout=60)
+            # One quick retry of a dropped connection (Redis restarted), none of a timeout, no backoff:
+            # an outage is the caller's to handle (GuardedStore), not a wait here.
+            retry = redis.retry.Retry(redis.backoff.NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
+            self.client = redis.Redis.from_url(url, socket_connect_timeout=min(connect_timeout, timeout), socket_timeout=timeout, retry=retry)
         except ValueError as exc:
             raise SteercError(f"invalid Redis URL {self.url!r}: {exc}; expected redis://host:port/db") from None
         self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ResponseError)
-        self._call(self.client.ping)  # fail at start-up, not on the first request
+        self.ping()  # fail at start-up, not on the first request
+
+    def ping(self) -> None:
+        """One Redis ``PING``."""
+        self._call(self.client.ping)
 
     def _call(self, fn, *args):
         try:

@@ -19,6 +19,9 @@ class TieredStore(ContextStore):
         self.memory, self.backing = memory, backing
         self.tier = backing.tier
 
+    def ping(self) -> None:
+        self.backing.ping()
+
     def lock(self, key: str):
         return self.backing.lock(key)
 

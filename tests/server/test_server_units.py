@@ -25,6 +25,7 @@ def test_settings_round_trip_and_hide_the_key():
     ("port", 70000, "port must be in"),
     ("request_timeout_s", 0, "positive number of seconds"),
     ("request_timeout_s", float("inf"), "positive number of seconds"),
+    ("store_timeout_s", 0, "store_timeout_s must be a positive number of seconds"),
     ("max_body_bytes", 10, "max_body_bytes must be an integer >= 1024"),
     ("api_key", "short", "at least 8 characters"),
     ("api_key", "has a space", "at least 8 characters"),

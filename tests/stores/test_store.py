@@ -11,6 +11,7 @@ from steerc.stores import (
     DiskStore,
     MemoryStore,
     StoredContext,
+    StoreUnavailableError,
     TieredStore,
     context_key,
     entry_from_bytes,
@@ -166,7 +167,7 @@ def test_disk_store_failed_write_keeps_old_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(disk_mod.os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StoreUnavailableError, match="disk full"):
         store.put(KEY, _entry(seed=2))
     monkeypatch.undo()
     assert os.listdir(tmp_path / KEY[:2]) == [f"{KEY}.safetensors"]

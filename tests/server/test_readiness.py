@@ -1,0 +1,112 @@
+"""In-process app: /ready with each failing part, the store error counter, and the `store` field."""
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from steerc.runtime.engine import Engine
+from steerc.server.app import create_app
+from steerc.server.settings import ServerSettings
+from steerc.stores import MemoryStore, StoreUnavailableError, TieredStore
+
+from test_api import CONTEXT, QUESTION
+
+
+class Switch(MemoryStore):
+    """A backing store that fails every operation while ``down`` (named like Redis)."""
+
+    tier = "redis"
+
+    def __init__(self):
+        super().__init__(1 << 26)
+        self.down = False
+
+    def _check(self):
+        if self.down:
+            raise StoreUnavailableError("the Redis context store at redis://127.0.0.1:1/0 failed: connection refused")
+
+    def get(self, key):
+        self._check()
+        return super().get(key)
+
+    def put(self, key, entry):
+        self._check()
+        super().put(key, entry)
+
+    def __contains__(self, key):
+        self._check()
+        return super().__contains__(key)
+
+    def ping(self):
+        self._check()
+
+
+@pytest.fixture(scope="module")
+def app_and_store(tiny_text_engine):
+    backing = Switch()
+    app = create_app(Engine.load(tiny_text_engine), ServerSettings(), TieredStore(MemoryStore(0), backing))
+    with TestClient(app) as client:
+        yield app, client, backing
+    backing.down = False
+
+
+def _metric(client, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _ask(client, context: str) -> dict:
+    r = client.post("/v1/completions", json={"prompt": QUESTION, "max_tokens": 3, "temperature": 0, "steer": {"context": context}})
+    assert r.status_code == 200, r.text
+    return r.json()["steer"]
+
+
+def test_ready_when_the_engine_is_loaded_and_the_store_answers(app_and_store):
+    app, client, backing = app_and_store
+    r = client.get("/ready")
+    assert r.status_code == 200 and r.json()["status"] == "ready" and r.json()["store"] == "ok"
+
+
+def test_ready_is_503_with_the_reason_when_the_store_fails(app_and_store):
+    app, client, backing = app_and_store
+    backing.down = True
+    try:
+        r = client.get("/ready")
+        assert r.status_code == 503 and r.json()["store"] == "unavailable" and "Redis context store" in r.json()["reason"]
+        assert client.get("/health").status_code == 200  # liveness is not readiness
+    finally:
+        backing.down = False
+    assert client.get("/ready").status_code == 200
+
+
+def test_ready_is_503_when_the_engine_is_not_loaded(app_and_store, monkeypatch):
+    app, client, backing = app_and_store
+    monkeypatch.setattr(app.state.service.engine, "session", None)
+    r = client.get("/ready")
+    assert r.status_code == 503 and r.json()["reason"] == "the engine is not loaded" and r.json()["store"] == "ok"
+
+
+def test_the_store_field_and_the_error_counter(app_and_store):
+    app, client, backing = app_and_store
+    counter = 'steerc_store_errors_total{backend="redis",operation="get"}'
+    before = _metric(client, counter)
+    assert _ask(client, CONTEXT + " (units)")["cache"] == "miss"
+    steer = _ask(client, CONTEXT + " (units)")
+    assert steer["store"] == "ok" and steer["cache"] == "redis"
+    backoff = app.state.service.store.backoff
+    backoff.clock = lambda: 0.0  # no retry during the outage, however slow the request
+    backing.down = True
+    try:
+        steer = _ask(client, CONTEXT + " (units)")
+        assert steer["store"] == "unavailable" and steer["cache"] == "miss" and steer["context_prefill_tokens"] > 0
+        assert _metric(client, counter) == before + 1
+        r = client.post("/v1/contexts", json={"context": CONTEXT + " (units)"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "kv_store_unavailable"
+    finally:
+        backing.down = False
+        backoff.clock = time.monotonic
+    backoff.succeeded()  # skip the backoff interval
+    assert _ask(client, CONTEXT + " (units)")["store"] == "ok"
