@@ -1,13 +1,15 @@
 """Latency of `steerc serve` through a Redis outage: one client, inline steered requests, before /
 during / after redis-server is killed (and restarted, empty).
 
-    python tools/bench_store_outage.py ENGINE [--requests 12] [--store-timeout 10] [--out docs/bench/store_outage.json]
+    python tools/bench_store_outage.py ENGINE [--requests 12] [--outage kill|pause] [--store-timeout 10] [--out docs/bench/store-outage.json]
 
 Starts its own redis-server (on a free loopback port, no persistence) and a server on it with
 ``--memory-store-mb 0`` (every lookup goes to Redis). Each phase sends ``--requests`` requests,
 one at a time; each is streamed, greedy, and asks a question about the example passage made
 unique per request, so every request prepares its context (LLMSteer without reuse) and the
-phases differ only in what the store costs. A failed request is counted, not retried. The
+phases differ only in what the store costs. ``--outage kill``: redis-server is SIGKILLed
+(connections refused); ``--outage pause``: ``CLIENT PAUSE`` (Redis accepts connections but
+answers nothing, so each try costs the store timeout), over before the last phase. A failed request is counted, not retried. The
 target: 0 failures, and during the outage p95 latency at most the prepare time plus the store
 timeout.
 """
@@ -72,6 +74,7 @@ def main() -> None:
     p.add_argument("engine", help="engine folder")
     p.add_argument("--requests", type=int, default=12, help="requests per phase")
     p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--outage", choices=("kill", "pause"), default="kill", help="how Redis fails during the middle phase")
     p.add_argument("--store-timeout", type=float, default=10.0, help="the server's --store-timeout")
     p.add_argument("--threads", type=int, default=None, help="the server's --threads")
     p.add_argument("--context", default=str(ROOT / "examples" / "super_bowl_50.txt"))
@@ -89,11 +92,19 @@ def main() -> None:
             c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": QUESTIONS[0]}], "max_tokens": 2,
                                                  "steer": {"method": "llmsteer", "context": context + " [warm-up]"}}).raise_for_status()
         for n, phase in enumerate(PHASES):
-            if phase == "during":
+            if phase == "during" and args.outage == "kill":
                 redis.kill()
                 redis.wait(10)
-            elif phase == "after":
+            elif phase == "during":
+                import redis as redis_py
+
+                pause_s = max(5.0, 1.5 * args.requests * rows[0]["latency_p50_s"])  # longer than the phase (CLIENT UNPAUSE would wait too)
+                redis_py.Redis(port=port).execute_command("CLIENT", "PAUSE", str(int(pause_s * 1000)), "ALL")
+                paused_until = time.monotonic() + pause_s
+            elif phase == "after" and args.outage == "kill":
                 redis = start_redis(port, tmp)
+            elif phase == "after":
+                time.sleep(max(0.0, paused_until - time.monotonic()) + 0.5)
             rows.append(run_phase(url, phase, args.requests, context, args.max_tokens, n * args.requests))
             print(json.dumps(rows[-1]), flush=True)
     finally:
@@ -105,7 +116,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['phase']} | {r['requests']} | {r['failed']} | {r['latency_p50_s']} s | {r['latency_p95_s']} s | {r['ready_after']} |")
     if args.out:
-        meta = {"engine": args.engine, "requests": args.requests, "max_tokens": args.max_tokens, "store_timeout_s": args.store_timeout,
+        meta = {"engine": args.engine, "outage": args.outage, "requests": args.requests, "max_tokens": args.max_tokens, "store_timeout_s": args.store_timeout,
                 "threads": args.threads, "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"run": meta, "rows": rows}, indent=1) + "\n")
