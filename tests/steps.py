@@ -13,6 +13,7 @@ from tiny_models import tiny_model
 
 from steerc.compiler import capture_steerable
 from steerc.settings import CompileSettings
+from steerc.stores import MemoryStore, StoreUnavailableError
 
 TEST_SETTINGS = CompileSettings(max_seq_len=256, max_batch=8)
 
@@ -47,3 +48,34 @@ def assert_step_close(got, ref, mask: torch.Tensor, seq: int, atol: float = 1e-5
     for g_kv, r_kv in zip(got_present, ref_present):
         g_kv = torch.as_tensor(g_kv)
         torch.testing.assert_close(g_kv.transpose(1, 2)[keys], r_kv.transpose(1, 2)[keys], atol=atol, rtol=0)
+
+
+class FailingStore(MemoryStore):
+    """A memory store (named like Redis) that fails every operation while ``down`` and counts
+    the operations tried; for the store-outage tests of tests/stores and tests/server."""
+
+    tier = "redis"
+
+    def __init__(self, capacity: int = 1 << 26):
+        super().__init__(capacity)
+        self.down, self.calls = False, 0
+
+    def _check(self):
+        self.calls += 1
+        if self.down:
+            raise StoreUnavailableError("the Redis context store at redis://127.0.0.1:1/0 failed: connection refused")
+
+    def get(self, key):
+        self._check()
+        return super().get(key)
+
+    def put(self, key, entry):
+        self._check()
+        super().put(key, entry)
+
+    def __contains__(self, key):
+        self._check()
+        return super().__contains__(key)
+
+    def ping(self):
+        self._check()

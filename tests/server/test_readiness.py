@@ -8,43 +8,15 @@ from fastapi.testclient import TestClient
 from steerc.runtime.engine import Engine
 from steerc.server.app import create_app
 from steerc.server.settings import ServerSettings
-from steerc.stores import MemoryStore, StoreUnavailableError, TieredStore
+from steerc.stores import MemoryStore, TieredStore
 
+from steps import FailingStore
 from test_api import CONTEXT, QUESTION
-
-
-class Switch(MemoryStore):
-    """A backing store that fails every operation while ``down`` (named like Redis)."""
-
-    tier = "redis"
-
-    def __init__(self):
-        super().__init__(1 << 26)
-        self.down = False
-
-    def _check(self):
-        if self.down:
-            raise StoreUnavailableError("the Redis context store at redis://127.0.0.1:1/0 failed: connection refused")
-
-    def get(self, key):
-        self._check()
-        return super().get(key)
-
-    def put(self, key, entry):
-        self._check()
-        super().put(key, entry)
-
-    def __contains__(self, key):
-        self._check()
-        return super().__contains__(key)
-
-    def ping(self):
-        self._check()
 
 
 @pytest.fixture(scope="module")
 def app_and_store(tiny_text_engine):
-    backing = Switch()
+    backing = FailingStore()
     app = create_app(Engine.load(tiny_text_engine), ServerSettings(), TieredStore(MemoryStore(0), backing))
     with TestClient(app) as client:
         yield app, client, backing

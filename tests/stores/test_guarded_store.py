@@ -9,6 +9,7 @@ import pytest
 from steerc.stores import DiskStore, MemoryStore, StoredContext, StoreUnavailableError, TieredStore, context_key
 from steerc.stores import disk as disk_mod
 from steerc.stores.guarded import Backoff, GuardedStore
+from steps import FailingStore
 
 KEY = context_key("engine-a", [1, 2, 3], "Answer briefly.", {"alpha": 0.5})
 OTHER = context_key("engine-a", [4, 5], "Answer briefly.", {"alpha": 0.5})
@@ -24,36 +25,6 @@ class Clock:
 
     def __call__(self):
         return self.now
-
-
-class Flaky(MemoryStore):
-    """A memory store that fails every operation while ``down``."""
-
-    tier = "redis"
-
-    def __init__(self):
-        super().__init__(1 << 20)
-        self.down, self.calls = False, 0
-
-    def _check(self):
-        self.calls += 1
-        if self.down:
-            raise StoreUnavailableError("the Redis context store at redis://x failed: connection refused")
-
-    def get(self, key):
-        self._check()
-        return super().get(key)
-
-    def put(self, key, entry):
-        self._check()
-        super().put(key, entry)
-
-    def __contains__(self, key):
-        self._check()
-        return super().__contains__(key)
-
-    def ping(self):
-        self._check()
 
 
 def test_backoff_doubles_up_to_its_cap_and_a_success_resets_it():
@@ -80,7 +51,7 @@ def test_backoff_doubles_up_to_its_cap_and_a_success_resets_it():
 
 
 def test_a_failing_store_is_a_miss_a_dropped_write_and_counted_once_per_operation(caplog):
-    clock, inner, seen = Clock(), Flaky(), []
+    clock, inner, seen = Clock(), FailingStore(), []
     guard = GuardedStore(inner, Backoff(clock=clock), on_error=lambda backend, op: seen.append((backend, op)))
     guard.put(KEY, _entry())
     inner.down = True
@@ -108,7 +79,7 @@ def test_a_failing_store_is_a_miss_a_dropped_write_and_counted_once_per_operatio
 
 
 def test_a_tiered_store_keeps_serving_from_memory_while_its_backing_store_is_down():
-    clock, backing = Clock(), Flaky()
+    clock, backing = Clock(), FailingStore()
     guard = GuardedStore(TieredStore(MemoryStore(1 << 20), backing), Backoff(clock=clock))
     guard.put(KEY, _entry())
     backing.down = True
@@ -123,7 +94,7 @@ def test_a_tiered_store_keeps_serving_from_memory_while_its_backing_store_is_dow
 
 
 def test_the_lock_falls_back_to_a_process_lock_and_errors_in_its_block_propagate():
-    class LockFails(Flaky):
+    class LockFails(FailingStore):
         def lock(self, key):
             self._check()
             return super().lock(key)
@@ -139,7 +110,7 @@ def test_the_lock_falls_back_to_a_process_lock_and_errors_in_its_block_propagate
 
 
 def test_ping_raises_and_records_the_outage_then_recovers():
-    inner = Flaky()
+    inner = FailingStore()
     guard = GuardedStore(inner, Backoff(clock=Clock()))
     inner.down = True
     with pytest.raises(StoreUnavailableError, match="connection refused"):
