@@ -38,7 +38,7 @@ from steerc.steering.answer import Steerer
 from steerc.steering.config import SteerConfig
 from steerc.steering.layout import PromptLayout
 from steerc.steering.methods import METHODS, get_method
-from steerc.stores import ContextStore, StoreUnavailableError
+from steerc.stores import ContextStore
 from steerc.stores.guarded import GuardedStore
 
 __all__ = ["Generation", "Job", "Service"]
@@ -128,7 +128,7 @@ class Service:
         self.store = store if isinstance(store, GuardedStore) else GuardedStore(store)  # answers degrade, not fail, when the store does
         self.steer_defaults = steer_defaults or SteerConfig()
         self.layout = PromptLayout.for_tokenizer(engine.tokenizer, settings.chat)
-        self.registry = ContextRegistry(self.store.inner)  # a registered context's record lives only in the store: no degrading
+        self.registry = ContextRegistry(self.store.raising("registry"))  # a registered context's record lives only in the store: no degrading (failures counted)
         self.model_name = settings.model_name or Path(engine.folder).name
 
     def not_ready(self) -> dict[str, str]:
@@ -136,10 +136,9 @@ class Service:
         problems = {}
         if getattr(self.engine, "session", None) is None:
             problems["engine"] = "the engine is not loaded"
-        try:
-            self.store.ping()
-        except StoreUnavailableError as exc:
-            problems["store"] = str(exc)
+        problem = self.store.readiness()  # during a store's backoff: its last error, without waiting on it
+        if problem is not None:
+            problems["store"] = problem
         return problems
 
     # -- checks -----------------------------------------------------------------------------

@@ -13,7 +13,16 @@ tier still serves (and keeps) this process's entries.
 
 ``track()`` tells one request whether the store failed it: ``with guard.track() as used: ...``,
 then ``used.unavailable``. Operations that must not degrade (a registered context's record)
-go to ``guard.inner`` directly, where a failure still raises :class:`StoreUnavailableError`.
+go through ``guard.raising("registry")``: the inner store, tried even during a backoff, whose
+failures raise :class:`StoreUnavailableError` but are still counted (as operations
+``registry_get``, ``registry_put``, ``registry_delete``, ``registry_contains``) and logged with the
+outage, and whose successes end it.
+
+``readiness()`` is what ``/ready`` asks: during a backoff interval it answers the last error at
+once, without asking the store (a store that hangs would cost every call the store timeout),
+and only one caller at a time probes a failing store once the interval is over; a healthy store
+is pinged on every call (a Redis ``PING``, a small file in the disk folder: cheap, and a
+cached answer would hide an outage's start).
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from typing import Any
 
 from steerc.stores.base import ContextStore, StoredContext, StoreUnavailableError
 
-__all__ = ["Backoff", "GuardedStore", "StoreUse"]
+__all__ = ["Backoff", "GuardedStore", "RaisingStore", "StoreUse"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +98,7 @@ class GuardedStore(ContextStore):
         self.errors: dict[tuple[str, str], int] = {}
         self.last_error: str | None = None
         self._state = threading.Lock()
+        self._probe = threading.Lock()  # held by the one readiness probe of a failing store
         self._local = threading.local()
         self._outage_start = 0.0
 
@@ -151,18 +161,45 @@ class GuardedStore(ContextStore):
         self._success()
         return result
 
+    def _raising(self, operation: str, fn: Callable[[], Any]) -> Any:
+        """``fn()`` even during a backoff; a failure is counted, then raised."""
+        try:
+            result = fn()
+        except StoreUnavailableError as exc:
+            self._failure(operation, exc)
+            raise
+        self._success()
+        return result
+
+    def raising(self, prefix: str) -> RaisingStore:
+        """The inner store for operations that must not degrade; see :class:`RaisingStore`."""
+        return RaisingStore(self, prefix)
+
+    def readiness(self) -> str | None:
+        """None when the store answers, else why not; see the module doc."""
+        if self.backoff.failing:
+            if not self.backoff.open() or not self._probe.acquire(blocking=False):
+                return self.last_error or f"the {self.tier} context store is unavailable"
+            try:
+                return self._ping_problem()
+            finally:
+                self._probe.release()
+        return self._ping_problem()
+
+    def _ping_problem(self) -> str | None:
+        try:
+            self.ping()
+        except StoreUnavailableError as exc:
+            return str(exc)
+        return None
+
     def _fallback(self, method: str, *args, default=None):
         return getattr(self.fallback, method)(*args) if self.fallback is not None else default
 
     # -- the store interface ----------------------------------------------------------------
     def ping(self) -> None:
-        """Ping the inner store (even during a backoff: readiness asks now); raises if it fails."""
-        try:
-            self.inner.ping()
-        except StoreUnavailableError as exc:
-            self._failure("ping", exc)
-            raise
-        self._success()
+        """Ping the inner store now (even during a backoff; ``readiness()`` decides when to); raises if it fails."""
+        self._raising("ping", self.inner.ping)
 
     def lookup(self, key: str) -> tuple[StoredContext | None, str]:
         def degraded():
@@ -197,3 +234,43 @@ class GuardedStore(ContextStore):
             if not self._call("lock", enter, lambda: False):
                 stack.enter_context(super().lock(key))
             yield
+
+
+class RaisingStore(ContextStore):
+    """``guard.inner`` for operations that must not degrade (a registered context's record): every
+    call goes to the inner store, even during a backoff, and a failure raises
+    :class:`StoreUnavailableError` as it would without the guard; the guard counts it (operation
+    ``PREFIX_get``, ``PREFIX_put``, ``PREFIX_delete``, ``PREFIX_contains``, ``PREFIX_ping``) and
+    records the outage, and a success ends one."""
+
+    def __init__(self, guard: GuardedStore, prefix: str) -> None:
+        super().__init__()
+        self.guard, self.prefix = guard, prefix
+        self.tier, self.stats = guard.tier, guard.stats
+
+    def _run(self, operation: str, fn: Callable[[], Any]) -> Any:
+        return self.guard._raising(f"{self.prefix}_{operation}", fn)
+
+    def ping(self) -> None:
+        self._run("ping", self.guard.inner.ping)
+
+    def lookup(self, key: str) -> tuple[StoredContext | None, str]:
+        return self._run("get", lambda: self.guard.inner.lookup(key))
+
+    def get(self, key: str) -> StoredContext | None:
+        return self._run("get", lambda: self.guard.inner.get(key))
+
+    def put(self, key: str, entry: StoredContext) -> None:
+        self._run("put", lambda: self.guard.inner.put(key, entry))
+
+    def delete(self, key: str) -> bool:
+        return self._run("delete", lambda: self.guard.inner.delete(key))
+
+    def __contains__(self, key: str) -> bool:
+        return self._run("contains", lambda: key in self.guard.inner)
+
+    def clear(self) -> None:
+        self._run("clear", self.guard.inner.clear)
+
+    def lock(self, key: str):
+        return self.guard.inner.lock(key)

@@ -14,13 +14,15 @@ API_KEY = "test-key-0123456789"
 
 
 class Server:
-    """`steerc serve ENGINE ...` in a subprocess; ``url`` once /health answers."""
+    """`steerc serve ENGINE ...` in a subprocess; ``url`` once /health answers. ``module``: what
+    ``python -m`` runs (a wrapper of ``steerc.cli`` that takes the same arguments, such as
+    tests/server/kill_points.py)."""
 
-    def __init__(self, engine, tmp: Path, *args: str, api_key: str | None = API_KEY, env: dict | None = None):
+    def __init__(self, engine, tmp: Path, *args: str, api_key: str | None = API_KEY, env: dict | None = None, module: str = "steerc.cli"):
         self.port, self.api_key = free_port(), api_key
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"server-{self.port}.log"
-        cmd = [sys.executable, "-m", "steerc.cli", "serve", str(engine), "--port", str(self.port), "--log-level", "warning", *args]
+        cmd = [sys.executable, "-m", module, "serve", str(engine), "--port", str(self.port), "--log-level", "warning", *args]
         if api_key:
             cmd += ["--api-key", api_key]
         full_env = {**os.environ, "STEERC_CONTEXT_STORE": str(tmp / "store"), **(env or {})}

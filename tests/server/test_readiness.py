@@ -42,16 +42,72 @@ def test_ready_when_the_engine_is_loaded_and_the_store_answers(app_and_store):
     assert r.status_code == 200 and r.json()["status"] == "ready" and r.json()["store"] == "ok"
 
 
-def test_ready_is_503_with_the_reason_when_the_store_fails(app_and_store):
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(app_and_store):
+    """The store's backoff on a clock the test moves; healthy again afterwards."""
+    app, client, backing = app_and_store
+    backoff, clock = app.state.service.store.backoff, Clock()
+    backoff.clock = clock
+    yield clock
+    backing.down = False
+    backoff.clock = time.monotonic
+    backoff.succeeded()
+
+
+def test_ready_is_503_with_the_reason_when_the_store_fails(app_and_store, clock):
     app, client, backing = app_and_store
     backing.down = True
-    try:
+    r = client.get("/ready")
+    assert r.status_code == 503 and r.json()["store"] == "unavailable" and "Redis context store" in r.json()["reason"]
+    assert client.get("/health").status_code == 200  # liveness is not readiness
+    backing.down = False
+    clock.now += 1  # the store's retry interval is over
+    assert client.get("/ready").status_code == 200
+
+
+def test_ready_does_not_ask_a_store_in_its_retry_interval(app_and_store, clock):
+    app, client, backing = app_and_store
+    store = app.state.service.store
+    backing.down = True
+    assert client.get("/ready").status_code == 503  # finds the outage: the next try in 1 s
+    calls = backing.calls
+    for _ in range(3):  # a hung Redis would cost each of these the store timeout: they answer at once
         r = client.get("/ready")
         assert r.status_code == 503 and r.json()["store"] == "unavailable" and "Redis context store" in r.json()["reason"]
-        assert client.get("/health").status_code == 200  # liveness is not readiness
-    finally:
-        backing.down = False
-    assert client.get("/ready").status_code == 200
+    assert backing.calls == calls
+    clock.now += 1  # the interval is over: one probe, which fails (the next try in 2 s)
+    assert client.get("/ready").status_code == 503 and backing.calls == calls + 1
+    backing.down = False
+    assert client.get("/ready").status_code == 503 and backing.calls == calls + 1  # back, but not asked before its time
+    clock.now += 2
+    assert client.get("/ready").status_code == 200 and backing.calls == calls + 2 and store.available  # the probe ends the outage
+    assert client.get("/ready").status_code == 200 and backing.calls == calls + 3  # healthy: a ping per call
+
+
+def test_registered_context_failures_are_503_and_counted(app_and_store, clock):
+    app, client, backing = app_and_store
+    registered = client.post("/v1/contexts", json={"context": CONTEXT + " (registry)"})
+    assert registered.status_code == 200, registered.text
+    context_id = registered.json()["id"]
+    counter = 'steerc_store_errors_total{backend="redis",operation="registry_get"}'
+    before = _metric(client, counter)
+    backing.down = True
+    r = client.post("/v1/completions", json={"prompt": QUESTION, "max_tokens": 2, "steer": {"context_id": context_id}})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "kv_store_unavailable" and "Redis" in r.json()["error"]["message"]
+    assert _metric(client, counter) == before + 1
+    r = TestClient(app, raise_server_exceptions=False).get(f"/v1/contexts/{context_id}")  # asked even within the retry interval
+    assert r.status_code == 503 and _metric(client, counter) == before + 2
+    backing.down = False
+    r = client.post("/v1/completions", json={"prompt": QUESTION, "max_tokens": 2, "steer": {"context_id": context_id}})
+    assert r.status_code == 200 and app.state.service.store.available  # a registry success ends the outage
 
 
 def test_ready_is_503_when_the_engine_is_not_loaded(app_and_store, monkeypatch):

@@ -76,9 +76,13 @@ def test_inline_requests_survive_a_redis_outage_and_redis_is_used_again(redis_an
     with server.client() as c:  # a registered context's text lives only in the store: a clear 503
         r = c.post("/v1/completions", json={"prompt": QUESTION, "max_tokens": 2, "steer": {"context_id": registered["id"]}})
     assert r.status_code == 503 and r.json()["error"]["code"] == "kv_store_unavailable" and "Redis" in r.json()["error"]["message"]
+    assert server.metric("steerc_store_errors_total", backend="redis", operation="registry_get") == 1  # and counted
 
     redis.start()  # back, empty
-    assert httpx.get(server.url + "/ready").status_code == 200
+    deadline = time.monotonic() + 35  # /ready asks the store again once its retry interval (at most 30 s) is over
+    while (ready := httpx.get(server.url + "/ready", timeout=5)).status_code != 200:
+        assert ready.json()["store"] == "unavailable" and time.monotonic() < deadline, ready.text
+        time.sleep(0.2)
     body = _ask(server, CONTEXTS[0])
     assert body["steer"]["store"] == "ok" and body["steer"]["cache"] == "miss" and body["choices"][0]["text"] == healthy[CONTEXTS[0]]
     assert _keys(redis) > 0  # written to Redis again

@@ -121,6 +121,83 @@ def test_ping_raises_and_records_the_outage_then_recovers():
     assert guard.available
 
 
+def test_readiness_answers_the_last_error_during_the_backoff_without_asking_the_store():
+    clock, inner = Clock(), FailingStore()
+    guard = GuardedStore(inner, Backoff(clock=clock))
+    assert guard.readiness() is None and inner.calls == 1  # healthy: a ping each time
+    assert guard.readiness() is None and inner.calls == 2
+    inner.down = True
+    assert "connection refused" in guard.readiness() and inner.calls == 3  # the ping that finds the outage
+    assert guard.backoff.delay == 1 and not guard.available
+    for _ in range(5):  # within the interval: the last error at once, the store is not asked
+        assert "connection refused" in guard.readiness()
+    assert inner.calls == 3 and guard.errors == {("redis", "ping"): 1}
+    clock.now += 1  # the interval is over: one probe, which fails again (the next interval is 2 s)
+    assert "connection refused" in guard.readiness() and inner.calls == 4 and guard.backoff.delay == 2
+    assert "connection refused" in guard.readiness() and inner.calls == 4
+    inner.down = False
+    clock.now += 1.9
+    assert guard.readiness() is not None and inner.calls == 4  # still within the 2 s
+    clock.now += 0.1
+    assert guard.readiness() is None and inner.calls == 5 and guard.available  # the probe's success ends the outage
+    assert guard.readiness() is None and inner.calls == 6
+
+
+def test_only_one_readiness_probe_waits_on_a_failing_store():
+    import threading
+
+    class Hangs(FailingStore):
+        def __init__(self):
+            super().__init__()
+            self.entered, self.release = threading.Event(), threading.Event()
+
+        def ping(self):
+            self.entered.set()
+            self.release.wait(10)  # a Redis that does not answer until its timeout
+            super().ping()
+
+    clock, inner = Clock(), Hangs()
+    guard = GuardedStore(inner, Backoff(clock=clock))
+    inner.down = True
+    inner.release.set()
+    assert guard.readiness() is not None  # the outage starts
+    clock.now += 1
+    inner.release.clear()
+    inner.entered.clear()
+    answers = []
+    prober = threading.Thread(target=lambda: answers.append(guard.readiness()))
+    prober.start()
+    assert inner.entered.wait(10)
+    calls = inner.calls
+    assert "connection refused" in guard.readiness() and inner.calls == calls  # at once, while the other probe waits
+    inner.release.set()
+    prober.join(10)
+    assert answers and "connection refused" in answers[0]
+
+
+def test_registry_operations_raise_but_are_counted_and_tried_during_the_backoff():
+    clock, inner, seen = Clock(), FailingStore(), []
+    guard = GuardedStore(inner, Backoff(clock=clock), on_error=lambda backend, op: seen.append((backend, op)))
+    registry = guard.raising("registry")
+    registry.put(KEY, _entry())
+    assert registry.get(KEY) is not None and KEY in registry and registry.tier == "redis"
+    inner.down = True
+    with pytest.raises(StoreUnavailableError, match="connection refused"):
+        registry.get(KEY)
+    assert seen == [("redis", "registry_get")] and guard.errors == {("redis", "registry_get"): 1}
+    assert not guard.available and guard.backoff.delay == 1  # the outage is the store's: degraded operations skip it too
+    calls = inner.calls
+    with pytest.raises(StoreUnavailableError):  # tried during the backoff (its record lives only in the store)
+        registry.put(OTHER, _entry())
+    with pytest.raises(StoreUnavailableError):
+        _ = OTHER in registry
+    assert inner.calls == calls + 2 and seen[1:] == [("redis", "registry_put"), ("redis", "registry_contains")]
+    assert guard.get(KEY) is None and inner.calls == calls + 2  # a degraded get still skips it
+    inner.down = False
+    assert registry.get(KEY) is not None and guard.available  # a success ends the outage
+    assert registry.delete(KEY) and KEY not in registry
+
+
 def test_a_full_disk_drops_the_write_leaves_no_partial_entry_and_stores_later_entries(tmp_path, monkeypatch):
     clock = Clock()
     disk = DiskStore(tmp_path)
