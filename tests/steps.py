@@ -77,5 +77,13 @@ class FailingStore(MemoryStore):
         self._check()
         return super().__contains__(key)
 
+    def add_ref(self, target, holder):
+        self._check()
+        super().add_ref(target, holder)
+
+    def drop_ref(self, target, holder):
+        self._check()
+        return super().drop_ref(target, holder)
+
     def ping(self):
         self._check()

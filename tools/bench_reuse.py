@@ -20,7 +20,11 @@ the question is one of the first passage's. Variants, interleaved per repeat, me
 Time to first token is measured from the request (context text and query) to the first
 answer token, with ``max_new_tokens=1``. Writes JSON and prints a markdown table.
 
-    python tools/bench_reuse.py ENGINE_DIR [--contexts 512 1024 2048] [--repeats 3] [--out docs/bench/reuse.json]
+``--redis URL`` adds ``reused_redis``: the default method's context read from a Redis server
+(no memory tier, so every request fetches and verifies it). ``--reuse-only`` times only the
+reused variants (every tier), not the no-cache, AutoPASTA and preparation baselines.
+
+    python tools/bench_reuse.py ENGINE_DIR [--contexts 512 1024 2048] [--repeats 3] [--redis URL] [--reuse-only] [--out docs/bench/reuse.json]
 """
 
 from __future__ import annotations
@@ -66,8 +70,12 @@ def main() -> None:
     parser.add_argument("engine")
     parser.add_argument("--contexts", type=int, nargs="+", default=[512, 1024, 2048])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--redis", default=None, help="also time reuse from this Redis server (redis://host:port/db)")
+    parser.add_argument("--reuse-only", action="store_true", help="time only the reused variants (every tier)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "bench" / "reuse.json"))
     args = parser.parse_args()
+    if args.reuse_only:
+        return reuse_only(args)
 
     from steerc.runtime import Engine
     from steerc.runtime.generate import prefill
@@ -149,6 +157,52 @@ def main() -> None:
         m = r["median_s"]
         print(f"| {r['context_tokens']} | {m['none_reused']:.3f} s | {m['query_reused']:.3f} s | {m['llmsteer_reused']:.3f} s | {m['autopasta']:.2f} s | "
               f"**{r['query_vs_none_reused']:.2f}x** | **{r['query_vs_autopasta']:.3f}x** | {r['query_vs_autopasta_decode']:.3f}x |")
+
+
+def reuse_only(args) -> None:
+    """Time to first token of the default method's stored context from each tier (and of the
+    other methods from memory), interleaved, medians; JSON to ``--out``, a table to stdout."""
+    from steerc.runtime import Engine
+    from steerc.steering.answer import Steerer
+    from steerc.steering.config import SteerConfig
+    from steerc.stores import DiskStore, MemoryStore
+
+    engine = Engine.load(args.engine)
+    config = SteerConfig()
+    rows = []
+    for length in args.contexts:
+        context, query, _ = build_context(engine.tokenizer, length)
+        disk_root = tempfile.mkdtemp(prefix="steerc-bench-")
+        variants = {"reused": Steerer(engine, config, MemoryStore()), "reused_disk": Steerer(engine, config, DiskStore(disk_root))}
+        variants.update({f"{m}_reused": Steerer(engine, replace(config, method=m), MemoryStore()) for m in ("none", "llmsteer")})
+        if args.redis:
+            from steerc.stores.redis import RedisStore
+
+            redis = RedisStore(args.redis, prefix=f"bench-reuse:{time.time_ns()}:")
+            variants["reused_redis"] = Steerer(engine, config, redis)
+        for s in variants.values():
+            s.answer(context, query, max_new_tokens=1)
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(args.repeats):
+            for name, steerer in variants.items():
+                if name == "reused_disk":
+                    steerer.store = DiskStore(disk_root)  # a fresh handle: read from the file
+                seconds, answer = ttft(steerer, context, query)
+                if answer.cache == "miss":
+                    raise SystemExit(f"{name}: expected a store hit, got a miss")
+                times[name].append(seconds)
+        if args.redis:
+            redis.clear()
+        row = {"context_tokens": length, "median_s": {k: statistics.median(v) for k, v in times.items()}, "all_s": times}
+        rows.append(row)
+        print(json.dumps(row["median_s"]), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"engine": str(args.engine), "repeats": args.repeats, "rows": rows}, indent=2) + "\n")
+    names = list(rows[0]["median_s"])
+    print("\n| context | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for r in rows:
+        print(f"| {r['context_tokens']} | " + " | ".join(f"{r['median_s'][n] * 1e3:.1f} ms" for n in names) + " |")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ def main() -> None:
     from steerc.steering.answer import Steerer
     from steerc.steering.config import SteerConfig
     from steerc.stores import MemoryStore
+    from steerc.steering.stored_kv import kv_entry, load_prepared, save_prepared
     from steerc.stores.base import entry_to_bytes
 
     engine = Engine.load(args.engine, threads=args.threads)
@@ -90,10 +91,10 @@ def main() -> None:
         shares, entry_bytes = {}, {}
         for name, s in steerers.items():
             prepared = s.last_context[0]
-            stored = prepared.to_stored()
-            entry_bytes[name] = len(entry_to_bytes(prepared.key, stored))
+            stored = prepared.to_stored()  # the entry and, apart, its KV (stored once per context)
+            entry_bytes[name] = len(entry_to_bytes(prepared.key, stored)) + len(entry_to_bytes(prepared.kv_key, kv_entry(prepared.kv)))
             if redis is not None:
-                redis.put(prepared.key, stored)
+                save_prepared(redis, prepared)
             plan = s.last_plan
             shares[name] = float(plan.selected[0].mean()) if name.startswith("qllm") else prepared.kv.length / prepared.full_length
         for _ in range(args.repeats):
@@ -107,7 +108,7 @@ def main() -> None:
                 if redis is not None:
                     key = s.last_context[0].key
                     start = time.perf_counter()
-                    if redis.get(key) is None:
+                    if load_prepared(redis, key)[0] is None:
                         raise SystemExit(f"{name}: the Redis entry is missing")
                     times[name]["fetch"].append(time.perf_counter() - start)
         med = {name: {k: statistics.median(v) if v else None for k, v in t.items()} for name, t in times.items()}

@@ -16,6 +16,7 @@ import time
 
 from steerc.server.errors import ApiError
 from steerc.steering.contexts import PreparedContext
+from steerc.steering.stored_kv import delete_prepared
 from steerc.stores import ContextStore, StoredContext
 
 __all__ = ["ContextRegistry", "context_id_of"]
@@ -58,9 +59,10 @@ class ContextRegistry:
         return entry.meta
 
     def delete(self, context_id: str) -> dict:
-        """Remove the record and the store entries it made (prepared KV, plain KV, importance)."""
+        """Remove the record and the store entries it made (prepared context, plain context,
+        importance), and their KV unless another entry still uses it."""
         record = self.get(context_id)
-        removed = sum(bool(self.store.delete(key)) for key in record["entries"])
+        removed = sum(delete_prepared(self.store, key) for key in record["entries"])
         self.store.delete(_record_key(context_id))
         return {"id": context_id, "object": "context", "deleted": True, "entries_removed": removed}
 

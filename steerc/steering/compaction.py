@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import BuildJob, PreparedContext, Progress, locked, lookup, store_key
+from steerc.steering.contexts import BuildJob, PreparedContext, Progress, locked, store_key
+from steerc.steering.stored_kv import load_prepared, save_prepared
 from steerc.stores import MemoryStore
 
 if TYPE_CHECKING:
@@ -138,13 +139,13 @@ def prepare_compacted(steerer: "Steerer", method: "SteeringMethod", context: str
     check_positions_preserved(engine, f"--keep {config.keep}")
     heads = [np.asarray(steerer.layout.head_ids(p), np.int64) for p in config.prefixes]
     key = store_key(engine, heads[:1], ids, compaction_key_fields(method, config))
-    entry, tier = lookup(store, key)
-    if entry is not None:
-        return PreparedContext.from_stored(key, entry), tier
+    prepared, tier = load_prepared(store, key)
+    if prepared is not None:
+        return prepared, tier
     with locked(store, key):
-        entry, tier = lookup(store, key)
-        if entry is not None:
-            return PreparedContext.from_stored(key, entry), tier
+        prepared, tier = load_prepared(store, key)
+        if prepared is not None:
+            return prepared, tier
         start = time.perf_counter()
         scratch = MemoryStore(1 << 62)  # the full context's entries live only while it is cut down
         job = BuildJob(engine, heads, ids, config, key, None, None, scratch, steerer.prefill_chunk, progress)
@@ -166,6 +167,5 @@ def prepare_compacted(steerer: "Steerer", method: "SteeringMethod", context: str
                          "full_keys": int(full.full_length)}
         log.info("context %s… compacted to %d of %d keys (keep %s) in %.2f s", key[:12], len(positions), full.full_length, config.keep,
                  prepared.meta["prepare_seconds"])
-        if store is not None:
-            store.put(key, prepared.to_stored())
+        save_prepared(store, prepared)  # the kept keys' KV, under its own content address
         return prepared, "miss"

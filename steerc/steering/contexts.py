@@ -16,7 +16,8 @@ given a :class:`BuildJob` with the building blocks below:
   ``prefill``/``both``) and the :class:`PreparedContext`.
 
 Entries are keyed so that a hit is always the same computation; a corrupt entry is dropped by
-the store and recomputed.
+the store and recomputed. A prepared context's KV is stored once, apart from the entries that
+use it (:mod:`steerc.steering.stored_kv`): every entry of one context names the same KV.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ import numpy as np
 
 from steerc.runtime.engine import Engine
 from steerc.runtime.generate import DEFAULT_PREFILL_CHUNK, prefill
-from steerc.runtime.kv_cache import KVCache
+from steerc.runtime.kv_cache import KVCache, describe_layout
 from steerc.runtime.steering import Steering
 from steerc.steering.config import SteerConfig
 from steerc.steering.selection import importance_prefill
+from steerc.steering.stored_kv import compacted_kv_key, kv_key, load_kv, load_prepared, save_prepared
 from steerc.stores import ContextStore, StoredContext, context_key
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ class PreparedContext:
     meta: dict = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # method-specific tensors (e.g. query's calibration)
     positions: np.ndarray | None = None  # [K] int64: original position of each stored key of a compacted context; None: all Nh + N
+    kv_key: str | None = None  # the content address of ``kv`` in the store (steerc.steering.stored_kv.kv_key)
 
     @property
     def length(self) -> int:
@@ -99,7 +102,8 @@ class PreparedContext:
         positions = np.asarray(positions, np.int64)
         if self.positions is not None:
             raise ValueError("this context is compacted already")
-        return replace(self, kv=self.kv.take(positions), positions=positions, bias=np.take(self.bias, positions, axis=-1))
+        kv_key = compacted_kv_key(self.kv_key, positions) if self.kv_key is not None else None
+        return replace(self, kv=self.kv.take(positions), positions=positions, bias=np.take(self.bias, positions, axis=-1), kv_key=kv_key)
 
     @property
     def num_selected(self) -> int:
@@ -118,26 +122,44 @@ class PreparedContext:
         return Steering(self.bias if self.bias.shape[-1] == self.kv.length else self.on_stored_keys(self.bias))
 
     def to_stored(self) -> StoredContext:
-        tensors = {f"kv.{i}": a for i, a in enumerate(self.kv.flat())}
-        if self.kv.keyless:  # shared-attention layout: the layers without keys (absent for a full cache)
-            tensors["kv_keyless"] = np.asarray(self.kv.keyless, np.int64)
-        tensors.update(head_ids=self.head_ids, context_ids=self.context_ids, selected=self.selected, importance=self.importance, bias=self.bias)
+        """The entry, without its KV: that is stored once, under ``kv_key``, and the entry names it
+        (:mod:`steerc.steering.stored_kv`). An all-zero bias is stored as its shape."""
+        if self.kv_key is None:
+            raise ValueError("this prepared context has no kv_key; store it with steerc.steering.stored_kv.save_prepared")
+        tensors = dict(head_ids=self.head_ids, context_ids=self.context_ids, selected=self.selected, importance=self.importance)
+        meta = {"config": self.config.to_dict(), **self.meta, "kv_key": self.kv_key, "kv_length": self.kv.length, "kv_keyless": list(self.kv.keyless)}
+        if self.bias.any():
+            tensors["bias"] = self.bias
+        else:
+            meta["bias_shape"] = list(self.bias.shape)
         tensors.update({f"extra.{k}": v for k, v in self.extras.items()})
         if self.positions is not None:
             tensors["positions"] = self.positions
-        return StoredContext(tensors, {"config": self.config.to_dict(), **self.meta})
+        return StoredContext(tensors, meta)
 
     @classmethod
-    def from_stored(cls, key: str, entry: StoredContext) -> "PreparedContext":
-        t = entry.tensors
-        kv = KVCache.from_flat([t[f"kv.{i}"] for i in range(sum(1 for n in t if n.startswith("kv.")))], tuple(int(l) for l in t.get("kv_keyless", ())))
-        meta = {k: v for k, v in entry.meta.items() if k != "config"}
+    def from_stored(cls, key: str, entry: StoredContext, kv: KVCache | None = None) -> "PreparedContext":
+        """The prepared context of ``entry`` with ``kv``, the KV it names (``meta["kv_key"]``); an
+        entry of the earlier format carries its KV inside (``kv.*`` tensors), then ``kv`` is None.
+        Raises ValueError when the parts do not fit together."""
+        t, meta = entry.tensors, dict(entry.meta)
+        if kv is None:
+            if "kv.0" not in t:
+                raise ValueError(f"stored context {key[:12]}… holds no KV and none was given")
+            kv = KVCache.from_flat([t[f"kv.{i}"] for i in range(sum(1 for n in t if n.startswith("kv.")))], tuple(int(l) for l in t.get("kv_keyless", ())))
+        kv_key = meta.pop("kv_key", None)
+        length, keyless = meta.pop("kv_length", kv.length), tuple(meta.pop("kv_keyless", kv.keyless))
+        if kv.length != length or tuple(kv.keyless) != keyless:
+            raise ValueError(f"stored context {key[:12]}… expects a KV of {length} positions ({describe_layout(keyless)}), "
+                             f"its KV has {kv.length} ({describe_layout(kv.keyless)})")
+        bias_shape = meta.pop("bias_shape", None)
+        bias = t["bias"] if bias_shape is None else np.zeros(bias_shape, np.float32)
+        config = SteerConfig.from_dict(meta.pop("config"))
         extras = {n[len("extra.") :]: v for n, v in t.items() if n.startswith("extra.")}
         positions = t.get("positions")
         if positions is not None and (positions.shape != (kv.length,) or (len(positions) and positions.max() >= len(t["head_ids"]) + len(t["context_ids"]))):
             raise ValueError(f"stored context {key[:12]}… is inconsistent: {len(positions)} key positions for a KV of {kv.length}")
-        return cls(key, SteerConfig.from_dict(entry.meta["config"]), t["head_ids"], t["context_ids"], kv, t["selected"], t["importance"], t["bias"],
-                   meta, extras, positions)
+        return cls(key, config, t["head_ids"], t["context_ids"], kv, t["selected"], t["importance"], bias, meta, extras, positions, kv_key)
 
 
 def store_key(engine: Engine, heads: list[np.ndarray], context_ids: np.ndarray, fields: dict) -> str:
@@ -219,11 +241,14 @@ class BuildJob:
             return self.base_kv
         key = plain_key(self.engine, self.head, self.context_ids)
         with locked(self.store, key):
-            entry, _ = lookup(self.store, key)
-            if entry is not None:
-                self.base_kv = PreparedContext.from_stored(key, entry).kv
+            plain, _ = load_prepared(self.store, key)
+            if plain is not None:
+                self.base_kv = plain.kv
                 return self.base_kv
-            kv = self.prefill_plain()
+            kv, _ = load_kv(self.store, kv_key(self.engine.engine_id, self.head, self.context_ids))  # the KV outlived its plain entry
+            if kv is None:
+                kv = self.prefill_plain()
+            self.base_kv = kv
             self._store_plain(kv)
         return kv
 
@@ -236,8 +261,7 @@ class BuildJob:
 
     def _store_plain(self, kv: KVCache) -> None:
         if self.store is not None:
-            plain = plain_context(self.engine, self.head, self.context_ids, kv, time.perf_counter() - self.start)
-            self.store.put(plain.key, plain.to_stored())
+            save_prepared(self.store, plain_context(self.engine, self.head, self.context_ids, kv, time.perf_counter() - self.start))
 
     def dual_importance(self, window: int) -> np.ndarray:
         """``importance [2, L, N]``: LLMSteer's two passes (heads summed), from or to the store;
@@ -264,16 +288,19 @@ class BuildJob:
         """The prepared context: the plain KV, or with ``steer_at`` prefill/both the KV of a steered prefill."""
         config = self.config
         if config.steer_at in ("prefill", "both") and bias.any():
-            ids = np.concatenate([self.head, self.context_ids])
-            _, kv = prefill(self.engine, ids[None], np.ones((1, len(ids)), np.int64), self.engine.new_cache(1), Steering(bias), chunk=self.chunk,
-                            progress=self.report("steered prefill"))
+            name = kv_key(self.engine.engine_id, self.head, self.context_ids, bias)
+            kv, _ = load_kv(self.store, name)  # another entry's steered prefill may have made this very KV
+            if kv is None:
+                ids = np.concatenate([self.head, self.context_ids])
+                _, kv = prefill(self.engine, ids[None], np.ones((1, len(ids)), np.int64), self.engine.new_cache(1), Steering(bias), chunk=self.chunk,
+                                progress=self.report("steered prefill"))
         else:
-            kv = self.plain_kv()
+            kv, name = self.plain_kv(), kv_key(self.engine.engine_id, self.head, self.context_ids)
         g, N = self.engine.geometry, len(self.context_ids)
         importance = np.zeros((0, g.num_layers, N), np.float32) if importance is None else importance
         seconds = time.perf_counter() - self.start
         meta = {"prepare_seconds": seconds, "context_tokens": N, "head_tokens": len(self.head)}
-        return PreparedContext(self.key, config, self.head, self.context_ids, kv, selected, importance, bias, meta, extras or {})
+        return PreparedContext(self.key, config, self.head, self.context_ids, kv, selected, importance, bias, meta, extras or {}, kv_key=name)
 
 
 def plain_context(engine: Engine, head: np.ndarray, context_ids: np.ndarray, kv: KVCache, seconds: float) -> PreparedContext:
@@ -281,7 +308,7 @@ def plain_context(engine: Engine, head: np.ndarray, context_ids: np.ndarray, kv:
     g, N, Nh = engine.geometry, len(context_ids), len(head)
     return PreparedContext(plain_key(engine, head, context_ids), SteerConfig(method="none"), head, context_ids, kv, np.ones((g.num_layers, N), bool),
                            np.zeros((0, g.num_layers, N), np.float32), np.zeros((g.num_layers, g.num_heads, Nh + N), np.float32),
-                           {"prepare_seconds": seconds, "context_tokens": N, "head_tokens": Nh})
+                           {"prepare_seconds": seconds, "context_tokens": N, "head_tokens": Nh}, kv_key=kv_key(engine.engine_id, head, context_ids))
 
 
 def prepare_context(
@@ -317,17 +344,17 @@ def prepare_context(
     config.steered_pairs(g.num_layers, g.num_heads)  # refuse layers/heads beyond the engine before any work
     # The highlighted tokens join the key (pasta's character ranges are in the config already).
     key = store_key(engine, heads + ([highlight.astype(np.int64)] if highlight is not None else []), context_ids, method.key_fields(config))
-    entry, tier = lookup(store, key)
-    if entry is None:
+    prepared, tier = load_prepared(store, key)
+    if prepared is None:
         with locked(store, key):  # a concurrent request may be preparing it: wait, then look again
-            entry, tier = lookup(store, key)
-            if entry is None:
+            prepared, tier = load_prepared(store, key)
+            if prepared is None:
                 job = BuildJob(engine, heads, context_ids, config, key, highlight, base_kv, store, chunk, progress)
                 prepared = method.build(job)
                 log.info("context %s… prepared in %.2f s (%s, %d of %d tokens selected)", key[:12], prepared.meta.get("prepare_seconds", 0.0), method.name,
                          prepared.num_selected, len(context_ids))
-                if store is not None and prepared.key == key:
-                    store.put(key, prepared.to_stored())
+                if prepared.key == key:
+                    save_prepared(store, prepared)
                 return prepared, "miss"
     log.info("context %s…: %s hit", key[:12], tier)
-    return PreparedContext.from_stored(key, entry), tier
+    return prepared, tier

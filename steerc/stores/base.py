@@ -6,6 +6,12 @@ and steering config). Entries serialise to safetensors bytes with a checksum
 (:func:`entry_to_bytes`, :func:`entry_from_bytes`); nothing is ever unpickled.
 :class:`ContextStore` is the interface the stores implement; ``store.lock(key)`` serialises
 the preparation of one entry, so concurrent requests for the same new context prepare it once.
+
+An entry may use another entry (a prepared context uses the one copy of its KV, filed under the
+KV's own content address): ``add_ref(target, holder)`` records that, ``drop_ref`` forgets it
+and says how many holders are left, so whoever deletes the last holder deletes the target too.
+Reference marks are bookkeeping for deletion only; a reader never trusts them: an entry whose
+target is gone (evicted, deleted by a racing process) is a miss and is recomputed.
 """
 
 from __future__ import annotations
@@ -170,6 +176,8 @@ class ContextStore(abc.ABC):
     def __init__(self) -> None:
         self.stats = StoreStats()
         self._key_locks = KeyLocks()
+        self._refs: dict[str, set[str]] = {}
+        self._refs_guard = threading.Lock()
 
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -185,6 +193,27 @@ class ContextStore(abc.ABC):
 
     def ping(self) -> None:
         """Check that the store answers (cheaply); raises :class:`StoreUnavailableError` if not."""
+
+    def add_ref(self, target: str, holder: str) -> None:
+        """Record that entry ``holder`` uses entry ``target``. This one is per process; a store
+        shared across processes (disk, Redis) keeps the marks where the entries are."""
+        check_key(target), check_key(holder)
+        with self._refs_guard:
+            self._refs.setdefault(target, set()).add(holder)
+
+    def drop_ref(self, target: str, holder: str) -> int:
+        """Forget that ``holder`` uses ``target``; how many holders ``target`` has left."""
+        check_key(target), check_key(holder)
+        with self._refs_guard:
+            holders = self._refs.get(target, set())
+            holders.discard(holder)
+            if not holders:
+                self._refs.pop(target, None)
+            return len(holders)
+
+    def _clear_refs(self) -> None:
+        with self._refs_guard:
+            self._refs.clear()
 
     @abc.abstractmethod
     def get(self, key: str) -> StoredContext | None: ...

@@ -1,9 +1,13 @@
-"""``DiskStore``: one checksummed safetensors file per prepared context under a folder."""
+"""``DiskStore``: one checksummed safetensors file per prepared context under a folder.
+
+Reference marks (``add_ref``) are empty files, ``refs/<target[:2]>/<target>/<holder>``: made
+and removed atomically, shared by every process using the folder."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -94,6 +98,33 @@ class DiskStore(ContextStore):
     def delete(self, key: str) -> bool:
         return self._unlink(self.path(key))
 
+    def _refs_folder(self, target: str) -> Path:
+        return self.root / "refs" / check_key(target)[:2] / target
+
+    def add_ref(self, target: str, holder: str) -> None:
+        folder = self._refs_folder(target)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / check_key(holder)).touch()
+        except OSError as exc:
+            raise self._failed("write a reference mark", exc) from None
+
+    def drop_ref(self, target: str, holder: str) -> int:
+        folder = self._refs_folder(target)
+        try:
+            (folder / check_key(holder)).unlink(missing_ok=True)
+            left = len(os.listdir(folder))
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise self._failed("remove a reference mark", exc) from None
+        if not left:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # another process marked it meanwhile: the target stays
+        return left
+
     def __contains__(self, key: str) -> bool:
         try:
             return self.path(key).is_file()
@@ -105,3 +136,4 @@ class DiskStore(ContextStore):
         for pattern in ("[0-9a-f][0-9a-f]/*.safetensors", "[0-9a-f][0-9a-f]/.*.tmp"):
             for path in self.root.glob(pattern):
                 self._unlink(path)
+        shutil.rmtree(self.root / "refs", ignore_errors=True)

@@ -217,6 +217,12 @@ class GuardedStore(ContextStore):
     def delete(self, key: str) -> bool:
         return self._call("delete", lambda: self.inner.delete(key), lambda: False)
 
+    def add_ref(self, target: str, holder: str) -> None:
+        self._call("put", lambda: self.inner.add_ref(target, holder), lambda: None)
+
+    def drop_ref(self, target: str, holder: str) -> int:
+        return self._call("delete", lambda: self.inner.drop_ref(target, holder), lambda: 1)  # unknown: keep the target
+
     def __contains__(self, key: str) -> bool:
         return self._call("contains", lambda: key in self.inner, lambda: self._fallback("__contains__", key, default=False))
 

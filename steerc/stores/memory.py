@@ -73,3 +73,4 @@ class MemoryStore(ContextStore):
         with self._lock:
             self._entries.clear()
             self._used = 0
+        self._clear_refs()

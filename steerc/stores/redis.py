@@ -5,7 +5,9 @@ writes (nothing is unpickled), one Redis string per entry under ``steerc:ctx:<ke
 ``SET`` replaces a value atomically, so a reader never sees half an entry. ``lock(key)`` is a
 Redis lock (``SET NX`` with an expiry, via redis-py) taken after the process-local one:
 two servers asked for the same new context prepare it once, and a holder that dies frees the
-lock when it expires. Evictions are Redis's business (``maxmemory`` and its policy).
+lock when it expires. Evictions are Redis's business (``maxmemory`` and its policy). Reference
+marks (``add_ref``) are a Redis set per target, ``steerc:ctx:refs:<target>``, so every server
+sharing the Redis sees them.
 """
 
 from __future__ import annotations
@@ -87,6 +89,21 @@ class RedisStore(ContextStore):
 
     def delete(self, key: str) -> bool:
         return bool(self._call(self.client.delete, self._name(key)))
+
+    def _refs_name(self, target: str) -> str:
+        return f"{self.prefix}refs:{check_key(target)}"
+
+    def add_ref(self, target: str, holder: str) -> None:
+        self._call(self.client.sadd, self._refs_name(target), check_key(holder))
+
+    def drop_ref(self, target: str, holder: str) -> int:
+        def srem_scard():
+            pipe = self.client.pipeline(transaction=True)  # MULTI: the count is the one right after this removal
+            pipe.srem(self._refs_name(target), check_key(holder))
+            pipe.scard(self._refs_name(target))
+            return int(pipe.execute()[1])
+
+        return self._call(srem_scard)
 
     def __contains__(self, key: str) -> bool:
         return bool(self._call(self.client.exists, self._name(key)))

@@ -55,7 +55,13 @@ class TieredStore(ContextStore):
         return self.backing.delete(key) or in_memory
 
     def __contains__(self, key: str) -> bool:
-        return key in self.memory or key in self.backing
+        return key in self.backing  # the source of truth (a memory copy of a deleted entry is stale)
+
+    def add_ref(self, target: str, holder: str) -> None:
+        self.backing.add_ref(target, holder)
+
+    def drop_ref(self, target: str, holder: str) -> int:
+        return self.backing.drop_ref(target, holder)
 
     def clear(self) -> None:
         self.memory.clear()

@@ -74,6 +74,7 @@ def test_generate_matches_the_eager_sharing_reference(shared_engine):
 def test_kv_file_and_store_round_trip(shared_engine, tmp_path):
     from steerc.steering.contexts import PreparedContext, plain_context
     from steerc.stores.base import entry_from_bytes, entry_to_bytes
+    from steerc.steering.stored_kv import kv_entry, kv_from_entry
 
     out, _, _ = shared_engine
     engine = Engine.load(out)
@@ -84,7 +85,8 @@ def test_kv_file_and_store_round_trip(shared_engine, tmp_path):
     loaded, _ = KVCache.load(tmp_path / "kv.safetensors", keyless=engine.keyless_layers)
     assert all(np.array_equal(a, b) for a, b in zip(loaded.flat(), cache.flat()))
     prepared = plain_context(engine, ids[0, :2], ids[0, 2:], cache, 0.0)
-    back = PreparedContext.from_stored(prepared.key, entry_from_bytes(prepared.key, entry_to_bytes(prepared.key, prepared.to_stored())))
+    kv_back = kv_from_entry(prepared.kv_key, entry_from_bytes(prepared.kv_key, entry_to_bytes(prepared.kv_key, kv_entry(cache))))
+    back = PreparedContext.from_stored(prepared.key, entry_from_bytes(prepared.key, entry_to_bytes(prepared.key, prepared.to_stored())), kv_back)
     assert back.kv.keyless == (2, 3) and all(np.array_equal(a, b) for a, b in zip(back.kv.flat(), cache.flat()))
     # The restored cache continues exactly like the original one.
     nxt = np.array([[12]])

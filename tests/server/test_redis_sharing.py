@@ -1,6 +1,7 @@
 """Two `steerc serve` processes sharing one real redis-server reuse each other's contexts."""
 
 import concurrent.futures as cf
+import re
 import threading
 
 import pytest
@@ -69,3 +70,33 @@ def test_both_servers_asked_for_one_new_context_prepare_it_once(pair):
     prefilled = [r["context_prefill_tokens"] for r in results]
     assert sorted(prefilled)[:3] == [0, 0, 0] and max(prefilled) > 0
     assert sum(r["cache"] == "miss" for r in results) == 1
+
+
+def _stored_kvs(url: str) -> set[str]:
+    """The KV entries in the Redis store (keys of kind ``kv`` under the servers' prefix)."""
+    from steerc.stores.redis import RedisStore
+
+    store = RedisStore(url)
+    names = [n.decode() for n in store.client.scan_iter(match=store.prefix + "*")]
+    keys = [n[len(store.prefix) :] for n in names if re.fullmatch(re.escape(store.prefix) + "[0-9a-f]{64}", n)]
+    return {k for k in keys if (entry := store.get(k)) is not None and entry.meta.get("kind") == "kv"}
+
+
+def test_two_servers_share_the_one_kv_of_a_context_and_delete_it_with_its_last_holder(pair, redis_server):
+    a, b = pair
+    text = CONTEXT + " (one KV)"
+    before = _stored_kvs(redis_server.url)
+    with a.client() as c:
+        on_a = c.post("/v1/contexts", json={"context": text}).json()  # the default method
+    with b.client() as c:
+        on_b = c.post("/v1/contexts", json={"context": text, "method": "llmsteer"}).json()
+    assert on_a["cache"] == "miss" and on_b["cache"] == "miss" and on_a["id"] != on_b["id"]
+    new = _stored_kvs(redis_server.url) - before
+    assert len(new) == 1  # two methods, two servers: one KV
+    with a.client() as c:
+        assert c.delete(f"/v1/contexts/{on_a['id']}").json()["deleted"]
+    assert new <= _stored_kvs(redis_server.url)  # b's llmsteer entry still uses it
+    assert _ask(a, on_b["id"])["steer"]["cache"] in ("redis", "memory")
+    with b.client() as c:
+        assert c.delete(f"/v1/contexts/{on_b['id']}").json()["deleted"]
+    assert not new & _stored_kvs(redis_server.url)  # the last holder is gone, and so is the KV

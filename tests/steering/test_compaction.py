@@ -70,8 +70,9 @@ def test_a_compacted_context_equals_the_full_cache_with_the_dropped_keys_masked(
     want, _ = prefill(engine, query_ids[None], np.ones((1, Nh + N + S), np.int64), plain.kv, Steering(bias))
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
     assert s.last.token_ids[0] == int(want[0].argmax())
-    # Only the compacted entry is stored: nothing of the full context.
-    assert store.get(compacted.key) is not None and len(store._entries) == 1
+    # Only the compacted entry and its KV (the kept keys only) are stored: nothing of the full context.
+    assert set(store._entries) == {compacted.key, compacted.kv_key}  # noqa: SLF001
+    assert store.get(compacted.kv_key).meta["length"] == len(positions)
 
 
 @pytest.mark.parametrize("method, fields", [("query", {"selector": ((1, 0), (1, 3))}), ("qllm", {"block_size": 16, "blocks": 1, "local": 8}),

@@ -130,12 +130,13 @@ def test_keys_differ_by_context_prefix_and_config(engine):
     assert prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(method="llmsteer"))[0].key == base
 
 
-def test_corrupt_entry_is_detected_and_recomputed(engine, tmp_path):
+@pytest.mark.parametrize("part", ["entry", "kv"])
+def test_corrupt_entry_is_detected_and_recomputed(engine, tmp_path, part):
     config = SteerConfig(method="llmsteer", top_k=0.3)
     good, _ = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, config, store=DiskStore(tmp_path))
-    path = DiskStore(tmp_path).path(good.key)
+    path = DiskStore(tmp_path).path(good.key if part == "entry" else good.kv_key)
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # flip a byte inside the KV tensors
+    data[len(data) // 2] ^= 0xFF  # flip a byte inside the entry's tensors (selection, bias, importance) or the KV's
     path.write_bytes(bytes(data))
     store = DiskStore(tmp_path)
     again, tier = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, config, store=store)
@@ -148,7 +149,7 @@ def test_memory_store_hit_returns_the_same_entry(engine):
     store = MemoryStore(1 << 26)
     first, tier = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(method="llmsteer"), store=store)
     second, tier2 = prepare_context(engine, [HEAD_A, HEAD_B], CONTEXT, SteerConfig(method="llmsteer"), store=store)
-    assert (tier, tier2) == ("miss", "memory") and store.stats.hits == 1
+    assert (tier, tier2) == ("miss", "memory") and store.stats.hits == 2  # the entry, then its KV
     assert np.array_equal(_query_logits(engine, first), _query_logits(engine, second))
 
 

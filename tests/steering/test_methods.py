@@ -81,9 +81,11 @@ def test_methods_share_one_plain_kv_and_keys_differ_where_they_must(engine):
     head = s.layout.head_ids(SteerConfig().prefixes[0])
     entries = {k: store.get(k) for k in list(store._entries)}  # noqa: SLF001 (the test looks inside)
     with_kv = [k for k, e in entries.items() if any(n.startswith("kv.") for n in e.tensors)]
-    assert plain_key(s.engine, head, ids) in with_kv
+    assert len(with_kv) == 1 and entries[with_kv[0]].meta["kind"] == "kv"  # none, query and pasta (steer_at decode): one KV, stored once
+    assert entries[plain_key(s.engine, head, ids)].meta["kv_key"] == with_kv[0]
+    assert sum(e.meta.get("kv_key") == with_kv[0] for e in entries.values()) == 2  # the plain entry and pasta's name it
     query_entries = [e for e in entries.values() if e.meta.get("kind") == "evidence-index"]
-    assert len(query_entries) == 1 and not any(n.startswith("kv.") for n in query_entries[0].tensors)  # query stores no second KV
+    assert len(query_entries) == 1  # query stores its index only
     key = lambda **f: get_method(f.get("method", "query")).key_fields(SteerConfig(**f))  # noqa: E731
     assert key(method="query", alpha=0.5, selector=SELECTOR, evidence=3) == key(method="query")  # applied per query, never stored
     assert key(method="query", unit="sentence") != key(method="query") != key(method="none")

@@ -125,3 +125,14 @@ def test_passwords_never_reach_messages():
     with pytest.raises(StoreUnavailableError) as info:
         RedisStore("redis://:s3cret@127.0.0.1:1/0", connect_timeout=1)
     assert "s3cret" not in str(info.value) and ":***@127.0.0.1:1" in str(info.value)
+
+
+def test_reference_marks_are_shared_by_clients_and_cleared(store, redis_server):
+    other = RedisStore(redis_server.url, prefix=store.prefix)
+    target, a, b = "1" * 64, "2" * 64, "3" * 64
+    store.add_ref(target, a)
+    other.add_ref(target, b)
+    assert store.drop_ref(target, a) == 1 and other.drop_ref(target, a) == 1
+    store.add_ref(target, a)
+    store.clear()  # the marks are under the store's prefix
+    assert other.drop_ref(target, b) == 0

@@ -240,3 +240,24 @@ def test_open_store_variants(tmp_path, monkeypatch):
     assert isinstance(folder, TieredStore) and folder.backing.root == tmp_path / "ctx"
     with pytest.raises(SteercError, match="redis-server is running"):  # nothing listens on port 1: refused at open, not on first use
         open_store("redis://127.0.0.1:1/0")
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk", "tiered"])
+def test_reference_marks_count_holders_per_target(tmp_path, kind):
+    store = {"memory": lambda: MemoryStore(1 << 20), "disk": lambda: DiskStore(tmp_path), "tiered": lambda: TieredStore(MemoryStore(1 << 20), DiskStore(tmp_path))}[kind]()
+    target, a, b = _key(1), _key(2), _key(3)
+    store.add_ref(target, a)
+    store.add_ref(target, a)  # marking twice is one holder
+    store.add_ref(target, b)
+    store.add_ref(_key(4), a)  # another target's marks are apart
+    assert store.drop_ref(target, a) == 1 and store.drop_ref(target, a) == 1  # dropping twice too
+    assert store.drop_ref(target, b) == 0 and store.drop_ref(target, b) == 0
+    assert store.drop_ref(_key(4), a) == 0
+    with pytest.raises(ValueError, match="64 lowercase hex"):
+        store.add_ref(target, "../x")
+    if kind != "memory":  # the marks live beside the entries: another handle on the folder sees them
+        store.add_ref(target, a)
+        assert DiskStore(tmp_path).drop_ref(target, a) == 0
+        store.add_ref(target, b)
+        store.clear()
+        assert not (tmp_path / "refs").exists() and DiskStore(tmp_path).drop_ref(target, b) == 0

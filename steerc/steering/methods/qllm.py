@@ -37,7 +37,8 @@ from steerc.runtime.steering import Steering
 from steerc.steering.blocks import REPRESENTATIVES, block_bounds, block_scores, kept_tokens, representative_keys
 from steerc.steering.compaction import check_positions_preserved
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import PreparedContext, get_or_build, locked, lookup, plain_context, plain_key, store_key
+from steerc.steering.contexts import PreparedContext, get_or_build, locked, plain_context, plain_key, store_key
+from steerc.steering.stored_kv import save_prepared
 from steerc.steering.methods.base import Evidence, QueryPlan, SteeringMethod
 from steerc.steering.profiles import selector_heads
 from steerc.steering.selection import importance_prefill
@@ -107,7 +108,7 @@ class QLLM(SteeringMethod):
                 "context_tokens": N, "head_tokens": len(head)}
         prepared = PreparedContext(key, config, head, ids, plain.kv, np.ones((g.num_layers, N), bool), np.zeros((0, g.num_layers, N), np.float32),
                                    np.zeros((g.num_layers, g.num_heads, len(head) + N), np.float32), meta,
-                                   {"block_bounds": t["block_bounds"], "block_keys": t["block_keys"]}, plain.positions)
+                                   {"block_bounds": t["block_bounds"], "block_keys": t["block_keys"]}, plain.positions, plain.kv_key)
         return prepared, "miss" if "miss" in (tier, plain_tier) else tier
 
     def _index(self, steerer, head: np.ndarray, ids: np.ndarray, config: SteerConfig, progress) -> tuple[StoredContext, PreparedContext]:
@@ -118,10 +119,9 @@ class QLLM(SteeringMethod):
         importance, kv = importance_prefill(engine, np.concatenate([head, ids]), chunk=steerer.prefill_chunk, progress=report)  # [L, H, Nh + N]
         plain = plain_context(engine, head, ids, kv, time.perf_counter() - start)
         if store is not None:
-            pkey = plain_key(engine, head, ids)
-            with locked(store, pkey):
-                if lookup(store, pkey)[0] is None:
-                    store.put(pkey, plain.to_stored())
+            with locked(store, plain.key):
+                if plain.key not in store:
+                    save_prepared(store, plain)  # the KV once, unless another entry stored it already
         bounds = block_bounds(len(ids), config.block_size)
         keys, tokens = representative_keys(kv, importance[..., len(head) :], len(head), bounds)
         return StoredContext({"block_bounds": bounds, "block_keys": keys, "representatives": tokens}, {"kind": "block-index", "block_size": config.block_size}), plain

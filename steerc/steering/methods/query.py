@@ -123,7 +123,7 @@ class QueryEvidence(SteeringMethod):
                 "context_tokens": N, "head_tokens": len(head), "unit_kind": entry.meta["unit_kind"]}
         prepared = PreparedContext(key, config, head, ids, plain.kv, np.ones((g.num_layers, N), bool), np.zeros((0, g.num_layers, N), np.float32),
                                    np.zeros((g.num_layers, g.num_heads, len(head) + N), np.float32), meta,
-                                   {"calibration": t["calibration"], "unit_chars": t["unit_chars"], "unit_tokens": t["unit_tokens"]})
+                                   {"calibration": t["calibration"], "unit_chars": t["unit_chars"], "unit_tokens": t["unit_tokens"]}, kv_key=plain.kv_key)
         return prepared, "miss" if "miss" in (tier, plain_tier) else tier
 
     def _index(self, steerer, context: str, offsets, config: SteerConfig, plain: PreparedContext) -> StoredContext:
