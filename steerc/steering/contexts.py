@@ -245,11 +245,17 @@ class BuildJob:
             if plain is not None:
                 self.base_kv = plain.kv
                 return self.base_kv
-            kv, _ = load_kv(self.store, kv_key(self.engine.engine_id, self.head, self.context_ids))  # the KV outlived its plain entry
-            if kv is None:
-                kv = self.prefill_plain()
-            self.base_kv = kv
+            kv = self.stored_or_prefilled_kv()
             self._store_plain(kv)
+        return kv
+
+    def stored_or_prefilled_kv(self) -> KVCache:
+        """The plain KV from the store's KV entry (it may outlive the plain entry, or be written
+        before it), else one plain prefill (not stored here)."""
+        kv, _ = load_kv(self.store, kv_key(self.engine.engine_id, self.head, self.context_ids))
+        if kv is None:
+            return self.prefill_plain()
+        self.base_kv = kv
         return kv
 
     def prefill_plain(self) -> KVCache:

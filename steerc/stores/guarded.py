@@ -275,6 +275,12 @@ class RaisingStore(ContextStore):
     def __contains__(self, key: str) -> bool:
         return self._run("contains", lambda: key in self.guard.inner)
 
+    def add_ref(self, target: str, holder: str) -> None:
+        self._run("put", lambda: self.guard.inner.add_ref(target, holder))
+
+    def drop_ref(self, target: str, holder: str) -> int:
+        return self._run("delete", lambda: self.guard.inner.drop_ref(target, holder))
+
     def clear(self) -> None:
         self._run("clear", self.guard.inner.clear)
 

@@ -63,10 +63,20 @@ def _renamed(points: list[Point], root: Path) -> set[str]:
 
 
 def _files(root: Path) -> tuple[set[str], set[str]]:
-    """(files under ``root`` the store may read, stray temporaries)."""
+    """(files under ``root`` the store may read as entries, stray temporaries); reference marks
+    (``refs/``, empty files that say which entry uses which KV) are neither, see :func:`_marks`."""
     files = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
     temporaries = {f for f in files if Path(f).name.startswith(".") and f.endswith(".tmp")}
-    return files - temporaries, temporaries
+    return files - temporaries - _marks(root), temporaries
+
+
+def _marks(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in (root / "refs").rglob("*") if p.is_file()} if (root / "refs").exists() else set()
+
+
+def _touched(points: list[Point], root: Path) -> set[str]:
+    """Reference marks made by a step that completed."""
+    return {str(Path(p.path).relative_to(root)) for p in points if p.operation == "Path.touch" and p.phase == "after"}
 
 
 def _env(log: Path, kill_at: int = 0) -> dict:
@@ -118,6 +128,7 @@ def test_a_server_killed_while_writing_leaves_nothing_torn_and_a_restart_answers
         written = _renamed(points, count)  # every file the request wrote
         entries, temporaries = _files(count)
         assert entries == written and not temporaries, (entries, written)  # every file went through a hooked rename
+        assert _marks(count) == _touched(points, count) and _marks(count), _marks(count)  # and every reference mark through a hooked touch
         assert any(p.phase == "mid" for p in points)  # and its data through a hooked write
         store = DiskStore(count)
         keys = {}  # the entries DiskStore reads by key, and their files
@@ -138,6 +149,7 @@ def test_a_server_killed_while_writing_leaves_nothing_torn_and_a_restart_answers
             done = _renamed(got, folder)
             entries, temporaries = _files(folder)
             assert entries == done, where  # nothing under an entry's name but what was renamed into place whole
+            assert _marks(folder) == _touched(got, folder), where
 
             shutil.rmtree(check, ignore_errors=True)  # the reference server's store becomes the killed server's folder
             if folder.exists():

@@ -166,3 +166,15 @@ def test_a_failing_store_degrades_both_parts(engine):
     assert guard.drop_ref(prepared.kv_key, prepared.key) == 1  # unknown during an outage: the KV is kept
     inner.down = False
     assert inner.drop_ref(prepared.kv_key, prepared.key) == 1  # the plain entry holds it too
+
+
+@pytest.mark.parametrize("method", ["none", "pasta"])
+def test_a_kv_that_outlived_its_plain_entry_is_used_without_a_prefill(engine, method):
+    store = MemoryStore(1 << 30)
+    _, made = _answer(engine, store, "llmsteer")
+    store.delete(plain_key(engine, made.head_ids, made.context_ids))  # e.g. deleted with another registration; llmsteer still holds the KV
+    s = Steerer(engine, SteerConfig(method=method, **METHODS.get(method, {})), store)
+    stages = []
+    answer = s.answer(CONTEXT, QUESTION, max_new_tokens=1, progress=lambda stage, done, total: stages.append(stage))
+    assert "prefill" not in stages and answer.cache == "miss"
+    assert plain_key(engine, made.head_ids, made.context_ids) in store and len(_kv_entries(store)) == 1

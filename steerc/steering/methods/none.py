@@ -22,5 +22,5 @@ class NoSteering(SteeringMethod):
         return [prepared.key]
 
     def build(self, job: BuildJob) -> PreparedContext:
-        kv = job.base_kv if job.base_kv is not None else job.prefill_plain()
+        kv = job.base_kv if job.base_kv is not None else job.stored_or_prefilled_kv()
         return plain_context(job.engine, job.head, job.context_ids, kv, time.perf_counter() - job.start)
