@@ -18,11 +18,13 @@ failures raise :class:`StoreUnavailableError` but are still counted (as operatio
 ``registry_get``, ``registry_put``, ``registry_delete``, ``registry_contains``) and logged with the
 outage, and whose successes end it.
 
-``readiness()`` is what ``/ready`` asks: during a backoff interval it answers the last error at
-once, without asking the store (a store that hangs would cost every call the store timeout),
-and only one caller at a time probes a failing store once the interval is over; a healthy store
-is pinged on every call (a Redis ``PING``, a small file in the disk folder: cheap, and a
-cached answer would hide an outage's start).
+``readiness()`` is what ``/ready`` asks: during an outage it probes the store at most once per
+``backoff.first`` seconds (1 s) since the last failure, and only one caller at a time; every
+other call answers the last error at once, without asking the store (a store that hangs would
+cost every call the store timeout). A probe that succeeds ends the outage, so a store that
+comes back is used again within about a second of a load balancer's probe, not only when the
+requests' longer backoff (up to 30 s) is over. A healthy store is pinged on every call (a Redis
+``PING``, a small file in the disk folder: cheap, and a cached answer would hide an outage's start).
 """
 
 from __future__ import annotations
@@ -178,7 +180,9 @@ class GuardedStore(ContextStore):
     def readiness(self) -> str | None:
         """None when the store answers, else why not; see the module doc."""
         if self.backoff.failing:
-            if not self.backoff.open() or not self._probe.acquire(blocking=False):
+            since_failure = self.backoff.clock() - (self.backoff.retry_at - self.backoff.delay)
+            due = self.backoff.open() or since_failure >= self.backoff.first
+            if not due or not self._probe.acquire(blocking=False):
                 return self.last_error or f"the {self.tier} context store is unavailable"
             try:
                 return self._ping_problem()

@@ -132,14 +132,15 @@ def test_readiness_answers_the_last_error_during_the_backoff_without_asking_the_
     for _ in range(5):  # within the interval: the last error at once, the store is not asked
         assert "connection refused" in guard.readiness()
     assert inner.calls == 3 and guard.errors == {("redis", "ping"): 1}
-    clock.now += 1  # the interval is over: one probe, which fails again (the next interval is 2 s)
+    clock.now += 1  # a second after the failure: one probe, which fails again (requests wait 2 s now)
     assert "connection refused" in guard.readiness() and inner.calls == 4 and guard.backoff.delay == 2
     assert "connection refused" in guard.readiness() and inner.calls == 4
     inner.down = False
-    clock.now += 1.9
-    assert guard.readiness() is not None and inner.calls == 4  # still within the 2 s
+    clock.now += 0.9
+    assert guard.readiness() is not None and inner.calls == 4  # within a second of the last failure
     clock.now += 0.1
-    assert guard.readiness() is None and inner.calls == 5 and guard.available  # the probe's success ends the outage
+    assert guard.backoff.failing and not guard.backoff.open()  # the requests' interval is not over yet
+    assert guard.readiness() is None and inner.calls == 5 and guard.available  # a probe finds the store back and ends the outage
     assert guard.readiness() is None and inner.calls == 6
 
 
