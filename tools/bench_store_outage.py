@@ -64,9 +64,11 @@ def run_phase(url: str, phase: str, requests: int, context: str, max_tokens: int
                 failures += 1
                 print(f"{phase}: request {i} failed: {exc}", file=sys.stderr)
         ready = client.get("/ready").status_code
+        errors = sum(float(line.split()[-1]) for line in client.get("/metrics").text.splitlines() if line.startswith("steerc_store_errors_total{"))
     q = statistics.quantiles(latencies, n=20, method="inclusive") if len(latencies) >= 2 else latencies * 19
     return {"phase": phase, "requests": requests, "failed": failures, "latency_p50_s": round(statistics.median(latencies), 3) if latencies else None,
-            "latency_p95_s": round(q[18], 3) if latencies else None, "ready_after": ready}
+            "latency_p95_s": round(q[18], 3) if latencies else None, "ready_after": ready, "store_errors_total": errors,
+            "latencies_s": [round(x, 3) for x in latencies]}
 
 
 def main() -> None:
