@@ -38,7 +38,7 @@ from steerc.runtime.kv_cache import KVCache, describe_layout
 from steerc.runtime.steering import Steering
 from steerc.steering.config import SteerConfig
 from steerc.steering.selection import importance_prefill
-from steerc.steering.stored_kv import compacted_kv_key, kv_key, load_kv, load_prepared, save_prepared
+from steerc.steering.stored_kv import compacted_kv_key, kv_key, kv_of_tensors, load_kv, load_prepared, save_prepared
 from steerc.stores import ContextStore, StoredContext, context_key
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ class PreparedContext:
         if kv is None:
             if "kv.0" not in t:
                 raise ValueError(f"stored context {key[:12]}… holds no KV and none was given")
-            kv = KVCache.from_flat([t[f"kv.{i}"] for i in range(sum(1 for n in t if n.startswith("kv.")))], tuple(int(l) for l in t.get("kv_keyless", ())))
+            kv = kv_of_tensors(t, t.get("kv_keyless", ()))
         kv_key = meta.pop("kv_key", None)
         length, keyless = meta.pop("kv_length", kv.length), tuple(meta.pop("kv_keyless", kv.keyless))
         if kv.length != length or tuple(kv.keyless) != keyless:

@@ -34,7 +34,7 @@ from steerc.stores import ContextStore, StoredContext, context_key
 if TYPE_CHECKING:
     from steerc.steering.contexts import PreparedContext
 
-__all__ = ["kv_key", "compacted_kv_key", "kv_entry", "kv_from_entry", "load_kv", "save_kv", "load_prepared", "save_prepared", "delete_prepared"]
+__all__ = ["kv_key", "compacted_kv_key", "kv_of_tensors", "kv_entry", "kv_from_entry", "load_kv", "save_kv", "load_prepared", "save_prepared", "delete_prepared"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,13 @@ def _content_key(kv: KVCache) -> str:
     return h.hexdigest()
 
 
+def kv_of_tensors(tensors: dict[str, np.ndarray], keyless) -> KVCache:
+    """The KV held as ``kv.0``, ``kv.1``, … in ``tensors`` (a KV entry's, or an earlier-format
+    prepared entry's, which holds other tensors too), for the layout ``keyless``."""
+    count = sum(1 for name in tensors if name.startswith("kv."))
+    return KVCache.from_flat([tensors[f"kv.{i}"] for i in range(count)], tuple(int(layer) for layer in keyless))
+
+
 def kv_entry(kv: KVCache) -> StoredContext:
     tensors = {f"kv.{i}": a for i, a in enumerate(kv.flat())}
     return StoredContext(tensors, {"kind": KIND, "length": kv.length, "keyless": list(kv.keyless)})
@@ -75,8 +82,7 @@ def kv_entry(kv: KVCache) -> StoredContext:
 def kv_from_entry(key: str, entry: StoredContext) -> KVCache:
     if entry.meta.get("kind") != KIND:
         raise ValueError(f"store entry {key[:12]}… is not a KV (kind {entry.meta.get('kind')!r})")
-    t = entry.tensors
-    kv = KVCache.from_flat([t[f"kv.{i}"] for i in range(len(t))], tuple(int(l) for l in entry.meta.get("keyless", ())))
+    kv = kv_of_tensors(entry.tensors, entry.meta.get("keyless", ()))
     if kv.length != entry.meta.get("length"):
         raise ValueError(f"stored KV {key[:12]}… has {kv.length} positions, its record says {entry.meta.get('length')}")
     return kv

@@ -176,8 +176,6 @@ class ContextStore(abc.ABC):
     def __init__(self) -> None:
         self.stats = StoreStats()
         self._key_locks = KeyLocks()
-        self._refs: dict[str, set[str]] = {}
-        self._refs_guard = threading.Lock()
 
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -194,26 +192,14 @@ class ContextStore(abc.ABC):
     def ping(self) -> None:
         """Check that the store answers (cheaply); raises :class:`StoreUnavailableError` if not."""
 
+    @abc.abstractmethod
     def add_ref(self, target: str, holder: str) -> None:
-        """Record that entry ``holder`` uses entry ``target``. This one is per process; a store
-        shared across processes (disk, Redis) keeps the marks where the entries are."""
-        check_key(target), check_key(holder)
-        with self._refs_guard:
-            self._refs.setdefault(target, set()).add(holder)
+        """Record that entry ``holder`` uses entry ``target`` (where the entries are: a store
+        shared across processes shares its marks)."""
 
+    @abc.abstractmethod
     def drop_ref(self, target: str, holder: str) -> int:
         """Forget that ``holder`` uses ``target``; how many holders ``target`` has left."""
-        check_key(target), check_key(holder)
-        with self._refs_guard:
-            holders = self._refs.get(target, set())
-            holders.discard(holder)
-            if not holders:
-                self._refs.pop(target, None)
-            return len(holders)
-
-    def _clear_refs(self) -> None:
-        with self._refs_guard:
-            self._refs.clear()
 
     @abc.abstractmethod
     def get(self, key: str) -> StoredContext | None: ...

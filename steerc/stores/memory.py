@@ -6,7 +6,7 @@ import logging
 import threading
 from collections import OrderedDict
 
-from steerc.stores.base import ContextStore, StoredContext
+from steerc.stores.base import ContextStore, StoredContext, check_key
 
 __all__ = ["MemoryStore"]
 
@@ -24,6 +24,7 @@ class MemoryStore(ContextStore):
             raise ValueError(f"max_bytes must be an integer >= 0, got {max_bytes!r}")
         self.max_bytes = max_bytes
         self._entries: OrderedDict[str, tuple[StoredContext, int]] = OrderedDict()
+        self._refs: dict[str, set[str]] = {}  # target -> holders (add_ref)
         self._used = 0
         self._lock = threading.Lock()
 
@@ -65,6 +66,20 @@ class MemoryStore(ContextStore):
         with self._lock:
             return self._pop(key)
 
+    def add_ref(self, target: str, holder: str) -> None:
+        check_key(target), check_key(holder)
+        with self._lock:
+            self._refs.setdefault(target, set()).add(holder)
+
+    def drop_ref(self, target: str, holder: str) -> int:
+        check_key(target), check_key(holder)
+        with self._lock:
+            holders = self._refs.get(target, set())
+            holders.discard(holder)
+            if not holders:
+                self._refs.pop(target, None)
+            return len(holders)
+
     def __contains__(self, key: str) -> bool:
         with self._lock:
             return key in self._entries
@@ -72,5 +87,5 @@ class MemoryStore(ContextStore):
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._refs.clear()
             self._used = 0
-        self._clear_refs()
