@@ -226,7 +226,7 @@ def bench_model(name: str, args, dtype, bw: float) -> dict:
     import torch
 
     from steerc.backends.aoti import build_aoti_package, load_aoti_step
-    from steerc.compiler import capture_steerable
+    from steerc.build.steerable import capture_steerable
     from steerc.settings import CompileSettings
 
     device = args.device

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from steerc.backends.onnx import create_session
-from steerc.engine import compile_engine, read_manifest
+from steerc.build import compile_engine, read_manifest
 from steerc.progress import StageTracker
 from steerc.settings import CompileSettings
 

@@ -42,7 +42,7 @@ def _prompt(vocab: int, length: int, seed: int = 0) -> np.ndarray:
 
 def shared_engine(baseline: Path, groups_text: str, engines_dir: Path) -> Path:
     """The folder of the baseline's model compiled with ``groups_text`` shared (compiled if absent)."""
-    from steerc.engine import read_manifest
+    from steerc.build import read_manifest
     from steerc.passes.share_attention import parse_share_groups
 
     groups = [list(g) for g in parse_share_groups(groups_text)]

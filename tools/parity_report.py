@@ -26,7 +26,7 @@ from tiny_models import TINY_MODELS, tiny_model  # noqa: E402
 
 from steerc.backends.onnx import create_session, export_onnx  # noqa: E402
 from steerc.capture import example_inputs, run_program  # noqa: E402
-from steerc.compiler import capture_steerable  # noqa: E402
+from steerc.build.steerable import capture_steerable  # noqa: E402
 from steerc.reference import padded_positions, reference_step  # noqa: E402
 from steerc.settings import CompileSettings  # noqa: E402
 
