@@ -54,7 +54,7 @@ import torch
 log = logging.getLogger("attention_similarity")
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS = ("smollm2-135m-instruct", "/work/gemma/gemma-3-270m-Q4_K_M.gguf")
+DEFAULT_MODELS = ("smollm2-135m-instruct", str(ROOT / "gemma-3-270m-Q4_K_M.gguf"))  # the GGUF tools/reproduce_results.sh step 4 assembles
 METRICS = ("cosine", "cosine-headavg", "jsd", "cosine-nosink")
 METRIC_LABEL = {
     "cosine": "cosine similarity of attention rows (same head), mean over rows & heads",
