@@ -205,11 +205,10 @@ def squad_prompts(tokenizer, passages: int, max_tokens: int) -> tuple[list[torch
     """The first ``passages`` SQuAD dev contexts (first question each) as steerc prompts,
     the context truncated so a prompt has at most ``max_tokens`` tokens."""
     from steerc.eval import load_dataset
-    from steerc.steering.config import DEFAULT_PREFIXES
-    from steerc.steering.layout import PromptLayout
+    from steerc.steering import PromptLayout, SteerConfig
 
     layout = PromptLayout.for_tokenizer(tokenizer)
-    prefix = DEFAULT_PREFIXES[0]
+    prefix = SteerConfig().prefixes[0]  # LLMSteer's first prefix, the runtime's default
     head = layout.head_ids(prefix)
     seen, prompts, truncated = set(), [], 0
     for ex in load_dataset("squad", split="dev"):

@@ -220,9 +220,8 @@ def _prefix(a: list[int], b: list[int]) -> int:
 def bench_model(name: str, args, dtype, bw: float) -> dict:
     import torch
 
+    from steerc import CompileSettings, capture_steerable  # the package's public API (wherever the build code lives)
     from steerc.backends.aoti import build_aoti_package, load_aoti_step
-    from steerc.compiler import capture_steerable
-    from steerc.settings import CompileSettings
 
     device = args.device
     say(f"{name}: building the model")

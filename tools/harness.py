@@ -17,8 +17,8 @@
 
 Only the standard library is imported here at module level: numpy, steerc and the peers are
 imported by the functions that need them, so a benchmark can report a missing package itself.
-The benchmarks use steerc's public API (``steerc.runtime``, ``steerc.steering``,
-``steerc.stores``).
+The benchmarks use steerc's public API (``steerc``, ``steerc.runtime``, ``steerc.steering``,
+``steerc.stores``) wherever it has what they measure.
 """
 
 from __future__ import annotations
