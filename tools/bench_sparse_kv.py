@@ -68,7 +68,8 @@ def main() -> None:
     from steerc.steering.answer import Steerer
     from steerc.steering.config import SteerConfig
     from steerc.stores import MemoryStore
-    from steerc.steering.stored_kv import kv_entry, load_prepared, save_prepared
+    from steerc.steering.prepared import load_prepared, save_prepared
+    from steerc.steering.stored_kv import kv_entry
     from steerc.stores.base import entry_to_bytes
 
     engine = Engine.load(args.engine, threads=args.threads)
