@@ -24,6 +24,8 @@ from steerc.stores import ContextStore, StoredContext
 __all__ = ["get_or_build", "get_or_build_prepared", "lookup_entry", "put_entry"]
 
 T = TypeVar("T")
+Load = Callable[[ContextStore, str], tuple[T | None, str]]  # (store, key) -> (the value or None, its tier)
+Save = Callable[[ContextStore, str, T], None]  # (store, key, value)
 
 
 def lookup_entry(store: ContextStore, key: str) -> tuple[StoredContext | None, str]:
@@ -35,8 +37,7 @@ def put_entry(store: ContextStore, key: str, entry: StoredContext) -> None:
     store.put(key, entry)
 
 
-def get_or_build(store: ContextStore, key: str, build: Callable[[], T], *, load: Callable[[ContextStore, str], tuple[T | None, str]] = lookup_entry,
-                 save: Callable[[ContextStore, str, T], None] = put_entry) -> tuple[T, str]:
+def get_or_build(store: ContextStore, key: str, build: Callable[[], T], *, load: Load = lookup_entry, save: Save = put_entry) -> tuple[T, str]:
     """The value under ``key`` and its tier (``load``), or ``build()``'s, written (``save``), and
     ``"miss"``; concurrent callers for one new key build it once (the others wait on the key's
     lock, then hit)."""

@@ -178,8 +178,8 @@ def prepare_context(
     method.check_inputs(config, context_ids, highlight)
     # The highlighted tokens join the key (pasta's character ranges are in the config already).
     key = store_key(engine, heads + ([highlight.astype(np.int64)] if highlight is not None else []), context_ids, method.key_fields(config))
-    return _prepare(BuildJob(engine, heads, context_ids, config, key, highlight, base_kv, store if store is not None else NullStore(), chunk, progress),
-                    method.name, method.build)
+    store = store if store is not None else NullStore()
+    return _prepare(BuildJob(engine, heads, context_ids, config, key, highlight, base_kv, store, chunk, progress), method.name, method.build)
 
 
 def prepare_plain(ctx: MethodContext, context: str, config: SteerConfig, progress: Progress | None = None) -> tuple[PreparedContext, str]:

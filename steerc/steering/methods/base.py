@@ -12,6 +12,11 @@ it, and never test its name:
   stored keys; the question prefill and every decode step apply it) and the KV the question
   attends to. The stored KV is never changed.
 
+The hooks are given a :class:`~steerc.steering.method_context.MethodContext` (the engine, the
+prompt layout, the store, the prefill chunk and the context's tokens), never the Steerer. A
+method that builds on the plain context calls
+:func:`~steerc.steering.contexts.prepare_plain`, not another method.
+
 Class attributes describe the method to its callers (how many instruction prefixes it
 prefills behind, whether a context can be registered for it once, whether the evaluation
 hands it the example's evidence).
