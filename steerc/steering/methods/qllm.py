@@ -28,14 +28,15 @@ KV is never changed.
 from __future__ import annotations
 
 import time
+
 import numpy as np
 
 from steerc.runtime.generate import positions_for
 from steerc.runtime.steering import Steering
 from steerc.steering.blocks import REPRESENTATIVES, block_bounds, block_scores, kept_tokens, representative_keys
+from steerc.steering.cache_fill import get_or_build
 from steerc.steering.compaction import check_positions_preserved
 from steerc.steering.config import SteerConfig
-from steerc.steering.cache_fill import get_or_build
 from steerc.steering.contexts import plain_context, prepare_plain
 from steerc.steering.keys import plain_key, store_key
 from steerc.steering.methods.base import Evidence, QueryPlan, SteeringMethod
