@@ -4,8 +4,9 @@ This package owns the context stores: the :class:`ContextStore` interface and th
 format (:mod:`steerc.stores.base`), :class:`MemoryStore` (LRU under a byte budget),
 :class:`DiskStore` (one file per entry, atomic writes, corrupt files dropped),
 :class:`TieredStore` (memory in front of a backing store; the backing store is the source of
-truth) and, in :mod:`steerc.stores.redis`, ``RedisStore`` (shared by several processes;
-imported only when asked for). :func:`open_store` builds one from a CLI spec.
+truth), :class:`NullStore` (keeps nothing: every lookup misses) and, in
+:mod:`steerc.stores.redis`, ``RedisStore`` (shared by several processes; imported only when
+asked for). :func:`open_store` builds one from a CLI spec.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from steerc.stores.base import (
 )
 from steerc.stores.disk import DiskStore
 from steerc.stores.memory import MemoryStore
+from steerc.stores.null import NullStore
 from steerc.stores.tiered import TieredStore
 
 __all__ = [
     "StoredContext", "StoreStats", "CorruptEntryError", "StoreUnavailableError", "check_key", "context_key", "entry_to_bytes", "entry_from_bytes",
-    "ContextStore", "KeyLocks", "MemoryStore", "DiskStore", "TieredStore", "default_root", "open_store",
+    "ContextStore", "KeyLocks", "MemoryStore", "NullStore", "DiskStore", "TieredStore", "default_root", "open_store",
 ]  # fmt: skip
 
 
