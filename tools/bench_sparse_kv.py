@@ -58,7 +58,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from steerc.steering import SteerConfig, Steerer
-    from steerc.steering.stored_kv import kv_entry, load_prepared, save_prepared  # the stored form of a prepared context: no public API yet
+    from steerc.steering.prepared import load_prepared, save_prepared  # the stored form of a prepared context: no public API yet
+    from steerc.steering.stored_kv import kv_entry
     from steerc.stores import MemoryStore, entry_to_bytes
 
     engine = load_engine(args.engine, args.threads, args.backend)
