@@ -41,7 +41,7 @@ def default_engine(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_folder, tmp_path_factory):
     """The tiny Llama compiled into an engine folder (no tokenizer)."""
-    from steerc.engine import compile_engine
+    from steerc.build import compile_engine
 
     out = tmp_path_factory.mktemp("tiny-engine") / "engine"
     compile_engine(str(tiny_folder), out, CompileSettings(max_seq_len=64, max_batch=4))
@@ -71,7 +71,7 @@ def tiny_text_folder(tmp_path_factory):
 def tiny_text_engine(tiny_text_folder, tmp_path_factory):
     """The tiny text model compiled: text-level runtime tests (eval, steering over text
     contexts) without the real weights."""
-    from steerc.engine import compile_engine
+    from steerc.build import compile_engine
 
     out = tmp_path_factory.mktemp("tiny-text-engine") / "engine"
     compile_engine(str(tiny_text_folder), out, CompileSettings(max_seq_len=384, max_batch=2))

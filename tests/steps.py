@@ -11,7 +11,7 @@ import functools
 import torch
 from tiny_models import tiny_model
 
-from steerc.compiler import capture_steerable
+from steerc.build.steerable import capture_steerable
 from steerc.settings import CompileSettings
 from steerc.stores import MemoryStore, StoreUnavailableError
 

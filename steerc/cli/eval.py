@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from steerc.atomic import write_text_atomic
+from steerc.cli.common import DEVICES, add_backend_option
 from steerc.errors import SteercError
 
 __all__ = ["add_eval_parser", "cmd_eval"]
@@ -40,8 +41,8 @@ def add_eval_parser(sub) -> None:
     add_steer_options(p)
     p.add_argument("--store", default="memory", help="context store: 'memory' (default) or a folder to keep prepared contexts across runs")
     p.add_argument("--no-chat", action="store_true", help="completion-style prompts (base models)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backend", default="onnx", choices=["onnx", "aoti", "tensorrt"], help="what runs the step graph: ONNX Runtime, the AOTInductor package (--backend aoti at compile) or the TensorRT plan")
+    p.add_argument("--device", default="cpu", choices=DEVICES)
+    add_backend_option(p, "what runs the step graph (the engine must have been compiled with that --backend)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_eval)
 

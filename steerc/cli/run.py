@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from steerc.cli.steer_options import add_steer_options, check_profile, steer_config
+from steerc.cli.common import DEVICES, add_backend_option
 from steerc.errors import SteercError
 
 __all__ = ["add_run_parser", "cmd_run"]
@@ -99,7 +100,7 @@ def add_run_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--html", default=None, help="write a page showing the selected tokens and their importance")
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backend", default="onnx", choices=["onnx", "aoti", "tensorrt"], help="what runs the step graph: ONNX Runtime, the AOTInductor package (--backend aoti at compile) or the TensorRT plan")
+    p.add_argument("--device", default="cpu", choices=DEVICES)
+    add_backend_option(p, "what runs the step graph (the engine must have been compiled with that --backend)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_run)

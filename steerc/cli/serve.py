@@ -6,6 +6,7 @@ import ipaddress
 import os
 import sys
 
+from steerc.cli.common import DEVICES, add_backend_option
 from steerc.errors import SteercError
 
 __all__ = ["add_serve_parser", "cmd_serve"]
@@ -70,8 +71,8 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the engine folder's name)")
     p.add_argument("--no-chat", action="store_true", help="do not use the chat template (base models)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backend", default="onnx", choices=["onnx", "aoti", "tensorrt"], help="what runs the step graph: ONNX Runtime, the AOTInductor package (--backend aoti at compile) or the TensorRT plan")
+    p.add_argument("--device", default="cpu", choices=DEVICES)
+    add_backend_option(p, "what runs the step graph (the engine must have been compiled with that --backend)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's log level")
     p.add_argument("--method", default=None, choices=list(METHODS), help="default steering method of requests that send steer without one")
