@@ -13,7 +13,9 @@ import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,7 +28,7 @@ from steerc.server.errors import ApiError, Cancelled, TimedOut, api_error, valid
 from steerc.server.formats import EventStream, Reply, sse
 from steerc.server.limits import Admission, BodyLimit, check_api_key
 from steerc.server.metrics import CONTENT_TYPE, Metrics, RequestMetrics
-from steerc.server.schemas import ChatCompletionRequest, CompletionRequest, ContextRequest
+from steerc.server.schemas import CompletionRequest, request_models
 from steerc.server.service import Job, Service
 from steerc.server.settings import ServerSettings
 from steerc.steering.config import SteerConfig
@@ -39,10 +41,21 @@ log = logging.getLogger(__name__)
 _HIT_TIERS = ("memory", "disk", "redis", "store")
 
 
-def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), store: ContextStore | None = None, steer_defaults: SteerConfig | None = None) -> FastAPI:
-    """``steer_defaults``: the steering config a request's ``steer`` fields override (default ``SteerConfig()``)."""
+def _body(model):
+    """Give a route its request body type (the request models are made per app: ``request_models``)."""
+    def set_type(route):
+        route.__annotations__["body"] = model
+        return route
+    return set_type
+
+
+def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), store: ContextStore | None = None, steer_defaults: SteerConfig | None = None,
+               steer_presets: Mapping[str, Any] | None = None) -> FastAPI:
+    """``steer_defaults``: the steering config a request's ``steer`` fields override (default ``SteerConfig()``); ``steer_presets``:
+    flat steering fields for any method (``steerc serve``'s flags), used when a request picks another method."""
+    bodies = request_models()  # the steer schema of the methods registered now
     store = store if store is not None else open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s)
-    service = Service(engine, store, settings, steer_defaults)
+    service = Service(engine, store, settings, steer_defaults, steer_presets)
     admission = Admission(settings.max_concurrency, settings.max_queue)
     metrics = Metrics(lambda: admission.waiting, lambda: admission.active)
     service.store.on_error = lambda backend, operation: metrics.store_errors.labels(backend, operation).inc()
@@ -185,15 +198,18 @@ def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), stor
                                             "max_model_len": engine.max_seq_len}]}
 
     @api.post("/v1/completions")
-    async def completions(request: Request, body: CompletionRequest):
+    @_body(bodies.completion)
+    async def completions(request: Request, body):
         return await generation(request, body, "/v1/completions", lambda: service.plan_completion(body), chat=False)
 
     @api.post("/v1/chat/completions")
-    async def chat_completions(request: Request, body: ChatCompletionRequest):
+    @_body(bodies.chat)
+    async def chat_completions(request: Request, body):
         return await generation(request, body, "/v1/chat/completions", lambda: service.plan_chat(body), chat=True)
 
     @api.post("/v1/contexts")
-    async def register_context(request: Request, body: ContextRequest):
+    @_body(bodies.context)
+    async def register_context(request: Request, body):
         job = await start(lambda j: j.emit("done", 0, service.register(j, body)))
         while (item := await next_item(job, request))[0] != "end":
             if item[0] == "error":

@@ -36,7 +36,7 @@ class AutoPasta(SteeringMethod):
     def prepare(self, steerer, context: str, config: SteerConfig, progress=None) -> tuple[PreparedContext, str]:
         from steerc.steering.methods import get_method
 
-        return get_method("none").prepare(steerer, context, replace(config, method="none"), progress)
+        return get_method("none").prepare(steerer, context, config.with_method("none"), progress)
 
     def plan(self, steerer, prepared: PreparedContext, context: str, query: str, query_ids: np.ndarray, config: SteerConfig, progress=None) -> QueryPlan:
         start = time.perf_counter()
