@@ -36,7 +36,6 @@ import platform
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -91,13 +90,13 @@ def main() -> None:
         context, query, gold = build_context(engine.tokenizer, length)
         disk_root = tempfile.mkdtemp(prefix="steerc-bench-")
         reused = Steerer(engine, config, MemoryStore())
-        others = {f"{m}_reused": Steerer(engine, replace(config, method=m), MemoryStore()) for m in ("none", "query", "llmsteer")}
+        others = {f"{m}_reused": Steerer(engine, config.with_method(m), MemoryStore()) for m in ("none", "query", "llmsteer")}
         from_disk = Steerer(engine, config, DiskStore(disk_root))
-        nocache = Steerer(engine, replace(config, method="none"), None)
+        nocache = Steerer(engine, config.with_method("none"), None)
         plain_store = MemoryStore()
-        auto_both = Steerer(engine, replace(config, method="autopasta", steer_at="both"), plain_store)
-        auto_decode = Steerer(engine, replace(config, method="autopasta", steer_at="decode"), plain_store)
-        prep_both = replace(config, method="llmsteer", steer_at="both")
+        auto_both = Steerer(engine, config.with_method("autopasta", steer_at="both"), plain_store)
+        auto_decode = Steerer(engine, config.with_method("autopasta", steer_at="decode"), plain_store)
+        prep_both = config.with_method("llmsteer", steer_at="both")
         layout = PromptLayout.for_tokenizer(engine.tokenizer)
         ids = np.concatenate([layout.head_ids(config.prefixes[0]), layout.context_ids(context)[0]])[None]
         # Warm-up and one-time preparation (the stores then hold the contexts).
@@ -117,7 +116,7 @@ def main() -> None:
             start = time.perf_counter()
             prefill(engine, ids, np.ones_like(ids), engine.new_cache(1), chunk=512)
             times["plain_prefill"].append(time.perf_counter() - start)
-            for name, cfg in (("prepare_decode", replace(config, method="llmsteer")), ("prepare_both", prep_both)):
+            for name, cfg in (("prepare_decode", config.with_method("llmsteer")), ("prepare_both", prep_both)):
                 start = time.perf_counter()
                 Steerer(engine, cfg, None).prepare(context)
                 times[name].append(time.perf_counter() - start)
@@ -174,7 +173,7 @@ def reuse_only(args) -> None:
         context, query, _ = build_context(engine.tokenizer, length)
         disk_root = tempfile.mkdtemp(prefix="steerc-bench-")
         variants = {"reused": Steerer(engine, config, MemoryStore()), "reused_disk": Steerer(engine, config, DiskStore(disk_root))}
-        variants.update({f"{m}_reused": Steerer(engine, replace(config, method=m), MemoryStore()) for m in ("none", "llmsteer")})
+        variants.update({f"{m}_reused": Steerer(engine, config.with_method(m), MemoryStore()) for m in ("none", "llmsteer")})
         if args.redis:
             from steerc.stores.redis import RedisStore
 

@@ -30,7 +30,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 from bench_reuse import build_context  # noqa: E402
@@ -67,13 +66,13 @@ def main() -> None:
     from steerc.runtime import Engine
     from steerc.steering.answer import Steerer
     from steerc.steering.config import SteerConfig
-    from steerc.stores import MemoryStore
     from steerc.steering.stored_kv import kv_entry, load_prepared, save_prepared
+    from steerc.stores import MemoryStore
     from steerc.stores.base import entry_to_bytes
 
     engine = Engine.load(args.engine, threads=args.threads)
     base = SteerConfig(method="none")
-    variants = {"none": base, "qllm": replace(base, method="qllm"), "qllm answer": replace(base, method="qllm", retrieve_for="answer")}
+    variants = {"none": base, "qllm": base.with_method("qllm"), "qllm answer": base.with_method("qllm", retrieve_for="answer")}
     variants.update({f"keep {k:g}": replace(base, keep=k) for k in args.keeps})
     redis = None
     if args.redis:

@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +57,7 @@ def main() -> None:
         fields = {"steer_at": variant} if variant else {}
         if method == "pasta":
             fields["highlights"] = ((0, len(context) // 4),)
-        config = replace(base, method=method, **fields)
+        config = base.with_method(method, **fields)
         steerer = Steerer(engine, config, store)
         answer = steerer.answer(context, query, max_new_tokens=1)
         prepared = steerer.last_context[0]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-
 from steerc.errors import SteercError
 
 __all__ = ["add_steer_options", "add_method_option", "steer_config", "steer_values", "check_profile", "method_help"]

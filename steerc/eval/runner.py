@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from steerc.atomic import write_text_atomic
 from steerc.errors import SteercError

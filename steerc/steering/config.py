@@ -136,13 +136,13 @@ class SteerConfig(_JsonDataclass):
         return {**data, **self.options.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SteerConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> SteerConfig:
         """The flat form (or ``options`` nested as a dict); fields of other methods only at their defaults."""
         if not isinstance(data, Mapping):
             raise ValueError(f"SteerConfig: expected an object, got {type(data).__name__}")
         return cls(**data)
 
-    def merged(self, overrides: Mapping[str, Any], presets: Mapping[str, Any] | None = None) -> "SteerConfig":
+    def merged(self, overrides: Mapping[str, Any], presets: Mapping[str, Any] | None = None) -> SteerConfig:
         """This config with ``overrides`` (flat fields; a ``method`` switches methods). Fields of
         this config, then of ``presets`` (flat defaults for any method, e.g. ``steerc serve``'s
         flags), that the resulting method lacks are dropped; an override it lacks is refused
@@ -152,7 +152,7 @@ class SteerConfig(_JsonDataclass):
         base = {**(presets or {}), **self.to_dict()}
         return SteerConfig(**{**{k: v for k, v in base.items() if k in accepted}, **overrides})
 
-    def with_method(self, method: str, presets: Mapping[str, Any] | None = None, **overrides: Any) -> "SteerConfig":
+    def with_method(self, method: str, presets: Mapping[str, Any] | None = None, **overrides: Any) -> SteerConfig:
         """The same shared settings (and the options both methods have) for ``method``."""
         return self.merged({**overrides, "method": method}, presets)
 

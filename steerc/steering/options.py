@@ -180,7 +180,7 @@ class MethodOptions:
     def validate(self) -> None:
         """Rules between this method's own fields (raise ValueError)."""
 
-    def check(self, config: "SteerConfig", method: str) -> None:
+    def check(self, config: SteerConfig, method: str) -> None:
         """Rules that involve the common settings of ``config`` (raise ValueError)."""
 
     def to_dict(self) -> dict[str, Any]:

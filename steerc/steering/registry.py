@@ -36,7 +36,7 @@ _BUILTIN = {
 }
 
 _entries: dict[str, Any] = dict(_BUILTIN)  # name -> "module:Class", a class or an instance
-_resolved: dict[str, "SteeringMethod"] = {}
+_resolved: dict[str, SteeringMethod] = {}
 _lock = threading.Lock()
 
 
@@ -77,7 +77,7 @@ def method_names() -> tuple[str, ...]:
     return tuple(_entries)
 
 
-def get_method(name: str) -> "SteeringMethod":
+def get_method(name: str) -> SteeringMethod:
     """The method called ``name`` (imported on first use); a ``ValueError`` naming the known ones otherwise."""
     method = _resolved.get(name)
     if method is not None:
@@ -98,6 +98,6 @@ def get_method(name: str) -> "SteeringMethod":
     return method
 
 
-def options_class(name: str) -> type["MethodOptions"]:
+def options_class(name: str) -> type[MethodOptions]:
     """The options dataclass of the method called ``name``."""
     return get_method(name).options
