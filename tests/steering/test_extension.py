@@ -50,7 +50,8 @@ def _help(*argv: str) -> str:
 def test_a_registered_method_is_a_config_that_round_trips(toy):
     config = SteerConfig(method="toy", alpha=0.3, options=ToyOptions(toy_gain=2.5))
     assert SteerConfig.from_json(config.to_json()) == config and config.to_dict()["toy_gain"] == 2.5
-    assert SteerConfig(method="toy", alpha=0.3, toy_gain=2.5) == config and SteerConfig.from_dict({"method": "toy", "toy_gain": 2.5, "alpha": 0.3}) == config
+    assert SteerConfig(method="toy", alpha=0.3, toy_gain=2.5) == config
+    assert SteerConfig.from_dict({"method": "toy", "toy_gain": 2.5, "alpha": 0.3}) == config
     with pytest.raises(ValueError, match=r"toy_gain must be a number > 0 and <= 10, got 11"):
         ToyOptions(toy_gain=11)
     with pytest.raises(ValueError, match="toy_gain is an option of method 'toy', not of 'query'"):
@@ -83,7 +84,8 @@ def test_the_cli_enforces_the_option_limit(toy, tmp_path):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = main(["run", str(tmp_path / "no-engine"), "--context", str(context), "--query", "q", "--method", "toy", "--toy-gain", "0"])
-    assert code == 2 and err.getvalue().strip().splitlines() == ["steerc: error: invalid option: toy_gain must be a number > 0 and <= 10, got 0.0"]
+    assert code == 2
+    assert err.getvalue().strip().splitlines() == ["steerc: error: invalid option: toy_gain must be a number > 0 and <= 10, got 0.0"]
     # steerc eval --methods: validated against the registry, each method with its own options
     variants = method_variants(["none", "toy"], SteerConfig(method="none"), {"toy_gain": 3.0, "evidence": 2})
     assert [v.config for v in variants] == [SteerConfig(method="none"), SteerConfig(method="toy", toy_gain=3.0)]
@@ -109,8 +111,8 @@ def test_a_registered_method_appears_in_the_server_schema_and_limits(toy, tiny_t
     with TestClient(app) as client:
         bad = client.post("/v1/contexts", json={"context": context, "method": "toy", "toy_gain": 11})
         assert bad.status_code == 400 and "toy_gain" in bad.json()["error"]["message"], bad.text
-        good = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Who won?"}], "max_tokens": 2, "temperature": 0,
-                                                         "steer": {"context": context, "method": "toy", "toy_gain": 2}})
+        good = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Who won?"}], "max_tokens": 2,
+                                                         "temperature": 0, "steer": {"context": context, "method": "toy", "toy_gain": 2}})
         assert good.status_code == 200, good.text
         assert good.json()["steer"]["method"] == "toy" and good.json()["steer"]["config"]["toy_gain"] == 2
         other = client.post("/v1/contexts", json={"context": context, "method": "none", "toy_gain": 2})
