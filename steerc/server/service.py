@@ -267,7 +267,7 @@ class Service:
         with self.store.track() as used:
             prepared, tier = steerer.prepare(req.context, config, progress=prefilled)
         job.check()
-        entries = [prepared.key] if prepared.positions is not None else method.store_keys(steerer, prepared, config)  # a compacted context is one entry
+        entries = [prepared.key] if prepared.positions is not None else method.store_keys(steerer.method_context, prepared, config)  # a compacted context is one entry
         record = self.registry.save(prepared, req.context, self.layout.chat, entries, {"prepare_s": round(prepared.meta.get("prepare_seconds", 0.0), 4)})
         out = self.registry.public(record)
         out.update(cache=tier, store=used.state, context_prefill_tokens=prefilled.tokens, seconds=round(time.perf_counter() - start, 4))

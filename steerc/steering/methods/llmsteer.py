@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from steerc.steering.contexts import BuildJob, PreparedContext
+from steerc.steering.contexts import BuildJob
 from steerc.steering.methods.base import SteeringMethod
 from steerc.steering.options import MethodOptions, option
+from steerc.steering.prepared import PreparedContext
 from steerc.steering.selection import select_tokens
 
 __all__ = ["LLMSteer", "LLMSteerOptions"]

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import BuildJob, PreparedContext
+from steerc.steering.contexts import BuildJob
 from steerc.steering.methods.base import SteeringMethod
 from steerc.steering.options import MethodOptions, option
+from steerc.steering.prepared import PreparedContext
 from steerc.steering.spans import parse_spans, spans_to_token_mask
 
 __all__ = ["Pasta", "PastaOptions"]
