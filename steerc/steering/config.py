@@ -209,6 +209,9 @@ def _method_options(method: str, given: Any, flat: dict[str, Any]) -> MethodOpti
     if method not in method_names():
         raise ValueError(f"method must be one of {method_names()}, got {method!r}")
     cls = options_class(method)
+    clash = set(cls.names()) & set(common_fields())
+    if clash:
+        raise ValueError(f"method {method!r} declares options named like shared settings ({', '.join(sorted(clash))}); rename them")
     if given is None:
         values: dict[str, Any] = {}
     elif isinstance(given, Mapping):
