@@ -41,7 +41,7 @@ def cmd_serve(args) -> int:
     check_profile(args, engine)
     store = open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s)
     app = create_app(engine, settings, store, steer_defaults, steer_values(args))
-    name = app.state.service.model_name
+    name = app.state.steerc.service.model_name
     print(f"steerc serve: {name} ({engine.max_seq_len} tokens) on http://{settings.host}:{settings.port}/v1  "
           f"[{settings.max_concurrency} concurrent, queue {settings.max_queue}, timeout {settings.request_timeout_s:g} s, "
           f"KV store {settings.kv_store or 'memory + ' + str(default_root())}, API key {'required' if settings.api_key else 'off'}]", file=sys.stderr, flush=True)
@@ -52,7 +52,8 @@ def cmd_serve(args) -> int:
 
 
 def add_serve_parser(sub) -> None:
-    from steerc.cli.steer_options import add_method_option, add_steer_options
+    from steerc.cli.steer_options import add_steer_options
+    from steerc.steering.config import METHODS
 
     p = sub.add_parser("serve", help="serve an engine over HTTP: OpenAI-compatible completions with steered, reusable contexts")
     p.add_argument("engine", help="engine folder (from steerc compile)")
@@ -73,6 +74,6 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--backend", default="onnx", choices=["onnx", "aoti", "tensorrt"], help="what runs the step graph: ONNX Runtime, the AOTInductor package (--backend aoti at compile) or the TensorRT plan")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's log level")
-    add_method_option(p, "default steering method of requests that send steer without one")
-    add_steer_options(p, omit=("highlights",))  # the defaults a request's steer fields override
+    p.add_argument("--method", default=None, choices=list(METHODS), help="default steering method of requests that send steer without one")
+    add_steer_options(p)  # the defaults a request's steer fields override
     p.set_defaults(func=cmd_serve)
