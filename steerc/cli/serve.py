@@ -52,8 +52,7 @@ def cmd_serve(args) -> int:
 
 
 def add_serve_parser(sub) -> None:
-    from steerc.cli.steer_options import add_steer_options
-    from steerc.steering.config import METHODS
+    from steerc.cli.steer_options import add_method_option, add_steer_options
 
     p = sub.add_parser("serve", help="serve an engine over HTTP: OpenAI-compatible completions with steered, reusable contexts")
     p.add_argument("engine", help="engine folder (from steerc compile)")
@@ -74,6 +73,6 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--backend", default="onnx", choices=["onnx", "aoti", "tensorrt"], help="what runs the step graph: ONNX Runtime, the AOTInductor package (--backend aoti at compile) or the TensorRT plan")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's log level")
-    p.add_argument("--method", default=None, choices=list(METHODS), help="default steering method of requests that send steer without one")
-    add_steer_options(p)  # the defaults a request's steer fields override
+    add_method_option(p, "default steering method of requests that send steer without one")
+    add_steer_options(p, omit=("highlights",))  # the defaults a request's steer fields override
     p.set_defaults(func=cmd_serve)
