@@ -93,9 +93,10 @@ def sweep_section(sweeps: dict[str, dict], out: Path, name: str = "sweep", title
     picked = SteerConfig.from_dict(chosen)
     default = SteerConfig(method=picked.method)
     fields = ("alpha", "top_k", "steer_at") if picked.method == "llmsteer" else ("alpha", "evidence", "unit", "rank_by", "target_share", "min_share")
-    same = all(getattr(picked, f) == getattr(default, f) for f in fields) and picked.steered_pairs(depth, width) == default.steered_pairs(depth, width)
+    chosen_fields, default_fields = picked.to_dict(), default.to_dict()  # flat: shared settings + the method's options
+    same = all(chosen_fields[f] == default_fields[f] for f in fields) and picked.steered_pairs(depth, width) == default.steered_pairs(depth, width)
     is_default = picked.method == SteerConfig().method
-    lines += ["", f"Chosen on dev: **{best}** ({', '.join(f'{f} {getattr(picked, f)}' for f in fields)}, steer_at {picked.steer_at}, "
+    lines += ["", f"Chosen on dev: **{best}** ({', '.join(f'{f} {chosen_fields[f]}' for f in fields)}, steer_at {picked.steer_at}, "
               f"layers {'all' if picked.layers is None else picked.layers}). "
               + (f"These are `SteerConfig`'s defaults for `{picked.method}`" + (", the default method." if is_default else ".") if same
                  else "**Warning: `SteerConfig`'s defaults differ from this choice.**"), ""]
