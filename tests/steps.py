@@ -25,6 +25,16 @@ def steerable(name: str):
     return model, capture_steerable(model, TEST_SETTINGS)
 
 
+@functools.cache
+def steerable_in(arch: str, dtype: str):
+    """The SteerableProgram of a tiny architecture in fp32 (``steerable``) or fp16 (no analysis
+    program), captured once per session."""
+    if dtype == "fp32":
+        return steerable(arch)[1]
+    model = tiny_model(arch).half()
+    return capture_steerable(model, CompileSettings(dtype="fp16", max_seq_len=TEST_SETTINGS.max_seq_len, max_batch=TEST_SETTINGS.max_batch, importance=False))
+
+
 def step_inputs(g, batch: int, past: int, seq: int, left_pad: int = 0, seed: int = 1):
     """Random decoder-step inputs; the first row is left-padded by ``left_pad`` positions."""
     from steerc.capture import example_inputs

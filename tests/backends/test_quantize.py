@@ -25,16 +25,9 @@ def steerc(*args):
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory):
-    """The tiny Llama compiled with full, int8 and int4 weights."""
-    root = tmp_path_factory.mktemp("quant")
-    folder = root / "llama"
-    tiny_model("llama").save_pretrained(folder)
-    out = {}
-    for weights in ("full", "int8", "int4"):
-        out[weights] = root / weights
-        compile_engine(str(folder), out[weights], CompileSettings(**SETTINGS, weights=weights))
-    return out
+def engines(tiny_folder, compiled_engine):
+    """The tiny Llama compiled with full (the session's tiny engine), int8 and int4 weights."""
+    return {weights: compiled_engine(tiny_folder, **SETTINGS, weights=weights) for weights in ("full", "int8", "int4")}
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
