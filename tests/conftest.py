@@ -9,10 +9,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from steps import TEST_SETTINGS, assert_step_close, step_inputs, steerable, steerable_in  # noqa: E402,F401  (re-exported for the tests)
+from steps import TEST_SETTINGS, assert_step_close, steerable, steerable_in, step_inputs  # noqa: E402,F401  (re-exported for the tests)
 from tiny_models import tiny_model  # noqa: E402
 
 from steerc.settings import CompileSettings  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):

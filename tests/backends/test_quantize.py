@@ -2,11 +2,10 @@
 parity against the full-precision engine within the scheme's tolerance, and bad settings."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_process import run_cli
 from tiny_models import tiny_model
 
 from steerc.backends.onnx import op_counts
@@ -21,7 +20,7 @@ SETTINGS = dict(max_seq_len=64, max_batch=4)
 
 
 def steerc(*args):
-    return subprocess.run([sys.executable, "-m", "steerc.cli", *args], capture_output=True, text=True, timeout=600)
+    return run_cli(*args, timeout=600)
 
 
 @pytest.fixture(scope="module")
