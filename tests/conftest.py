@@ -41,6 +41,15 @@ def default_engine(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def default_hf():
+    """The default model in transformers (``load_model(None)``: model and tokenizer), loaded once
+    per session for the tests that compare the default engine with it."""
+    from steerc.models import load_model
+
+    return load_model(None)
+
+
+@pytest.fixture(scope="session")
 def compiled_engine(tmp_path_factory):
     """``compiled_engine(checkpoint_folder, **settings)``: the engine folder of ``compile_engine``
     with ``CompileSettings(**settings)``, compiled once per session for each (checkpoint, settings).

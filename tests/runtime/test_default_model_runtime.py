@@ -5,7 +5,6 @@ import pytest
 import torch
 from cli_process import run_cli
 
-from steerc.models import load_model
 from steerc.runtime import Engine, TextStream, complete
 
 pytestmark = pytest.mark.slow
@@ -19,8 +18,8 @@ def engine(default_engine):
 
 
 @pytest.fixture(scope="module")
-def hf():
-    return load_model(None).model
+def hf(default_hf):
+    return default_hf.model
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
