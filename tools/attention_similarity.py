@@ -54,7 +54,7 @@ import torch
 log = logging.getLogger("attention_similarity")
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS = ("smollm2-135m-instruct", "/work/gemma/gemma-3-270m-Q4_K_M.gguf")
+DEFAULT_MODELS = ("smollm2-135m-instruct", str(ROOT / "gemma-3-270m-Q4_K_M.gguf"))  # the GGUF tools/reproduce_results.sh step 4 assembles
 METRICS = ("cosine", "cosine-headavg", "jsd", "cosine-nosink")
 METRIC_LABEL = {
     "cosine": "cosine similarity of attention rows (same head), mean over rows & heads",
@@ -205,11 +205,10 @@ def squad_prompts(tokenizer, passages: int, max_tokens: int) -> tuple[list[torch
     """The first ``passages`` SQuAD dev contexts (first question each) as steerc prompts,
     the context truncated so a prompt has at most ``max_tokens`` tokens."""
     from steerc.eval import load_dataset
-    from steerc.steering.config import DEFAULT_PREFIXES
-    from steerc.steering.layout import PromptLayout
+    from steerc.steering import PromptLayout, SteerConfig
 
     layout = PromptLayout.for_tokenizer(tokenizer)
-    prefix = DEFAULT_PREFIXES[0]
+    prefix = SteerConfig().prefixes[0]  # LLMSteer's first prefix, the runtime's default
     head = layout.head_ids(prefix)
     seen, prompts, truncated = set(), [], 0
     for ex in load_dataset("squad", split="dev"):

@@ -36,14 +36,13 @@ reported in one line and the script exits 2. ``--device cpu --tiny`` runs the sa
 
     python tools/bench_gpu.py [--models smollm2 llama1b] [--context 512] [--new-tokens 128] \\
         [--repeats 3] [--dtype fp16] [--out $OUT/bench_gpu.json]
-    python tools/bench_gpu.py --device cpu --tiny --out /tmp/bench_gpu.json
+    python tools/bench_gpu.py --device cpu --tiny --out bench_gpu.json
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
 import os
 import platform
@@ -53,7 +52,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import ROOT, interleave, write_json
+
 H200_SPEC_BPS = 4.8e12
 START = time.perf_counter()
 
@@ -180,12 +180,7 @@ def steerc_prefill_logits(step, geometry, prompt, dtype):
 def measure(runs: dict, repeats: int) -> dict:
     """Warm up each of ``runs`` (name -> ``run() -> (tokens, ttft, per_step, ...)``) once, then
     ``repeats`` rounds with the runs interleaved (machine noise hits all alike); medians."""
-    for run in runs.values():
-        run()
-    samples: dict[str, list] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            samples[name].append(run())
+    samples = interleave(runs, repeats)
     results = {}
     for name, values in samples.items():
         ttft = statistics.median(v[1] for v in values)
@@ -225,9 +220,8 @@ def _prefix(a: list[int], b: list[int]) -> int:
 def bench_model(name: str, args, dtype, bw: float) -> dict:
     import torch
 
+    from steerc import CompileSettings, capture_steerable  # the package's public API (wherever the build code lives)
     from steerc.backends.aoti import build_aoti_package, load_aoti_step
-    from steerc.compiler import capture_steerable
-    from steerc.settings import CompileSettings
 
     device = args.device
     say(f"{name}: building the model")
@@ -400,10 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in args.models:
         report["models"].append(bench_model(name, args, dtype, bw))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1))  # what is done so far survives a later failure
+        write_json(out, report, indent=1)  # what is done so far survives a later failure
     report["seconds"] = time.perf_counter() - START
-    out.write_text(json.dumps(report, indent=1))
+    write_json(out, report, indent=1)
     print_table(report)
     say(f"wrote {out}")
     return 0

@@ -9,7 +9,7 @@ divided among the mappings that share it) from ``/proc/self/smaps_rollup`` at th
 time is the median of ``--steps`` steps, relative to the first variant. Prints a markdown
 table, writes JSON.
 
-    python tools/bench_memory.py ENGINE_DIR [--variants off arena weights] [--context 1000] [--out docs/bench/memory.json]
+    python tools/bench_memory.py [ENGINE_DIR] [--variants off arena weights] [--context 1000] [--out docs/bench/memory.json]
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import BENCH_DIR, add_engine_args, engine_path, interleave, load_engine, medians, squad_context, write_json
+
 log = logging.getLogger("bench_memory")
 
 
@@ -54,14 +52,13 @@ def peak_mib() -> float:
 
 def run_variant(engine_dir: str, share: str, context: str, query: str, new_tokens: int) -> dict:
     """One variant in this process (the child): memory after each stage."""
-    from steerc.runtime import Engine, SamplingParams
-    from steerc.steering.answer import Steerer
-    from steerc.steering.config import SteerConfig
+    from steerc.runtime import SamplingParams
+    from steerc.steering import SteerConfig, Steerer
     from steerc.stores import MemoryStore
 
     out = {"share": share, "start_mib": rss_mib()}
     start = time.perf_counter()
-    engine = Engine.load(engine_dir, share=share)
+    engine = load_engine(engine_dir, share=share)
     out.update(effective_share=engine.share, load_s=round(time.perf_counter() - start, 2), after_load_mib=rss_mib())
     log.info("[%s] loaded in %.1f s (share %s), RSS %.0f MiB", share, out["load_s"], engine.share, out["after_load_mib"])
     steerer = Steerer(engine, SteerConfig(method="llmsteer"), MemoryStore())
@@ -78,26 +75,24 @@ def run_variant(engine_dir: str, share: str, context: str, query: str, new_token
 
 def decode_steps(engine_dir: str, variants: list[str], context: str, steps: int) -> dict[str, float]:
     """Median ms of one batch-1 decode step over ``context`` per variant, interleaved step by step."""
-    from steerc.runtime import Engine
-    from steerc.runtime.generate import prefill
+    from steerc.runtime import prefill
 
-    engines = {share: Engine.load(engine_dir, share=share) for share in variants}
+    engines = {share: load_engine(engine_dir, share=share) for share in variants}
     first = engines[variants[0]]
     ids = np.array([first.tokenizer(context, add_special_tokens=False)["input_ids"]], np.int64)
     _, kv = prefill(first, ids, np.ones(ids.shape, np.int64), first.new_cache(1), chunk=512)
     g, P = first.geometry, kv.length
     feed = (np.array([[1]], np.int64), np.array([[P]], np.int64), np.ones((1, P + 1), np.int64), kv,
             np.zeros((1, g.num_layers, g.num_heads, P + 1), np.float32))
-    times: dict[str, list[float]] = {share: [] for share in variants}
-    for i in range(steps + 2):
-        for share, engine in engines.items():
-            start = time.perf_counter()
-            engine.forward(*feed)  # the cache is not extended: every step sees P keys
-            if i >= 2:  # two warm-up steps
-                times[share].append(time.perf_counter() - start)
-        if i % 10 == 9:
-            log.info("decode timing: %d/%d steps", i + 1, steps + 2)
-    return {share: round(1000 * statistics.median(t), 2) for share, t in times.items()}
+    def step(engine) -> float:
+        start = time.perf_counter()
+        engine.forward(*feed)  # the cache is not extended: every step sees P keys
+        return time.perf_counter() - start
+
+    log.info("decode timing: %d steps per variant, interleaved step by step", steps)
+    runs = {share: (lambda e=engine: step(e)) for share, engine in engines.items()}
+    interleave(runs, 1)  # two warm-up steps each (interleave's own, then this repeat), not timed
+    return {share: round(1000 * t, 2) for share, t in medians(interleave(runs, steps, warmup=False)).items()}
 
 
 def table(engine_dir: str, results: list[dict]) -> str:
@@ -117,12 +112,12 @@ def table(engine_dir: str, results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("engine")
+    add_engine_args(parser, threads=False, backend=False)
     parser.add_argument("--variants", nargs="+", default=["off", "arena", "weights"])
     parser.add_argument("--context", type=int, default=1000, help="context tokens")
     parser.add_argument("--new-tokens", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30, help="timed decode steps per variant")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "bench" / "memory.json"))
+    parser.add_argument("--out", default=str(BENCH_DIR / "memory.json"))
     parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)  # SHARE|decode REQUEST_JSON
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -134,10 +129,10 @@ def main() -> None:
         else:
             print(json.dumps(run_variant(args.engine, args.child[0], request["context"], request["query"], args.new_tokens)))
         return
-    from bench_reuse import build_context
     from transformers import AutoTokenizer
 
-    context, query, _ = build_context(AutoTokenizer.from_pretrained(args.engine), args.context)  # here: the children hold no SQuAD
+    args.engine = str(engine_path(args.engine))
+    context, query, _ = squad_context(AutoTokenizer.from_pretrained(args.engine), args.context)  # here: the children hold no SQuAD
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         request = Path(tmp) / "request.json"
@@ -153,10 +148,8 @@ def main() -> None:
         r["decode_step_ms"] = decode[r["share"]]
     report = table(args.engine, results)
     print(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"engine": args.engine, "machine": platform.processor() or platform.machine(), "context": args.context,
-                               "new_tokens": args.new_tokens, "steps": args.steps, "results": results, "table": report}, indent=1))
+    out = write_json(args.out, {"engine": args.engine, "context": args.context, "new_tokens": args.new_tokens, "steps": args.steps, "results": results,
+                                "table": report}, indent=1)
     print(f"wrote {out}")
 
 

@@ -24,39 +24,20 @@ answer token, with ``max_new_tokens=1``. Writes JSON and prints a markdown table
 (no memory tier, so every request fetches and verifies it). ``--reuse-only`` times only the
 reused variants (every tier), not the no-cache, AutoPASTA and preparation baselines.
 
-    python tools/bench_reuse.py ENGINE_DIR [--contexts 512 1024 2048] [--repeats 3] [--redis URL] [--reuse-only] [--out docs/bench/reuse.json]
+    python tools/bench_reuse.py [ENGINE_DIR] [--contexts 512 1024 2048] [--repeats 3] [--redis URL] [--reuse-only] [--out docs/bench/reuse.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import platform
-import statistics
 import tempfile
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-SQUAD = ROOT.parent / "shared" / "data" / "squad-dev-v1.1.json.gz"
-
-
-def build_context(tokenizer, length: int) -> tuple[str, str, str]:
-    """(context of exactly ``length`` tokens, question, gold answer) from consecutive SQuAD passages."""
-    data = json.load(gzip.open(SQUAD))["data"]
-    passages = [p for article in data for p in article["paragraphs"]]
-    question = passages[0]["qas"][0]
-    text = ""
-    for passage in passages:
-        text += passage["context"] + "\n\n"
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        if len(enc["input_ids"]) >= length:
-            return text[: enc["offset_mapping"][length - 1][1]], question["question"], question["answers"][0]["text"]
-    raise SystemExit(f"not enough SQuAD text for {length} tokens")
+from harness import BENCH_DIR, add_engine_args, interleave, load_engine, medians, squad_context, write_json
 
 
 def ttft(steerer, context: str, query: str) -> tuple[float, object]:
@@ -65,30 +46,33 @@ def ttft(steerer, context: str, query: str) -> tuple[float, object]:
     return time.perf_counter() - start, answer
 
 
+def timed(fn) -> tuple[float, None]:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start, None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("engine")
+    add_engine_args(parser)
     parser.add_argument("--contexts", type=int, nargs="+", default=[512, 1024, 2048])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--redis", default=None, help="also time reuse from this Redis server (redis://host:port/db)")
     parser.add_argument("--reuse-only", action="store_true", help="time only the reused variants (every tier)")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "bench" / "reuse.json"))
+    parser.add_argument("--out", default=str(BENCH_DIR / "reuse.json"))
     args = parser.parse_args()
+    engine = load_engine(args.engine, args.threads, args.backend)
     if args.reuse_only:
-        return reuse_only(args)
+        return reuse_only(args, engine)
 
-    from steerc.runtime import Engine
-    from steerc.runtime.generate import prefill
-    from steerc.steering.answer import Steerer
-    from steerc.steering.config import SteerConfig
-    from steerc.steering.layout import PromptLayout
+    from steerc.runtime import prefill
+    from steerc.steering import PromptLayout, SteerConfig, Steerer
     from steerc.stores import DiskStore, MemoryStore
 
-    engine = Engine.load(args.engine)
     config = SteerConfig()
     rows = []
     for length in args.contexts:
-        context, query, gold = build_context(engine.tokenizer, length)
+        context, query, gold = squad_context(engine.tokenizer, length)
         disk_root = tempfile.mkdtemp(prefix="steerc-bench-")
         reused = Steerer(engine, config, MemoryStore())
         others = {f"{m}_reused": Steerer(engine, replace(config, method=m), MemoryStore()) for m in ("none", "query", "llmsteer")}
@@ -103,25 +87,21 @@ def main() -> None:
         # Warm-up and one-time preparation (the stores then hold the contexts).
         for s in (reused, from_disk, auto_both, *others.values()):
             s.answer(context, query, max_new_tokens=1)
-        times: dict[str, list[float]] = {k: [] for k in ("reused", "reused_disk", *others, "nocache", "autopasta", "autopasta_decode", "plain_prefill", "prepare_decode",
-                                                         "prepare_both")}
-        answers = {}
-        for _ in range(args.repeats):
-            for name, steerer in (("reused", reused), ("reused_disk", from_disk), *others.items(), ("nocache", nocache), ("autopasta", auto_both),
-                                  ("autopasta_decode", auto_decode)):
-                if name == "reused_disk":
-                    from_disk.store = DiskStore(disk_root)  # a fresh handle: read from the file, nothing in memory
-                seconds, answer = ttft(steerer, context, query)
-                times[name].append(seconds)
-                answers[name] = answer
-            start = time.perf_counter()
-            prefill(engine, ids, np.ones_like(ids), engine.new_cache(1), chunk=512)
-            times["plain_prefill"].append(time.perf_counter() - start)
-            for name, cfg in (("prepare_decode", replace(config, method="llmsteer")), ("prepare_both", prep_both)):
-                start = time.perf_counter()
-                Steerer(engine, cfg, None).prepare(context)
-                times[name].append(time.perf_counter() - start)
-        med = {k: statistics.median(v) for k, v in times.items()}
+
+        def from_fresh_disk():
+            from_disk.store = DiskStore(disk_root)  # a fresh handle: read from the file, nothing in memory
+            return ttft(from_disk, context, query)
+
+        runs = {"reused": lambda: ttft(reused, context, query), "reused_disk": from_fresh_disk,
+                **{name: (lambda s=s: ttft(s, context, query)) for name, s in others.items()},
+                "nocache": lambda: ttft(nocache, context, query), "autopasta": lambda: ttft(auto_both, context, query),
+                "autopasta_decode": lambda: ttft(auto_decode, context, query),
+                "plain_prefill": lambda: timed(lambda: prefill(engine, ids, np.ones_like(ids), engine.new_cache(1), chunk=512)),
+                "prepare_decode": lambda: timed(lambda: Steerer(engine, replace(config, method="llmsteer"), None).prepare(context)),
+                "prepare_both": lambda: timed(lambda: Steerer(engine, prep_both, None).prepare(context))}
+        samples = interleave(runs, args.repeats, warmup=False)
+        med = medians({name: [seconds for seconds, _ in values] for name, values in samples.items()})
+        answers = {name: values[-1][1] for name, values in samples.items()}
         if answers["reused"].cache == "miss" or answers["reused_disk"].cache == "miss":
             raise SystemExit(f"expected store hits, got {answers['reused'].cache} / {answers['reused_disk'].cache}")
         row = {
@@ -141,9 +121,7 @@ def main() -> None:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
-    result = {"engine": str(args.engine), "config": config.to_dict(), "machine": platform.processor() or platform.machine(), "repeats": args.repeats, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, {"engine": str(args.engine), "config": config.to_dict(), "repeats": args.repeats, "rows": rows})
     print("\n| context | (a) reused TTFT | from disk | (b) no cache | (c) AutoPASTA | (c') AutoPASTA, decode-only | (b)/(a) | (c)/(a) | (c')/(a) | prepare (decode) / plain prefill | prepare (both) / plain prefill |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -159,22 +137,20 @@ def main() -> None:
               f"**{r['query_vs_none_reused']:.2f}x** | **{r['query_vs_autopasta']:.3f}x** | {r['query_vs_autopasta_decode']:.3f}x |")
 
 
-def reuse_only(args) -> None:
+def reuse_only(args, engine) -> None:
     """Time to first token of the default method's stored context from each tier (and of the
     other methods from memory), interleaved, medians; JSON to ``--out``, a table to stdout."""
-    from steerc.runtime import Engine
-    from steerc.steering.answer import Steerer
-    from steerc.steering.config import SteerConfig
+    from steerc.steering import SteerConfig, Steerer
     from steerc.stores import DiskStore, MemoryStore
 
-    engine = Engine.load(args.engine)
     config = SteerConfig()
     rows = []
     for length in args.contexts:
-        context, query, _ = build_context(engine.tokenizer, length)
+        context, query, _ = squad_context(engine.tokenizer, length)
         disk_root = tempfile.mkdtemp(prefix="steerc-bench-")
         variants = {"reused": Steerer(engine, config, MemoryStore()), "reused_disk": Steerer(engine, config, DiskStore(disk_root))}
         variants.update({f"{m}_reused": Steerer(engine, replace(config, method=m), MemoryStore()) for m in ("none", "llmsteer")})
+        redis = None
         if args.redis:
             from steerc.stores.redis import RedisStore
 
@@ -182,22 +158,22 @@ def reuse_only(args) -> None:
             variants["reused_redis"] = Steerer(engine, config, redis)
         for s in variants.values():
             s.answer(context, query, max_new_tokens=1)
-        times: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(args.repeats):
-            for name, steerer in variants.items():
-                if name == "reused_disk":
-                    steerer.store = DiskStore(disk_root)  # a fresh handle: read from the file
-                seconds, answer = ttft(steerer, context, query)
-                if answer.cache == "miss":
-                    raise SystemExit(f"{name}: expected a store hit, got a miss")
-                times[name].append(seconds)
-        if args.redis:
+
+        def hit(name, steerer):
+            if name == "reused_disk":
+                steerer.store = DiskStore(disk_root)  # a fresh handle: read from the file
+            seconds, answer = ttft(steerer, context, query)
+            if answer.cache == "miss":
+                raise SystemExit(f"{name}: expected a store hit, got a miss")
+            return seconds
+
+        times = interleave({name: (lambda n=name, s=s: hit(n, s)) for name, s in variants.items()}, args.repeats, warmup=False)
+        if redis is not None:
             redis.clear()
-        row = {"context_tokens": length, "median_s": {k: statistics.median(v) for k, v in times.items()}, "all_s": times}
+        row = {"context_tokens": length, "median_s": medians(times), "all_s": times}
         rows.append(row)
         print(json.dumps(row["median_s"]), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"engine": str(args.engine), "repeats": args.repeats, "rows": rows}, indent=2) + "\n")
+    write_json(args.out, {"engine": str(args.engine), "repeats": args.repeats, "rows": rows})
     names = list(rows[0]["median_s"])
     print("\n| context | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))

@@ -1,7 +1,7 @@
 """Load test of `steerc serve` on loopback: throughput and time to first token for N concurrent
 clients, with and without context reuse, all modes measured in one run.
 
-    python tools/bench_serve.py ENGINE [--clients 1,4] [--requests 16] [--max-seconds 120] [--out docs/bench/serve.json]
+    python tools/bench_serve.py [ENGINE] [--clients 1,4] [--requests 16] [--max-seconds 120] [--out docs/bench/serve.json]
     python tools/bench_serve.py --url http://127.0.0.1:8000 --api-key KEY ...   # against a running server
 
 Modes (each request asks one question about the same ~180-token passage, streamed, greedy):
@@ -21,8 +21,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,40 +28,13 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import DEFAULT_ENGINE, ROOT, start_server, write_json
+
 QUESTIONS = ["Who won Super Bowl 50?", "Where was Super Bowl 50 played?", "Which team represented the NFC?", "What was the final score?",
              "When was the game played?", "Which anniversary did the league emphasise?", "Which conference did Denver represent?",
              "What tradition was suspended?"]
 MODES = ("plain", "steer-fresh", "steer-reuse")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(engine: str, concurrency: int, threads: int | None, log: Path, kv_store: str = "memory", memory_mb: int = 1024,
-                 extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "steerc.cli", "serve", engine, "--port", str(port), "--kv-store", kv_store, "--memory-store-mb", str(memory_mb),
-           "--max-concurrency", str(concurrency), "--max-queue", "1024", "--log-level", "warning", "--request-timeout", "3600", *extra]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "STEERC_API_KEY": ""})
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise SystemExit(f"steerc serve exited:\n{log.read_text()}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("steerc serve did not start in 120 s")
+EXAMPLE_CONTEXT = ROOT / "examples" / "super_bowl_50.txt"
 
 
 def _body(mode: str, i: int, context: str, context_id: str | None, max_tokens: int) -> dict:
@@ -131,7 +102,7 @@ def run_mode(url: str, headers: dict, mode: str, clients: int, requests: int, ma
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("engine", nargs="?", help="engine folder: a server is started for the run (omit with --url)")
+    p.add_argument("engine", nargs="?", default=DEFAULT_ENGINE, help=f"engine folder: a server is started for the run (default: {DEFAULT_ENGINE}; ignored with --url)")
     p.add_argument("--url", help="a running server instead")
     p.add_argument("--api-key", default=os.environ.get("STEERC_API_KEY"))
     p.add_argument("--clients", default="1,4", help="comma-separated concurrent client counts")
@@ -142,19 +113,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="the started server's --threads")
     p.add_argument("--kv-store", default="memory", help="the started server's --kv-store (e.g. redis://127.0.0.1:6379/0)")
     p.add_argument("--memory-store-mb", type=int, default=1024, help="the started server's memory tier; 0 makes every reuse read the backing store")
-    p.add_argument("--context", default=str(ROOT / "examples" / "super_bowl_50.txt"))
+    p.add_argument("--context", default=str(EXAMPLE_CONTEXT))
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--out", help="write the results as JSON")
     args = p.parse_args()
-    if not args.url and not args.engine:
-        p.error("give an engine folder or --url")
     context = Path(args.context).read_text().strip()
     proc = None
     if args.url:
         url = args.url.rstrip("/")
     else:
-        proc, url = start_server(args.engine, args.concurrency, args.threads, Path(os.environ.get("TMPDIR", "/tmp")) / "bench_serve.log", args.kv_store,
-                                 args.memory_store_mb)
+        proc, url = start_server(args.engine, args.concurrency, args.threads, None, args.kv_store, args.memory_store_mb)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=3600) as c:
@@ -184,11 +152,10 @@ def main() -> None:
         print(f"| {r['clients']} | {r['mode']} | {r['requests']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['ttft_p50_s']:.3f} s | "
               f"{r['ttft_p95_s']:.3f} s | {r.get('throughput_vs_plain', '')}x | {r.get('ttft_p50_vs_plain', '')}x | {r['context_prefill_tokens_per_request'] if r['context_prefill_tokens_per_request'] is not None else 'n/a'} |")
     if args.out:
-        meta = {"engine": args.engine, "url": None if proc else url, "clients": args.clients, "requests": args.requests, "max_seconds": args.max_seconds,
+        meta = {"engine": None if args.url else args.engine, "url": None if proc else url, "clients": args.clients, "requests": args.requests, "max_seconds": args.max_seconds,
                 "max_tokens": args.max_tokens, "server_concurrency": args.concurrency, "kv_store": args.kv_store.split("@")[-1], "memory_store_mb": args.memory_store_mb, "threads": args.threads, "cpu_count": os.cpu_count(),
                 "date": time.strftime("%Y-%m-%d")}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"run": meta, "rows": rows}, indent=1) + "\n")
+        write_json(args.out, {"run": meta, "rows": rows}, indent=1)
 
 
 if __name__ == "__main__":

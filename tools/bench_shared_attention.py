@@ -15,17 +15,14 @@ Reported as ratios against the unshared engine (``> 1`` = the shared engine is f
 smaller). Quality is not measured here (``steerc eval ENGINE --dataset squad ...``).
 
     python tools/bench_shared_attention.py --groups 20-29 --groups 15-29 --groups 20-24,25-29 \\
-        [--baseline /work/engines/smollm2-4k] [--contexts 512 2048] [--new-tokens 32] [--repeats 3] \\
-        [--engines-dir /work/engines] [--out docs/bench/shared_attention.json]
+        [--baseline engines/smollm2-135m-instruct] [--contexts 512 2048] [--new-tokens 32] [--repeats 3] \\
+        [--engines-dir engines] [--out docs/bench/shared_attention.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -33,25 +30,26 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import BENCH_DIR, DEFAULT_ENGINE, engine_path, interleave, load_engine, medians, random_prompt, time_generate, write_json
 
 
-def _prompt(vocab: int, length: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(100, min(vocab, 40000), (1, length), dtype=np.int64)
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "steerc.json").read_text())
+
+
+def _groups_text(groups) -> str:
+    return ",".join(f"{g[0]}-{g[-1]}" for g in groups)
 
 
 def shared_engine(baseline: Path, groups_text: str, engines_dir: Path) -> Path:
     """The folder of the baseline's model compiled with ``groups_text`` shared (compiled if absent)."""
-    from steerc.engine import read_manifest
-    from steerc.passes.share_attention import parse_share_groups
-
-    groups = [list(g) for g in parse_share_groups(groups_text)]
-    base = read_manifest(baseline, check_files=False)
+    base = _manifest(baseline)
     folder = engines_dir / f"{baseline.name}-shared-{groups_text.replace(',', '_')}"
     if (folder / "steerc.json").is_file():
-        manifest = read_manifest(folder, check_files=False)
-        got = (manifest.get("share_attention") or {}).get("groups")
-        if got != groups or manifest["max_seq_len"] != base["max_seq_len"] or manifest["source"].get("sha256") != base["source"].get("sha256"):
+        manifest = _manifest(folder)
+        got = (manifest.get("share_attention") or {}).get("groups") or []
+        if _groups_text(got) != groups_text.replace(" ", "") or manifest["max_seq_len"] != base["max_seq_len"] \
+                or manifest["source"].get("sha256") != base["source"].get("sha256"):
             raise SystemExit(f"{folder} holds another engine (groups {got}, max {manifest['max_seq_len']}); remove it or choose --engines-dir")
         print(f"reusing {folder}", flush=True)
         return folder
@@ -69,17 +67,14 @@ def shared_engine(baseline: Path, groups_text: str, engines_dir: Path) -> Path:
 
 def measure(engine, ids: np.ndarray, new: int) -> tuple[float, float]:
     """(time to first token, decode tokens/s) of one greedy generation."""
-    from steerc.runtime import generate
-
-    start = time.perf_counter()
-    stamps = [time.perf_counter() for _ in generate(engine, ids, max_new_tokens=new, stop_token_ids=set())]
-    return stamps[0] - start, (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    ttft, decode_s, tokens = time_generate(engine, ids, new)
+    return ttft, (tokens - 1) / decode_s
 
 
 def kv_bytes_per_token(engine, length: int = 64) -> float:
-    from steerc.runtime.generate import prefill
+    from steerc.runtime import prefill
 
-    ids = _prompt(engine.geometry.vocab_size, length, seed=3)
+    ids = random_prompt(engine.geometry.vocab_size, 1, length, seed=3)
     _, cache = prefill(engine, ids, np.ones_like(ids), engine.new_cache(1))
     return cache.nbytes / cache.length
 
@@ -87,21 +82,19 @@ def kv_bytes_per_token(engine, length: int = 64) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", action="append", required=True, help="shared layer groups, e.g. 20-29 or 20-24,25-29 (repeat the option to compare several)")
-    parser.add_argument("--baseline", default="/work/engines/smollm2-4k", help="the unshared engine (its model, dtype and max length are reused)")
+    parser.add_argument("--baseline", default=DEFAULT_ENGINE, help=f"the unshared engine (its model, dtype and max length are reused; default: {DEFAULT_ENGINE})")
     parser.add_argument("--engines-dir", default=None, help="where shared engines are compiled or found (default: beside the baseline)")
     parser.add_argument("--contexts", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "bench" / "shared_attention.json"))
+    parser.add_argument("--out", default=str(BENCH_DIR / "shared_attention.json"))
     args = parser.parse_args()
 
-    from steerc.runtime import Engine
-
-    baseline = Path(args.baseline).absolute()
+    baseline = engine_path(args.baseline).absolute()
     engines_dir = Path(args.engines_dir).absolute() if args.engines_dir else baseline.parent
     folders = {"unshared": baseline, **{g: shared_engine(baseline, g, engines_dir) for g in args.groups}}
-    engines = {name: Engine.load(folder, threads=args.threads) for name, folder in folders.items()}
+    engines = {name: load_engine(folder, args.threads) for name, folder in folders.items()}
     base = engines["unshared"]
     contexts = [c for c in args.contexts if c + args.new_tokens <= base.max_seq_len]
     if len(contexts) < len(args.contexts):
@@ -110,15 +103,12 @@ def main() -> None:
     kv = {name: kv_bytes_per_token(engine) for name, engine in engines.items()}
     rows = []
     for context in contexts:
-        ids = _prompt(base.geometry.vocab_size, context)
+        ids = random_prompt(base.geometry.vocab_size, 1, context)
         for engine in engines.values():  # warm-up at this shape
             measure(engine, ids[:, : min(context, 16)], 2)
-        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
-        for _ in range(args.repeats):
-            for name, engine in engines.items():
-                samples[name].append(measure(engine, ids, args.new_tokens))
-        for name, values in samples.items():
-            row = {"context": context, "engine": name, "ttft_s": statistics.median(v[0] for v in values), "decode_tok_s": statistics.median(v[1] for v in values)}
+        samples = interleave({name: (lambda e=engine: measure(e, ids, args.new_tokens)) for name, engine in engines.items()}, args.repeats, warmup=False)
+        for name, med in medians(samples, ("ttft_s", "decode_tok_s")).items():
+            row = {"context": context, "engine": name, **med}
             rows.append(row)
             print(f"ctx {context:>5}  {name:<14} ttft {row['ttft_s']:7.3f} s  decode {row['decode_tok_s']:7.1f} tok/s  KV {kv[name] / 1024:7.1f} KiB/token", flush=True)
 
@@ -132,16 +122,13 @@ def main() -> None:
             entry["per_context"].append({"context": context, "decode_speedup": shared["decode_tok_s"] / plain["decode_tok_s"],
                                          "ttft_speedup": plain["ttft_s"] / shared["ttft_s"]})
         ratios.append(entry)
-    result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+    write_json(args.out, {
         "engines": {name: str(folder) for name, folder in folders.items()},
         "model": base.manifest["source"].get("spec"), "num_layers": base.geometry.num_layers,
         "contexts": contexts, "new_tokens": args.new_tokens, "repeats": args.repeats, "batch": 1, "threads": args.threads,
         "kv_bytes_per_token": kv, "rows": rows, "ratios": ratios,
         "meaning": "decode_speedup = shared decode tok/s / unshared; ttft_speedup = unshared TTFT / shared; kv_bytes_ratio = shared KV bytes per token / unshared",
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    })
     print("\n| groups | KV bytes / token | " + " | ".join(f"decode x @{c} | TTFT x @{c}" for c in contexts) + " |")
     print("|---|---|" + "---|---|" * len(contexts))
     for r in ratios:

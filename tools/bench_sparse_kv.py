@@ -16,31 +16,25 @@ the timings are of a *reused* context. Interleaved per repeat, medians:
 
 Ratios are against ``none`` measured in the same run. Writes JSON and prints markdown tables.
 
-    python tools/bench_sparse_kv.py ENGINE [--contexts 512 2048] [--repeats 5] [--redis redis://127.0.0.1:6379/0] [--out docs/bench/sparse_kv.json]
+    python tools/bench_sparse_kv.py [ENGINE] [--contexts 512 2048] [--repeats 5] [--redis redis://127.0.0.1:6379/0] [--out docs/bench/sparse_kv.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-from bench_reuse import build_context  # noqa: E402
+from harness import BENCH_DIR, add_engine_args, interleave, load_engine, squad_context, write_json
 
 DECODE_TOKENS = 64
 
 
 def decode_rate(steerer, engine) -> float:
     """Tokens/s of ``DECODE_TOKENS`` forced decode steps on the last plan's KV and bias."""
-    from steerc.runtime.generate import generate
+    from steerc.runtime import generate
 
     plan, prepared = steerer.last_plan, steerer.last_context[0]
     query_ids = plan.query_ids if plan.query_ids is not None else steerer.layout.query_ids(steerer.config.prefixes[0], steerer.last_query)
@@ -55,23 +49,20 @@ def decode_rate(steerer, engine) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("engine")
+    add_engine_args(parser)
     parser.add_argument("--contexts", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--keeps", type=float, nargs="+", default=[0.5, 0.25])
     parser.add_argument("--redis", default=None, help="a Redis URL to time fetch + verify of the stored entries")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "bench" / "sparse_kv.json"))
+    parser.add_argument("--out", default=str(BENCH_DIR / "sparse_kv.json"))
     args = parser.parse_args()
 
-    from steerc.runtime import Engine
-    from steerc.steering.answer import Steerer
-    from steerc.steering.config import SteerConfig
-    from steerc.stores import MemoryStore
-    from steerc.steering.stored_kv import kv_entry, load_prepared, save_prepared
-    from steerc.stores.base import entry_to_bytes
+    from steerc.steering import SteerConfig, Steerer
+    from steerc.steering.prepared import load_prepared, save_prepared  # the stored form of a prepared context: no public API yet
+    from steerc.steering.stored_kv import kv_entry
+    from steerc.stores import MemoryStore, entry_to_bytes
 
-    engine = Engine.load(args.engine, threads=args.threads)
+    engine = load_engine(args.engine, args.threads, args.backend)
     base = SteerConfig(method="none")
     variants = {"none": base, "qllm": replace(base, method="qllm"), "qllm answer": replace(base, method="qllm", retrieve_for="answer")}
     variants.update({f"keep {k:g}": replace(base, keep=k) for k in args.keeps})
@@ -82,12 +73,11 @@ def main() -> None:
         redis = RedisStore(args.redis, prefix=f"bench:{time.time_ns()}:")
     rows = []
     for length in args.contexts:
-        context, query, _ = build_context(engine.tokenizer, length)
+        context, query, _ = squad_context(engine.tokenizer, length)
         steerers = {name: Steerer(engine, config, MemoryStore(1 << 34)) for name, config in variants.items()}
         for s in steerers.values():  # prepare once (the stores then hold the contexts)
             s.answer(context, query, max_new_tokens=1)
             s.last_query = query
-        times = {name: {"ttft": [], "decode": [], "fetch": []} for name in variants}
         shares, entry_bytes = {}, {}
         for name, s in steerers.items():
             prepared = s.last_context[0]
@@ -97,21 +87,25 @@ def main() -> None:
                 save_prepared(redis, prepared)
             plan = s.last_plan
             shares[name] = float(plan.selected[0].mean()) if name.startswith("qllm") else prepared.kv.length / prepared.full_length
-        for _ in range(args.repeats):
-            for name, s in steerers.items():
+
+        def reuse(name, s) -> dict:
+            start = time.perf_counter()
+            answer = s.answer(context, query, max_new_tokens=1)
+            out = {"ttft": time.perf_counter() - start}
+            if answer.cache == "miss":
+                raise SystemExit(f"{name}: expected a store hit on reuse")
+            out["decode"] = decode_rate(s, engine)
+            if redis is not None:
+                key = s.last_context[0].key
                 start = time.perf_counter()
-                answer = s.answer(context, query, max_new_tokens=1)
-                times[name]["ttft"].append(time.perf_counter() - start)
-                if answer.cache == "miss":
-                    raise SystemExit(f"{name}: expected a store hit on reuse")
-                times[name]["decode"].append(decode_rate(s, engine))
-                if redis is not None:
-                    key = s.last_context[0].key
-                    start = time.perf_counter()
-                    if load_prepared(redis, key)[0] is None:
-                        raise SystemExit(f"{name}: the Redis entry is missing")
-                    times[name]["fetch"].append(time.perf_counter() - start)
-        med = {name: {k: statistics.median(v) if v else None for k, v in t.items()} for name, t in times.items()}
+                if load_prepared(redis, key)[0] is None:
+                    raise SystemExit(f"{name}: the Redis entry is missing")
+                out["fetch"] = time.perf_counter() - start
+            return out
+
+        samples = interleave({name: (lambda n=name, s=s: reuse(n, s)) for name, s in steerers.items()}, args.repeats, warmup=False)
+        med = {name: {k: statistics.median(v[k] for v in values) if k in values[0] else None for k in ("ttft", "decode", "fetch")}
+               for name, values in samples.items()}
         none = med["none"]
         row = {"context_tokens": length, "median": med, "entry_bytes": entry_bytes, "key_share": shares,
                "ttft_vs_none": {n: m["ttft"] / none["ttft"] for n, m in med.items()},
@@ -120,10 +114,8 @@ def main() -> None:
                "fetch_vs_none": {n: m["fetch"] / none["fetch"] for n, m in med.items()} if redis is not None else None}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    result = {"engine": str(args.engine), "machine": platform.processor() or platform.machine(), "threads": args.threads, "repeats": args.repeats,
-              "decode_tokens": DECODE_TOKENS, "variants": {n: c.to_dict() for n, c in variants.items()}, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, {"engine": str(args.engine), "threads": args.threads, "repeats": args.repeats, "decode_tokens": DECODE_TOKENS,
+                          "variants": {n: c.to_dict() for n, c in variants.items()}, "rows": rows})
     print("\n| context | variant | keys attended | TTFT on reuse | x none | decode tok/s | x none | entry MB | x none | Redis fetch+verify | x none |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

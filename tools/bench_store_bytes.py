@@ -1,8 +1,8 @@
 """Store bytes per prepared context: how much the context store holds for one context, against
 the bytes of that context's KV, as methods are added one after another.
 
-One SQuAD dev context of ``--context-tokens`` tokens (consecutive passages, as
-``tools/bench_reuse.py`` builds it) is answered once with each method in ``--methods`` order
+One SQuAD dev context of ``--context-tokens`` tokens (consecutive passages: the harness's
+``squad_context``, as ``tools/bench_reuse.py`` uses it) is answered once with each method in ``--methods`` order
 (the first is the runtime default, ``query``), every method on the same disk store. After each
 method the store folder's bytes are summed (every file: entries, shared KV, reference marks).
 The KV's bytes are those of the plain KV of instruction + context (``KVCache.nbytes``).
@@ -10,22 +10,18 @@ The KV's bytes are those of the plain KV of instruction + context (``KVCache.nby
 Writes JSON and prints a markdown table: store bytes / KV bytes after each method, and what
 each method added, as a share of the KV.
 
-    python tools/bench_store_bytes.py ENGINE_DIR [--context-tokens 1024] [--methods query llmsteer ...] [--out docs/bench/store-bytes.json]
+    python tools/bench_store_bytes.py [ENGINE_DIR] [--context-tokens 1024] [--methods query llmsteer ...] [--out docs/bench/store-bytes.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-
-from bench_reuse import build_context  # noqa: E402
+from harness import add_engine_args, load_engine, squad_context, write_json
 
 METHODS = ["query", "none", "llmsteer", "pasta", "autopasta", "qllm", "llmsteer-both"]
 
@@ -36,19 +32,17 @@ def folder_bytes(root: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("engine")
+    add_engine_args(parser)
     parser.add_argument("--context-tokens", type=int, default=1024)
     parser.add_argument("--methods", nargs="+", default=METHODS, help=f"in order; 'llmsteer-both' is llmsteer with steer_at both (default: {' '.join(METHODS)})")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    from steerc.runtime import Engine
-    from steerc.steering.answer import Steerer
-    from steerc.steering.config import SteerConfig
+    from steerc.steering import SteerConfig, Steerer
     from steerc.stores import DiskStore
 
-    engine = Engine.load(args.engine)
-    context, query, _ = build_context(engine.tokenizer, args.context_tokens)
+    engine = load_engine(args.engine, args.threads, args.backend)
+    context, query, _ = squad_context(engine.tokenizer, args.context_tokens)
     root = Path(tempfile.mkdtemp(prefix="steerc-store-bytes-"))
     store = DiskStore(root)
     base = SteerConfig()
@@ -73,8 +67,7 @@ def main() -> None:
         row["added_vs_kv"] = row["added_bytes"] / kv_bytes
     result = {"engine": str(args.engine), "context_tokens": args.context_tokens, "kv_bytes": kv_bytes, "rows": rows}
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.out, result)
     print(f"\nKV of the context: {kv_bytes / 2**20:.2f} MiB ({args.context_tokens} context tokens)\n")
     print("| after method | store / KV | added / KV |")
     print("|---|---|---|")

@@ -1,7 +1,7 @@
 """Latency of `steerc serve` through a Redis outage: one client, inline steered requests, before /
 during / after redis-server is killed (and restarted, empty).
 
-    python tools/bench_store_outage.py ENGINE [--requests 12] [--outage kill|pause] [--store-timeout 10] [--out docs/bench/store-outage.json]
+    python tools/bench_store_outage.py [ENGINE] [--requests 12] [--outage kill|pause] [--store-timeout 10] [--out docs/bench/store-outage.json]
 
 Starts its own redis-server (on a free loopback port, no persistence) and a server on it with
 ``--memory-store-mb 0`` (every lookup goes to Redis). Each phase sends ``--requests`` requests,
@@ -23,13 +23,14 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import ROOT, QUESTIONS, _free_port, one_request, start_server  # noqa: E402
+from bench_serve import EXAMPLE_CONTEXT, QUESTIONS, one_request
+from harness import DEFAULT_ENGINE, free_port, start_server, write_json
 
 PHASES = ("before", "during", "after")
 
@@ -73,18 +74,18 @@ def run_phase(url: str, phase: str, requests: int, context: str, max_tokens: int
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("engine", help="engine folder")
+    p.add_argument("engine", nargs="?", default=DEFAULT_ENGINE, help=f"engine folder (default: {DEFAULT_ENGINE})")
     p.add_argument("--requests", type=int, default=12, help="requests per phase")
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--outage", choices=("kill", "pause"), default="kill", help="how Redis fails during the middle phase")
     p.add_argument("--store-timeout", type=float, default=10.0, help="the server's --store-timeout")
     p.add_argument("--threads", type=int, default=None, help="the server's --threads")
-    p.add_argument("--context", default=str(ROOT / "examples" / "super_bowl_50.txt"))
+    p.add_argument("--context", default=str(EXAMPLE_CONTEXT))
     p.add_argument("--out", help="write the results as JSON")
     args = p.parse_args()
     context = Path(args.context).read_text().strip()
-    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
-    port = _free_port()
+    tmp = Path(tempfile.gettempdir())
+    port = free_port()
     redis = start_redis(port, tmp)
     proc, url = start_server(args.engine, 1, args.threads, tmp / "bench_store_outage.log", f"redis://127.0.0.1:{port}/0", 0,
                              ("--store-timeout", str(args.store_timeout)))
@@ -120,8 +121,7 @@ def main() -> None:
     if args.out:
         meta = {"engine": args.engine, "outage": args.outage, "requests": args.requests, "max_tokens": args.max_tokens, "store_timeout_s": args.store_timeout,
                 "threads": args.threads, "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"run": meta, "rows": rows}, indent=1) + "\n")
+        write_json(args.out, {"run": meta, "rows": rows}, indent=1)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from steerc.steering.config import SteerConfig  # noqa: E402
+from steerc.steering import SteerConfig  # noqa: E402
 
 METHOD_ORDER = ["none", "query", "query+profile", "llmsteer", "pasta", "autopasta"]
 LABEL = {"none": "none", "query": "query (default)", "query+profile": "query, profiled heads", "llmsteer": "LLMSteer", "pasta": "PASTA (oracle)",

@@ -22,7 +22,7 @@ from steerc.atomic import write_text_atomic
 from steerc.eval import PRIMARY, Variant, load_dataset, run_eval, summarize
 from steerc.eval.runner import PREDICTIONS, read_predictions
 from steerc.runtime import Engine
-from steerc.steering.config import SteerConfig
+from steerc.steering import SteerConfig
 
 
 def _bands(num_layers: int, parts: int = 3) -> list[tuple[int, ...]]:

@@ -41,7 +41,7 @@ def cmd_serve(args) -> int:
     check_profile(args, engine)
     store = open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s)
     app = create_app(engine, settings, store, steer_defaults)
-    name = app.state.service.model_name
+    name = app.state.steerc.service.model_name
     print(f"steerc serve: {name} ({engine.max_seq_len} tokens) on http://{settings.host}:{settings.port}/v1  "
           f"[{settings.max_concurrency} concurrent, queue {settings.max_queue}, timeout {settings.request_timeout_s:g} s, "
           f"KV store {settings.kv_store or 'memory + ' + str(default_root())}, API key {'required' if settings.api_key else 'off'}]", file=sys.stderr, flush=True)

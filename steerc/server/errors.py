@@ -3,6 +3,7 @@
 Every failure a client can cause maps to one status and a message that says what was wrong
 and what to do: 400 (invalid request, context too long), 401 (API key), 404 (model, context
 id, route), 413 (body too large), 429 (queue full), 503 (KV store down), 504 (timed out).
+:func:`register_error_handlers` makes an app answer every exception in that shape.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 from steerc.errors import SteercError
 
-__all__ = ["ApiError", "Cancelled", "TimedOut", "api_error", "validation_message", "UNSUPPORTED"]
+__all__ = ["UNSUPPORTED", "ApiError", "Cancelled", "TimedOut", "api_error", "register_error_handlers", "validation_message"]
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +91,40 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
             lines.append(line)
     first = _loc(errors[0].get("loc", ())) if errors else None
     return "; ".join(lines[:5]) + (f" (and {len(lines) - 5} more)" if len(lines) > 5 else ""), (first.split(".")[0] if first else None)
+
+
+_ROUTES = "/v1/completions, /v1/chat/completions, /v1/contexts, /v1/models, /health, /ready, /metrics"
+
+
+def register_error_handlers(app, timeout_s: float) -> None:
+    """Answer every exception ``app`` raises as an OpenAI error body: an :class:`ApiError` as
+    itself, a client gone as 499, a body that fails validation as 400, an unknown route or
+    method as 404 or 405, and anything else through :func:`api_error` (``timeout_s``: the
+    request timeout a 504 names)."""
+    from fastapi.exceptions import RequestValidationError  # FastAPI is optional: imported when an app is built
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    async def on_api_error(request, exc: ApiError):
+        return JSONResponse(exc.body(), exc.status, headers=exc.headers)
+
+    async def on_cancelled(request, exc: Cancelled):
+        return JSONResponse(ApiError(499, "the client closed the request").body(), 499)
+
+    async def on_invalid(request, exc: RequestValidationError):
+        message, param = validation_message(list(exc.errors()))
+        if "json" not in request.headers.get("content-type", ""):
+            message, param = f"send the body as a JSON object with 'Content-Type: application/json' (got {request.headers.get('content-type') or 'no content type'!r})", None
+        return JSONResponse(ApiError(400, message, param=param).body(), 400)
+
+    async def on_http(request, exc: HTTPException):
+        message = {404: f"no route {request.method} {request.url.path}; the API is {_ROUTES}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return JSONResponse(ApiError(exc.status_code, message, code="not_found" if exc.status_code == 404 else None).body(), exc.status_code)
+
+    async def on_error(request, exc: Exception):
+        error = api_error(exc, timeout_s)
+        return JSONResponse(error.body(), error.status)
+
+    for kind, handler in ((ApiError, on_api_error), (Cancelled, on_cancelled), (RequestValidationError, on_invalid), (HTTPException, on_http), (Exception, on_error)):
+        app.add_exception_handler(kind, handler)

@@ -15,8 +15,7 @@ import re
 import time
 
 from steerc.server.errors import ApiError
-from steerc.steering.contexts import PreparedContext
-from steerc.steering.stored_kv import delete_prepared
+from steerc.steering.prepared import PreparedContext, delete_prepared
 from steerc.stores import ContextStore, StoredContext
 
 __all__ = ["ContextRegistry", "context_id_of"]

@@ -1,8 +1,8 @@
 """The engine side of the server: requests become checked *plans*, plans run on worker threads.
 
 Everything here is synchronous and runs on a generation thread, never on the event loop. A
-:class:`Job` is one request's link to its HTTP handler: the worker ``emit``s ``("ready",)``
-once the request is checked and tokenized, then ``("delta", i, text)`` as tokens arrive,
+:class:`~steerc.server.scheduling.Job` is one request's link to its HTTP handler: the worker
+``emit``s ``("ready",)`` once the request is checked and tokenized, then ``("delta", i, text)`` as tokens arrive,
 ``("done", i, Generation)`` per prompt, and ``("error", exc)`` or ``("end",)``. ``job.check()``
 runs after every token and every prefill chunk: a client that left (``cancel``) or a request
 past its deadline stops there.
@@ -16,9 +16,7 @@ concurrent requests for one new context wait for a single preparation.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,8 +28,9 @@ from steerc.errors import EngineError
 from steerc.runtime.engine import Engine
 from steerc.runtime.generate import SamplingParams
 from steerc.runtime.text import TextStream, chat_ids
-from steerc.server.errors import ApiError, Cancelled, TimedOut
+from steerc.server.errors import ApiError
 from steerc.server.registry import ContextRegistry
+from steerc.server.scheduling import Job
 from steerc.server.schemas import ChatCompletionRequest, CompletionRequest, ContextRequest, SteerRequest
 from steerc.server.settings import ServerSettings
 from steerc.steering.answer import Steerer
@@ -41,7 +40,7 @@ from steerc.steering.methods import METHODS, get_method
 from steerc.stores import ContextStore
 from steerc.stores.guarded import GuardedStore
 
-__all__ = ["Generation", "Job", "Service"]
+__all__ = ["Generation", "Service"]
 
 log = logging.getLogger(__name__)
 
@@ -58,34 +57,6 @@ class Generation:
     decode_tokens_per_s: float
     prompt_prefill_tokens: int  # prefilled in this request (a steered prompt: the question only)
     steer: dict | None = None
-
-
-class Job:
-    """One request: its deadline, its cancel flag and the queue its worker feeds."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float, arrival: float) -> None:
-        self.loop, self.deadline, self.arrival = loop, deadline, arrival
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.cancel = threading.Event()
-        self.checked = arrival  # when the handler last asked whether the client is still there
-
-    def emit(self, *item) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
-    def check(self) -> None:
-        if self.cancel.is_set():
-            raise Cancelled()
-        if time.monotonic() > self.deadline:
-            raise TimedOut()
-
-    def run(self, work) -> None:
-        """Worker thread body: ``work(job)`` then ``("end",)``; a failure is sent as ``("error", exc)``."""
-        try:
-            work(self)
-        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the handler
-            self.emit("error", exc)
-        finally:
-            self.emit("end")
 
 
 @dataclass
@@ -264,7 +235,7 @@ class Service:
         with self.store.track() as used:
             prepared, tier = steerer.prepare(req.context, config, progress=prefilled)
         job.check()
-        entries = [prepared.key] if prepared.positions is not None else method.store_keys(steerer, prepared, config)  # a compacted context is one entry
+        entries = [prepared.key] if prepared.positions is not None else method.store_keys(steerer.method_context, prepared, config)  # a compacted context is one entry
         record = self.registry.save(prepared, req.context, self.layout.chat, entries, {"prepare_s": round(prepared.meta.get("prepare_seconds", 0.0), 4)})
         out = self.registry.public(record)
         out.update(cache=tier, store=used.state, context_prefill_tokens=prefilled.tokens, seconds=round(time.perf_counter() - start, 4))

@@ -4,8 +4,9 @@
 :class:`SteeredAnswer` with timings. The config's method (an object from
 :mod:`steerc.steering.methods`) does the method-specific work through two hooks: ``prepare``
 (the context's stored entry, so a reused context costs only the question's own prefill) and
-``plan`` (what this question attends to: the KV and the bias over its keys). Then the question
-is prefilled with that bias and decoded.
+``plan`` (what this question attends to: the KV and the bias over its keys). The hooks are given
+the Steerer's :attr:`~Steerer.method_context` (engine, layout, store, prefill chunk, the
+context's tokens), not the Steerer. Then the question is prefilled with that bias and decoded.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
-
 from steerc.runtime.engine import Engine
 from steerc.runtime.generate import DEFAULT_PREFILL_CHUNK, SamplingParams, generate
 from steerc.runtime.text import Detokenizer, StreamRun, stream_steps
+from steerc.steering.compaction import prepare_compacted
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import PreparedContext, Progress
 from steerc.steering.layout import PromptLayout
+from steerc.steering.method_context import ContextTokens, MethodContext, Progress
 from steerc.steering.methods import Evidence, QueryPlan, get_method
-from steerc.stores import ContextStore
+from steerc.steering.prepared import PreparedContext
+from steerc.stores import ContextStore, NullStore
 
 __all__ = ["SteeredAnswer", "Steerer"]
 
@@ -51,36 +52,34 @@ class SteeredAnswer:
 
 
 class Steerer:
-    """Steered question answering over reusable contexts with one engine and one store."""
+    """Steered question answering over reusable contexts with one engine and one store (None:
+    a :class:`~steerc.stores.NullStore`, every context prepared afresh)."""
 
     def __init__(self, engine: Engine, config: SteerConfig | None = None, store: ContextStore | None = None, *, chat: bool = True,
                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
-        self.engine, self.config, self.store, self.prefill_chunk = engine, config or SteerConfig(), store, prefill_chunk
+        self.engine, self.config, self.prefill_chunk = engine, config or SteerConfig(), prefill_chunk
+        self.store: ContextStore = store if store is not None else NullStore()
         self.layout = PromptLayout.for_tokenizer(engine.tokenizer, chat)
         self.last: SteeredAnswer | None = None
         self.last_context: tuple[PreparedContext, list[tuple[int, int]]] | None = None
         self.last_plan: QueryPlan | None = None
-        self._tokens: tuple[str, tuple[np.ndarray, list[tuple[int, int]]]] | None = None
+        self.context_tokens = ContextTokens(self.layout)  # context -> (ids, offsets), tokenized once per context text
 
-    def context_tokens(self, context: str) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """``layout.context_ids(context)``, tokenized once per context text (a request's
-        preparation, plan and report all ask for it)."""
-        if self._tokens is None or self._tokens[0] != context:
-            self._tokens = (context, self.layout.context_ids(context))
-        return self._tokens[1]
+    @property
+    def method_context(self) -> MethodContext:
+        """What the method hooks are given: this Steerer's engine, layout, store, prefill chunk and context tokens."""
+        return MethodContext(self.engine, self.layout, self.store, self.prefill_chunk, self.context_tokens)
 
     def prepare(self, context: str, config: SteerConfig | None = None, progress: Progress | None = None) -> tuple[PreparedContext, str]:
         """The prepared context (from the store, or computed and stored) and its cache tier."""
         config = config or self.config
         if not context.strip():
             raise ValueError("the context is empty")
-        method = get_method(config.method)
+        method, ctx = get_method(config.method), self.method_context
         if config.compacts:
-            from steerc.steering.compaction import prepare_compacted
-
-            prepared, tier = prepare_compacted(self, method, context, config, progress)
+            prepared, tier = prepare_compacted(ctx, method, context, config, progress)
         else:
-            prepared, tier = method.prepare(self, context, config, progress)
+            prepared, tier = method.prepare(ctx, context, config, progress)
         self.last_context = (prepared, self.context_tokens(context)[1])
         return prepared, tier
 
@@ -96,7 +95,7 @@ class Steerer:
         prepare_s = time.perf_counter() - start if tier == "miss" else 0.0
         query_ids = self.layout.query_ids(config.prefixes[0], query)
         self.engine.check_length(prepared.full_length + len(query_ids) + 1, f"the context ({prepared.full_length} tokens) plus the query ({len(query_ids)} tokens)")
-        plan = method.plan(self, prepared, context, query, query_ids, config, progress)
+        plan = method.plan(self.method_context, prepared, context, query, query_ids, config, progress)
         self.last_plan = plan
         if plan.prepared is not None:  # a per-query context (autopasta)
             tier, prepare_s = "per-query", time.perf_counter() - start

@@ -24,25 +24,26 @@ It combines with every method: the method prepares the full context first (in a 
 so nothing of the full context is kept), then the entry is cut down and stored under its own
 key, which records the keep setting. The method's per-query work (biases over every context
 position, attention read over the stored keys) maps through
-:meth:`~steerc.steering.contexts.PreparedContext.on_stored_keys` / ``on_all_keys``.
+:meth:`~steerc.steering.prepared.PreparedContext.on_stored_keys` / ``on_all_keys``.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from steerc.steering.cache_fill import get_or_build_prepared
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import BuildJob, PreparedContext, Progress, locked, store_key
-from steerc.steering.stored_kv import load_prepared, save_prepared
+from steerc.steering.contexts import BuildJob
+from steerc.steering.keys import store_key
+from steerc.steering.method_context import MethodContext, Progress
+from steerc.steering.prepared import PreparedContext
 from steerc.stores import MemoryStore
 
 if TYPE_CHECKING:
-    from steerc.steering.answer import Steerer
     from steerc.steering.methods.base import SteeringMethod
 
 __all__ = ["check_positions_preserved", "kept_count", "kept_context_tokens", "kept_unit_tokens", "prepare_compacted", "compaction_key_fields"]
@@ -130,35 +131,28 @@ def compaction_key_fields(method: "SteeringMethod", config: SteerConfig) -> dict
             "keep_unit": config.keep_unit, "importance": "dual-prefix", "window": config.window}
 
 
-def prepare_compacted(steerer: "Steerer", method: "SteeringMethod", context: str, config: SteerConfig,
+def prepare_compacted(ctx: MethodContext, method: "SteeringMethod", context: str, config: SteerConfig,
                       progress: Progress | None = None) -> tuple[PreparedContext, str]:
     """The compacted prepared context, from the store or built now (and stored); its tier."""
-    engine, store = steerer.engine, steerer.store
-    ids, _ = steerer.context_tokens(context)
+    engine = ctx.engine
+    ids, _ = ctx.context_tokens(context)
     kept_count(config.keep, len(ids))  # refuse a bad keep before any work
     check_positions_preserved(engine, f"--keep {config.keep}")
-    heads = [np.asarray(steerer.layout.head_ids(p), np.int64) for p in config.prefixes]
+    heads = [np.asarray(ctx.layout.head_ids(p), np.int64) for p in config.prefixes]
     key = store_key(engine, heads[:1], ids, compaction_key_fields(method, config))
-    prepared, tier = load_prepared(store, key)
-    if prepared is not None:
-        return prepared, tier
-    with locked(store, key):
-        prepared, tier = load_prepared(store, key)
-        if prepared is not None:
-            return prepared, tier
+
+    def build() -> PreparedContext:
         start = time.perf_counter()
         scratch = MemoryStore(1 << 62)  # the full context's entries live only while it is cut down
-        job = BuildJob(engine, heads, ids, config, key, None, None, scratch, steerer.prefill_chunk, progress)
+        job = BuildJob(engine, heads, ids, config, key, None, None, scratch, ctx.prefill_chunk, progress)
         importance = job.dual_importance(config.window)  # [2, L, N]; stores the plain KV in the scratch store
-        inner = copy.copy(steerer)
-        inner.store = scratch
-        full, _ = method.prepare(inner, context, config, progress)
+        full, _ = method.prepare(ctx.with_store(scratch), context, config, progress)
         if config.keep_unit == "token":
             kept = kept_context_tokens(importance, config.keep, config.keep_sinks, config.keep_recent)
         else:
             from steerc.steering.evidence import context_units
 
-            kept = kept_unit_tokens(importance, context_units(context, steerer.context_tokens(context)[1], config.keep_unit), config.keep,
+            kept = kept_unit_tokens(importance, context_units(context, ctx.context_tokens(context)[1], config.keep_unit), config.keep,
                                     config.keep_sinks, config.keep_recent)
         positions = np.concatenate([np.arange(len(full.head_ids)), len(full.head_ids) + kept])
         prepared = full.compacted(positions)
@@ -167,5 +161,6 @@ def prepare_compacted(steerer: "Steerer", method: "SteeringMethod", context: str
                          "full_keys": int(full.full_length)}
         log.info("context %s… compacted to %d of %d keys (keep %s) in %.2f s", key[:12], len(positions), full.full_length, config.keep,
                  prepared.meta["prepare_seconds"])
-        save_prepared(store, prepared)  # the kept keys' KV, under its own content address
-        return prepared, "miss"
+        return prepared  # stored with the kept keys' KV, under its own content address
+
+    return get_or_build_prepared(ctx.store, key, build)

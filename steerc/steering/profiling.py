@@ -161,7 +161,7 @@ def _stage(steerer, method, config, examples, label, candidates, settings, rows,
     todo = [e for e in examples if (stage, e.id) not in rows]
     done = len(examples) - len(todo)
     for e in todo:
-        prepared, _ = method.prepare(steerer, e.context, config)
+        prepared, _ = method.prepare(steerer.method_context, e.context, config)
         Nh, N = len(prepared.head_ids), len(prepared.context_ids)
         units = Units(prepared.meta["unit_kind"], prepared.extras["unit_chars"], prepared.extras["unit_tokens"])
         gold = units.token_mask(_gold_units(units, e.evidence), N)

@@ -4,8 +4,11 @@ This package owns the context stores: the :class:`ContextStore` interface and th
 format (:mod:`steerc.stores.base`), :class:`MemoryStore` (LRU under a byte budget),
 :class:`DiskStore` (one file per entry, atomic writes, corrupt files dropped),
 :class:`TieredStore` (memory in front of a backing store; the backing store is the source of
-truth) and, in :mod:`steerc.stores.redis`, ``RedisStore`` (shared by several processes;
-imported only when asked for). :func:`open_store` builds one from a CLI spec.
+truth), :class:`NullStore` (keeps nothing: every lookup misses), in :mod:`steerc.stores.redis`
+``RedisStore`` (shared by several processes; imported only when asked for) and, in
+:mod:`steerc.stores.guarded`, ``GuardedStore`` (the server's view of a store that may fail:
+timeouts, backoff, degraded answers). :func:`open_store` builds one from a CLI spec; which
+backing store a spec names is the registry's (:mod:`steerc.stores.registry`, by URL scheme).
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from steerc.stores.base import (
 )
 from steerc.stores.disk import DiskStore
 from steerc.stores.memory import MemoryStore
+from steerc.stores.null import NullStore
+from steerc.stores.registry import BACKING_STORES, backing_store
 from steerc.stores.tiered import TieredStore
 
 __all__ = [
     "StoredContext", "StoreStats", "CorruptEntryError", "StoreUnavailableError", "check_key", "context_key", "entry_to_bytes", "entry_from_bytes",
-    "ContextStore", "KeyLocks", "MemoryStore", "DiskStore", "TieredStore", "default_root", "open_store",
+    "ContextStore", "KeyLocks", "MemoryStore", "NullStore", "DiskStore", "TieredStore", "BACKING_STORES", "default_root", "open_store",
 ]  # fmt: skip
 
 
@@ -42,17 +47,14 @@ def default_root() -> Path:
 
 
 def open_store(spec: str | None, memory_bytes: int = 1 << 30, timeout: float = 60.0) -> ContextStore:
-    """``None``: memory + disk at :func:`default_root`; ``"memory"``: memory only; a folder path:
-    memory + disk there; ``redis://host:port/db``: memory + a Redis server (shared by processes),
-    each command failing after ``timeout`` seconds."""
+    """``None``: memory + disk at :func:`default_root`; ``"memory"``: memory only; otherwise memory
+    in front of the backing store the spec names (:mod:`steerc.stores.registry`: a folder path or
+    ``file://``, ``redis://host:port/db`` shared by processes, ...), each of its commands failing
+    after ``timeout`` seconds."""
     if spec is None:
         return TieredStore(MemoryStore(memory_bytes), DiskStore(default_root()))
-    if spec == "memory":
-        return MemoryStore(memory_bytes)
-    if spec.startswith(("redis://", "rediss://", "unix://")):
-        from steerc.stores.redis import RedisStore
-
-        return TieredStore(MemoryStore(memory_bytes), RedisStore(spec, timeout=timeout))
     if not spec.strip():
         raise SteercError("the context store spec is empty; pass 'memory', a folder path, or leave it out for the default")
-    return TieredStore(MemoryStore(memory_bytes), DiskStore(spec))
+    if spec == "memory":
+        return MemoryStore(memory_bytes)
+    return TieredStore(MemoryStore(memory_bytes), backing_store(spec, timeout))

@@ -189,6 +189,12 @@ class ContextStore(abc.ABC):
         entry = self.get(key)
         return entry, (self.tier if entry is not None else "miss")
 
+    @classmethod
+    def from_spec(cls, spec: str, timeout: float) -> "ContextStore":
+        """The store a spec of this store's scheme names (:mod:`steerc.stores.registry`), each
+        command failing after ``timeout`` seconds where the store can wait."""
+        raise NotImplementedError(f"{cls.__name__} is not opened from a store spec")
+
     def ping(self) -> None:
         """Check that the store answers (cheaply); raises :class:`StoreUnavailableError` if not."""
 

@@ -30,6 +30,11 @@ class DiskStore(ContextStore):
         super().__init__()
         self.root = Path(root).expanduser()
 
+    @classmethod
+    def from_spec(cls, spec: str, timeout: float) -> "DiskStore":
+        """A folder path, or ``SCHEME:///path`` (``file://``, the registry's scheme); no timeout applies."""
+        return cls(spec.partition("://")[2] if "://" in spec else spec)
+
     def path(self, key: str) -> Path:
         return self.root / check_key(key)[:2] / f"{key}.safetensors"
 

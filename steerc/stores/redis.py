@@ -39,6 +39,11 @@ class RedisStore(ContextStore):
 
     tier = "redis"
 
+    @classmethod
+    def from_spec(cls, spec: str, timeout: float) -> "RedisStore":
+        """``redis://``, ``rediss://`` or ``unix://`` URLs (the registry's schemes)."""
+        return cls(spec, timeout=timeout)
+
     def __init__(self, url: str, prefix: str = "steerc:ctx:", *, lock_seconds: float = 600.0, connect_timeout: float = 5.0,
                  timeout: float = 60.0) -> None:
         super().__init__()

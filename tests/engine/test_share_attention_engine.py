@@ -72,7 +72,8 @@ def test_generate_matches_the_eager_sharing_reference(shared_engine):
 
 
 def test_kv_file_and_store_round_trip(shared_engine, tmp_path):
-    from steerc.steering.contexts import PreparedContext, plain_context
+    from steerc.steering.contexts import plain_context
+    from steerc.steering.prepared import PreparedContext
     from steerc.stores.base import entry_from_bytes, entry_to_bytes
     from steerc.steering.stored_kv import kv_entry, kv_from_entry
 

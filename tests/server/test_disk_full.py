@@ -53,7 +53,7 @@ def test_a_full_disk_degrades_and_the_store_is_used_again_when_space_returns(app
         fh.write = full
         return fh
 
-    backoff = app.state.service.store.backoff
+    backoff = app.state.steerc.service.store.backoff
     backoff.clock = lambda: 0.0  # no retry during the outage, however slow the requests
     monkeypatch.setattr(disk_mod.os, "fdopen", half_written)
     answers = [_ask(client, CONTEXT + " (disk)") for _ in range(3)]

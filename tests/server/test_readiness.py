@@ -54,7 +54,7 @@ class Clock:
 def clock(app_and_store):
     """The store's backoff on a clock the test moves; healthy again afterwards."""
     app, client, backing = app_and_store
-    backoff, clock = app.state.service.store.backoff, Clock()
+    backoff, clock = app.state.steerc.service.store.backoff, Clock()
     backoff.clock = clock
     yield clock
     backing.down = False
@@ -75,7 +75,7 @@ def test_ready_is_503_with_the_reason_when_the_store_fails(app_and_store, clock)
 
 def test_ready_does_not_ask_a_store_in_its_retry_interval(app_and_store, clock):
     app, client, backing = app_and_store
-    store = app.state.service.store
+    store = app.state.steerc.service.store
     backing.down = True
     assert client.get("/ready").status_code == 503  # finds the outage: the next try in 1 s
     calls = backing.calls
@@ -107,12 +107,12 @@ def test_registered_context_failures_are_503_and_counted(app_and_store, clock):
     assert r.status_code == 503 and _metric(client, counter) == before + 2
     backing.down = False
     r = client.post("/v1/completions", json={"prompt": QUESTION, "max_tokens": 2, "steer": {"context_id": context_id}})
-    assert r.status_code == 200 and app.state.service.store.available  # a registry success ends the outage
+    assert r.status_code == 200 and app.state.steerc.service.store.available  # a registry success ends the outage
 
 
 def test_ready_is_503_when_the_engine_is_not_loaded(app_and_store, monkeypatch):
     app, client, backing = app_and_store
-    monkeypatch.setattr(app.state.service.engine, "session", None)
+    monkeypatch.setattr(app.state.steerc.service.engine, "session", None)
     r = client.get("/ready")
     assert r.status_code == 503 and r.json()["reason"] == "the engine is not loaded" and r.json()["store"] == "ok"
 
@@ -124,7 +124,7 @@ def test_the_store_field_and_the_error_counter(app_and_store):
     assert _ask(client, CONTEXT + " (units)")["cache"] == "miss"
     steer = _ask(client, CONTEXT + " (units)")
     assert steer["store"] == "ok" and steer["cache"] == "redis"
-    backoff = app.state.service.store.backoff
+    backoff = app.state.steerc.service.store.backoff
     backoff.clock = lambda: 0.0  # no retry during the outage, however slow the request
     backing.down = True
     try:

@@ -15,7 +15,7 @@ from steerc.runtime.steering import Steering
 from steerc.steering.answer import Steerer
 from steerc.steering.compaction import check_positions_preserved, kept_context_tokens, kept_count
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import PreparedContext
+from steerc.steering.prepared import PreparedContext
 from steerc.stores import DiskStore, MemoryStore
 
 CONTEXT = Path(__file__).parents[2].joinpath("examples", "super_bowl_50.txt").read_text()[:700]

@@ -7,7 +7,9 @@ import pytest
 from steerc.runtime import Engine
 from steerc.runtime.generate import prefill
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import PreparedContext, prepare_context
+from steerc.steering.contexts import prepare_context as prepare_with
+from steerc.steering.methods import get_method
+from steerc.steering.prepared import PreparedContext
 from steerc.steering.selection import importance_prefill, select_tokens, steering_bias, top_k_count, top_k_mask
 from steerc.stores import DiskStore, MemoryStore
 
@@ -21,6 +23,11 @@ QUERY = RNG.integers(0, 128, 6)
 @pytest.fixture(scope="module")
 def engine(tiny_engine):
     return Engine.load(tiny_engine, threads=1)
+
+
+def prepare_context(engine, heads, context_ids, config, **kwargs):
+    """The token-level preparation with the config's own method."""
+    return prepare_with(engine, heads, context_ids, config, method=get_method(config.method), **kwargs)
 
 
 def _query_logits(engine, prepared: PreparedContext, query=QUERY):

@@ -14,8 +14,8 @@ from steerc.runtime.steering import Steering
 from steerc.steering import config as config_module
 from steerc.steering.answer import Steerer
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import plain_key
 from steerc.steering.evidence import Units, choose_units, evidence_bias, token_scores, unit_scores
+from steerc.steering.keys import plain_key
 from steerc.steering.methods import METHODS, SteeringMethod, get_method
 from steerc.steering.methods.query import question_attention
 from steerc.steering.selection import importance_prefill

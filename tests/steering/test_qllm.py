@@ -15,7 +15,7 @@ from steerc.runtime.steering import Steering
 from steerc.steering.answer import Steerer
 from steerc.steering.blocks import block_bounds, block_scores, kept_tokens
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import plain_key
+from steerc.steering.keys import plain_key
 from steerc.steering.methods.qllm import score_call
 from steerc.steering.profiles import selector_heads
 from steerc.stores import MemoryStore

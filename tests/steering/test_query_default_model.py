@@ -27,9 +27,9 @@ def test_chosen_sentence_holds_the_answer_in_most_dev_questions(default_engine):
     hits = 0
     examples = load_dataset("squad", split="dev", limit=10)
     for e in examples:
-        prepared, _ = method.prepare(steerer, e.context, steerer.config)
+        prepared, _ = method.prepare(steerer.method_context, e.context, steerer.config)
         query_ids = steerer.layout.query_ids(steerer.config.prefixes[0], e.question)
-        plan = method.plan(steerer, prepared, e.context, e.question, query_ids, steerer.config)
+        plan = method.plan(steerer.method_context, prepared, e.context, e.question, query_ids, steerer.config)
         (chosen,) = plan.evidence
         hits += any(chosen.start < b and a < chosen.end for a, b in e.evidence)
     assert hits >= MEASURED - MARGIN, f"the chosen sentence held the answer in {hits} of {len(examples)}"

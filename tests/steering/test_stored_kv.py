@@ -1,4 +1,4 @@
-"""One copy of each KV in the context store (steerc.steering.stored_kv): entries of one context
+"""One copy of each KV in the context store (steerc.steering.stored_kv, .prepared): entries of one context
 share their KV, deletion keeps it while another entry uses it, a missing or corrupt KV is
 recomputed, the memory tier counts it once, and entries of the earlier format are still read."""
 
@@ -11,8 +11,8 @@ import pytest
 from steerc.runtime import Engine
 from steerc.steering.answer import Steerer
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import plain_key
-from steerc.steering.stored_kv import delete_prepared, kv_key, load_prepared
+from steerc.steering.keys import kv_key, plain_key
+from steerc.steering.prepared import delete_prepared, load_prepared
 from steerc.stores import DiskStore, MemoryStore, StoredContext, TieredStore
 
 CONTEXT = Path(__file__).parents[2].joinpath("examples", "super_bowl_50.txt").read_text()[:700]

@@ -261,3 +261,25 @@ def test_reference_marks_count_holders_per_target(tmp_path, kind):
         store.add_ref(target, b)
         store.clear()
         assert not (tmp_path / "refs").exists() and DiskStore(tmp_path).drop_ref(target, b) == 0
+
+
+def test_a_store_spec_names_its_backing_store_by_scheme(tmp_path, monkeypatch):
+    from steerc.stores import registry
+
+    by_url = open_store(f"file://{tmp_path / 'ctx'}")
+    assert isinstance(by_url, TieredStore) and by_url.backing.root == tmp_path / "ctx"
+    assert registry.scheme_of("Redis://h:1/0") == "redis" and registry.scheme_of(str(tmp_path)) == "file" and registry.scheme_of("C:/x") == "file"
+    with pytest.raises(SteercError, match=r"unknown context store scheme 's3'.*file://, redis://"):
+        open_store("s3://bucket/contexts")  # not read as a folder called 's3:'
+    assert not (tmp_path / "s3:").exists()
+    # a new backing store is one line in the registry
+    monkeypatch.setitem(registry.BACKING_STORES, "mirror", "steerc.stores.disk:DiskStore")
+    with pytest.raises(SteercError, match="unknown context store scheme"):
+        registry.backing_store("nope://x", 1.0)
+    mirrored = open_store(f"mirror://{tmp_path / 'm'}")
+    assert isinstance(mirrored.backing, DiskStore) and mirrored.backing.root == tmp_path / "m"
+
+
+def test_a_store_without_a_spec_form_says_so():
+    with pytest.raises(NotImplementedError, match="MemoryStore is not opened from a store spec"):
+        MemoryStore.from_spec("x", 1.0)

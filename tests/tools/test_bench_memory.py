@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from steerc.eval.data import data_dir
+
 ROOT = Path(__file__).resolve().parents[2]
-SQUAD = ROOT.parent / "shared" / "data" / "squad-dev-v1.1.json.gz"
+SQUAD = data_dir() / "squad-dev-v1.1.json.gz"
 
 
-@pytest.mark.skipif(not SQUAD.is_file(), reason="needs the SQuAD dev set in ../shared/data")
+@pytest.mark.skipif(not SQUAD.is_file(), reason="needs the SQuAD dev set in ../shared/data (or $STEERC_DATA)")
 def test_tiny_run_writes_the_report(tiny_text_engine, tmp_path):
     out = tmp_path / "memory.json"
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_memory.py"), str(tiny_text_engine), "--context", "120", "--new-tokens", "2",

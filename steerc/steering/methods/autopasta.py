@@ -16,10 +16,12 @@ import numpy as np
 
 from steerc.runtime.generate import generate
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import PreparedContext, prepare_context
+from steerc.steering.contexts import prepare_context, prepare_plain
 from steerc.steering.methods.base import QueryPlan, SteeringMethod
 from steerc.steering.methods.pasta import Pasta
+from steerc.steering.prepared import PreparedContext
 from steerc.steering.spans import best_sentence, spans_to_token_mask
+from steerc.stores import NullStore
 
 __all__ = ["AutoPasta", "AUTOPASTA_INSTRUCTION", "KEY_SENTENCE_TOKENS"]
 
@@ -33,23 +35,21 @@ class AutoPasta(SteeringMethod):
     registrable = False
     eval_rank = 3
 
-    def prepare(self, steerer, context: str, config: SteerConfig, progress=None) -> tuple[PreparedContext, str]:
-        from steerc.steering.methods import get_method
+    def prepare(self, ctx, context: str, config: SteerConfig, progress=None) -> tuple[PreparedContext, str]:
+        return prepare_plain(ctx, context, config, progress)
 
-        return get_method("none").prepare(steerer, context, replace(config, method="none"), progress)
-
-    def plan(self, steerer, prepared: PreparedContext, context: str, query: str, query_ids: np.ndarray, config: SteerConfig, progress=None) -> QueryPlan:
+    def plan(self, ctx, prepared: PreparedContext, context: str, query: str, query_ids: np.ndarray, config: SteerConfig, progress=None) -> QueryPlan:
         start = time.perf_counter()
-        engine, layout = steerer.engine, steerer.layout
+        engine, layout = ctx.engine, ctx.layout
         ask = layout.query_ids(config.prefixes[0], query, AUTOPASTA_INSTRUCTION)
-        tokens = [int(t[0]) for t in generate(engine, ask[None], cache=prepared.kv, max_new_tokens=KEY_SENTENCE_TOKENS, prefill_chunk=steerer.prefill_chunk,
+        tokens = [int(t[0]) for t in generate(engine, ask[None], cache=prepared.kv, max_new_tokens=KEY_SENTENCE_TOKENS, prefill_chunk=ctx.prefill_chunk,
                                               position_offset=prepared.position_offset)]
         sentence = engine.tokenizer.decode([t for t in tokens if t not in engine.eos_token_ids], skip_special_tokens=True).strip()
         span, _score = best_sentence(sentence, context)
-        ids, offsets = steerer.context_tokens(context)
+        ids, offsets = ctx.context_tokens(context)
         highlight = spans_to_token_mask(offsets, [span], len(context))
-        steered, _ = prepare_context(engine, [prepared.head_ids], ids, config, highlight=highlight, base_kv=prepared.kv, store=None,
-                                     chunk=steerer.prefill_chunk, progress=progress, method=_PASTA)
+        steered, _ = prepare_context(engine, [prepared.head_ids], ids, config, highlight=highlight, base_kv=prepared.kv, store=NullStore(),
+                                     chunk=ctx.prefill_chunk, progress=progress, method=_PASTA)
         if prepared.positions is not None:  # a compacted context: the same keys (a steered prefill re-ran the whole context)
             same = steered.kv.length == prepared.kv.length
             steered = replace(steered, positions=prepared.positions) if same else steered.compacted(prepared.positions)

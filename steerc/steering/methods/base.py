@@ -12,6 +12,11 @@ it, and never test its name:
   stored keys; the question prefill and every decode step apply it) and the KV the question
   attends to. The stored KV is never changed.
 
+The hooks are given a :class:`~steerc.steering.method_context.MethodContext` (the engine, the
+prompt layout, the store, the prefill chunk and the context's tokens), never the Steerer. A
+method that builds on the plain context calls
+:func:`~steerc.steering.contexts.prepare_plain`, not another method.
+
 Class attributes describe the method to its callers (how many instruction prefixes it
 prefills behind, whether a context can be registered for it once, whether the evaluation
 hands it the example's evidence).
@@ -20,18 +25,18 @@ hands it the example's evidence).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from steerc.runtime.kv_cache import KVCache
 from steerc.runtime.steering import Steering
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import BuildJob, PreparedContext, Progress, prepare_context
+from steerc.steering.contexts import BuildJob, prepare_context
+from steerc.steering.keys import intermediate_keys
+from steerc.steering.method_context import MethodContext, Progress
+from steerc.steering.prepared import PreparedContext
 from steerc.steering.selection import steering_bias
-
-if TYPE_CHECKING:
-    from steerc.steering.answer import Steerer
 
 __all__ = ["Evidence", "QueryPlan", "SteeringMethod"]
 
@@ -99,27 +104,25 @@ class SteeringMethod:
     def check_inputs(self, config: SteerConfig, context_ids: np.ndarray, highlight: np.ndarray | None) -> None:
         """Token-level checks before any work."""
 
-    def prepare(self, steerer: "Steerer", context: str, config: SteerConfig, progress: Progress | None = None) -> tuple[PreparedContext, str]:
+    def prepare(self, ctx: MethodContext, context: str, config: SteerConfig, progress: Progress | None = None) -> tuple[PreparedContext, str]:
         """The prepared context, from the store or built now, and its cache tier (or ``"miss"``)."""
-        ids, offsets = steerer.context_tokens(context)
-        heads = [steerer.layout.head_ids(p) for p in config.prefixes[: self.instruction_heads]]
-        return prepare_context(steerer.engine, heads, ids, config, highlight=self.highlight(config, offsets, len(context)), store=steerer.store,
-                               chunk=steerer.prefill_chunk, progress=progress, method=self)
+        ids, offsets = ctx.context_tokens(context)
+        heads = [ctx.layout.head_ids(p) for p in config.prefixes[: self.instruction_heads]]
+        return prepare_context(ctx.engine, heads, ids, config, highlight=self.highlight(config, offsets, len(context)), store=ctx.store,
+                               chunk=ctx.prefill_chunk, progress=progress, method=self)
 
     def build(self, job: BuildJob) -> PreparedContext:
         """Compute the entry on a store miss (``prepare_context`` stores what this returns)."""
         raise ValueError(f"method {self.name!r} prepares a context from its text (its units are sentences or documents): use "
                          f"Steerer.prepare or get_method({self.name!r}).prepare, not the token-level prepare_context")
 
-    def store_keys(self, steerer: "Steerer", prepared: PreparedContext, config: SteerConfig) -> list[str]:
+    def store_keys(self, ctx: MethodContext, prepared: PreparedContext, config: SteerConfig) -> list[str]:
         """Every store entry a registered context of this method uses (deleted with it)."""
-        from steerc.steering.contexts import intermediate_keys
-
-        heads = [steerer.layout.head_ids(p) for p in config.prefixes[: self.instruction_heads]]
-        return list(dict.fromkeys([prepared.key, *intermediate_keys(steerer.engine, heads, prepared.context_ids, config.window)]))
+        heads = [ctx.layout.head_ids(p) for p in config.prefixes[: self.instruction_heads]]
+        return list(dict.fromkeys([prepared.key, *intermediate_keys(ctx.engine, heads, prepared.context_ids, config.window)]))
 
     # -- per query -------------------------------------------------------------------------------
-    def plan(self, steerer: "Steerer", prepared: PreparedContext, context: str, query: str, query_ids: np.ndarray, config: SteerConfig,
+    def plan(self, ctx: MethodContext, prepared: PreparedContext, context: str, query: str, query_ids: np.ndarray, config: SteerConfig,
              progress: Progress | None = None) -> QueryPlan:
         """The KV and bias the question is answered with. Default: the stored bias."""
         return QueryPlan(prepared.kv, prepared.query_steering(), prepared.selected, position_offset=prepared.position_offset)

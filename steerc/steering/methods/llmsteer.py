@@ -9,8 +9,9 @@ prefill/both a third, steered prefill makes the stored KV. Per query: nothing mo
 
 from __future__ import annotations
 
-from steerc.steering.contexts import BuildJob, PreparedContext
+from steerc.steering.contexts import BuildJob
 from steerc.steering.methods.base import SteeringMethod
+from steerc.steering.prepared import PreparedContext
 from steerc.steering.selection import select_tokens
 
 __all__ = ["LLMSteer"]

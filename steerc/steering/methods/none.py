@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import BuildJob, PreparedContext, plain_context
+from steerc.steering.contexts import BuildJob, prepare_plain
 from steerc.steering.methods.base import SteeringMethod
+from steerc.steering.prepared import PreparedContext
 
 __all__ = ["NoSteering"]
 
@@ -18,9 +17,11 @@ class NoSteering(SteeringMethod):
     def key_fields(self, config: SteerConfig) -> dict:
         return {"method": "none"}
 
-    def store_keys(self, steerer, prepared, config) -> list[str]:
+    def store_keys(self, ctx, prepared, config) -> list[str]:
         return [prepared.key]
 
+    def prepare(self, ctx, context: str, config: SteerConfig, progress=None) -> tuple[PreparedContext, str]:
+        return prepare_plain(ctx, context, config, progress)
+
     def build(self, job: BuildJob) -> PreparedContext:
-        kv = job.base_kv if job.base_kv is not None else job.stored_or_prefilled_kv()
-        return plain_context(job.engine, job.head, job.context_ids, kv, time.perf_counter() - job.start)
+        return job.plain()

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import BuildJob, PreparedContext
+from steerc.steering.contexts import BuildJob
 from steerc.steering.methods.base import SteeringMethod
+from steerc.steering.prepared import PreparedContext
 from steerc.steering.spans import spans_to_token_mask
 
 __all__ = ["Pasta"]

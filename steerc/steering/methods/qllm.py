@@ -28,18 +28,19 @@ KV is never changed.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import numpy as np
 
 from steerc.runtime.generate import positions_for
 from steerc.runtime.steering import Steering
 from steerc.steering.blocks import REPRESENTATIVES, block_bounds, block_scores, kept_tokens, representative_keys
+from steerc.steering.cache_fill import get_or_build
 from steerc.steering.compaction import check_positions_preserved
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import PreparedContext, get_or_build, locked, plain_context, plain_key, store_key
-from steerc.steering.stored_kv import save_prepared
+from steerc.steering.contexts import plain_context, prepare_plain
+from steerc.steering.keys import plain_key, store_key
 from steerc.steering.methods.base import Evidence, QueryPlan, SteeringMethod
+from steerc.steering.prepared import PreparedContext, save_prepared
 from steerc.steering.profiles import selector_heads
 from steerc.steering.selection import importance_prefill
 from steerc.stores import StoredContext
@@ -76,8 +77,8 @@ class QLLM(SteeringMethod):
         # The index depends on the block size only; which blocks are kept is decided per query.
         return {"method": "qllm-index", "block_size": config.block_size, "representatives": REPRESENTATIVES}
 
-    def prepare(self, steerer, context: str, config: SteerConfig, progress=None) -> tuple[PreparedContext, str]:
-        engine, store = steerer.engine, steerer.store
+    def prepare(self, ctx, context: str, config: SteerConfig, progress=None) -> tuple[PreparedContext, str]:
+        engine, store = ctx.engine, ctx.store
         g = engine.geometry
         if not engine.has_queries:
             engine.analyze(np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64), np.ones((1, 1), np.int64), engine.new_cache(1),
@@ -86,23 +87,21 @@ class QLLM(SteeringMethod):
         bad = [p for p in pairs if p[0] >= g.num_layers or p[1] >= g.num_heads]
         if bad:
             raise ValueError(f"selector head {list(bad[0])} is outside the engine ({g.num_layers} layers x {g.num_heads} heads)")
-        ids, _ = steerer.context_tokens(context)
-        head = steerer.layout.head_ids(config.prefixes[0])
+        ids, _ = ctx.context_tokens(context)
+        head = ctx.layout.head_ids(config.prefixes[0])
         key = store_key(engine, [head], ids, self.key_fields(config))
         start = time.perf_counter()
         built: list[PreparedContext] = []  # the plain context, when the index was built now (one analysis prefill gives both)
 
         def build() -> StoredContext:
-            entry, plain = self._index(steerer, head, ids, config, progress)
+            entry, plain = self._index(ctx, head, ids, config, progress)
             built.append(plain)
             return entry
 
         entry, tier = get_or_build(store, key, build)
         plain, plain_tier = (built[0], "miss") if built else (None, "miss")
         if plain is None:
-            from steerc.steering.methods import get_method
-
-            plain, plain_tier = get_method("none").prepare(steerer, context, replace(config, method="none"), progress)
+            plain, plain_tier = prepare_plain(ctx, context, config, progress)
         t, N = entry.tensors, len(ids)
         meta = {"prepare_seconds": plain.meta.get("prepare_seconds", 0.0) + (time.perf_counter() - start if tier == "miss" else 0.0),
                 "context_tokens": N, "head_tokens": len(head)}
@@ -111,27 +110,26 @@ class QLLM(SteeringMethod):
                                    {"block_bounds": t["block_bounds"], "block_keys": t["block_keys"]}, plain.positions, plain.kv_key)
         return prepared, "miss" if "miss" in (tier, plain_tier) else tier
 
-    def _index(self, steerer, head: np.ndarray, ids: np.ndarray, config: SteerConfig, progress) -> tuple[StoredContext, PreparedContext]:
+    def _index(self, ctx, head: np.ndarray, ids: np.ndarray, config: SteerConfig, progress) -> tuple[StoredContext, PreparedContext]:
         """One analysis prefill of ``head + context``: the block index, and the plain KV (stored as the plain entry)."""
-        engine, store = steerer.engine, steerer.store
+        engine, store = ctx.engine, ctx.store
         start = time.perf_counter()
         report = (lambda done, total: progress("block index", done, total)) if progress else None
-        importance, kv = importance_prefill(engine, np.concatenate([head, ids]), chunk=steerer.prefill_chunk, progress=report)  # [L, H, Nh + N]
+        importance, kv = importance_prefill(engine, np.concatenate([head, ids]), chunk=ctx.prefill_chunk, progress=report)  # [L, H, Nh + N]
         plain = plain_context(engine, head, ids, kv, time.perf_counter() - start)
-        if store is not None:
-            with locked(store, plain.key):
-                if plain.key not in store:
-                    save_prepared(store, plain)  # the KV once, unless another entry stored it already
+        with store.lock(plain.key):
+            if plain.key not in store:
+                save_prepared(store, plain)  # the KV once, unless another entry stored it already
         bounds = block_bounds(len(ids), config.block_size)
         keys, tokens = representative_keys(kv, importance[..., len(head) :], len(head), bounds)
         return StoredContext({"block_bounds": bounds, "block_keys": keys, "representatives": tokens}, {"kind": "block-index", "block_size": config.block_size}), plain
 
-    def store_keys(self, steerer, prepared: PreparedContext, config: SteerConfig) -> list[str]:
-        return [prepared.key, plain_key(steerer.engine, prepared.head_ids, prepared.context_ids)]
+    def store_keys(self, ctx, prepared: PreparedContext, config: SteerConfig) -> list[str]:
+        return [prepared.key, plain_key(ctx.engine, prepared.head_ids, prepared.context_ids)]
 
-    def plan(self, steerer, prepared: PreparedContext, context: str, query: str, query_ids: np.ndarray, config: SteerConfig, progress=None) -> QueryPlan:
+    def plan(self, ctx, prepared: PreparedContext, context: str, query: str, query_ids: np.ndarray, config: SteerConfig, progress=None) -> QueryPlan:
         start = time.perf_counter()
-        engine, g = steerer.engine, steerer.engine.geometry
+        engine, g = ctx.engine, ctx.engine.geometry
         Nh, N = len(prepared.head_ids), len(prepared.context_ids)
         bounds, keys = prepared.extras["block_bounds"], prepared.extras["block_keys"]
         answer_only = config.retrieve_for == "answer" and len(query_ids) > 1
@@ -141,7 +139,7 @@ class QLLM(SteeringMethod):
         pairs = pairs or [(layer, head) for layer in range(g.num_layers) if prepared.kv.keys[layer] is not None for head in range(g.num_heads)]
         scores = block_scores(queries, keys, pairs)  # [NB]
         keep, chosen = kept_tokens(scores, bounds, N, config.blocks, config.initial, config.local)  # [N]
-        offsets = steerer.context_tokens(context)[1]
+        offsets = ctx.context_tokens(context)[1]
         evidence = tuple(_block_evidence(int(b), bounds, offsets, context, float(scores[b])) for b in chosen)
         selected = np.broadcast_to(keep, (g.num_layers, N)).copy()
         if keep.all():  # every block fits: nothing to drop

@@ -25,14 +25,14 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from dataclasses import replace
 
 import numpy as np
 
 from steerc.runtime.generate import positions_for
 from steerc.runtime.steering import Steering
+from steerc.steering.cache_fill import get_or_build
 from steerc.steering.config import SteerConfig
-from steerc.steering.contexts import PreparedContext, get_or_build, store_key
+from steerc.steering.contexts import prepare_plain
 from steerc.steering.evidence import (
     CALIBRATION_QUESTION,
     Units,
@@ -43,7 +43,9 @@ from steerc.steering.evidence import (
     token_scores,
     unit_scores,
 )
+from steerc.steering.keys import plain_key, store_key
 from steerc.steering.methods.base import Evidence, QueryPlan, SteeringMethod
+from steerc.steering.prepared import PreparedContext
 from steerc.steering.profiles import selector_heads
 from steerc.stores import StoredContext
 
@@ -93,17 +95,15 @@ class QueryEvidence(SteeringMethod):
         # Only the units and the calibration are stored: selector, steered heads, alpha and N apply per query.
         return {"method": "query-index", "unit": config.unit, "calibration": CALIBRATION_QUESTION}
 
-    def prepare(self, steerer, context: str, config: SteerConfig, progress=None) -> tuple[PreparedContext, str]:
-        from steerc.steering.methods import get_method
-
-        engine, store = steerer.engine, steerer.store
+    def prepare(self, ctx, context: str, config: SteerConfig, progress=None) -> tuple[PreparedContext, str]:
+        engine, store = ctx.engine, ctx.store
         g = engine.geometry
         config.steered_pairs(g.num_layers, g.num_heads)  # refuse heads beyond the engine before any work
         bad = [p for p in config.selector if p[0] >= g.num_layers or p[1] >= g.num_heads]
         if bad:
             raise ValueError(f"selector head {list(bad[0])} is outside the engine ({g.num_layers} layers x {g.num_heads} heads)")
-        ids, offsets = steerer.context_tokens(context)
-        head = np.asarray(steerer.layout.head_ids(config.prefixes[0]), np.int64)
+        ids, offsets = ctx.context_tokens(context)
+        head = np.asarray(ctx.layout.head_ids(config.prefixes[0]), np.int64)
         key = store_key(engine, [head], ids, self.key_fields(config))
         start = time.perf_counter()
         built: list = []  # (plain, its tier) when this request built the index
@@ -111,12 +111,12 @@ class QueryEvidence(SteeringMethod):
         def build() -> StoredContext:
             # Under the index's lock: the request that builds the index also prepares (or finds) the plain KV,
             # so concurrent requests for a new context wait once and then hit both entries (lock order: index, then plain).
-            plain, plain_tier = get_method("none").prepare(steerer, context, replace(config, method="none"), progress)
+            plain, plain_tier = prepare_plain(ctx, context, config, progress)
             built.append((plain, plain_tier))
-            return self._index(steerer, context, offsets, config, plain)
+            return self._index(ctx, context, offsets, config, plain)
 
         entry, tier = get_or_build(store, key, build)
-        plain, plain_tier = built[0] if built else get_method("none").prepare(steerer, context, replace(config, method="none"), progress)
+        plain, plain_tier = built[0] if built else prepare_plain(ctx, context, config, progress)
         t = entry.tensors
         N = len(ids)
         meta = {"prepare_seconds": plain.meta.get("prepare_seconds", 0.0) + (time.perf_counter() - start if tier == "miss" else 0.0),
@@ -126,23 +126,21 @@ class QueryEvidence(SteeringMethod):
                                    {"calibration": t["calibration"], "unit_chars": t["unit_chars"], "unit_tokens": t["unit_tokens"]}, kv_key=plain.kv_key)
         return prepared, "miss" if "miss" in (tier, plain_tier) else tier
 
-    def _index(self, steerer, context: str, offsets, config: SteerConfig, plain: PreparedContext) -> StoredContext:
+    def _index(self, ctx, context: str, offsets, config: SteerConfig, plain: PreparedContext) -> StoredContext:
         """The evidence index: units and the content-free question's attention over the context."""
         Nh, N = len(plain.head_ids), len(plain.context_ids)
         units = context_units(context, offsets, config.unit)
-        calibration_ids = steerer.layout.query_ids(config.prefixes[0], CALIBRATION_QUESTION)
-        calibration = question_attention(steerer.engine, plain.kv, calibration_ids)[..., Nh : Nh + N]  # [L, H, N]
+        calibration_ids = ctx.layout.query_ids(config.prefixes[0], CALIBRATION_QUESTION)
+        calibration = question_attention(ctx.engine, plain.kv, calibration_ids)[..., Nh : Nh + N]  # [L, H, N]
         return StoredContext({"calibration": calibration.astype(np.float32), "unit_chars": units.chars, "unit_tokens": units.tokens},
                              {"kind": "evidence-index", "unit_kind": units.kind})
 
-    def store_keys(self, steerer, prepared: PreparedContext, config: SteerConfig) -> list[str]:
-        from steerc.steering.contexts import plain_key
+    def store_keys(self, ctx, prepared: PreparedContext, config: SteerConfig) -> list[str]:
+        return [prepared.key, plain_key(ctx.engine, prepared.head_ids, prepared.context_ids)]
 
-        return [prepared.key, plain_key(steerer.engine, prepared.head_ids, prepared.context_ids)]
-
-    def plan(self, steerer, prepared: PreparedContext, context: str, query: str, query_ids: np.ndarray, config: SteerConfig, progress=None) -> QueryPlan:
+    def plan(self, ctx, prepared: PreparedContext, context: str, query: str, query_ids: np.ndarray, config: SteerConfig, progress=None) -> QueryPlan:
         start = time.perf_counter()
-        engine, g = steerer.engine, steerer.engine.geometry
+        engine, g = ctx.engine, ctx.engine.geometry
         Nh, N = len(prepared.head_ids), len(prepared.context_ids)
         units = Units(prepared.meta.get("unit_kind", "sentence"), prepared.extras["unit_chars"], prepared.extras["unit_tokens"])
         attention = None

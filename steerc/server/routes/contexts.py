@@ -1,0 +1,41 @@
+"""Registered contexts: ``POST /v1/contexts``, ``GET`` and ``DELETE /v1/contexts/{context_id}``.
+
+Built by :func:`build` with the app's request models (see :mod:`steerc.server.routes.completions`
+for why the annotations are evaluated at definition). Registration prepares the context on a
+worker thread, admitted like a generation; reading and deleting a record use the store only.
+"""
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from steerc.server.answers import record_context
+from steerc.server.bodies import RequestBodies
+from steerc.server.routes.deps import State
+
+__all__ = ["build"]
+
+
+def build(bodies: RequestBodies) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/contexts")
+    async def register_context(request: Request, body: bodies.context, state: State):
+        scheduler, service = state.scheduler, state.service
+        job = await scheduler.start(lambda j: j.emit("done", 0, service.register(j, body)))
+        while (item := await scheduler.next_item(job, request))[0] != "end":
+            if item[0] == "error":
+                raise scheduler.failure(item[1])
+            result = item[2]
+            record_context(state.metrics, result)
+        return result
+
+    @router.get("/v1/contexts/{context_id}")
+    async def get_context(context_id: str, state: State):
+        registry = state.service.registry
+        return await run_in_threadpool(lambda: registry.public(registry.get(context_id)))
+
+    @router.delete("/v1/contexts/{context_id}")
+    async def delete_context(context_id: str, state: State):
+        return await run_in_threadpool(state.service.registry.delete, context_id)
+
+    return router
