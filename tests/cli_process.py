@@ -12,8 +12,9 @@ files, and exits with the command's exit status. ``run_cli`` returns a
 ``returncode``; a death by signal is ``-signum``).
 
 A process starts the ordinary way (``subprocess``) when the zygote could differ from a fresh
-interpreter: environment changes beyond ``STEERC_*`` variables and ``PYTHONPATH`` entries inside
-this repository (import-time settings such as ``HF_HUB_CACHE``, or a shadowing package elsewhere),
+interpreter: environment changes beyond ``STEERC_*`` variables, ``PYTEST_CURRENT_TEST`` and
+``PYTHONPATH`` entries inside this repository (import-time settings such as ``HF_HUB_CACHE``, or a
+shadowing package elsewhere),
 ``--debug`` (no warning filter before the imports), a zygote whose imports wrote anything or
 configured logging, or no ``fork``. ``STEERC_TEST_FORK_CLI=0`` turns the zygote off.
 """
@@ -33,6 +34,9 @@ from pathlib import Path
 __all__ = ["Forked", "run_cli", "spawn"]
 
 REPO = Path(__file__).resolve().parents[1]
+# Variables no preloaded library reads on import (the child gets the caller's whole environment):
+# PYTHONPATH (entries inside this repository, checked apart) and pytest's name of the running test.
+RUNTIME_ONLY = {"PYTHONPATH", "PYTEST_CURRENT_TEST"}
 # What a command imports (steerc.cli's parser: numpy and torch; _quiet_dependencies and the commands: the rest).
 PRELOAD = ("numpy", "torch", "transformers", "onnx", "onnxruntime")
 
@@ -214,7 +218,7 @@ class _Zygote:
         if not self.ready or self.proc.poll() is not None or "--debug" in args or self._extra_path(env) is None:
             return False
         changed = {k for k in env.keys() | self.env.keys() if env.get(k) != self.env.get(k)}
-        return all(k.startswith("STEERC_") or k == "PYTHONPATH" for k in changed)
+        return all(k.startswith("STEERC_") or k in RUNTIME_ONLY for k in changed)
 
     def spawn(self, module: str, args: tuple, env: dict, cwd: str, stdout: Path, stderr: Path) -> Forked:
         with self.lock:
