@@ -14,10 +14,10 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "CompileSettings": "steerc.settings",
-    "compile_engine": "steerc.engine",
-    "read_manifest": "steerc.engine",
-    "capture_steerable": "steerc.compiler",
-    "SteerableProgram": "steerc.compiler",
+    "compile_engine": "steerc.build",
+    "read_manifest": "steerc.engine_format",
+    "capture_steerable": "steerc.build.steerable",
+    "SteerableProgram": "steerc.build.steerable",
     "load_model": "steerc.models",
     "resolve_model": "steerc.models",
     "DEFAULT_MODEL": "steerc.models",

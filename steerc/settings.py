@@ -7,7 +7,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS", "TARGETS", "BACKENDS", "DEVICES", "WEIGHTS", "KV_LAYOUTS", "check_layer_groups"]
+from steerc.backends import canonical_name, get_backend
+
+__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS", "TARGETS", "DEVICES", "WEIGHTS", "KV_LAYOUTS", "check_layer_groups"]
 
 DTYPES = ("fp32", "fp16", "bf16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -15,8 +17,8 @@ SUPPORTED_OPSETS = (20, 21, 22, 23)
 # What the ONNX graph is written for: ONNX Runtime, or TensorRT's ONNX parser (its rules are
 # checked and the manifest carries optimization profiles and a trtexec command line).
 TARGETS = ("onnx", "tensorrt")
-# Compiled forms built beside the ONNX engine from the same rewritten ExportedProgram.
-BACKENDS = ("onnx", "aoti", "torch-tensorrt")
+# Backends (compiled forms built beside the ONNX engine from the same rewritten ExportedProgram)
+# are the registry's: steerc.backends.BACKENDS.
 DEVICES = ("cpu", "cuda")
 # Weights: "full" (in --dtype) or weight-only quantized to ONNX Runtime's MatMulNBits.
 WEIGHTS = ("full", "int8", "int4")
@@ -25,7 +27,7 @@ WEIGHTS = ("full", "int8", "int4")
 WEIGHT_METHODS = ("auto", "minmax", "rtn")
 # How the step graph extends the KV cache: "concat" returns present = past + new (a copy of the
 # past per call); "in-place" takes preallocated buffers and writes the new positions into them
-# (steerc/backends/kv_in_place.py; the runtime binds one buffer as past and present).
+# (steerc/passes/onnx/kv_in_place.py; the runtime binds one buffer as past and present).
 KV_LAYOUTS = ("concat", "in-place")
 
 T = TypeVar("T", bound="_JsonDataclass")
@@ -114,8 +116,9 @@ class CompileSettings(_JsonDataclass):
     # later layers of a group reuse the first one's attention probabilities. () = no sharing.
     share_attention: tuple[tuple[int, ...], ...] = ()
     target: str = "onnx"
-    # "aoti": also an AOTInductor package (model.pt2) for ``device``; "torch-tensorrt": also a
-    # serialized TensorRT plan (model.plan; CUDA only). The ONNX engine is always written.
+    # A name of steerc.backends.BACKENDS: "aoti": also an AOTInductor package (model.pt2) for
+    # ``device``; "tensorrt" (formerly "torch-tensorrt", still accepted): also a serialized
+    # TensorRT plan (model.plan; CUDA only). The ONNX engine is always written.
     backend: str = "onnx"
     device: str = "cpu"
     # Weight-only quantization of the ONNX graphs' MatMul weights (activations stay in dtype).
@@ -137,10 +140,10 @@ class CompileSettings(_JsonDataclass):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         object.__setattr__(self, "share_attention", check_layer_groups(self.share_attention))  # lists (JSON) -> tuples
         _check_choice("target", self.target, TARGETS)
-        _check_choice("backend", self.backend, BACKENDS)
+        object.__setattr__(self, "backend", canonical_name(self.backend))  # an old alias -> its name (one deprecation warning)
         _check_choice("device", self.device, DEVICES)
-        if self.backend == "torch-tensorrt" and self.device != "cuda":
-            raise ValueError("backend 'torch-tensorrt' builds a TensorRT plan, which runs on an NVIDIA GPU only: pass --device cuda")
+        backend = get_backend(self.backend)
+        backend.check_settings(self)
         _check_choice("weights", self.weights, WEIGHTS)
         _check_int("weight_block", self.weight_block, 16, 4096)
         if self.weight_block & (self.weight_block - 1):
@@ -153,7 +156,7 @@ class CompileSettings(_JsonDataclass):
         if self.weights != "full":
             if self.target == "tensorrt":
                 raise ValueError(f"weights {self.weights} use ONNX Runtime's MatMulNBits, which TensorRT's parser does not read; use --target onnx")
-            if self.backend != "onnx":
+            if not backend.onnx_step_graph:
                 raise ValueError(f"weights {self.weights} apply to the ONNX engine only; --backend {self.backend} would compile full-precision weights")
             if self.dtype == "bf16":
                 raise ValueError(f"weights {self.weights} need --dtype fp32 or fp16 activations (ONNX Runtime's CPU provider has no bf16 MatMulNBits)")
@@ -161,7 +164,7 @@ class CompileSettings(_JsonDataclass):
         if self.kv == "in-place":
             if self.opset < 23:
                 raise ValueError(f"kv in-place rewrites the fused Attention of opset 23 (raised to 24 for TensorScatter); got opset {self.opset}")
-            if self.target != "onnx" or self.backend != "onnx":
+            if self.target != "onnx" or not backend.onnx_step_graph:
                 raise ValueError("kv in-place is an ONNX Runtime step graph: use --target onnx and --backend onnx")
             if self.share_attention:
                 raise ValueError("kv in-place does not support shared attention (shared layers read the values outside the fused Attention)")

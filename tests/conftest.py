@@ -9,7 +9,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from steps import TEST_SETTINGS, assert_step_close, steerable, steerable_in, step_inputs  # noqa: E402,F401  (re-exported for the tests)
+from steps import TEST_SETTINGS, assert_step_close, steerable, step_inputs  # noqa: E402,F401  (re-exported for the tests)
 from tiny_models import tiny_model  # noqa: E402
 
 from steerc.settings import CompileSettings  # noqa: E402
@@ -55,7 +55,7 @@ def compiled_engine(tmp_path_factory):
     with ``CompileSettings(**settings)``, compiled once per session for each (checkpoint, settings).
     Shared: a test that changes the folder copies it first (``read_manifest`` gives the manifest
     ``compile_engine`` returned)."""
-    from steerc.engine import compile_engine
+    from steerc.build import compile_engine
 
     built = {}
 
@@ -73,8 +73,10 @@ def compiled_engine(tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported_onnx(tmp_path_factory):
     """``exported_onnx(arch, opset=23, dtype="fp32")``: a tiny architecture's step graph
-    (``steerable_in``, TEST_SETTINGS) exported with ``export_onnx`` once per session; the path of
-    its model.onnx (weights in model.onnx.data beside it). Shared: copy the folder before changing it."""
+    (``onnx_steps.steerable_in``, TEST_SETTINGS) exported with ``export_onnx`` once per session; the
+    path of its model.onnx (weights in model.onnx.data beside it). Shared: copy the folder before changing it."""
+    from onnx_steps import steerable_in
+
     from steerc.backends.onnx import export_onnx
 
     @functools.cache
@@ -118,7 +120,7 @@ def tiny_text_folder(tmp_path_factory):
 def tiny_text_engine(tiny_text_folder, tmp_path_factory):
     """The tiny text model compiled: text-level runtime tests (eval, steering over text
     contexts) without the real weights."""
-    from steerc.engine import compile_engine
+    from steerc.build import compile_engine
 
     out = tmp_path_factory.mktemp("tiny-text-engine") / "engine"
     compile_engine(str(tiny_text_folder), out, CompileSettings(max_seq_len=384, max_batch=2))

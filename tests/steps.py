@@ -11,7 +11,7 @@ import functools
 import torch
 from tiny_models import tiny_model
 
-from steerc.compiler import capture_steerable
+from steerc.build.steerable import capture_steerable
 from steerc.settings import CompileSettings
 from steerc.stores import MemoryStore, StoreUnavailableError
 
@@ -23,16 +23,6 @@ def steerable(name: str):
     """(model, SteerableProgram) for a tiny architecture, captured once per session."""
     model = tiny_model(name)
     return model, capture_steerable(model, TEST_SETTINGS)
-
-
-@functools.cache
-def steerable_in(arch: str, dtype: str):
-    """The SteerableProgram of a tiny architecture in fp32 (``steerable``) or fp16 (no analysis
-    program), captured once per session."""
-    if dtype == "fp32":
-        return steerable(arch)[1]
-    model = tiny_model(arch).half()
-    return capture_steerable(model, CompileSettings(dtype="fp16", max_seq_len=TEST_SETTINGS.max_seq_len, max_batch=TEST_SETTINGS.max_batch, importance=False))
 
 
 def step_inputs(g, batch: int, past: int, seq: int, left_pad: int = 0, seed: int = 1):

@@ -33,7 +33,6 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import replace
 
 import numpy as np
 
@@ -75,13 +74,13 @@ def main() -> None:
         context, query, gold = squad_context(engine.tokenizer, length)
         disk_root = tempfile.mkdtemp(prefix="steerc-bench-")
         reused = Steerer(engine, config, MemoryStore())
-        others = {f"{m}_reused": Steerer(engine, replace(config, method=m), MemoryStore()) for m in ("none", "query", "llmsteer")}
+        others = {f"{m}_reused": Steerer(engine, config.with_method(m), MemoryStore()) for m in ("none", "query", "llmsteer")}
         from_disk = Steerer(engine, config, DiskStore(disk_root))
-        nocache = Steerer(engine, replace(config, method="none"), None)
+        nocache = Steerer(engine, config.with_method("none"), None)
         plain_store = MemoryStore()
-        auto_both = Steerer(engine, replace(config, method="autopasta", steer_at="both"), plain_store)
-        auto_decode = Steerer(engine, replace(config, method="autopasta", steer_at="decode"), plain_store)
-        prep_both = replace(config, method="llmsteer", steer_at="both")
+        auto_both = Steerer(engine, config.with_method("autopasta", steer_at="both"), plain_store)
+        auto_decode = Steerer(engine, config.with_method("autopasta", steer_at="decode"), plain_store)
+        prep_both = config.with_method("llmsteer", steer_at="both")
         layout = PromptLayout.for_tokenizer(engine.tokenizer)
         ids = np.concatenate([layout.head_ids(config.prefixes[0]), layout.context_ids(context)[0]])[None]
         # Warm-up and one-time preparation (the stores then hold the contexts).
@@ -97,7 +96,7 @@ def main() -> None:
                 "nocache": lambda: ttft(nocache, context, query), "autopasta": lambda: ttft(auto_both, context, query),
                 "autopasta_decode": lambda: ttft(auto_decode, context, query),
                 "plain_prefill": lambda: timed(lambda: prefill(engine, ids, np.ones_like(ids), engine.new_cache(1), chunk=512)),
-                "prepare_decode": lambda: timed(lambda: Steerer(engine, replace(config, method="llmsteer"), None).prepare(context)),
+                "prepare_decode": lambda: timed(lambda: Steerer(engine, config.with_method("llmsteer"), None).prepare(context)),
                 "prepare_both": lambda: timed(lambda: Steerer(engine, prep_both, None).prepare(context))}
         samples = interleave(runs, args.repeats, warmup=False)
         med = medians({name: [seconds for seconds, _ in values] for name, values in samples.items()})
@@ -149,7 +148,7 @@ def reuse_only(args, engine) -> None:
         context, query, _ = squad_context(engine.tokenizer, length)
         disk_root = tempfile.mkdtemp(prefix="steerc-bench-")
         variants = {"reused": Steerer(engine, config, MemoryStore()), "reused_disk": Steerer(engine, config, DiskStore(disk_root))}
-        variants.update({f"{m}_reused": Steerer(engine, replace(config, method=m), MemoryStore()) for m in ("none", "llmsteer")})
+        variants.update({f"{m}_reused": Steerer(engine, config.with_method(m), MemoryStore()) for m in ("none", "llmsteer")})
         redis = None
         if args.redis:
             from steerc.stores.redis import RedisStore

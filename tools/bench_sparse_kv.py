@@ -64,7 +64,7 @@ def main() -> None:
 
     engine = load_engine(args.engine, args.threads, args.backend)
     base = SteerConfig(method="none")
-    variants = {"none": base, "qllm": replace(base, method="qllm"), "qllm answer": replace(base, method="qllm", retrieve_for="answer")}
+    variants = {"none": base, "qllm": base.with_method("qllm"), "qllm answer": base.with_method("qllm", retrieve_for="answer")}
     variants.update({f"keep {k:g}": replace(base, keep=k) for k in args.keeps})
     redis = None
     if args.redis:

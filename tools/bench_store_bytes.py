@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 from harness import add_engine_args, load_engine, squad_context, write_json
@@ -52,7 +51,7 @@ def main() -> None:
         fields = {"steer_at": variant} if variant else {}
         if method == "pasta":
             fields["highlights"] = ((0, len(context) // 4),)
-        config = replace(base, method=method, **fields)
+        config = base.with_method(method, **fields)
         steerer = Steerer(engine, config, store)
         answer = steerer.answer(context, query, max_new_tokens=1)
         prepared = steerer.last_context[0]

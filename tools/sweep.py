@@ -32,15 +32,15 @@ def _bands(num_layers: int, parts: int = 3) -> list[tuple[int, ...]]:
 
 def variants(num_layers: int, alphas, top_ks, steer_ats, base: SteerConfig, bands: bool = True) -> list[Variant]:
     layers = "all" if base.layers is None else base.layers if isinstance(base.layers, str) else ",".join(map(str, base.layers))
-    out = [Variant("none", replace(base, method="none"))]
+    out = [Variant("none", base.with_method("none"))]
     for a in alphas:
         for k in top_ks:
             out.append(Variant(f"a={a} k={k} L={layers}", replace(base, alpha=a, top_k=k)))
     for band in _bands(num_layers) if bands else []:
-        out.append(Variant(f"a={base.alpha} k={base.top_k} L={band[0]}-{band[-1]}", replace(base, layers=band)))
+        out.append(Variant(f"a={base.alpha} k={base.options.top_k} L={band[0]}-{band[-1]}", replace(base, layers=band)))
     for s in steer_ats:
         if s != base.steer_at:
-            out.append(Variant(f"a={base.alpha} k={base.top_k} L={layers} at={s}", replace(base, steer_at=s)))
+            out.append(Variant(f"a={base.alpha} k={base.options.top_k} L={layers} at={s}", replace(base, steer_at=s)))
     return out
 
 

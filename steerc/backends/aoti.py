@@ -1,4 +1,4 @@
-"""AOTInductor backend: the rewritten ExportedProgram compiled ahead of time into a package.
+"""``--backend aoti``: the rewritten ExportedProgram compiled ahead of time into a package.
 
 ``torch._inductor.aoti_compile_and_package`` turns the same program the ONNX backend exports
 (every attention site already takes ``steer_bias``) into ``model.pt2``: generated C++ (CPU) or
@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from steerc.backends.base import Backend
 from steerc.errors import EngineError, MissingDependencyError
 
-__all__ = ["AOTI_FILE", "build_aoti_package", "load_aoti_step", "aoti_session", "require_cuda"]
+__all__ = ["AOTI_FILE", "AotiBackend", "build_aoti_package", "load_aoti_step", "aoti_session", "cuda_missing", "require_cuda"]
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,20 @@ def _example_args(inputs, geometry, dtype, device: str):
     return (ids.to(device), positions.to(device), mask.to(device), [t.to(device) for t in kv], bias.to(device))
 
 
-def require_cuda(what: str = "--backend aoti --device cuda") -> None:
-    """Refuse CUDA work where this torch has no CUDA (at compile: before minutes of loading)."""
+def cuda_missing(what: str = "--backend aoti --device cuda") -> str | None:
+    """Why ``what`` cannot run on CUDA here (this torch sees no CUDA device), or None."""
     import torch
 
-    if not torch.cuda.is_available():
-        raise MissingDependencyError(f"{what} needs CUDA PyTorch on a machine with an NVIDIA GPU (this torch {torch.__version__} "
-                                     "sees none); use --device cpu here")
+    if torch.cuda.is_available():
+        return None
+    return f"{what} needs CUDA PyTorch on a machine with an NVIDIA GPU (this torch {torch.__version__} sees none); use --device cpu here"
+
+
+def require_cuda(what: str = "--backend aoti --device cuda") -> None:
+    """Refuse CUDA work where this torch has no CUDA (at compile: before minutes of loading)."""
+    reason = cuda_missing(what)
+    if reason:
+        raise MissingDependencyError(reason)
 
 
 def build_aoti_package(program, folder: Path, geometry, inputs, device: str = "cpu") -> dict:
@@ -107,3 +115,19 @@ def aoti_session(folder: Path, manifest: dict, device: str, threads: int | None 
     names = [s["name"] for s in manifest["inputs"]]
     outputs = [s["name"] for s in manifest["outputs"]]
     return TorchStepSession(step, names, outputs, device=device, name=f"AOTInductor package {entry['package']}")
+
+
+class AotiBackend(Backend):
+    """``--backend aoti``: ``model.pt2`` for ``--device`` beside the ONNX engine (see the module doc)."""
+
+    name = "aoti"
+    stage = "aoti"
+
+    def available(self, device: str) -> str | None:
+        return cuda_missing() if device == "cuda" else None
+
+    def build(self, program, folder: Path, settings) -> dict:
+        return build_aoti_package(program.program, folder, program.geometry, program.inputs, settings.device)
+
+    def open_session(self, folder: Path, manifest: dict, device: str, threads: int | None = None, *, weights=None, shared_arena: bool = False):
+        return aoti_session(folder, manifest, device, threads)

@@ -14,7 +14,7 @@ __all__ = ["add_check_tensorrt_parser", "cmd_check_tensorrt"]
 def _model_path(target: str) -> Path:
     path = Path(target)
     if path.is_dir():
-        from steerc.tensorrt.check import engine_model_path
+        from steerc.backends.tensorrt.check import engine_model_path
 
         model = engine_model_path(path)
         if not model.is_file():
@@ -28,7 +28,7 @@ def _model_path(target: str) -> Path:
 
 
 def cmd_check_tensorrt(args) -> int:
-    from steerc.tensorrt.check import check_model_summary
+    from steerc.backends.tensorrt.check import check_model_summary
 
     model = _model_path(args.engine)
     try:

@@ -1,10 +1,20 @@
-"""Helpers the ``steerc`` commands share: the console, and the manifest's verify and analysis lines."""
+"""Helpers the ``steerc`` commands share: the console, the ``--backend`` option, and the manifest's verify and analysis lines."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["analysis_line", "deploy_lines", "rich_console", "verify_line"]
+from steerc.backends import BACKENDS, backend_choices, backend_help, backend_names
+from steerc.settings import DEVICES
+
+__all__ = ["DEVICES", "add_backend_option", "analysis_line", "deploy_lines", "rich_console", "verify_line"]
+
+
+def add_backend_option(parser, what: str) -> None:
+    """``--backend``, its choices and help from the registry (:data:`steerc.backends.BACKENDS`);
+    old names (``torch-tensorrt``) are accepted but not listed."""
+    parser.add_argument("--backend", default="onnx", choices=backend_choices(), metavar="{" + ",".join(backend_names()) + "}",
+                        help=backend_help(what))
 
 
 def rich_console(stderr: bool = False):
@@ -19,9 +29,9 @@ def verify_line(check: dict) -> str:
     line = f"ONNX Runtime vs eager: prefill {check['prefill_zero_bias_rel_err']:.1e}, steered decode {check['decode_steered_rel_err']:.1e} (tolerance {check['tolerance']:.0e})"
     if "importance" in check:
         line += f"; attn_importance {check['importance']['attn_importance_abs_err']:.1e}"
-    for name, label in (("aoti", "AOTInductor"), ("tensorrt", "TensorRT plan")):
+    for name, entry in BACKENDS.items():  # the compiled forms checked beside the ONNX engine
         if name in check:
-            line += f"; {label} vs eager: prefill {check[name]['prefill_zero_bias_rel_err']:.1e}, steered decode {check[name]['decode_steered_rel_err']:.1e}"
+            line += f"; {entry.label} vs eager: prefill {check[name]['prefill_zero_bias_rel_err']:.1e}, steered decode {check[name]['decode_steered_rel_err']:.1e}"
     return line
 
 

@@ -6,7 +6,7 @@ import resource
 import time
 from pathlib import Path
 
-from steerc.cli.common import analysis_line, deploy_lines, rich_console, verify_line
+from steerc.cli.common import DEVICES, add_backend_option, analysis_line, deploy_lines, rich_console, verify_line
 from steerc.errors import SteercError
 
 __all__ = ["STAGES", "add_compile_parser", "cmd_compile"]
@@ -19,7 +19,8 @@ def _peak_rss_mib() -> float:
 
 
 def cmd_compile(args) -> int:
-    from steerc.engine import compile_engine
+    from steerc.backends import ENGINE_BACKEND
+    from steerc.build import compile_engine
     from steerc.models import DEFAULT_MODEL
     from steerc.progress import StageTracker
     from steerc.settings import CompileSettings
@@ -43,7 +44,7 @@ def cmd_compile(args) -> int:
     model = args.model or DEFAULT_MODEL
     extra = f", target {settings.target}" if settings.target != "onnx" else ""
     extra += f", weights {settings.weights} {settings.resolved_weight_method} (block {settings.weight_block})" if settings.weights != "full" else ""
-    extra += f", backend {settings.backend} ({settings.device})" if settings.backend != "onnx" else ""
+    extra += f", backend {settings.backend} ({settings.device})" if settings.backend != ENGINE_BACKEND else ""
     extra += ", kv in-place" if settings.kv == "in-place" else ""
     console.print(f"[bold]steerc compile[/] {model} -> {args.output}  (opset {settings.opset}, {settings.dtype}, max {settings.max_seq_len} tokens{extra})")
     stages = _stages(settings)
@@ -88,8 +89,10 @@ def cmd_compile(args) -> int:
 
 def _stages(settings) -> tuple[str, ...]:
     """The stages this compile runs, in order (a compiled backend adds one after export)."""
-    extra = {"aoti": ("aoti",), "torch-tensorrt": ("tensorrt",)}.get(settings.backend, ())
-    return STAGES[:4] + extra + STAGES[4:]
+    from steerc.backends import get_backend
+
+    stage = get_backend(settings.backend).stage
+    return STAGES[:4] + ((stage,) if stage else ()) + STAGES[4:]
 
 
 def add_compile_parser(sub) -> None:
@@ -108,9 +111,8 @@ def add_compile_parser(sub) -> None:
                    "reuse the first layer's attention probabilities and keep no key cache")
     p.add_argument("--target", default="onnx", choices=["onnx", "tensorrt"],
                    help="tensorrt: write the step graph to the TensorRT ONNX parser's rules (checked), with optimization profiles and a trtexec command")
-    p.add_argument("--backend", default="onnx", choices=["onnx", "aoti", "torch-tensorrt"],
-                   help="also build a compiled form of the same program: aoti (AOTInductor package, CPU or CUDA) or torch-tensorrt (a TensorRT plan, CUDA)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device the compiled backend is built for (torch-tensorrt: cuda)")
+    add_backend_option(p, "also build a compiled form of the same program beside the ONNX engine")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="device the compiled backend is built for (tensorrt: cuda)")
     p.add_argument("--weights", default=None, choices=["fp32", "fp16", "int8", "int4"],
                    help="int8/int4: weight-only quantization of every MatMul weight to ONNX Runtime's MatMulNBits (activations stay in --dtype); "
                    "fp32/fp16: full-precision weights in that dtype")

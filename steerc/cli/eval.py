@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from steerc.atomic import write_text_atomic
+from steerc.cli.common import DEVICES, add_backend_option
 from steerc.errors import SteercError
 
 __all__ = ["add_eval_parser", "cmd_eval"]
@@ -20,7 +21,7 @@ Splits: contexts shuffled with --seed; 30% of them are dev, the rest test (tune 
 
 
 def add_eval_parser(sub) -> None:
-    from steerc.cli.steer_options import add_steer_options
+    from steerc.cli.steer_options import add_steer_options, method_help
     from steerc.eval.data import GOLD_POSITIONS, SPLITS
 
     p = sub.add_parser("eval", help="evaluate steering methods on a dataset (scores with bootstrap intervals)", epilog=FORMAT_HELP,
@@ -28,7 +29,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("engine")
     p.add_argument("--dataset", required=True, help="squad, nq-multidoc, kv-retrieval, or a .jsonl file")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N examples of the split (seeded order; default all)")
-    p.add_argument("--methods", default="none,query,llmsteer,pasta,autopasta", help="comma-separated: none, query, llmsteer, pasta (oracle evidence), autopasta")
+    p.add_argument("--methods", default="none,query,llmsteer,pasta,autopasta", help=f"comma-separated, of: {method_help()}")
     p.add_argument("--split", default=None, choices=SPLITS, help="default: dev for shipped datasets, all for a file")
     p.add_argument("--seed", type=int, default=0, help="fixes the split, the sample and the NQ/KV distractors")
     p.add_argument("--out", default=None, help="folder for run.json, predictions.jsonl, summary.json/.md (default runs/eval/DATASET-SPLIT)")
@@ -37,11 +38,11 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--gold-position", default=None, choices=GOLD_POSITIONS, help="nq-multidoc (default middle) / kv-retrieval (default random)")
     p.add_argument("--num-keys", type=int, default=25, help="kv-retrieval: key-value records per question (of 75)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 64 for kv-retrieval (the model repeats the 36-character key first), else 32")
-    add_steer_options(p)
+    add_steer_options(p, omit=("highlights",))  # an oracle's highlights are each example's evidence
     p.add_argument("--store", default="memory", help="context store: 'memory' (default) or a folder to keep prepared contexts across runs")
     p.add_argument("--no-chat", action="store_true", help="completion-style prompts (base models)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backend", default="onnx", choices=["onnx", "aoti", "tensorrt"], help="what runs the step graph: ONNX Runtime, the AOTInductor package (--backend aoti at compile) or the TensorRT plan")
+    p.add_argument("--device", default="cpu", choices=DEVICES)
+    add_backend_option(p, "what runs the step graph (the engine must have been compiled with that --backend)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_eval)
 
@@ -50,7 +51,7 @@ def cmd_eval(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from steerc.cli.steer_options import check_profile, steer_config
+    from steerc.cli.steer_options import check_profile, steer_config, steer_values
     from steerc.eval import PRIMARY, load_dataset, method_variants, run_eval, summarize, summary_markdown
     from steerc.runtime import Engine
     from steerc.stores import open_store
@@ -63,7 +64,7 @@ def cmd_eval(args) -> int:
     split = args.split or ("dev" if builtin else "all")
     examples = load_dataset(args.dataset, split=split, seed=args.seed, limit=args.limit, num_docs=args.num_docs, gold_position=args.gold_position,
                             num_keys=args.num_keys)
-    variants = method_variants([m.strip() for m in args.methods.split(",") if m.strip()], steer_config(args, "none"))
+    variants = method_variants([m.strip() for m in args.methods.split(",") if m.strip()], steer_config(args, "none"), steer_values(args))
     name = args.dataset if builtin else Path(args.dataset).name.split(".")[0]
     out = Path(args.out or f"runs/eval/{name}-{split}")
     console = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -11,7 +11,7 @@ __all__ = ["add_inspect_parser", "cmd_inspect"]
 
 
 def cmd_inspect(args) -> int:
-    from steerc.engine import read_manifest
+    from steerc.build import read_manifest
 
     manifest = read_manifest(Path(args.engine), check_files=not args.no_hash_check)
     if args.json:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from steerc.cli.steer_options import add_steer_options, check_profile, steer_config
+from steerc.cli.common import DEVICES, add_backend_option
 from steerc.errors import SteercError
 
 __all__ = ["add_run_parser", "cmd_run"]
@@ -77,7 +78,8 @@ def _write_html(path: str, context: str, steerer, answer) -> None:
 
     prepared, offsets = steerer.last_context
     importance = prepared.importance.mean(0).sum(0) if prepared.importance.shape[0] else None  # [N]: passes averaged, layers summed
-    stats = {"method": answer.method, "steer_at": prepared.config.steer_at, "alpha": prepared.config.alpha, "top_k": prepared.config.top_k,
+    options = {k: v for k, v in prepared.config.options.to_dict().items() if isinstance(v, (int, float, str))}  # e.g. llmsteer's top_k
+    stats = {"method": answer.method, "steer_at": prepared.config.steer_at, "alpha": prepared.config.alpha, **options,
              "selected tokens": f"{answer.selected_tokens} of {answer.context_tokens}", "answer": answer.text}
     for e in answer.evidence:
         stats[f"evidence ({e.kind} {e.unit + 1})"] = e.describe()
@@ -85,21 +87,20 @@ def _write_html(path: str, context: str, steerer, answer) -> None:
 
 
 def add_run_parser(sub) -> None:
-    from steerc.steering.config import METHODS
+    from steerc.cli.steer_options import add_method_option
 
     p = sub.add_parser("run", help="answer a question over a context with LLMSteer (or a baseline), reusing stored contexts",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("engine")
     p.add_argument("--context", required=True, help="text file with the context (passages)")
     p.add_argument("--query", required=True, help="the question")
-    p.add_argument("--method", default=None, choices=list(METHODS), help="default: SteerConfig's")
-    add_steer_options(p)
-    p.add_argument("--highlight", default=None, help="pasta: character ranges of the context to emphasise, START:END[,START:END]")
+    add_method_option(p, "default: SteerConfig's")
+    add_steer_options(p)  # --highlight included (pasta's)
     p.add_argument("--store", default=None, help="context store folder, or 'memory' (default ~/.cache/steerc/contexts or $STEERC_CONTEXT_STORE)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--html", default=None, help="write a page showing the selected tokens and their importance")
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backend", default="onnx", choices=["onnx", "aoti", "tensorrt"], help="what runs the step graph: ONNX Runtime, the AOTInductor package (--backend aoti at compile) or the TensorRT plan")
+    p.add_argument("--device", default="cpu", choices=DEVICES)
+    add_backend_option(p, "what runs the step graph (the engine must have been compiled with that --backend)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_run)

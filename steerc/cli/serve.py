@@ -6,6 +6,7 @@ import ipaddress
 import os
 import sys
 
+from steerc.cli.common import DEVICES, add_backend_option
 from steerc.errors import SteercError
 
 __all__ = ["add_serve_parser", "cmd_serve"]
@@ -24,7 +25,7 @@ def cmd_serve(args) -> int:
 
     require("fastapi", "steerc serve", "pip install 'steerc[serve]'")
     uvicorn = require("uvicorn", "steerc serve", "pip install 'steerc[serve]'")
-    from steerc.cli.steer_options import check_profile, steer_config
+    from steerc.cli.steer_options import check_profile, steer_config, steer_values
     from steerc.runtime import Engine
     from steerc.server import create_app
     from steerc.stores import default_root, open_store
@@ -40,7 +41,7 @@ def cmd_serve(args) -> int:
     engine = Engine.load(args.engine, device=args.device, threads=args.threads, backend=args.backend)
     check_profile(args, engine)
     store = open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s)
-    app = create_app(engine, settings, store, steer_defaults)
+    app = create_app(engine, settings, store, steer_defaults, steer_values(args))
     name = app.state.steerc.service.model_name
     print(f"steerc serve: {name} ({engine.max_seq_len} tokens) on http://{settings.host}:{settings.port}/v1  "
           f"[{settings.max_concurrency} concurrent, queue {settings.max_queue}, timeout {settings.request_timeout_s:g} s, "
@@ -52,8 +53,7 @@ def cmd_serve(args) -> int:
 
 
 def add_serve_parser(sub) -> None:
-    from steerc.cli.steer_options import add_steer_options
-    from steerc.steering.config import METHODS
+    from steerc.cli.steer_options import add_method_option, add_steer_options
 
     p = sub.add_parser("serve", help="serve an engine over HTTP: OpenAI-compatible completions with steered, reusable contexts")
     p.add_argument("engine", help="engine folder (from steerc compile)")
@@ -70,10 +70,10 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the engine folder's name)")
     p.add_argument("--no-chat", action="store_true", help="do not use the chat template (base models)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backend", default="onnx", choices=["onnx", "aoti", "tensorrt"], help="what runs the step graph: ONNX Runtime, the AOTInductor package (--backend aoti at compile) or the TensorRT plan")
+    p.add_argument("--device", default="cpu", choices=DEVICES)
+    add_backend_option(p, "what runs the step graph (the engine must have been compiled with that --backend)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's log level")
-    p.add_argument("--method", default=None, choices=list(METHODS), help="default steering method of requests that send steer without one")
-    add_steer_options(p)  # the defaults a request's steer fields override
+    add_method_option(p, "default steering method of requests that send steer without one")
+    add_steer_options(p, omit=("highlights",))  # the defaults a request's steer fields override
     p.set_defaults(func=cmd_serve)

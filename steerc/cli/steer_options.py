@@ -1,19 +1,18 @@
-"""The steering options ``steerc run``, ``eval`` and ``serve`` share, and the SteerConfig they describe."""
+"""The steering options ``steerc run``, ``eval`` and ``serve`` share, and the SteerConfig they describe.
+
+The flags are made from the fields' declarations (:mod:`steerc.steering.options`): SteerConfig's
+shared settings, then every registered method's options (:mod:`steerc.steering.registry`), one
+flag per field name, read when the parser is built (so a registered method's options appear).
+``--profile`` (a head profile file) sets two fields: the steered heads and the selector heads.
+"""
 
 from __future__ import annotations
 
+import argparse
+
 from steerc.errors import SteercError
 
-__all__ = ["add_steer_options", "steer_config", "check_profile"]
-
-
-def _ints(text: str | None) -> list[int] | None:
-    if text is None or text == "all":
-        return None
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise SteercError(f"expected a comma-separated list of integers or 'all', got {text!r}") from None
+__all__ = ["add_steer_options", "add_method_option", "steer_config", "steer_values", "check_profile", "method_help"]
 
 
 def _profile(args):
@@ -27,41 +26,105 @@ def _profile(args):
         raise SteercError(str(exc)) from None
 
 
-def steer_config(args, method: str | None = None):
-    """The SteerConfig the shared steering options (``add_steer_options``) describe."""
-    from steerc.steering.config import DEFAULT_PREFIXES, SteerConfig
-    from steerc.steering.spans import parse_spans
+def _flags(omit=()) -> list[tuple[str, object, list[str], object]]:
+    """``(name, Option, methods, default)`` for every field with a flag: shared settings first
+    (``methods`` empty), then each method's options in registry order (``methods``: those that have it)."""
+    import dataclasses
 
-    fields = {"window": args.window}
-    if method or args.method:
-        fields["method"] = method or args.method
-    for name in ("layers", "heads"):  # 'all' = every one; left out = SteerConfig's default
-        value = getattr(args, name)
-        if value is not None:
-            fields[name] = value if name == "layers" and value in ("auto", "first-third", "middle-third", "last-third") else _ints(value)
-    for name in ("steer_at", "alpha", "evidence", "unit", "rank_by", "target_share", "min_share", "blocks", "block_size", "initial", "local", "block_mask",
-                 "retrieve_for", "keep_sinks", "keep_recent", "keep_unit"):
+    from steerc.steering.config import SteerConfig
+    from steerc.steering.options import option_of, options_fields
+    from steerc.steering.registry import method_names, options_class
+
+    out: dict[str, tuple[str, object, list[str], object]] = {}
+    for f in dataclasses.fields(SteerConfig):
+        spec = option_of(f)
+        if spec is not None and spec.kind != "name":
+            out[f.name] = (f.name, spec, [], f.default)
+    for method in method_names():
+        for f, spec in options_fields(options_class(method)):
+            if f.name in out:
+                out[f.name][2].append(method)
+            else:
+                out[f.name] = (f.name, spec, [method], f.default)
+    return [entry for name, entry in out.items() if entry[1].flag != "" and name not in omit]
+
+
+def _flag(name: str, spec) -> str:
+    return spec.flag or "--" + name.replace("_", "-")
+
+
+def add_steer_options(p, omit: tuple[str, ...] = ()) -> None:
+    """Steering options shared by ``steerc run``, ``eval`` and ``serve`` (defaults: SteerConfig's
+    and the methods' options'); ``omit``: fields without a flag here."""
+    p.add_argument("--profile", default=None, help="head profile JSON from steerc profile: selector heads (query) and steered heads (replace --layers/--heads)")
+    for name, spec, methods, default in _flags(omit):
+        kwargs: dict = {"dest": name, "default": argparse.SUPPRESS}  # left out: the declared default
+        if spec.kind == "int":
+            kwargs["type"] = int
+        elif spec.kind == "number":
+            kwargs["type"] = float
+        elif spec.kind == "choice":
+            kwargs["choices"] = list(spec.choices)
+        elif spec.kind == "strings":
+            kwargs["action"] = "append"
+        where = f"{', '.join(methods)}: " if methods else ""
+        shown = f" (default: {default})" if isinstance(default, (int, float, str)) and "default" not in spec.help else ""
+        kwargs["help"] = f"{where}{spec.help}{shown}".replace("%", "%%")
+        p.add_argument(_flag(name, spec), **kwargs)
+
+
+def add_method_option(p, help: str) -> None:
+    """``--method``, its choices from the registry."""
+    from steerc.steering.registry import method_names
+
+    p.add_argument("--method", default=None, choices=list(method_names()), help=help)
+
+
+def method_help() -> str:
+    """One line per registered method: its name and summary."""
+    from steerc.steering.registry import get_method, method_names
+
+    return "; ".join(f"{name}: {get_method(name).summary}" for name in method_names()).replace("%", "%%")  # argparse formats help with %
+
+
+def steer_values(args) -> dict:
+    """The steering fields the flags set (flat names, parsed; flags left out are absent), each
+    checked against its limits and the rules between the options of the method that has it."""
+    from steerc.steering.registry import method_names, options_class
+
+    values = {}
+    for name, spec, _, _ in _flags():
         value = getattr(args, name, None)
-        if value is not None:
-            fields[name] = value
-    if getattr(args, "keep", None) is not None:
-        fields["keep"] = int(args.keep) if args.keep > 1 and args.keep == int(args.keep) else args.keep
-    if args.top_k is not None:
-        fields["top_k"] = int(args.top_k) if args.top_k >= 1 else args.top_k
-    if args.prefix:
-        if len(args.prefix) != 2:
-            raise SteercError(f"--prefix must be given twice (LLMSteer's two instruction prefixes), got {len(args.prefix)}")
-        fields["prefixes"] = tuple(args.prefix)
-    else:
-        fields["prefixes"] = DEFAULT_PREFIXES
+        if value is None or (isinstance(value, list) and not value):
+            continue
+        try:
+            values[name] = spec.cli_parse(value) if spec.cli_parse else value
+        except ValueError as exc:
+            raise SteercError(f"invalid option: {exc}") from None
     profile = _profile(args)
     if profile is not None:
-        fields["selector"] = profile.selector_heads
-        fields["profile"] = profile.steered_heads
+        values["selector"] = profile.selector_heads
+        values["profile"] = profile.steered_heads
     try:
-        if getattr(args, "highlight", None):
-            fields["highlights"] = tuple(parse_spans(args.highlight))
-        return SteerConfig(**fields)
+        for method in method_names():  # every method's options given, whichever method runs (eval runs several; serve's are request defaults)
+            cls = options_class(method)
+            own = {k: v for k, v in values.items() if k in cls.names()}
+            if own:
+                cls(**own)
+    except ValueError as exc:
+        raise SteercError(f"invalid option: {exc}") from None
+    return values
+
+
+def steer_config(args, method: str | None = None):
+    """The SteerConfig the shared steering options (``add_steer_options``) describe, for ``method``
+    (default ``--method``, else SteerConfig's); options of other methods are left out."""
+    from steerc.steering.config import SteerConfig, accepted_fields
+
+    values = steer_values(args)
+    method = method or getattr(args, "method", None) or SteerConfig().method
+    try:
+        return SteerConfig(**{k: v for k, v in values.items() if k in accepted_fields(method)}, method=method)
     except ValueError as exc:
         raise SteercError(f"invalid option: {exc}") from None
 
@@ -77,32 +140,3 @@ def check_profile(args, engine) -> dict | None:
         raise SteercError(str(exc)) from None
     return {"path": str(args.profile), "selector_heads": [list(p) for p in profile.selector_heads], "steered_heads": [list(p) for p in profile.steered_heads]}
 
-
-def add_steer_options(p) -> None:
-    """Steering options shared by ``steerc run``, ``eval`` and ``serve`` (defaults: SteerConfig's)."""
-    p.add_argument("--alpha", type=float, default=None, help="down-weighting of the other context keys, in (0, 1] (default: SteerConfig's)")
-    p.add_argument("--top-k", type=float, default=None, help="llmsteer: tokens kept per layer and pass: a ratio < 1 or a count (default: SteerConfig's)")
-    p.add_argument("--steer-at", default=None, choices=["prefill", "decode", "both"], help="default: SteerConfig's")
-    p.add_argument("--layers", default=None, help="steered layers: e.g. 8,9,10, all, a band first-third|middle-third|last-third, or auto (the method's default band)")
-    p.add_argument("--heads", default=None, help="steered query heads within those layers (default all)")
-    p.add_argument("--profile", default=None, help="head profile JSON from steerc profile: selector heads (query) and steered heads (replace --layers/--heads)")
-    p.add_argument("--prefix", action="append", help="an instruction prefix (give it twice; default: LLMSteer's two)")
-    p.add_argument("--window", type=int, default=0, help="llmsteer: count only the last N context tokens' attention (0 = all)")
-    p.add_argument("--evidence", type=int, default=None, help="query: how many units (sentences or documents) to steer towards (default: SteerConfig's)")
-    p.add_argument("--unit", default=None, choices=["auto", "sentence", "paragraph"], help="query: what a unit is (auto: lines of a multi-document input, else sentences)")
-    p.add_argument("--rank-by", default=None, choices=["attention", "lexical"], help="query: rank units by the question's calibrated attention, or by word overlap")
-    p.add_argument("--target-share", type=float, default=None, help="query: adaptive bias, per head lift the evidence's attention share to this (0 = fixed alpha)")
-    p.add_argument("--min-share", type=float, default=None, help="query: steer only when the best unit holds at least this share of the score (0 = always)")
-    p.add_argument("--blocks", type=int, default=None, help="qllm: context blocks retrieved per question (default: SteerConfig's)")
-    p.add_argument("--block-size", type=int, default=None, help="qllm: tokens per block (default: SteerConfig's)")
-    p.add_argument("--initial", type=int, default=None, help="qllm: first context tokens always attended (default: SteerConfig's)")
-    p.add_argument("--local", type=int, default=None, help="qllm: last context tokens always attended (default: SteerConfig's)")
-    p.add_argument("--block-mask", default=None, choices=["hard", "soft"], help="qllm: drop the other blocks (hard) or down-weight them by alpha (soft)")
-    p.add_argument("--retrieve-for", default=None, choices=["question", "answer"],
-                   help="qllm: the question and answer attend to the retrieved blocks, or only the answer (the question is read once)")
-    p.add_argument("--keep", type=float, default=None,
-                   help="store only this share (0-1] or count of the context's tokens' KV, the most important by dual-prefix attention (default 1: all)")
-    p.add_argument("--keep-sinks", type=int, default=None, help="--keep: first context tokens always kept (default: SteerConfig's)")
-    p.add_argument("--keep-recent", type=int, default=None, help="--keep: last context tokens always kept (default 0)")
-    p.add_argument("--keep-unit", default=None, choices=["token", "auto", "sentence", "paragraph"],
-                   help="--keep: keep single tokens, or whole sentences / documents (auto: documents of a multi-document input, else sentences)")

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from steerc.atomic import install_folder
-from steerc.engine.manifest import read_manifest
+from steerc.engine_format import read_manifest
 from steerc.errors import EngineError, SteercError
 
 __all__ = ["export_triton", "model_config", "validate_config", "tensorrt_plan", "triton_dtype", "triton_dims", "PLATFORMS", "KV_MODES"]
@@ -84,7 +84,7 @@ TRITON_DTYPES = {
 }
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-NO_PLAN_HINT = ("build one with `steerc compile MODEL -o ENGINE --backend torch-tensorrt` on a machine with an NVIDIA GPU and TensorRT, "
+NO_PLAN_HINT = ("build one with `steerc compile MODEL -o ENGINE --backend tensorrt --device cuda` on a machine with an NVIDIA GPU and TensorRT, "
                 "or export only --platform onnxruntime")
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from steerc.atomic import write_text_atomic
 from steerc.errors import SteercError
@@ -49,13 +50,14 @@ class Variant:
         return replace(self.config, highlights=example.evidence) if example.evidence else None
 
 
-def method_variants(methods, base: SteerConfig = SteerConfig()) -> list[Variant]:
-    """One variant per method, all with ``base``'s alpha, top-k, layers and prefixes."""
+def method_variants(methods, base: SteerConfig = SteerConfig(), presets: Mapping[str, Any] | None = None) -> list[Variant]:
+    """One variant per method, all with ``base``'s shared settings (alpha, layers, prefixes...);
+    each method's options from ``presets`` (flat fields of any method: the command line's), else its defaults."""
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise SteercError(f"unknown method(s) {bad}: choose from {', '.join(METHODS)}")
     placeholder = ((0, 1),)  # an oracle's real highlights are set per example
-    return [Variant(m, replace(base, method=m, highlights=placeholder if get_method(m).oracle else ())) for m in dict.fromkeys(methods)]
+    return [Variant(m, base.with_method(m, presets, **({"highlights": placeholder} if get_method(m).oracle else {}))) for m in dict.fromkeys(methods)]
 
 
 def _row(example: Example, variant: Variant, answer) -> dict:
@@ -103,12 +105,22 @@ def _resume(out: Path, run: dict) -> list[dict]:
         earlier = json.loads(run_file.read_text())
     except json.JSONDecodeError:
         raise SteercError(f"{run_file} is not valid JSON; remove the folder or choose another --out") from None
+    if isinstance(earlier.get("variants"), dict):  # configs written before methods had their own options list every method's fields
+        earlier["variants"] = {name: _config_json(config) for name, config in earlier["variants"].items()}
     changed = sorted(k for k in set(run) | set(earlier) if k != "examples" and run.get(k) != earlier.get(k))
     if not changed and not set(earlier.get("examples", [])) <= set(run["examples"]):
         changed = ["examples (a larger --limit extends a run; other example sets need a new --out)"]
     if changed:
         raise SteercError(f"{out} holds a different evaluation (differs in {', '.join(changed)}); choose another --out or pass --fresh")
     return read_predictions(pred_file) if pred_file.exists() else []
+
+
+def _config_json(config):
+    """A stored variant's config in today's JSON form (as it was when it does not load)."""
+    try:
+        return json.loads(json.dumps(SteerConfig.from_dict(config).to_dict()))
+    except (ValueError, TypeError):
+        return config
 
 
 def run_eval(engine: Engine, examples: list[Example], variants: list[Variant], *, store: ContextStore | None = None, max_new_tokens: int = 32,

@@ -22,6 +22,10 @@ graph (used only while preparing a context, so decode never pays for it):
    layer reports the probabilities it uses: its group's first layer's).
 4. ``capture_query_vectors``: also output each layer's query vectors (summed over the call's
    rows), which Q-LLM block retrieval scores cached blocks with.
+
+After ``torch.onnx.export``, the ONNX-level passes of :mod:`steerc.passes.onnx` rewrite the
+exported graphs, in the order of ``steerc.passes.onnx.ONNX_PASSES`` (quantized weights, the
+derived analysis graph, in-place KV, the TensorRT-ready graph).
 """
 
 from steerc.passes.attention_sites import AttentionSite, find_attention_sites

@@ -1,10 +1,13 @@
 """steerc runtime: engine execution. Load an engine, prefill and decode against a KV cache, stream text.
 
-This package owns engine execution: the ONNX Runtime engine (:mod:`~steerc.runtime.engine`),
+This package owns engine execution: the :class:`Engine` (:mod:`~steerc.runtime.engine`), which runs
+the step graph on the backend chosen at load time (ONNX Runtime, or a compiled form of
+:mod:`steerc.backends`: AOTInductor, TensorRT) and the analysis graph on ONNX Runtime,
 the KV cache (:mod:`~steerc.runtime.kv_cache`), the prefill/decode loops
 (:mod:`~steerc.runtime.generate`), text in and out (:mod:`~steerc.runtime.text`) and the
 :class:`Steering` bias the engine is fed (:mod:`~steerc.runtime.steering`). What to steer
-lives in :mod:`steerc.steering`; prepared contexts are kept in :mod:`steerc.stores`.
+lives in :mod:`steerc.steering`; prepared contexts are kept in :mod:`steerc.stores`. Engine folders
+are built by :mod:`steerc.build`; their format is :mod:`steerc.engine_format`.
 
     from steerc.runtime import Engine, TextStream
     engine = Engine.load("engines/smollm2-135m-instruct")

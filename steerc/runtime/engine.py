@@ -1,4 +1,4 @@
-"""``Engine``: a loaded engine folder (manifest checked, ONNX Runtime session, tokenizer)."""
+"""``Engine``: a loaded engine folder (manifest checked, a step session of the chosen backend, tokenizer)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
+from steerc.backends import canonical_name, get_backend
 from steerc.backends.onnx import PREPACK_ONLY_OPS, SharedWeights, create_session
 from steerc.capture.io_spec import DecoderGeometry
-from steerc.engine.manifest import read_manifest
+from steerc.engine_format import read_manifest
 from steerc.errors import EngineError, SteercError
 from steerc.runtime.kv_buffers import KV_CHUNK, InPlaceSession, KVBuffers, round_capacity
 from steerc.runtime.kv_cache import KVCache
 
-__all__ = ["Engine", "ContextTooLongError", "RUNTIME_BACKENDS", "SHARE_MODES"]
+__all__ = ["Engine", "ContextTooLongError", "SHARE_MODES", "open_session"]
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +82,17 @@ class Engine:
     def load(cls, folder: str | Path, device: str = "cpu", threads: int | None = None, check_files: bool = True, backend: str = "onnx",
              share: str | None = None) -> "Engine":
         """Check the manifest (format version, every file's sha256) and open a session on
-        ``backend``: ``onnx`` (ONNX Runtime, always present), ``aoti`` (the AOTInductor package
-        of ``--backend aoti``) or ``tensorrt`` (the plan of ``--backend torch-tensorrt``). The
-        analysis graph (context preparation) runs on ONNX Runtime whatever the backend.
+        ``backend``, a name of :data:`steerc.backends.BACKENDS`: ``onnx`` (ONNX Runtime, always
+        present), ``aoti`` (the AOTInductor package of ``--backend aoti``) or ``tensorrt`` (the
+        plan of ``--backend tensorrt``; the old name ``torch-tensorrt`` is accepted). The analysis
+        graph (context preparation) runs on ONNX Runtime whatever the backend.
         ``share``: one of ``SHARE_MODES``."""
         folder = Path(folder)
+        backend = canonical_name(backend)
         manifest = read_manifest(folder, check_files=check_files)
         _kv_dtype(folder, manifest)  # refuse before opening a session
         in_place = (manifest.get("kv") or {}).get("layout", "concat") == "in-place"
-        if in_place and (backend != "onnx" or device != "cpu"):
+        if in_place and (not get_backend(backend).onnx_step_graph or device != "cpu"):
             raise EngineError(f"engine {folder} was compiled with --kv in-place, whose KV buffers only the onnx backend on the CPU runs; "
                               "use --backend onnx --device cpu, or recompile with --kv concat")
         share = _share_mode(share, manifest, backend, device)
@@ -189,7 +192,7 @@ class Engine:
     def _analysis_device(self) -> str:
         """A compiled backend on CUDA keeps the analysis graph on ONNX Runtime's CPU provider
         unless onnxruntime-gpu is installed (it is optional; the step graph is what runs per token)."""
-        if self.backend == "onnx" or self.device == "cpu":
+        if get_backend(self.backend).onnx_step_graph or self.device == "cpu":
             return self.device
         import onnxruntime
 
@@ -219,23 +222,11 @@ class Engine:
         return logits, KVCache.from_flat(present, self.keyless_layers), importance
 
 
-RUNTIME_BACKENDS = ("onnx", "aoti", "tensorrt")
-
-
 def open_session(folder: Path, manifest: dict, backend: str, device: str, threads: int | None, weights: SharedWeights | None = None,
                  shared_arena: bool = False):
-    """The step session of ``backend``; each one has ONNX Runtime's ``run(output_names, feed)``."""
-    if backend == "onnx":
-        return create_session(folder / manifest["backend"]["model"], device=device, threads=threads, weights=weights, shared_arena=shared_arena)
-    if backend == "aoti":
-        from steerc.backends.aoti import aoti_session
-
-        return aoti_session(folder, manifest, device, threads)
-    if backend == "tensorrt":
-        from steerc.backends.tensorrt import tensorrt_session
-
-        return tensorrt_session(folder, manifest, device)
-    raise ValueError(f"backend must be one of {RUNTIME_BACKENDS}, got {backend!r}")
+    """The step session of ``backend`` (:meth:`steerc.backends.base.Backend.open_session`); each
+    one has ONNX Runtime's ``run(output_names, feed)``."""
+    return get_backend(backend).open_session(folder, manifest, device, threads, weights=weights, shared_arena=shared_arena)
 
 
 def _share_mode(share: str | None, manifest: dict, backend: str, device: str) -> str:
@@ -245,7 +236,7 @@ def _share_mode(share: str | None, manifest: dict, backend: str, device: str) ->
     if share not in SHARE_MODES:
         raise ValueError(f"share must be one of {SHARE_MODES}, got {share!r}")
     packed = [op for op in PREPACK_ONLY_OPS if op in manifest["backend"].get("op_counts", {})]
-    if share == "weights" and (backend != "onnx" or device != "cpu" or packed):
+    if share == "weights" and (not get_backend(backend).onnx_step_graph or device != "cpu" or packed):
         why = f"its {packed[0]} weights must be pre-packed per session" if packed else f"the step graph runs on {backend} / {device}"
         log.warning("share 'weights' falls back to 'arena': %s", why)
         share = "arena"

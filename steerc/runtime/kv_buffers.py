@@ -3,7 +3,7 @@
 Each past input of the step graph gets one numpy array ``[B, Hkv, C, D]`` of capacity ``C``,
 wrapped once as an ONNX Runtime ``OrtValue`` (which shares the array's memory) and bound as
 both the graph's ``past_key_values.*`` input and its ``present.*`` output. A step writes its
-``S`` new positions at ``P`` (``TensorScatter``, see :mod:`steerc.backends.kv_in_place`) and
+``S`` new positions at ``P`` (``TensorScatter``, see :mod:`steerc.passes.onnx.kv_in_place`) and
 ONNX Runtime skips the copy because the output buffer is the input buffer: a decode step no
 longer copies the past.
 

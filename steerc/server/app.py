@@ -10,7 +10,9 @@ the body limit and API key in :mod:`steerc.server.limits`; what they share is on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -34,10 +36,12 @@ async def _lifespan(app: FastAPI):
     app.state.steerc.scheduler.shutdown()  # shutting down: stop every generation at its next token
 
 
-def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), store: ContextStore | None = None, steer_defaults: SteerConfig | None = None) -> FastAPI:
+def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), store: ContextStore | None = None, steer_defaults: SteerConfig | None = None,
+               steer_presets: Mapping[str, Any] | None = None) -> FastAPI:
     """``store``: the context store (default: the one ``settings.kv_store`` names);
-    ``steer_defaults``: the steering config a request's ``steer`` fields override (default ``SteerConfig()``)."""
-    state = ServerState.open(engine, settings, store, steer_defaults)
+    ``steer_defaults``: the steering config a request's ``steer`` fields override (default ``SteerConfig()``);
+    ``steer_presets``: flat steering fields for any method (``steerc serve``'s flags), used when a request picks another method."""
+    state = ServerState.open(engine, settings, store, steer_defaults, steer_presets)
     app = FastAPI(title="steerc", summary="OpenAI-compatible server for steered steerc engines", lifespan=_lifespan)
     app.state.steerc = state
     app.include_router(build_router(request_bodies()))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from steerc.server.schemas import ChatCompletionRequest, CompletionRequest, ContextRequest
+from steerc.server.schemas import request_models
 
 __all__ = ["RequestBodies", "request_bodies"]
 
@@ -34,5 +34,6 @@ class RequestBodies:
 
 
 def request_bodies() -> RequestBodies:
-    """The request models of an app being built now."""
-    return RequestBodies(CompletionRequest, ChatCompletionRequest, ContextRequest)
+    """The request models of an app being built now (their ``steer`` schema: the methods registered now)."""
+    models = request_models()
+    return RequestBodies(models.completion, models.chat, models.context)

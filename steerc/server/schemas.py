@@ -3,59 +3,79 @@
 Types are strict (``"5"`` is not a number) and unknown fields are refused, so a typo is an
 error rather than a silently ignored option. OpenAI fields steerc cannot honour (``n > 1``,
 ``logprobs``, penalties, ``echo``...) are accepted only at their neutral value.
+
+The ``steer`` fields are made from the declared steering fields (SteerConfig's and every
+registered method's options: :mod:`steerc.steering.options`), so their names and limits are the
+CLI's. :func:`request_models` makes them anew for each app (``create_app``), so a method
+registered before the app is built is in its schema; the module-level classes are those of the
+methods registered at import.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from steerc.steering.config import BLOCK_MASKS, METHODS, RANK_BY, RETRIEVE_FOR, UNITS
-
-__all__ = ["SteerOptions", "SteerRequest", "ContextRequest", "CompletionRequest", "ChatMessage", "ChatCompletionRequest"]
-
-Layers = list[Annotated[int, Field(ge=0)]] | Literal["auto", "all", "first-third", "middle-third", "last-third"]
+__all__ = ["SteerOptions", "SteerRequest", "ContextRequest", "CompletionRequest", "ChatMessage", "ChatCompletionRequest", "RequestModels",
+           "request_models", "steer_options_model"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class SteerOptions(_Strict):
-    """How a context is steered; anything left out takes the registered (or default) value."""
+def _annotation(spec) -> Any:
+    """The JSON type of an option (:class:`steerc.steering.options.Option`), with its limits."""
+    from steerc.steering.options import AUTO_LAYERS, LAYER_BANDS
 
-    method: Literal[METHODS] | None = None
-    alpha: Annotated[float, Field(gt=0, le=1)] | None = None
-    top_k: Annotated[float, Field(gt=0)] | None = None
-    steer_at: Literal["prefill", "decode", "both"] | None = None
-    layers: Layers | None = None
-    heads: list[Annotated[int, Field(ge=0)]] | None = None
-    highlights: list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]] | None = None
-    window: Annotated[int, Field(ge=0)] | None = None
-    prefixes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=2, max_length=2)] | None = None
-    evidence: Annotated[int, Field(ge=1)] | None = None
-    unit: Literal[UNITS] | None = None
-    selector: list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]] | None = None
-    rank_by: Literal[RANK_BY] | None = None
-    target_share: Annotated[float, Field(ge=0, lt=1)] | None = None
-    min_share: Annotated[float, Field(ge=0, lt=1)] | None = None
-    blocks: Annotated[int, Field(ge=1)] | None = None
-    block_size: Annotated[int, Field(ge=4)] | None = None
-    initial: Annotated[int, Field(ge=0)] | None = None
-    local: Annotated[int, Field(ge=0)] | None = None
-    block_mask: Literal[BLOCK_MASKS] | None = None
-    retrieve_for: Literal[RETRIEVE_FOR] | None = None
-    keep: Annotated[float, Field(gt=0)] | Annotated[int, Field(ge=1)] | None = None  # a ratio in (0, 1] or a token count
-    keep_sinks: Annotated[int, Field(ge=0)] | None = None
-    keep_recent: Annotated[int, Field(ge=0)] | None = None
-    keep_unit: Literal["token", *UNITS] | None = None
+    limits = {k: getattr(spec, k) for k in ("ge", "gt", "le", "lt") if getattr(spec, k) is not None}
+    index = Annotated[int, Field(ge=0)]
+    pair = Annotated[list[index], Field(min_length=2, max_length=2)]
+    if spec.kind == "int":
+        return Annotated[int, Field(**limits)]
+    if spec.kind == "number":
+        number = Annotated[float, Field(**limits)]
+        return number | Annotated[int, Field(**limits)] if spec.json_ints else number  # json_ints: a count stays an integer
+    if spec.kind == "choice":
+        return Literal[spec.choices]
+    if spec.kind == "ints":
+        return list[index]
+    if spec.kind == "layers":
+        return list[index] | Literal[(AUTO_LAYERS, *LAYER_BANDS)]
+    if spec.kind in ("pairs", "spans"):
+        return list[pair]
+    if spec.kind == "strings":
+        return Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=spec.count, max_length=spec.count)]
+    raise ValueError(f"option kind {spec.kind!r} has no JSON type")
 
+
+class _SteerFields(_Strict):
     def overrides(self) -> dict:
         return self.model_dump(exclude_none=True)
 
 
-class SteerRequest(SteerOptions):
+def steer_options_model() -> type[_SteerFields]:
+    """``SteerOptions``, made from the declared fields of SteerConfig and of every registered
+    method's options (the same names and limits as the CLI flags), as registered now."""
+    import dataclasses
+
+    from steerc.steering.config import SteerConfig
+    from steerc.steering.options import option_of, options_fields
+    from steerc.steering.registry import method_names, options_class
+
+    fields: dict[str, Any] = {"method": (Literal[method_names()] | None, None)}
+    declared = [(f, option_of(f)) for f in dataclasses.fields(SteerConfig) if option_of(f) is not None and f.name != "method"]
+    declared += [entry for method in method_names() for entry in options_fields(options_class(method))]
+    for f, spec in declared:
+        if spec.http and f.name not in fields:
+            fields[f.name] = (_annotation(spec) | None, Field(None, description=spec.help))
+    model = create_model("SteerOptions", __base__=_SteerFields, __module__=__name__, **fields)
+    model.__doc__ = "How a context is steered; anything left out takes the registered (or default) value."
+    return model
+
+
+class _SteerSource(_Strict):
     """``steer`` on a completion: a context inline (``context``) or registered (``context_id``)."""
 
     context: Annotated[str, Field(min_length=1)] | None = None
@@ -71,7 +91,7 @@ class SteerRequest(SteerOptions):
         return {k: v for k, v in super().overrides().items() if k not in ("context", "context_id")}
 
 
-class ContextRequest(SteerOptions):
+class _ContextFields(_Strict):
     """``POST /v1/contexts``: prepare (and store) a steered context once."""
 
     model: str | None = None
@@ -79,6 +99,16 @@ class ContextRequest(SteerOptions):
 
     def overrides(self) -> dict:
         return {k: v for k, v in super().overrides().items() if k not in ("context", "model")}
+
+
+def _steer_models(options: type[_SteerFields]) -> tuple[type, type]:
+    steer = type("SteerRequest", (_SteerSource, options), {"__module__": __name__, "__doc__": _SteerSource.__doc__})
+    context = type("ContextRequest", (_ContextFields, options), {"__module__": __name__, "__doc__": _ContextFields.__doc__})
+    return steer, context
+
+
+SteerOptions = steer_options_model()  # as registered at import; create_app makes its own (request_models)
+SteerRequest, ContextRequest = _steer_models(SteerOptions)
 
 
 Stop = Annotated[str, Field(min_length=1)] | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)] | None
@@ -150,3 +180,22 @@ class ChatCompletionRequest(_Sampling):
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class RequestModels(NamedTuple):
+    """The request bodies of one app, made when it is built (so registered methods are in them)."""
+
+    steer_options: type
+    steer: type
+    context: type
+    completion: type
+    chat: type
+
+
+def request_models() -> RequestModels:
+    """Request bodies with the ``steer`` schema of the methods registered now."""
+    options = steer_options_model()
+    steer, context = _steer_models(options)
+    completion = create_model("CompletionRequest", __base__=CompletionRequest, __module__=__name__, steer=(steer | None, None))
+    chat = create_model("ChatCompletionRequest", __base__=ChatCompletionRequest, __module__=__name__, steer=(steer | None, None))
+    return RequestModels(options, steer, context, completion, chat)

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,12 +93,14 @@ class Plan:
 
 
 class Service:
-    def __init__(self, engine: Engine, store: ContextStore, settings: ServerSettings, steer_defaults: SteerConfig | None = None) -> None:
+    def __init__(self, engine: Engine, store: ContextStore, settings: ServerSettings, steer_defaults: SteerConfig | None = None,
+                 steer_presets: Mapping[str, Any] | None = None) -> None:
         if engine.tokenizer is None:
             raise EngineError(f"engine {engine.folder} has no tokenizer; the server speaks text, so compile from a model folder or GGUF that has one")
         self.engine, self.settings = engine, settings
         self.store = store if isinstance(store, GuardedStore) else GuardedStore(store)  # answers degrade, not fail, when the store does
         self.steer_defaults = steer_defaults or SteerConfig()
+        self.steer_presets = dict(steer_presets or {})  # flat steering fields for any method a request picks (steerc serve's flags)
         self.layout = PromptLayout.for_tokenizer(engine.tokenizer, settings.chat)
         self.registry = ContextRegistry(self.store.raising("registry"))  # a registered context's record lives only in the store: no degrading (failures counted)
         self.model_name = settings.model_name or Path(engine.folder).name
@@ -119,7 +122,7 @@ class Service:
 
     def _config(self, overrides: dict, base: SteerConfig | None = None) -> SteerConfig:
         try:
-            return SteerConfig.from_dict({**(base or self.steer_defaults).to_dict(), **overrides})
+            return (base or self.steer_defaults).merged(overrides, self.steer_presets)
         except ValueError as exc:
             raise ApiError(400, f"steer: {exc}", param="steer") from None
 

@@ -9,7 +9,9 @@ One object per :func:`~steerc.server.app.create_app`: the settings, the engine-s
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from steerc.runtime.engine import Engine
 from steerc.server.limits import Admission
@@ -38,11 +40,12 @@ class ServerState:
             raise ValueError("the scheduler must count into the server's metrics")
 
     @classmethod
-    def open(cls, engine: Engine, settings: ServerSettings, store: ContextStore | None = None, steer_defaults: SteerConfig | None = None) -> ServerState:
+    def open(cls, engine: Engine, settings: ServerSettings, store: ContextStore | None = None, steer_defaults: SteerConfig | None = None,
+             steer_presets: Mapping[str, Any] | None = None) -> ServerState:
         """The state of a new server: ``store`` (default: the one ``settings.kv_store`` names)
-        wrapped by the service, and its failures counted in the metrics."""
+        wrapped by the service, and its failures counted in the metrics; ``steer_presets``: see :class:`~steerc.server.service.Service`."""
         store = store if store is not None else open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s)
-        service = Service(engine, store, settings, steer_defaults)
+        service = Service(engine, store, settings, steer_defaults, steer_presets)
         admission = Admission(settings.max_concurrency, settings.max_queue)
         metrics = Metrics(lambda: admission.waiting, lambda: admission.active)
         service.store.on_error = lambda backend, operation: metrics.store_errors.labels(backend, operation).inc()

@@ -1,6 +1,8 @@
 """steerc steering: what to steer and how, on top of the engine runtime.
 
-This package owns steering: the steering config (:mod:`steerc.steering.config`), the prompt
+This package owns steering: the steering config (:mod:`steerc.steering.config`; every setting
+declared once, with its limits and help, through :mod:`~steerc.steering.options`; the methods
+named in :mod:`~steerc.steering.registry`), the prompt
 layout around a context and a question (:mod:`~steerc.steering.layout`), character spans and
 sentences (:mod:`~steerc.steering.spans`), LLMSteer's token selection
 (:mod:`~steerc.steering.selection`), context preparation into stored, reusable KV caches

@@ -1,25 +1,36 @@
-"""``SteerConfig``: how a context is steered (method, alpha, top-k, where, which layers/heads)."""
+"""``SteerConfig``: how a context is steered: the settings every method shares, plus the chosen method's options.
+
+The shared settings are declared here, each method's own in its module (a
+:class:`~steerc.steering.options.MethodOptions` dataclass, found through
+:mod:`steerc.steering.registry`); both with :func:`~steerc.steering.options.option`, from which
+the checks, the command-line flags and the server schema are made.
+
+The JSON form is flat: ``{"method": "query", "alpha": 0.1, "evidence": 2, ...}``, the shared
+settings and the method's options side by side, as configs were written when one flat config
+held every method's options. Such a dict still loads, with the fields of other methods it
+carries, as long as they hold their defaults.
+"""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from steerc.settings import _JsonDataclass
+from steerc.steering.options import AUTO_LAYERS, LAYER_BANDS, MethodOptions, check_options, option, option_of
+from steerc.steering.registry import method_names, options_class
 
-__all__ = ["SteerConfig", "METHODS", "BLOCK_MASKS", "RETRIEVE_FOR", "STEER_AT", "LAYER_BANDS", "AUTO_LAYERS", "DEFAULT_PREFIXES", "UNITS", "RANK_BY", "band_layers"]
+__all__ = ["SteerConfig", "STEER_AT", "LAYER_BANDS", "AUTO_LAYERS", "DEFAULT_PREFIXES", "UNITS", "band_layers", "option_owners"]
 
-# The steering methods (steerc.steering.methods holds one object per name).
-METHODS = ("none", "query", "qllm", "llmsteer", "pasta", "autopasta")
 UNITS = ("auto", "sentence", "paragraph")
-BLOCK_MASKS = ("hard", "soft")
-RETRIEVE_FOR = ("question", "answer")
-RANK_BY = ("attention", "lexical")
 STEER_AT = ("prefill", "decode", "both")
-# Named layer sets that fit any depth: thirds of the stack (for 30 layers: 0-9, 10-19, 20-29).
-LAYER_BANDS = ("all", "first-third", "middle-third", "last-third")
-# ``layers = "auto"``: the method's own default band (chosen for it on dev; see docs/RESULTS.md).
-AUTO_LAYERS = "auto"
+# LLMSteer's two query-free instruction prefixes (as reported; see shared/papers.md).
+DEFAULT_PREFIXES = (
+    "Answer the question based on the given passages. Only give me the answer and do not output any other words. The following are given passages.",
+    "Respond to the query using only the provided texts. Only return the answer. DO NOT return any extra words. Below are the provided texts.",
+)
 
 
 def band_layers(band: str, num_layers: int) -> tuple[int, ...]:
@@ -31,157 +42,126 @@ def band_layers(band: str, num_layers: int) -> tuple[int, ...]:
     part = LAYER_BANDS.index(band) - 1
     start, end = round(part * num_layers / 3), round((part + 1) * num_layers / 3)
     return tuple(range(start, max(end, start + 1)))  # never empty, even for 1-2 layers
-# LLMSteer's two query-free instruction prefixes (as reported; see shared/papers.md).
-DEFAULT_PREFIXES = (
-    "Answer the question based on the given passages. Only give me the answer and do not output any other words. The following are given passages.",
-    "Respond to the query using only the provided texts. Only return the answer. DO NOT return any extra words. Below are the provided texts.",
-)
 
 
-def _int_tuple(name: str, value) -> tuple[int, ...] | None:
-    if value is None:
+def _keep(value):
+    """``--keep``: a whole count above 1 is an integer; a ratio stays a float."""
+    return int(value) if value > 1 and value == int(value) else value
+
+
+def _ints(text: str):
+    if text == "all":
         return None
-    if name == "layers" and isinstance(value, str):
-        if value not in (AUTO_LAYERS, *LAYER_BANDS):
-            raise ValueError(f"layers must be a list of integers, null, or one of {(AUTO_LAYERS, *LAYER_BANDS)}, got {value!r}")
-        return value
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise ValueError(f"{name} must be a list of integers or null, got {value!r}")
-    out = tuple(value)
-    if not out or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in out):
-        raise ValueError(f"{name} must be a non-empty list of non-negative integers, got {list(out)}")
-    return tuple(sorted(set(out)))
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected a comma-separated list of integers or 'all', got {text!r}") from None
 
 
-@dataclass(frozen=True)
+def _layers(text: str):
+    return text if text in (AUTO_LAYERS, *LAYER_BANDS) else _ints(text)
+
+
+def _prefixes(values: list[str]) -> tuple[str, ...]:
+    if len(values) != 2:
+        raise ValueError(f"--prefix must be given twice (LLMSteer's two instruction prefixes), got {len(values)}")
+    return tuple(values)
+
+
+@dataclass(frozen=True, init=False)
 class SteerConfig(_JsonDataclass):
-    """``method``: ``none`` (plain cached context), ``query`` (query-aware evidence, below),
-    ``llmsteer`` (dual-prefix selection), ``pasta`` (user ``highlights``: character ranges of
-    the context), ``autopasta`` (the model picks the key sentence per query). ``alpha`` in (0, 1]: unselected context keys get
-    ``log(alpha)``. ``top_k``: a ratio of the context (< 1) or a token count (>= 1).
-    ``steer_at``: ``prefill`` (the stored KV comes from a steered prefill), ``decode`` (plain
-    KV; the bias applies whenever later tokens attend to the context) or ``both``.
-    ``layers`` / ``heads``: steered layers and query heads (null = all; ``layers`` may also name
-    a band of ``LAYER_BANDS``, or ``auto``, the default: the method's own band, chosen on dev);
-    ``profile``, a list of
-    ``[layer, head]`` pairs, replaces both. ``window`` > 0 counts only the last ``window``
-    context tokens' attention (an observation window) instead of every row.
+    """``method``: a registered steering method (:mod:`steerc.steering.registry`: ``none``,
+    ``query``, ``qllm``, ``llmsteer``, ``pasta``, ``autopasta``); ``options``: its own settings
+    (e.g. ``QueryOptions(evidence=2)``; see each method's module). The rest applies to every method.
 
-    ``query`` (query-aware evidence, per question): the ``evidence`` best units (``unit``:
-    sentences, the documents/lines of a multi-document input, or ``auto``) by the question's
-    calibrated attention summed over the ``selector`` heads (``[layer, head]`` pairs; empty = the
-    engine's shipped profile, else the middle half of the layers), or by word overlap with
-    ``rank_by = lexical``. ``min_share`` > 0 steers only when a unit holds at least that share of
-    the score. ``target_share`` in (0, 1) replaces the fixed alpha by, per steered head, the one
-    that lifts the evidence's attention share to it (``alpha`` is then the strongest allowed).
+    ``alpha`` in (0, 1]: unselected context keys get ``log(alpha)``. ``steer_at``: ``prefill``
+    (the stored KV comes from a steered prefill), ``decode`` (plain KV; the bias applies whenever
+    later tokens attend to the context) or ``both``. ``layers`` / ``heads``: steered layers and
+    query heads (null = all; ``layers`` may also name a band of ``LAYER_BANDS``, or ``auto``, the
+    default: the method's own band, chosen on dev); ``profile``, a list of ``[layer, head]``
+    pairs, replaces both. ``prefixes``: the two instruction prefixes (a method prefills the context
+    behind the first, LLMSteer and compaction behind both). ``window`` > 0 counts only the last
+    ``window`` context tokens' attention (an observation window) instead of every row.
 
-    ``qllm`` (Q-LLM block retrieval, per question): the context is cut into blocks of
-    ``block_size`` tokens; the ``blocks`` whose representative keys best match the question's
-    query vectors are attended to, with the first ``initial`` and the last ``local`` context
-    tokens, the instruction head and the query; the other blocks are dropped (``block_mask =
-    hard``: the question runs on a KV cut down to the kept keys, positions preserved) or get
-    ``log(alpha)`` (``soft``). ``retrieve_for = question`` (the default, Q-LLM's form): the
-    question is read again over the retrieved blocks only (the first read, over everything,
-    scores the blocks); ``answer``: the question is read once over everything and only its last
-    token and the answer attend to the retrieved blocks (no second question prefill).
+    ``keep``: store only the KV of the kept context tokens, a ratio in (0, 1] of the context or
+    a count; 1 keeps everything. The kept tokens are the first ``keep_sinks`` context tokens, the
+    last ``keep_recent`` and the rest by LLMSteer's dual-prefix importance (``keep_unit``: single
+    tokens, or whole sentences / documents ranked by their mean importance); the instruction head
+    is always kept and every key keeps its original position.
 
-    ``keep`` (every method): store only the KV of the kept context tokens, a ratio in (0, 1] of
-    the context or a count; 1 keeps everything. The kept tokens are the first ``keep_sinks``
-    context tokens, the last ``keep_recent`` and the rest by LLMSteer's dual-prefix importance
-    (``keep_unit``: single tokens, or whole sentences / documents ranked by their mean importance);
-    the instruction head is always kept and every key keeps its original position."""
+    Built as ``SteerConfig(method="query", alpha=0.2, options=QueryOptions(evidence=2))`` or, flat,
+    ``SteerConfig(method="query", alpha=0.2, evidence=2)``: a name the method's options lack is
+    refused (naming the method that has it) unless it holds that option's default."""
 
-    method: str = "query"
-    alpha: float = 0.1
-    top_k: float = 0.2
-    steer_at: str = "decode"
-    layers: tuple[int, ...] | str | None = AUTO_LAYERS
-    heads: tuple[int, ...] | None = None
-    profile: tuple[tuple[int, int], ...] = ()
-    prefixes: tuple[str, str] = DEFAULT_PREFIXES
-    window: int = 0
-    highlights: tuple[tuple[int, int], ...] = field(default=())
-    evidence: int = 1
-    unit: str = "auto"
-    selector: tuple[tuple[int, int], ...] = ()
-    rank_by: str = "attention"
-    target_share: float = 0.0
-    min_share: float = 0.0
-    blocks: int = 4
-    block_size: int = 64
-    initial: int = 16
-    local: int = 64
-    block_mask: str = "hard"
-    retrieve_for: str = "question"
-    keep: float = 1.0
-    keep_sinks: int = 4
-    keep_recent: int = 0
-    keep_unit: str = "token"
+    method: str = option("query", "name", "steering method")
+    alpha: float = option(0.1, "number", "down-weighting of the other context keys, in (0, 1]", gt=0, le=1,
+                          must="a number in (0, 1] (1 = no steering)")
+    steer_at: str = option("decode", "choice", "where the bias applies: a steered prefill makes the stored KV, or the plain KV is steered at decode", choices=STEER_AT)
+    layers: tuple[int, ...] | str | None = option(AUTO_LAYERS, "layers", "steered layers: e.g. 8,9,10, all, a band first-third|middle-third|last-third, "
+                                                                            "or auto (the method's default band)", cli_parse=_layers)
+    heads: tuple[int, ...] | None = option(None, "ints", "steered query heads within those layers (default all)", cli_parse=_ints)
+    profile: tuple[tuple[int, int], ...] = option((), "pairs", "steered [layer, head] pairs (replace layers/heads)", flag="", http=False)
+    prefixes: tuple[str, str] = option(DEFAULT_PREFIXES, "strings", "an instruction prefix (give it twice; default: LLMSteer's two)", count=2, flag="--prefix",
+                                       must="two non-empty strings (LLMSteer prefills the context behind each)", cli_parse=_prefixes)
+    window: int = option(0, "int", "count only the last N context tokens' attention (0 = all)", ge=0,
+                         must="a non-negative integer (0 = every query row)")
+    keep: float = option(1.0, "number", "store only this share (0-1] or count of the context's tokens' KV, the most important by dual-prefix attention "
+                                        "(default 1: all)", gt=0, must="a ratio in (0, 1] of the context or a token count >= 2", per_query=True,
+                         cli_parse=_keep, json_ints=True)
+    keep_sinks: int = option(4, "int", "--keep: first context tokens always kept", ge=0, per_query=True)
+    keep_recent: int = option(0, "int", "--keep: last context tokens always kept", ge=0, per_query=True)
+    keep_unit: str = option("token", "choice", "--keep: keep single tokens, or whole sentences / documents (auto: documents of a multi-document input, "
+                                               "else sentences)", choices=("token", *UNITS), per_query=True)
+    options: MethodOptions | None = None  # the method's own settings (None: its defaults)
+
+    def __init__(self, **values: Any) -> None:
+        common = {f.name: f for f in dataclasses.fields(self) if f.name != "options"}
+        for name, f in common.items():
+            object.__setattr__(self, name, values.pop(name, f.default))
+        object.__setattr__(self, "options", _method_options(self.method, values.pop("options", None), values))
+        self.__post_init__()
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha <= 1:
-            raise ValueError(f"alpha must be a number in (0, 1] (1 = no steering), got {self.alpha!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, float)) or not math.isfinite(self.top_k) or self.top_k <= 0:
-            raise ValueError(f"top_k must be a ratio in (0, 1) or a token count >= 1, got {self.top_k!r}")
-        if self.top_k >= 1 and self.top_k != int(self.top_k):
-            raise ValueError(f"top_k >= 1 is a token count and must be a whole number, got {self.top_k!r}")
-        if self.steer_at not in STEER_AT:
-            raise ValueError(f"steer_at must be one of {STEER_AT}, got {self.steer_at!r}")
-        object.__setattr__(self, "layers", _int_tuple("layers", self.layers))
-        object.__setattr__(self, "heads", _int_tuple("heads", self.heads))
-        object.__setattr__(self, "profile", _pairs("profile", self.profile))
-        object.__setattr__(self, "selector", _pairs("selector", self.selector))
-        prefixes = tuple(self.prefixes)
-        if len(prefixes) != 2 or not all(isinstance(p, str) and p.strip() for p in prefixes):
-            raise ValueError("prefixes must be two non-empty strings (LLMSteer prefills the context behind each)")
-        object.__setattr__(self, "prefixes", prefixes)
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
-            raise ValueError(f"window must be a non-negative integer (0 = every query row), got {self.window!r}")
-        spans = tuple(tuple(s) for s in self.highlights)
-        if any(len(s) != 2 or not (0 <= s[0] < s[1]) for s in spans):
-            raise ValueError(f"highlights must be [start, end) character ranges with 0 <= start < end, got {self.highlights!r}")
-        object.__setattr__(self, "highlights", spans)
-        if isinstance(self.evidence, bool) or not isinstance(self.evidence, int) or self.evidence < 1:
-            raise ValueError(f"evidence (the number of units query steering keeps) must be a whole number >= 1, got {self.evidence!r}")
-        if self.unit not in UNITS:
-            raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
-        if self.rank_by not in RANK_BY:
-            raise ValueError(f"rank_by must be one of {RANK_BY}, got {self.rank_by!r}")
-        if isinstance(self.target_share, bool) or not isinstance(self.target_share, (int, float)) or not (self.target_share == 0 or 0 < self.target_share < 1):
-            raise ValueError(f"target_share must be 0 (off: a fixed alpha) or a share in (0, 1), got {self.target_share!r}")
-        if self.target_share and self.rank_by != "attention":
-            raise ValueError("target_share needs the question's attention: use it with rank_by 'attention'")
-        if isinstance(self.min_share, bool) or not isinstance(self.min_share, (int, float)) or not 0 <= self.min_share < 1:
-            raise ValueError(f"min_share must be in [0, 1) (0 = always steer), got {self.min_share!r}")
-        for name, low in (("blocks", 1), ("block_size", 4), ("initial", 0), ("local", 0), ("keep_sinks", 0), ("keep_recent", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
-        if self.keep_unit not in ("token", *UNITS):
-            raise ValueError(f"keep_unit must be one of {('token', *UNITS)}, got {self.keep_unit!r}")
-        if self.block_mask not in BLOCK_MASKS:
-            raise ValueError(f"block_mask must be one of {BLOCK_MASKS}, got {self.block_mask!r}")
-        if self.retrieve_for not in RETRIEVE_FOR:
-            raise ValueError(f"retrieve_for must be one of {RETRIEVE_FOR}, got {self.retrieve_for!r}")
-        if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) or not math.isfinite(self.keep) or self.keep <= 0:
-            raise ValueError(f"keep must be a ratio in (0, 1] of the context or a token count >= 2, got {self.keep!r}")
+        if self.method not in method_names():
+            raise ValueError(f"method must be one of {method_names()}, got {self.method!r}")
+        check_options(self)
         if self.keep > 1 and self.keep != int(self.keep):
             raise ValueError(f"keep above 1 is a token count and must be a whole number, got {self.keep!r}")
-        if self.method in ("query", "qllm") and self.steer_at != "decode":
-            raise ValueError(f"method {self.method!r} picks its evidence per question, so the stored KV stays plain and the bias applies while the question "
-                             f"is prefilled and decoded: steer_at must be 'decode', got {self.steer_at!r}")
-        if self.method == "pasta" and not spans:
-            raise ValueError("method 'pasta' needs highlights: character ranges of the context to emphasise (e.g. [[120, 180]]; on the command line --highlight 120:180)")
+        self.options.check(self, self.method)
 
+    # -- JSON ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The flat form: the shared settings, then the method's options."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        return {**data, **self.options.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SteerConfig:
+        """The flat form (or ``options`` nested as a dict); fields of other methods only at their defaults."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"SteerConfig: expected an object, got {type(data).__name__}")
+        return cls(**data)
+
+    def merged(self, overrides: Mapping[str, Any], presets: Mapping[str, Any] | None = None) -> SteerConfig:
+        """This config with ``overrides`` (flat fields; a ``method`` switches methods). Fields of
+        this config, then of ``presets`` (flat defaults for any method, e.g. ``steerc serve``'s
+        flags), that the resulting method lacks are dropped; an override it lacks is refused
+        unless it holds that option's default."""
+        method = overrides.get("method", self.method)
+        accepted = accepted_fields(method)
+        base = {**(presets or {}), **self.to_dict()}
+        return SteerConfig(**{**{k: v for k, v in base.items() if k in accepted}, **overrides})
+
+    def with_method(self, method: str, presets: Mapping[str, Any] | None = None, **overrides: Any) -> SteerConfig:
+        """The same shared settings (and the options both methods have) for ``method``."""
+        return self.merged({**overrides, "method": method}, presets)
+
+    # -- derived ---------------------------------------------------------------------------------
     @property
     def band(self) -> str | None:
         """The named layer band steered (``auto`` resolved to the method's default), or None."""
         if self.layers == AUTO_LAYERS:
-            from steerc.steering.methods import get_method  # the methods import this module
-
-            return get_method(self.method).default_layers
+            return self.options.default_layers
         return self.layers if isinstance(self.layers, str) else None
 
     def steered_pairs(self, num_layers: int, num_heads: int) -> list[tuple[int, int]]:
@@ -197,11 +177,10 @@ class SteerConfig(_JsonDataclass):
             raise ValueError(f"steered layer/head {bad[0]} is outside the engine ({num_layers} layers x {num_heads} heads)")
         return pairs
 
-    @staticmethod
-    def query_fields() -> tuple[str, ...]:
-        """Fields only query-time selection reads (never part of a stored entry's key)."""
-        return ("evidence", "unit", "selector", "rank_by", "target_share", "min_share", "blocks", "initial", "local", "block_mask", "retrieve_for",
-                "block_size", "keep", "keep_sinks", "keep_recent", "keep_unit")
+    def query_fields(self) -> tuple[str, ...]:
+        """Fields only query-time work reads (never part of a stored entry's key)."""
+        shared = tuple(f.name for f in dataclasses.fields(self) if option_of(f) is not None and option_of(f).per_query)
+        return shared + self.options.per_query()
 
     @property
     def compacts(self) -> bool:
@@ -209,8 +188,55 @@ class SteerConfig(_JsonDataclass):
         return self.keep != 1
 
 
-def _pairs(name: str, value) -> tuple[tuple[int, int], ...]:
-    pairs = tuple(tuple(p) for p in value)
-    if any(len(p) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in p) for p in pairs):
-        raise ValueError(f"{name} must be a list of [layer, head] pairs of non-negative integers, got {value!r}")
-    return tuple(sorted(set(pairs)))
+def common_fields() -> tuple[str, ...]:
+    """The settings every method shares (``options`` aside)."""
+    return tuple(f.name for f in dataclasses.fields(SteerConfig) if f.name != "options")
+
+
+def accepted_fields(method: str) -> frozenset[str]:
+    """The flat names a config of ``method`` holds."""
+    return frozenset(common_fields()) | frozenset(options_class(method).names()) if method in method_names() else frozenset(common_fields())
+
+
+def option_owners(name: str) -> list[str]:
+    """The registered methods whose options have a field called ``name``."""
+    return [m for m in method_names() if name in options_class(m).names()]
+
+
+def _method_options(method: str, given: Any, flat: dict[str, Any]) -> MethodOptions:
+    """``method``'s options from ``given`` (an instance, a dict or None) and flat fields; a field
+    its options lack is refused unless it holds its owner's default (see :func:`_refuse_foreign`)."""
+    if method not in method_names():
+        raise ValueError(f"method must be one of {method_names()}, got {method!r}")
+    cls = options_class(method)
+    clash = set(cls.names()) & set(common_fields())
+    if clash:
+        raise ValueError(f"method {method!r} declares options named like shared settings ({', '.join(sorted(clash))}); rename them")
+    if given is None:
+        values: dict[str, Any] = {}
+    elif isinstance(given, Mapping):
+        values = dict(given)
+    elif isinstance(given, MethodOptions):  # another method's (dataclasses.replace(config, method=...)): the fields both have carry over
+        values = given.to_dict()
+    else:
+        raise ValueError(f"options must be {cls.__name__}, a dict or null, got {type(given).__name__}")
+    values.update(flat)
+    own = cls.names()
+    for name, value in values.items():
+        if name not in own:
+            _refuse_foreign(name, value, method)
+    return cls(**{k: v for k, v in values.items() if k in own})
+
+
+def _refuse_foreign(name: str, value: Any, method: str) -> None:
+    """Accept another method's option in a ``method`` config only at its default (configs
+    written when one flat config held every option carry them all); checked against the
+    owner's limits first, so a bad value gets the owner's message."""
+    owners = option_owners(name)
+    if not owners:
+        known = sorted(set(common_fields()) | set(options_class(method).names()))
+        raise ValueError(f"SteerConfig: unknown field {name!r} for method {method!r}; its fields are {known}")
+    owner = options_class(owners[0])
+    if getattr(owner(**{name: value}), name) != getattr(owner(), name):
+        raise ValueError(f"{name} is an option of method {' and '.join(repr(m) for m in owners)}, not of {method!r} "
+                         f"(got {value!r}; leave it out or choose that method)")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from steerc.engine import compile_engine
-from steerc.engine.manifest import MANIFEST_FILE
+from steerc.build import compile_engine
+from steerc.engine_format import MANIFEST_FILE
 from steerc.errors import EngineError
 from steerc.runtime.engine import Engine
 from steerc.runtime.generate import SamplingParams, decode_one_token, generate, prefill

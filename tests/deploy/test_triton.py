@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from steerc.cli import main
 from steerc.deploy import export_triton
 from steerc.deploy.triton import model_config, validate_config
-from steerc.engine.manifest import read_manifest, write_manifest
+from steerc.engine_format import read_manifest, write_manifest
 from steerc.errors import EngineError, SteercError
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2")
@@ -201,7 +201,7 @@ def test_existing_model_needs_force(tiny_engine, tmp_path):
 def test_tensorrt_without_a_plan_is_refused(tiny_engine, tmp_path):
     with pytest.raises(EngineError, match="has no TensorRT plan") as err:
         export_triton(tiny_engine, tmp_path / "repo", platforms=["onnxruntime", "tensorrt"])
-    assert "--backend torch-tensorrt" in str(err.value) and "\n" not in str(err.value)
+    assert "--backend tensorrt" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "repo").exists()
 
 

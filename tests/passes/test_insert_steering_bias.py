@@ -9,7 +9,7 @@ from conftest import steerable
 from tiny_models import tiny_model
 
 from steerc.capture import rebuild_program, run_program
-from steerc.compiler import capture_steerable
+from steerc.build.steerable import capture_steerable
 from steerc.errors import PassError
 from steerc.passes import SteeringBiasSettings, find_attention_sites, insert_steering_bias
 from steerc.passes.attention_sites import SDPA_MASK_ARGS, get_arg

@@ -12,7 +12,7 @@ from conftest import TEST_SETTINGS, assert_step_close, step_inputs
 
 from steerc.capture import run_program
 from steerc.capture.io_spec import DecoderGeometry
-from steerc.compiler import capture_steerable
+from steerc.build.steerable import capture_steerable
 from steerc.errors import PassError
 from steerc.passes import ShareAttentionSettings, find_attention_sites, parse_share_groups, share_attention
 from steerc.reference import reference_importance, reference_shared_step, reference_step
@@ -167,7 +167,7 @@ def test_unshared_compile_is_unchanged():
     """Without groups the pass is skipped and the program is what it was before the feature:
     the same nodes, signature and call structure (the compared program is captured with the
     share_attention pass removed from PASSES)."""
-    import steerc.compiler as compiler
+    import steerc.build.steerable as compiler
 
     model, _, plain = shared("llama")
     before = compiler.PASSES

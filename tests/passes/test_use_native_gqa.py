@@ -8,7 +8,7 @@ from conftest import TEST_SETTINGS, steerable
 from tiny_models import tiny_model
 
 from steerc.capture.io_spec import DecoderGeometry
-from steerc.compiler import capture_steerable
+from steerc.build.steerable import capture_steerable
 from steerc.errors import PassError
 from steerc.passes import NativeGqaSettings, use_native_gqa
 from steerc.passes.attention_sites import get_arg

@@ -12,8 +12,8 @@ import shutil
 import numpy as np
 import pytest
 
-from steerc.engine import compile_engine
-from steerc.engine.manifest import read_manifest, write_manifest
+from steerc.build import compile_engine
+from steerc.engine_format import read_manifest, write_manifest
 from steerc.errors import EngineError
 from steerc.runtime import Engine, KVCache, Steering, decode_one_token, generate, prefill
 from steerc.runtime.kv_buffers import KVBuffers, round_capacity

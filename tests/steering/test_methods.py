@@ -11,13 +11,13 @@ import pytest
 from steerc.runtime import Engine
 from steerc.runtime.generate import generate
 from steerc.runtime.steering import Steering
-from steerc.steering import config as config_module
 from steerc.steering.answer import Steerer
 from steerc.steering.config import SteerConfig
 from steerc.steering.evidence import Units, choose_units, evidence_bias, token_scores, unit_scores
 from steerc.steering.keys import plain_key
 from steerc.steering.methods import METHODS, SteeringMethod, get_method
 from steerc.steering.methods.query import question_attention
+from steerc.steering.registry import method_names
 from steerc.steering.selection import importance_prefill
 from steerc.stores import MemoryStore
 
@@ -36,7 +36,7 @@ def _steerer(engine, store=None, **fields) -> Steerer:
 
 
 def test_methods_are_objects_behind_one_interface():
-    assert tuple(METHODS) == config_module.METHODS
+    assert tuple(METHODS) == method_names() == ("none", "query", "qllm", "llmsteer", "pasta", "autopasta")  # one registry: the config has no list of its own
     assert all(isinstance(m, SteeringMethod) and m.name == name for name, m in METHODS.items())
     with pytest.raises(ValueError, match="unknown steering method 'bogus': choose from none, query"):
         get_method("bogus")
@@ -115,11 +115,11 @@ def test_query_plan_and_answer_match_the_reference(engine, extra):
     units = Units(prepared.meta["unit_kind"], prepared.extras["unit_chars"], prepared.extras["unit_tokens"])
     assert units.kind == "sentence" and len(units) >= 3
     scores = unit_scores(token_scores(attention[..., Nh : Nh + N], prepared.extras["calibration"], SELECTOR), units)
-    chosen = choose_units(scores, config.evidence)
+    chosen = choose_units(scores, config.options.evidence)
     assert [e.unit for e in answer.evidence] == chosen and answer.evidence[0].preview.split()[0] in CONTEXT
     keep = units.token_mask(chosen, N)
     pairs = config.steered_pairs(engine.geometry.num_layers, engine.geometry.num_heads)
-    if config.target_share:
+    if config.options.target_share:
         per_head = s.last_plan.steering.bias[:, :, Nh:][:, :, ~keep][..., 0]  # [L, H]
         assert (per_head <= 0).all() and (per_head >= np.log(0.05) - 1e-6).all()
         log_alpha = per_head

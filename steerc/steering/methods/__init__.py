@@ -2,33 +2,40 @@
 
     from steerc.steering.methods import get_method
     method = get_method("query")        # prepare / plan hooks; see steerc.steering.methods.base
+    method.options                      # its own settings: a MethodOptions dataclass (config.options)
 
-Each method lives in its own module; :data:`METHODS` lists them by name. A new method is a
-:class:`SteeringMethod` subclass added to ``_ALL``.
+Each method lives in its own module, with its options. The methods are named in one registry,
+:mod:`steerc.steering.registry` (a ``"module:Class"`` path per name, imported on first use); a
+new method is its module plus one line there, or one :func:`register_method` call.
+:data:`METHODS` is a live, read-only view of the registry (name -> method).
 """
 
 from __future__ import annotations
 
-from steerc.steering.config import METHODS as CONFIG_METHODS
-from steerc.steering.methods.autopasta import AutoPasta
+from collections.abc import Iterator, Mapping
+
 from steerc.steering.methods.base import Evidence, QueryPlan, SteeringMethod
-from steerc.steering.methods.llmsteer import LLMSteer
-from steerc.steering.methods.none import NoSteering
-from steerc.steering.methods.pasta import Pasta
-from steerc.steering.methods.qllm import QLLM
-from steerc.steering.methods.query import QueryEvidence
+from steerc.steering.registry import get_method, method_names, register_method
 
-__all__ = ["Evidence", "METHODS", "QueryPlan", "SteeringMethod", "get_method"]
-
-_ALL: tuple[SteeringMethod, ...] = (NoSteering(), QueryEvidence(), QLLM(), LLMSteer(), Pasta(), AutoPasta())
-METHODS: dict[str, SteeringMethod] = {m.name: m for m in _ALL}
-if tuple(METHODS) != CONFIG_METHODS:  # SteerConfig validates names without importing the methods
-    raise ImportError(f"steering methods {tuple(METHODS)} and SteerConfig's METHODS {CONFIG_METHODS} disagree")
+__all__ = ["Evidence", "METHODS", "QueryPlan", "SteeringMethod", "get_method", "method_names", "register_method"]
 
 
-def get_method(name: str) -> SteeringMethod:
-    """The method called ``name``; a ``ValueError`` naming the known ones otherwise."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown steering method {name!r}: choose from {', '.join(METHODS)}") from None
+class _Methods(Mapping):
+    """The registered methods by name (resolved on access)."""
+
+    def __getitem__(self, name: str) -> SteeringMethod:
+        if name not in method_names():
+            raise KeyError(name)
+        return get_method(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(method_names())
+
+    def __len__(self) -> int:
+        return len(method_names())
+
+    def __repr__(self) -> str:
+        return f"<steering methods {', '.join(method_names())}>"
+
+
+METHODS: Mapping[str, SteeringMethod] = _Methods()

@@ -17,7 +17,8 @@ prompt layout, the store, the prefill chunk and the context's tokens), never the
 method that builds on the plain context calls
 :func:`~steerc.steering.contexts.prepare_plain`, not another method.
 
-Class attributes describe the method to its callers (how many instruction prefixes it
+Class attributes describe the method to its callers (its own settings, ``options``: a
+:class:`~steerc.steering.options.MethodOptions` dataclass; how many instruction prefixes it
 prefills behind, whether a context can be registered for it once, whether the evaluation
 hands it the example's evidence).
 """
@@ -35,10 +36,16 @@ from steerc.steering.config import SteerConfig
 from steerc.steering.contexts import BuildJob, prepare_context
 from steerc.steering.keys import intermediate_keys
 from steerc.steering.method_context import MethodContext, Progress
+from steerc.steering.options import MethodOptions
 from steerc.steering.prepared import PreparedContext
 from steerc.steering.selection import steering_bias
 
 __all__ = ["Evidence", "QueryPlan", "SteeringMethod"]
+
+# Store keys were first made when one flat config held every method's options, so every key held
+# LLMSteer's top_k and PASTA's highlights; a method without them keeps those defaults in its key,
+# and entries stored then still hit.
+_EARLIER_KEY_FIELDS = {"top_k": 0.2, "highlights": ()}
 
 
 @dataclass(frozen=True)
@@ -87,12 +94,12 @@ class SteeringMethod:
     oracle: ClassVar[bool] = False  # evaluation: it takes the example's evidence as highlights
     selects_evidence: ClassVar[bool] = False  # it picks units of the context per query (reported as evidence)
     eval_rank: ClassVar[int] = 1  # evaluation order: lower first (llmsteer's analysis stores the plain KV others reuse)
-    default_layers: ClassVar[str] = "last-third"  # the steered band when ``layers`` is "auto" (LLMSteer's dev sweep chose the last third)
+    options: ClassVar[type[MethodOptions]] = MethodOptions  # its own settings (``config.options``), default band and checks
 
     # -- once per context ------------------------------------------------------------------------
     def key_fields(self, config: SteerConfig) -> dict:
         """What the stored entry depends on besides the engine, the context and the heads."""
-        data = config.to_dict()
+        data = {**_EARLIER_KEY_FIELDS, **config.to_dict()}
         for name in ("prefixes", *config.query_fields()):
             data.pop(name)  # prefixes: keyed through their tokens; query-time settings: not stored
         return data

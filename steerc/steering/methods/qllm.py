@@ -28,6 +28,7 @@ KV is never changed.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,12 +41,38 @@ from steerc.steering.config import SteerConfig
 from steerc.steering.contexts import plain_context, prepare_plain
 from steerc.steering.keys import plain_key, store_key
 from steerc.steering.methods.base import Evidence, QueryPlan, SteeringMethod
+from steerc.steering.options import MethodOptions, option
 from steerc.steering.prepared import PreparedContext, save_prepared
 from steerc.steering.profiles import selector_heads
 from steerc.steering.selection import importance_prefill
 from steerc.stores import StoredContext
 
-__all__ = ["QLLM", "score_call"]
+__all__ = ["QLLM", "QLLMOptions", "score_call"]
+
+
+@dataclass(frozen=True)
+class QLLMOptions(MethodOptions):
+    """Blocks of ``block_size`` tokens; the ``blocks`` best (by the ``selector`` heads, as for
+    ``query``) are kept with the first ``initial`` and last ``local`` context tokens; the others
+    are dropped (``block_mask`` hard) or down-weighted by alpha (soft); ``retrieve_for``: whether the
+    question is read again over the kept blocks or only the answer attends to them."""
+
+    default_layers = "all"  # Q-LLM retrieves on every layer
+
+    blocks: int = option(4, "int", "context blocks retrieved per question", ge=1, per_query=True)
+    block_size: int = option(64, "int", "tokens per block", ge=4, per_query=True)
+    initial: int = option(16, "int", "first context tokens always attended", ge=0, per_query=True)
+    local: int = option(64, "int", "last context tokens always attended", ge=0, per_query=True)
+    block_mask: str = option("hard", "choice", "drop the other blocks (hard) or down-weight them by alpha (soft)", choices=("hard", "soft"), per_query=True)
+    retrieve_for: str = option("question", "choice", "the question and answer attend to the retrieved blocks, or only the answer (the question is read once)",
+                               choices=("question", "answer"), per_query=True)
+    selector: tuple[tuple[int, int], ...] = option((), "pairs", "selector heads ([layer, head] pairs; empty: the engine's shipped profile, "
+                                                               "else the middle half of the layers)", flag="", per_query=True)
+
+    def check(self, config, method: str) -> None:
+        if config.steer_at != "decode":
+            raise ValueError(f"method {method!r} picks its evidence per question, so the stored KV stays plain and the bias applies while the question "
+                             f"is prefilled and decoded: steer_at must be 'decode', got {config.steer_at!r}")
 
 
 def score_call(engine, kv, query_ids: np.ndarray, position_offset: int = 0):
@@ -71,11 +98,11 @@ class QLLM(SteeringMethod):
     summary = "Q-LLM block retrieval: the blocks of the context whose representative keys match the question's queries, the rest dropped per query"
     eval_rank = 1
     selects_evidence = True
-    default_layers = "all"  # Q-LLM retrieves on every layer
+    options = QLLMOptions
 
     def key_fields(self, config: SteerConfig) -> dict:
         # The index depends on the block size only; which blocks are kept is decided per query.
-        return {"method": "qllm-index", "block_size": config.block_size, "representatives": REPRESENTATIVES}
+        return {"method": "qllm-index", "block_size": config.options.block_size, "representatives": REPRESENTATIVES}
 
     def prepare(self, ctx, context: str, config: SteerConfig, progress=None) -> tuple[PreparedContext, str]:
         engine, store = ctx.engine, ctx.store
@@ -83,7 +110,7 @@ class QLLM(SteeringMethod):
         if not engine.has_queries:
             engine.analyze(np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64), np.ones((1, 1), np.int64), engine.new_cache(1),
                            np.zeros((1, g.num_layers, g.num_heads, 1), np.float32), queries=True)  # raises the recompile message
-        pairs = config.selector or selector_heads(engine)
+        pairs = config.options.selector or selector_heads(engine)
         bad = [p for p in pairs if p[0] >= g.num_layers or p[1] >= g.num_heads]
         if bad:
             raise ValueError(f"selector head {list(bad[0])} is outside the engine ({g.num_layers} layers x {g.num_heads} heads)")
@@ -120,9 +147,9 @@ class QLLM(SteeringMethod):
         with store.lock(plain.key):
             if plain.key not in store:
                 save_prepared(store, plain)  # the KV once, unless another entry stored it already
-        bounds = block_bounds(len(ids), config.block_size)
+        bounds = block_bounds(len(ids), config.options.block_size)
         keys, tokens = representative_keys(kv, importance[..., len(head) :], len(head), bounds)
-        return StoredContext({"block_bounds": bounds, "block_keys": keys, "representatives": tokens}, {"kind": "block-index", "block_size": config.block_size}), plain
+        return StoredContext({"block_bounds": bounds, "block_keys": keys, "representatives": tokens}, {"kind": "block-index", "block_size": config.options.block_size}), plain
 
     def store_keys(self, ctx, prepared: PreparedContext, config: SteerConfig) -> list[str]:
         return [prepared.key, plain_key(ctx.engine, prepared.head_ids, prepared.context_ids)]
@@ -132,20 +159,20 @@ class QLLM(SteeringMethod):
         engine, g = ctx.engine, ctx.engine.geometry
         Nh, N = len(prepared.head_ids), len(prepared.context_ids)
         bounds, keys = prepared.extras["block_bounds"], prepared.extras["block_keys"]
-        answer_only = config.retrieve_for == "answer" and len(query_ids) > 1
+        answer_only = config.options.retrieve_for == "answer" and len(query_ids) > 1
         scored = query_ids[:-1] if answer_only else query_ids
         queries, extended, _ = score_call(engine, prepared.kv, scored, prepared.position_offset)  # [L, H, D]
-        pairs = [p for p in (config.selector or selector_heads(engine)) if prepared.kv.keys[p[0]] is not None]  # shared-attention layers hold no keys
+        pairs = [p for p in (config.options.selector or selector_heads(engine)) if prepared.kv.keys[p[0]] is not None]  # shared-attention layers hold no keys
         pairs = pairs or [(layer, head) for layer in range(g.num_layers) if prepared.kv.keys[layer] is not None for head in range(g.num_heads)]
         scores = block_scores(queries, keys, pairs)  # [NB]
-        keep, chosen = kept_tokens(scores, bounds, N, config.blocks, config.initial, config.local)  # [N]
+        keep, chosen = kept_tokens(scores, bounds, N, config.options.blocks, config.options.initial, config.options.local)  # [N]
         offsets = ctx.context_tokens(context)[1]
         evidence = tuple(_block_evidence(int(b), bounds, offsets, context, float(scores[b])) for b in chosen)
         selected = np.broadcast_to(keep, (g.num_layers, N)).copy()
         if keep.all():  # every block fits: nothing to drop
             return QueryPlan(prepared.kv, None, selected, evidence, seconds=time.perf_counter() - start)
         stored = prepared.on_stored_keys(np.concatenate([np.ones(Nh, bool), keep]))  # [K] kept among the stored keys
-        if config.block_mask == "hard":
+        if config.options.block_mask == "hard":
             check_positions_preserved(engine, "qllm with --block-mask hard")
             rows = np.flatnonzero(stored)
             if answer_only:  # the question's own keys (all but its last token) follow the context in the scoring call's KV

@@ -25,13 +25,14 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
 from steerc.runtime.generate import positions_for
 from steerc.runtime.steering import Steering
 from steerc.steering.cache_fill import get_or_build
-from steerc.steering.config import SteerConfig
+from steerc.steering.config import UNITS, SteerConfig
 from steerc.steering.contexts import prepare_plain
 from steerc.steering.evidence import (
     CALIBRATION_QUESTION,
@@ -45,11 +46,47 @@ from steerc.steering.evidence import (
 )
 from steerc.steering.keys import plain_key, store_key
 from steerc.steering.methods.base import Evidence, QueryPlan, SteeringMethod
+from steerc.steering.options import MethodOptions, option
 from steerc.steering.prepared import PreparedContext
 from steerc.steering.profiles import selector_heads
 from steerc.stores import StoredContext
 
-__all__ = ["QueryEvidence", "question_attention", "lexical_scores"]
+__all__ = ["QueryEvidence", "QueryOptions", "question_attention", "lexical_scores"]
+
+RANK_BY = ("attention", "lexical")
+
+
+@dataclass(frozen=True)
+class QueryOptions(MethodOptions):
+    """The ``evidence`` best units (``unit``: sentences, the documents/lines of a multi-document
+    input, or ``auto``) by the question's calibrated attention summed over the ``selector`` heads
+    (``[layer, head]`` pairs; empty = the engine's shipped profile, else the middle half of the
+    layers), or by word overlap with ``rank_by = lexical``. ``min_share`` > 0 steers only when a
+    unit holds at least that share of the score. ``target_share`` in (0, 1) replaces the fixed
+    alpha by, per steered head, the one that lifts the evidence's attention share to it (``alpha``
+    is then the strongest allowed)."""
+
+    default_layers = "all"  # the dev sweep on SQuAD and NQ chose every layer (docs/RESULTS.md)
+
+    evidence: int = option(1, "int", "how many units (sentences or documents) to steer towards", ge=1, per_query=True,
+                           label="evidence (the number of units query steering keeps)")
+    unit: str = option("auto", "choice", "what a unit is (auto: lines of a multi-document input, else sentences)", choices=UNITS, per_query=True)
+    selector: tuple[tuple[int, int], ...] = option((), "pairs", "selector heads ([layer, head] pairs; empty: the engine's shipped profile, "
+                                                               "else the middle half of the layers)", flag="", per_query=True)
+    rank_by: str = option("attention", "choice", "rank units by the question's calibrated attention, or by word overlap", choices=RANK_BY, per_query=True)
+    target_share: float = option(0.0, "number", "adaptive bias, per head lift the evidence's attention share to this (0 = fixed alpha)", ge=0, lt=1,
+                                 must="0 (off: a fixed alpha) or a share in (0, 1)", per_query=True)
+    min_share: float = option(0.0, "number", "steer only when the best unit holds at least this share of the score (0 = always)", ge=0, lt=1,
+                              must="in [0, 1) (0 = always steer)", per_query=True)
+
+    def validate(self) -> None:
+        if self.target_share and self.rank_by != "attention":
+            raise ValueError("target_share needs the question's attention: use it with rank_by 'attention'")
+
+    def check(self, config, method: str) -> None:
+        if config.steer_at != "decode":
+            raise ValueError(f"method {method!r} picks its evidence per question, so the stored KV stays plain and the bias applies while the question "
+                             f"is prefilled and decoded: steer_at must be 'decode', got {config.steer_at!r}")
 
 _WORD = re.compile(r"\w+")
 # Words that say nothing about which sentence answers a question.
@@ -89,17 +126,17 @@ class QueryEvidence(SteeringMethod):
     summary = "query-aware evidence: the sentences or documents the question's calibrated attention points at, steered per query"
     eval_rank = 1
     selects_evidence = True
-    default_layers = "all"  # the dev sweep on SQuAD and NQ chose every layer (docs/RESULTS.md)
+    options = QueryOptions
 
     def key_fields(self, config: SteerConfig) -> dict:
         # Only the units and the calibration are stored: selector, steered heads, alpha and N apply per query.
-        return {"method": "query-index", "unit": config.unit, "calibration": CALIBRATION_QUESTION}
+        return {"method": "query-index", "unit": config.options.unit, "calibration": CALIBRATION_QUESTION}
 
     def prepare(self, ctx, context: str, config: SteerConfig, progress=None) -> tuple[PreparedContext, str]:
         engine, store = ctx.engine, ctx.store
         g = engine.geometry
         config.steered_pairs(g.num_layers, g.num_heads)  # refuse heads beyond the engine before any work
-        bad = [p for p in config.selector if p[0] >= g.num_layers or p[1] >= g.num_heads]
+        bad = [p for p in config.options.selector if p[0] >= g.num_layers or p[1] >= g.num_heads]
         if bad:
             raise ValueError(f"selector head {list(bad[0])} is outside the engine ({g.num_layers} layers x {g.num_heads} heads)")
         ids, offsets = ctx.context_tokens(context)
@@ -129,7 +166,7 @@ class QueryEvidence(SteeringMethod):
     def _index(self, ctx, context: str, offsets, config: SteerConfig, plain: PreparedContext) -> StoredContext:
         """The evidence index: units and the content-free question's attention over the context."""
         Nh, N = len(plain.head_ids), len(plain.context_ids)
-        units = context_units(context, offsets, config.unit)
+        units = context_units(context, offsets, config.options.unit)
         calibration_ids = ctx.layout.query_ids(config.prefixes[0], CALIBRATION_QUESTION)
         calibration = question_attention(ctx.engine, plain.kv, calibration_ids)[..., Nh : Nh + N]  # [L, H, N]
         return StoredContext({"calibration": calibration.astype(np.float32), "unit_chars": units.chars, "unit_tokens": units.tokens},
@@ -144,16 +181,16 @@ class QueryEvidence(SteeringMethod):
         Nh, N = len(prepared.head_ids), len(prepared.context_ids)
         units = Units(prepared.meta.get("unit_kind", "sentence"), prepared.extras["unit_chars"], prepared.extras["unit_tokens"])
         attention = None
-        if config.rank_by == "attention":
+        if config.options.rank_by == "attention":
             attention = prepared.on_all_keys(question_attention(engine, prepared.kv, query_ids, prepared.position_offset))  # [L, H, Nh + N + S]
-            selector = config.selector or selector_heads(engine)
+            selector = config.options.selector or selector_heads(engine)
             scores = unit_scores(token_scores(attention[..., Nh : Nh + N], prepared.extras["calibration"], selector), units)  # [U]
         else:
             scores = lexical_scores(context, units, query)
         unselected = np.ones((g.num_layers, N), bool)
         if len(units) < 2:  # nothing to choose between
             return QueryPlan(prepared.kv, None, unselected, seconds=time.perf_counter() - start)
-        chosen = choose_units(scores, config.evidence, config.min_share)
+        chosen = choose_units(scores, config.options.evidence, config.options.min_share)
         total = float(scores.sum())
         evidence = tuple(Evidence(u, units.kind, int(units.chars[u, 0]), int(units.chars[u, 1]), float(scores[u]) / total if total > 0 else 0.0,
                                   _preview(context[units.chars[u, 0] : units.chars[u, 1]])) for u in chosen)
@@ -161,8 +198,8 @@ class QueryEvidence(SteeringMethod):
             return QueryPlan(prepared.kv, None, unselected, seconds=time.perf_counter() - start)
         keep = units.token_mask(chosen, N)  # [N]
         pairs = config.steered_pairs(g.num_layers, g.num_heads)
-        if config.target_share:
-            log_alpha = np.log(adaptive_alphas(attention, keep, Nh, config.target_share, config.alpha))  # [L, H]
+        if config.options.target_share:
+            log_alpha = np.log(adaptive_alphas(attention, keep, Nh, config.options.target_share, config.alpha))  # [L, H]
         else:
             log_alpha = float(np.log(config.alpha))
         bias = evidence_bias(keep, Nh, Nh + N, g.num_layers, g.num_heads, log_alpha, pairs)  # [L, H, Nh + N]

@@ -1,0 +1,35 @@
+"""ONNX passes: rewrites of the exported ONNX graphs, after ``torch.onnx.export``.
+
+Each pass is ``pass(graph: OnnxGraph, settings) -> OnnxPassReport`` with ``pass.wanted(settings)``
+saying whether a compile runs it (:mod:`~steerc.passes.onnx.contract`). ``ONNX_PASSES`` is the
+order the ONNX backend applies them in (:mod:`steerc.backends.onnx.graphs`):
+
+1. ``quantize_weights``: ``--weights int8|int4``: MatMul weights to MatMulNBits (the step
+   graph, and an analysis graph exported on its own; :mod:`~steerc.passes.onnx.nbits_minmax` is
+   its block min/max method, not a pass);
+2. ``derive_analysis``: the analysis graph written from the (quantized) step graph, where every
+   layer has its own fused Attention (sdpa, no shared attention); raises
+   :class:`~steerc.passes.onnx.derive_analysis.NotDerivableError` otherwise, and the
+   compile exports the analysis program instead;
+3. ``kv_in_place``: ``--kv in-place``: the step graph writes into preallocated KV buffers
+   (after the analysis graph is derived: it keeps the concat layout);
+4. ``make_tensorrt_ready``: ``--target tensorrt``: the step graph rewritten to TensorRT's ONNX
+   parser rules (a no-op report when it already meets them).
+"""
+
+from steerc.passes.onnx.contract import OnnxGraph, OnnxPassReport, onnx_pass
+from steerc.passes.onnx.derive_analysis import NotDerivableError, derive_analysis
+from steerc.passes.onnx.kv_in_place import kv_in_place
+from steerc.passes.onnx.make_tensorrt_ready import make_tensorrt_ready
+from steerc.passes.onnx.quantize_weights import quantize_weights
+
+ONNX_PASSES = (quantize_weights, derive_analysis, kv_in_place, make_tensorrt_ready)
+
+
+def onnx_passes(settings) -> tuple:
+    """The ONNX passes a compile with ``settings`` runs, in :data:`ONNX_PASSES` order."""
+    return tuple(p for p in ONNX_PASSES if p.wanted(settings))
+
+
+__all__ = ["ONNX_PASSES", "NotDerivableError", "OnnxGraph", "OnnxPassReport", "derive_analysis", "kv_in_place", "make_tensorrt_ready",
+           "onnx_pass", "onnx_passes", "quantize_weights"]

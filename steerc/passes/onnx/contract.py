@@ -1,0 +1,58 @@
+"""The ONNX pass contract: ``pass(graph: OnnxGraph, settings) -> OnnxPassReport``.
+
+An ONNX pass rewrites an exported graph file in place (the proto only, or the proto and its
+external data file) after ``torch.onnx.export``; the torch-level passes of :mod:`steerc.passes`
+run before it, on the captured FX graph. Each pass function carries ``wanted(settings) -> bool``:
+whether a compile with those :class:`~steerc.settings.CompileSettings` runs it. A pass that runs
+and cannot do its rewrite raises (an ``EngineError``, a ``PassError`` or ``RuntimeError`` naming
+the graph); its report's ``entry`` is what the engine manifest records about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["OnnxGraph", "OnnxPassReport", "onnx_pass"]
+
+
+@dataclass(frozen=True)
+class OnnxGraph:
+    """The graph an ONNX pass rewrites: ``path`` (its weights in an external data file beside it)
+    and what the passes that need more than the file read: the model's ``num_layers``, the
+    analysis graph's ``analysis_outputs`` (TensorSpecs) and where it is written (``analysis_path``)."""
+
+    path: Path
+    num_layers: int = 0
+    analysis_outputs: tuple = ()
+    analysis_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int) or self.num_layers < 0:
+            raise ValueError(f"num_layers must be an integer >= 0, got {self.num_layers!r}")
+        object.__setattr__(self, "analysis_outputs", tuple(self.analysis_outputs))
+
+
+@dataclass(frozen=True)
+class OnnxPassReport:
+    """What an ONNX pass did: its ``name`` and the manifest ``entry`` that records it."""
+
+    name: str
+    entry: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("an ONNX pass report needs the pass's name")
+
+
+def onnx_pass(wanted: Callable[[Any], bool]):
+    """Mark a function ``(graph, settings) -> OnnxPassReport`` as an ONNX pass run when ``wanted(settings)``."""
+
+    def mark(fn):
+        fn.wanted = wanted
+        return fn
+
+    return mark

@@ -1,0 +1,41 @@
+"""The ONNX pass contract: one visible order, each pass run only when the settings ask for it."""
+
+import pytest
+
+from steerc.passes.onnx import ONNX_PASSES, OnnxGraph, OnnxPassReport, derive_analysis, kv_in_place, make_tensorrt_ready, onnx_passes, quantize_weights
+from steerc.settings import CompileSettings
+
+
+def _names(**settings) -> list[str]:
+    return [p.__name__ for p in onnx_passes(CompileSettings(**settings))]
+
+
+def test_the_order_is_one_list():
+    assert ONNX_PASSES == (quantize_weights, derive_analysis, kv_in_place, make_tensorrt_ready)
+    assert all(callable(p.wanted) for p in ONNX_PASSES)
+
+
+def test_only_the_passes_the_settings_ask_for():
+    assert _names() == ["derive_analysis"]
+    assert _names(importance=False) == []
+    assert _names(attn_implementation="eager") == []
+    assert _names(share_attention=((0, 1),)) == []
+    assert _names(weights="int4") == ["quantize_weights", "derive_analysis"]
+    assert _names(kv="in-place") == ["derive_analysis", "kv_in_place"]
+    assert _names(target="tensorrt", dtype="fp16", importance=False) == ["make_tensorrt_ready"]
+
+
+def test_contract_types_validate():
+    with pytest.raises(ValueError, match="num_layers"):
+        OnnxGraph("model.onnx", num_layers=-1)
+    with pytest.raises(ValueError, match="name"):
+        OnnxPassReport("")
+    assert OnnxGraph("model.onnx").path.name == "model.onnx"
+
+
+def test_derive_analysis_raises_when_it_cannot_derive(tmp_path):
+    from steerc.passes.onnx.derive_analysis import NotDerivableError
+
+    with pytest.raises(ValueError, match="analysis_path"):
+        derive_analysis(OnnxGraph(tmp_path / "model.onnx"), CompileSettings())
+    assert issubclass(NotDerivableError, Exception)
