@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from steerc.backends import canonical_name, get_backend
+from steerc.settings_base import JsonDataclass, check_choice, check_int
 
 __all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS", "TARGETS", "DEVICES", "WEIGHTS", "KV_LAYOUTS", "check_layer_groups"]
 
@@ -29,44 +28,6 @@ WEIGHT_METHODS = ("auto", "minmax", "rtn")
 # past per call); "in-place" takes preallocated buffers and writes the new positions into them
 # (steerc/passes/onnx/kv_in_place.py; the runtime binds one buffer as past and present).
 KV_LAYOUTS = ("concat", "in-place")
-
-T = TypeVar("T", bound="_JsonDataclass")
-
-
-class _JsonDataclass:
-    """JSON round-trip for flat frozen dataclasses; unknown keys are rejected."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[arg-type]
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known fields are {sorted(names)}")
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls: type[T], text: str) -> T:
-        return cls.from_dict(json.loads(text))
-
-
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-
 
 def check_layer_groups(groups: Any, num_layers: int | None = None) -> tuple[tuple[int, ...], ...]:
     """Validate layer groups (e.g. shared-attention groups) and return them as a tuple of tuples.
@@ -97,7 +58,7 @@ def check_layer_groups(groups: Any, num_layers: int | None = None) -> tuple[tupl
 
 
 @dataclass(frozen=True)
-class CompileSettings(_JsonDataclass):
+class CompileSettings(JsonDataclass):
     """How ``steerc compile`` captures and exports a model.
 
     ``max_seq_len`` bounds past + new tokens of one call (the engine's context limit);
@@ -129,28 +90,28 @@ class CompileSettings(_JsonDataclass):
     kv: str = "concat"
 
     def __post_init__(self) -> None:
-        _check_choice("opset", self.opset, SUPPORTED_OPSETS)
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        check_choice("opset", self.opset, SUPPORTED_OPSETS)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         # The capture traces with 5 new tokens after 3 past ones (see capture/export.py).
-        _check_int("max_seq_len", self.max_seq_len, 16, 1 << 20)
-        _check_int("max_batch", self.max_batch, 2, 4096)
+        check_int("max_seq_len", self.max_seq_len, 16, 1 << 20)
+        check_int("max_batch", self.max_batch, 2, 4096)
         for name in ("verify", "importance"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         object.__setattr__(self, "share_attention", check_layer_groups(self.share_attention))  # lists (JSON) -> tuples
-        _check_choice("target", self.target, TARGETS)
+        check_choice("target", self.target, TARGETS)
         object.__setattr__(self, "backend", canonical_name(self.backend))  # an old alias -> its name (one deprecation warning)
-        _check_choice("device", self.device, DEVICES)
+        check_choice("device", self.device, DEVICES)
         backend = get_backend(self.backend)
         backend.check_settings(self)
-        _check_choice("weights", self.weights, WEIGHTS)
-        _check_int("weight_block", self.weight_block, 16, 4096)
+        check_choice("weights", self.weights, WEIGHTS)
+        check_int("weight_block", self.weight_block, 16, 4096)
         if self.weight_block & (self.weight_block - 1):
             raise ValueError(f"weight_block must be a power of two (16, 32, 64, 128, ...), got {self.weight_block}")
         if not isinstance(self.weight_symmetric, bool):
             raise ValueError(f"weight_symmetric must be true or false, got {self.weight_symmetric!r}")
-        _check_choice("weight_method", self.weight_method, WEIGHT_METHODS)
+        check_choice("weight_method", self.weight_method, WEIGHT_METHODS)
         if self.weight_method == "minmax" and not self.weight_symmetric:
             raise ValueError("weight_symmetric=false (--weight-asymmetric) chooses rtn's integer zero points; minmax always keeps each block's minimum: drop one of them")
         if self.weights != "full":
@@ -160,7 +121,7 @@ class CompileSettings(_JsonDataclass):
                 raise ValueError(f"weights {self.weights} apply to the ONNX engine only; --backend {self.backend} would compile full-precision weights")
             if self.dtype == "bf16":
                 raise ValueError(f"weights {self.weights} need --dtype fp32 or fp16 activations (ONNX Runtime's CPU provider has no bf16 MatMulNBits)")
-        _check_choice("kv", self.kv, KV_LAYOUTS)
+        check_choice("kv", self.kv, KV_LAYOUTS)
         if self.kv == "in-place":
             if self.opset < 23:
                 raise ValueError(f"kv in-place rewrites the fused Attention of opset 23 (raised to 24 for TensorScatter); got opset {self.opset}")

@@ -57,14 +57,14 @@ from harness import (PEERS, add_engine_args, interleave, load_engine, machine, m
 
 def steerc_runner(engine, new: int, steered: bool):
     """Greedy generation on a steerc engine; ``steered``: a random N(0, 1) bias over the prompt keys."""
-    from steerc.runtime import Steering
+    from steerc.runtime import SteerBias
 
     g = engine.geometry
 
     def run(ids):
         steering = None
         if steered:
-            steering = Steering(np.random.default_rng(1).standard_normal((g.num_layers, g.num_heads, ids.shape[1])).astype(np.float32))
+            steering = SteerBias(np.random.default_rng(1).standard_normal((g.num_layers, g.num_heads, ids.shape[1])).astype(np.float32))
         return time_generate(engine, ids, new, steering)
 
     return run

@@ -1,7 +1,10 @@
 """``steerc`` command line. Only the CLI prints; the library logs.
 
-One module per command (``compile``, ``inspect``, ``generate``, ``run``, ``eval``, ``profile``, ``serve``),
-each with its ``add_*_parser`` and ``cmd_*``; this module assembles the parser and runs ``main``.
+One module per command (``compile``, ``inspect``, ``check-tensorrt``, ``export-triton``, ``generate``,
+``run``, ``eval``, ``profile``, ``serve``), each with its ``add_*_parser`` and ``cmd_*``; this module
+assembles the parser and runs ``main``. Shared pieces: :mod:`~steerc.cli.common` (engine loading,
+``--backend``/``--device`` from the backend registry, progress) and :mod:`~steerc.cli.steer_options`
+(the steering flags, generated from the methods' option declarations).
 """
 
 from __future__ import annotations

@@ -13,14 +13,14 @@ finds nothing to rewrite raises :class:`steerc.errors.PassError`.
    ``for_model`` as ``groups``): later layers of a group reuse the first layer's attention
    probabilities and lose their Q/K projections and key cache (Shared Attention).
 
-``for_model`` may take extra keyword arguments, given per pass name by the compiler.
+``for_model`` may take extra keyword arguments, given per pass name by the build (:mod:`steerc.build.steerable`).
 
 ``ANALYSIS_PASSES`` then turn a copy of that graph into the engine's second, analysis
 graph (used only while preparing a context, so decode never pays for it):
 
 4. ``capture_attention_importance``: also output the attention each key receives (a shared
    layer reports the probabilities it uses: its group's first layer's).
-4. ``capture_query_vectors``: also output each layer's query vectors (summed over the call's
+5. ``capture_query_vectors``: also output each layer's query vectors (summed over the call's
    rows), which Q-LLM block retrieval scores cached blocks with.
 
 After ``torch.onnx.export``, the ONNX-level passes of :mod:`steerc.passes.onnx` rewrite the

@@ -40,7 +40,7 @@ from steerc.errors import PassError
 from steerc.passes.attention_sites import SDPA_MASK_ARGS, AttentionSite, get_arg, sites_by_layer
 from steerc.passes.graph_ops import call as _call
 from steerc.passes.report import PassReport, SiteReport
-from steerc.settings import _check_int, _JsonDataclass
+from steerc.settings_base import JsonDataclass, check_int
 
 __all__ = ["ImportanceSettings", "capture_attention_importance", "IMPORTANCE_OUTPUT"]
 
@@ -49,7 +49,7 @@ IMPORTANCE_OUTPUT = "attn_importance"
 
 
 @dataclass(frozen=True)
-class ImportanceSettings(_JsonDataclass):
+class ImportanceSettings(JsonDataclass):
     num_layers: int
     num_heads: int
     architecture: str = "model"
@@ -58,7 +58,7 @@ class ImportanceSettings(_JsonDataclass):
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_heads"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         for name in ("bias_input", "mask_input"):
             if not getattr(self, name).isidentifier():
                 raise ValueError(f"{name} must be a Python identifier, got {getattr(self, name)!r}")

@@ -39,7 +39,7 @@ from steerc.errors import PassError
 from steerc.passes.attention_sites import AttentionSite, sites_by_layer
 from steerc.passes.graph_ops import call as _call
 from steerc.passes.report import PassReport, SiteReport
-from steerc.settings import _check_int, _JsonDataclass
+from steerc.settings_base import JsonDataclass, check_int
 
 __all__ = ["QueryVectorSettings", "capture_query_vectors", "QUERY_OUTPUT"]
 
@@ -56,7 +56,7 @@ _PASS_THROUGH = {
 
 
 @dataclass(frozen=True)
-class QueryVectorSettings(_JsonDataclass):
+class QueryVectorSettings(JsonDataclass):
     num_layers: int
     num_heads: int
     head_dim: int
@@ -65,7 +65,7 @@ class QueryVectorSettings(_JsonDataclass):
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_heads", "head_dim"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         if not self.mask_input.isidentifier():
             raise ValueError(f"mask_input must be a Python identifier, got {self.mask_input!r}")
 

@@ -36,7 +36,7 @@ from steerc.passes.graph_ops import call as _call
 from steerc.passes.graph_ops import fake_mode as _fake_mode
 from steerc.passes.attention_sites import SDPA_MASK_ARGS, AttentionSite, find_attention_sites, get_arg, set_arg
 from steerc.passes.report import PassReport, SiteReport
-from steerc.settings import _check_int, _JsonDataclass
+from steerc.settings_base import JsonDataclass, check_int
 
 __all__ = ["SteeringBiasSettings", "insert_steering_bias"]
 
@@ -44,7 +44,7 @@ aten = torch.ops.aten
 
 
 @dataclass(frozen=True)
-class SteeringBiasSettings(_JsonDataclass):
+class SteeringBiasSettings(JsonDataclass):
     num_layers: int
     num_heads: int
     architecture: str = "model"
@@ -52,7 +52,7 @@ class SteeringBiasSettings(_JsonDataclass):
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_heads"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         if not self.input_name.isidentifier():
             raise ValueError(f"input_name must be a Python identifier, got {self.input_name!r}")
 

@@ -43,7 +43,8 @@ from steerc.errors import PassError
 from steerc.passes.attention_sites import SDPA_MASK_ARGS, AttentionSite, find_attention_sites, get_arg
 from steerc.passes.graph_ops import call as _call
 from steerc.passes.report import PassReport, SiteReport
-from steerc.settings import _check_int, _JsonDataclass, check_layer_groups
+from steerc.settings import check_layer_groups
+from steerc.settings_base import JsonDataclass, check_int
 
 __all__ = ["ShareAttentionSettings", "share_attention", "parse_share_groups", "format_share_groups", "SHARED_META"]
 
@@ -78,7 +79,7 @@ def format_share_groups(groups) -> str:
 
 
 @dataclass(frozen=True)
-class ShareAttentionSettings(_JsonDataclass):
+class ShareAttentionSettings(JsonDataclass):
     groups: tuple[tuple[int, ...], ...]
     num_layers: int
     num_heads: int
@@ -87,7 +88,7 @@ class ShareAttentionSettings(_JsonDataclass):
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_heads", "num_kv_heads"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
         groups = check_layer_groups(self.groups, self.num_layers)

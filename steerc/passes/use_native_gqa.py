@@ -20,7 +20,7 @@ from torch import fx
 from steerc.errors import PassError
 from steerc.passes.attention_sites import get_arg, set_arg
 from steerc.passes.report import PassReport, SiteReport
-from steerc.settings import _check_int, _JsonDataclass
+from steerc.settings_base import JsonDataclass, check_int
 
 __all__ = ["NativeGqaSettings", "use_native_gqa"]
 
@@ -30,14 +30,14 @@ _RESHAPES = {aten.reshape.default, aten.view.default, aten._unsafe_view.default}
 
 
 @dataclass(frozen=True)
-class NativeGqaSettings(_JsonDataclass):
+class NativeGqaSettings(JsonDataclass):
     num_heads: int
     num_kv_heads: int
     architecture: str = "model"
 
     def __post_init__(self) -> None:
         for name in ("num_heads", "num_kv_heads"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
 

@@ -5,7 +5,7 @@ the step graph on the backend chosen at load time (ONNX Runtime, or a compiled f
 :mod:`steerc.backends`: AOTInductor, TensorRT) and the analysis graph on ONNX Runtime,
 the KV cache (:mod:`~steerc.runtime.kv_cache`), the prefill/decode loops
 (:mod:`~steerc.runtime.generate`), text in and out (:mod:`~steerc.runtime.text`) and the
-:class:`Steering` bias the engine is fed (:mod:`~steerc.runtime.steering`). What to steer
+:class:`SteerBias` bias the engine is fed (:mod:`~steerc.runtime.steer_bias`). What to steer
 lives in :mod:`steerc.steering`; prepared contexts are kept in :mod:`steerc.stores`. Engine folders
 are built by :mod:`steerc.build`; their format is :mod:`steerc.engine_format`.
 
@@ -19,7 +19,7 @@ from steerc.runtime.engine import ContextTooLongError, Engine
 from steerc.runtime.generate import SamplingParams, decode_one_token, generate, prefill
 from steerc.runtime.kv_buffers import KVBuffers
 from steerc.runtime.kv_cache import KVCache
-from steerc.runtime.steering import Steering
+from steerc.runtime.steer_bias import SteerBias
 from steerc.runtime.text import Completion, TextStream, complete, encode_prompts
 
 __all__ = [
@@ -29,7 +29,7 @@ __all__ = [
     "KVBuffers",
     "KVCache",
     "SamplingParams",
-    "Steering",
+    "SteerBias",
     "TextStream",
     "complete",
     "decode_one_token",

@@ -20,7 +20,7 @@ import numpy as np
 from steerc.runtime.engine import Engine
 from steerc.runtime.kv_buffers import KVBuffers
 from steerc.runtime.kv_cache import KVCache
-from steerc.runtime.steering import Steering
+from steerc.runtime.steer_bias import SteerBias
 
 # Prompts are prefilled in calls of at most this many tokens: exact (each chunk attends to the
 # cache so far) and it bounds prefill memory, which one call would spend on [B, S, V] logits and
@@ -75,7 +75,7 @@ def positions_for(attention_mask: np.ndarray, new: int, offset: int = 0) -> np.n
     return (np.clip(attention_mask.cumsum(-1) - 1, 0, None)[:, -new:] + offset).astype(np.int64)
 
 
-def _bias(engine: Engine, steering: Steering | None, batch: int, total: int) -> np.ndarray:
+def _bias(engine: Engine, steering: SteerBias | None, batch: int, total: int) -> np.ndarray:
     g = engine.geometry
     if steering is None:
         return np.zeros((batch, g.num_layers, g.num_heads, total), np.float32)
@@ -87,7 +87,7 @@ def prefill(
     input_ids: np.ndarray,
     attention_mask: np.ndarray,
     cache: KVCache | KVBuffers,
-    steering: Steering | None = None,
+    steering: SteerBias | None = None,
     chunk: int = 0,
     progress: Callable[[int, int], None] | None = None,
     position_offset: int = 0,
@@ -118,7 +118,7 @@ def prefill(
     return logits, cache
 
 
-def decode_one_token(engine: Engine, tokens: np.ndarray, attention_mask: np.ndarray, cache: KVCache | KVBuffers, steering: Steering | None = None,
+def decode_one_token(engine: Engine, tokens: np.ndarray, attention_mask: np.ndarray, cache: KVCache | KVBuffers, steering: SteerBias | None = None,
                      position_offset: int = 0) -> tuple[np.ndarray, KVCache | KVBuffers]:
     """``tokens [B]`` after ``cache`` (``attention_mask [B, P+1]``) -> ``(logits [B, V], cache)``."""
     B = tokens.shape[0]
@@ -135,7 +135,7 @@ def generate(
     *,
     max_new_tokens: int = 128,
     sampling: SamplingParams = SamplingParams(),
-    steering: Steering | None = None,
+    steering: SteerBias | None = None,
     stop_token_ids: set[int] | None = None,
     cache: KVCache | None = None,
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,

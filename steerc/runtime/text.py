@@ -11,7 +11,7 @@ import numpy as np
 from steerc.errors import SteercError
 from steerc.runtime.engine import Engine
 from steerc.runtime.generate import DEFAULT_PREFILL_CHUNK, SamplingParams, generate
-from steerc.runtime.steering import Steering
+from steerc.runtime.steer_bias import SteerBias
 
 __all__ = ["Completion", "Detokenizer", "StreamRun", "TextStream", "chat_ids", "encode_prompts", "complete", "stream_steps"]
 
@@ -79,7 +79,7 @@ class TextStream:
     Text that could still become a stop string is held back until it cannot."""
 
     def __init__(self, engine: Engine, prompt: str | None = None, *, prompt_ids: list[int] | np.ndarray | None = None, max_new_tokens: int = 128,
-                 sampling: SamplingParams = SamplingParams(), steering: Steering | None = None, stop: tuple[str, ...] = (), chat: bool = True,
+                 sampling: SamplingParams = SamplingParams(), steering: SteerBias | None = None, stop: tuple[str, ...] = (), chat: bool = True,
                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK, progress=None):
         """``prompt`` is text (the chat template applied unless ``chat=False``); ``prompt_ids``,
         instead, is a prompt the caller tokenized (a templated conversation, say)."""
@@ -165,7 +165,7 @@ class Detokenizer:
 
 
 def complete(engine: Engine, prompts: list[str], *, max_new_tokens: int = 128, sampling: SamplingParams = SamplingParams(),
-             steering: Steering | None = None, stop: tuple[str, ...] = (), chat: bool = True) -> list[Completion]:
+             steering: SteerBias | None = None, stop: tuple[str, ...] = (), chat: bool = True) -> list[Completion]:
     """Generate for a batch of prompts at once (left-padded); one Completion per prompt."""
     ids, mask, lengths = encode_prompts(engine, prompts, chat)
     B = len(prompts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from steerc.settings import _JsonDataclass
+from steerc.settings_base import JsonDataclass
 
 __all__ = ["ServerSettings"]
 
@@ -16,7 +16,7 @@ def _positive_int(name: str, value, minimum: int = 1) -> None:
 
 
 @dataclass(frozen=True)
-class ServerSettings(_JsonDataclass):
+class ServerSettings(JsonDataclass):
     """``max_concurrency`` generations run at once (each on its own thread, sharing the engine);
     up to ``max_queue`` more wait, and a request beyond that gets 429. ``request_timeout_s``
     bounds a request from arrival (queue wait included) to its last token. ``api_key``: when

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from steerc.settings import _JsonDataclass
+from steerc.settings_base import JsonDataclass
 from steerc.steering.options import AUTO_LAYERS, LAYER_BANDS, MethodOptions, check_options, option, option_of
 from steerc.steering.registry import method_names, options_class
 
@@ -69,7 +69,7 @@ def _prefixes(values: list[str]) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, init=False)
-class SteerConfig(_JsonDataclass):
+class SteerConfig(JsonDataclass):
     """``method``: a registered steering method (:mod:`steerc.steering.registry`: ``none``,
     ``query``, ``qllm``, ``llmsteer``, ``pasta``, ``autopasta``); ``options``: its own settings
     (e.g. ``QueryOptions(evidence=2)``; see each method's module). The rest applies to every method.

@@ -36,7 +36,7 @@ import numpy as np
 from steerc.runtime.engine import Engine
 from steerc.runtime.generate import DEFAULT_PREFILL_CHUNK, prefill
 from steerc.runtime.kv_cache import KVCache
-from steerc.runtime.steering import Steering
+from steerc.runtime.steer_bias import SteerBias
 from steerc.steering.cache_fill import get_or_build, get_or_build_prepared
 from steerc.steering.config import SteerConfig
 from steerc.steering.keys import importance_key, kv_key, plain_key, store_key
@@ -132,7 +132,7 @@ class BuildJob:
             kv, _ = load_kv(self.store, name)  # another entry's steered prefill may have made this very KV
             if kv is None:
                 ids = np.concatenate([self.head, self.context_ids])
-                _, kv = prefill(self.engine, ids[None], np.ones((1, len(ids)), np.int64), self.engine.new_cache(1), Steering(bias), chunk=self.chunk,
+                _, kv = prefill(self.engine, ids[None], np.ones((1, len(ids)), np.int64), self.engine.new_cache(1), SteerBias(bias), chunk=self.chunk,
                                 progress=self.report("steered prefill"))
         else:
             kv, name = self.plain_kv(), kv_key(self.engine.engine_id, self.head, self.context_ids)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from steerc.runtime.kv_cache import KVCache, describe_layout
-from steerc.runtime.steering import Steering
+from steerc.runtime.steer_bias import SteerBias
 from steerc.steering.config import SteerConfig
 from steerc.steering.keys import compacted_kv_key, content_kv_key
 from steerc.steering.stored_kv import kv_of_tensors, load_kv, save_kv
@@ -97,11 +97,11 @@ class PreparedContext:
         """Mean number of context tokens selected per layer."""
         return float(self.selected.sum(1).mean())
 
-    def query_steering(self) -> Steering | None:
+    def query_steering(self) -> SteerBias | None:
         """The stored bias later tokens apply to the stored keys (None when nothing is steered at query time)."""
         if self.config.steer_at == "prefill" or not self.bias.any():
             return None
-        return Steering(self.bias if self.bias.shape[-1] == self.kv.length else self.on_stored_keys(self.bias))
+        return SteerBias(self.bias if self.bias.shape[-1] == self.kv.length else self.on_stored_keys(self.bias))
 
     def to_stored(self) -> StoredContext:
         """The entry, without its KV: that is stored once, under ``kv_key``, and the entry names it

@@ -13,7 +13,7 @@ from steerc.engine_format import MANIFEST_FILE
 from steerc.errors import EngineError
 from steerc.runtime.engine import Engine
 from steerc.runtime.generate import SamplingParams, decode_one_token, generate, prefill
-from steerc.runtime.steering import Steering
+from steerc.runtime.steer_bias import SteerBias
 from steerc.settings import CompileSettings
 
 
@@ -40,7 +40,7 @@ def test_manifest_lists_package_and_self_check(aoti_engine):
 def _steering(engine, length, seed=3):
     g = engine.geometry
     rng = np.random.default_rng(seed)
-    return Steering(np.where(rng.random((g.num_layers, g.num_heads, length)) < 0.5, np.log(0.05), 0.0).astype(np.float32))
+    return SteerBias(np.where(rng.random((g.num_layers, g.num_heads, length)) < 0.5, np.log(0.05), 0.0).astype(np.float32))
 
 
 @pytest.mark.parametrize("shape", [(1, 9), (3, 6)])  # (batch, prompt length): shapes other than the traced (2, 3 + 5)

@@ -235,12 +235,12 @@ def test_bad_options(tiny_engine, tmp_path):
 
 
 def test_a_failed_write_leaves_nothing(tiny_engine, tmp_path, monkeypatch):
-    import steerc.deploy.triton as triton
+    import steerc.deploy.triton.repository as repository
 
     def broken(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(triton, "_link_or_copy", broken)
+    monkeypatch.setattr(repository, "_link_or_copy", broken)
     with pytest.raises(OSError, match="disk full"):
         export_triton(tiny_engine, tmp_path / "repo", name="tiny")
     assert list((tmp_path / "repo").iterdir()) == []

@@ -7,7 +7,7 @@ import torch
 from steerc.errors import EngineError
 from steerc.models import load_model
 from steerc.reference import reference_step
-from steerc.runtime import ContextTooLongError, Engine, SamplingParams, Steering, decode_one_token, generate, prefill
+from steerc.runtime import ContextTooLongError, Engine, SamplingParams, SteerBias, decode_one_token, generate, prefill
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_chunked_prefill_equals_one_call(engine):
 def test_steered_steps_equal_eager_reference(engine, hf):
     g = engine.geometry
     ids = _prompt(10, 5)
-    steering = Steering(np.random.default_rng(6).normal(0, 2, (g.num_layers, g.num_heads, 10)).astype(np.float32))
+    steering = SteerBias(np.random.default_rng(6).normal(0, 2, (g.num_layers, g.num_heads, 10)).astype(np.float32))
     logits, cache = prefill(engine, ids, np.ones((1, 10), np.int64), engine.new_cache(1), steering)
     past = [torch.zeros(1, g.num_kv_heads, 0, g.head_dim) for _ in range(2 * g.num_layers)]
     ref, ref_present = reference_step(hf, torch.tensor(ids), torch.arange(10)[None], torch.ones(1, 10, dtype=torch.long), past, torch.tensor(steering.for_keys(1, 10)))

@@ -15,7 +15,7 @@ import pytest
 from steerc.build import compile_engine
 from steerc.engine_format import read_manifest, write_manifest
 from steerc.errors import EngineError
-from steerc.runtime import Engine, KVCache, Steering, decode_one_token, generate, prefill
+from steerc.runtime import Engine, KVCache, SteerBias, decode_one_token, generate, prefill
 from steerc.runtime.kv_buffers import KVBuffers, round_capacity
 from steerc.settings import CompileSettings
 
@@ -100,7 +100,7 @@ def test_chunked_prefill_after_a_cache_equals_concat(concat, in_place):
 
 def test_decode_steps_equal_concat_while_the_buffers_grow(concat, in_place):
     ids, mask = _padded_batch(seed=2)
-    steering = Steering(np.random.default_rng(3).normal(size=(2, 4, ids.shape[1] + 4)).astype(np.float32))
+    steering = SteerBias(np.random.default_rng(3).normal(size=(2, 4, ids.shape[1] + 4)).astype(np.float32))
     logits, cache = prefill(concat, ids, mask, concat.new_cache(2), steering)
     buffers = in_place.buffers_for(cache, ids.shape[1] + 1)
     assert buffers.capacity == 16
@@ -130,7 +130,7 @@ def test_decode_writes_into_the_same_memory(in_place):
 
 def test_generate_greedy_identical(concat, in_place):
     ids, mask = _padded_batch(seed=5, lengths=(4, 10))
-    steering = Steering(np.random.default_rng(6).normal(size=(2, 4, 10)).astype(np.float32))
+    steering = SteerBias(np.random.default_rng(6).normal(size=(2, 4, 10)).astype(np.float32))
     for kwargs in ({}, {"steering": steering}):
         want = np.stack(list(generate(concat, ids, mask, max_new_tokens=30, stop_token_ids=set(), **kwargs)), 1)
         got = np.stack(list(generate(in_place, ids, mask, max_new_tokens=30, stop_token_ids=set(), prefill_chunk=4, **kwargs)), 1)

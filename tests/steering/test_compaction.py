@@ -11,7 +11,7 @@ import pytest
 
 from steerc.runtime import Engine
 from steerc.runtime.generate import prefill
-from steerc.runtime.steering import Steering
+from steerc.runtime.steer_bias import SteerBias
 from steerc.steering.answer import Steerer
 from steerc.steering.compaction import check_positions_preserved, kept_context_tokens, kept_count
 from steerc.steering.config import SteerConfig
@@ -67,7 +67,7 @@ def test_a_compacted_context_equals_the_full_cache_with_the_dropped_keys_masked(
     g = engine.geometry
     bias = np.full((g.num_layers, g.num_heads, Nh + N), -1e9, np.float32)
     bias[..., positions] = 0.0
-    want, _ = prefill(engine, query_ids[None], np.ones((1, Nh + N + S), np.int64), plain.kv, Steering(bias))
+    want, _ = prefill(engine, query_ids[None], np.ones((1, Nh + N + S), np.int64), plain.kv, SteerBias(bias))
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
     assert s.last.token_ids[0] == int(want[0].argmax())
     # Only the compacted entry and its KV (the kept keys only) are stored: nothing of the full context.

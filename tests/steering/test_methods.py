@@ -10,7 +10,7 @@ import pytest
 
 from steerc.runtime import Engine
 from steerc.runtime.generate import generate
-from steerc.runtime.steering import Steering
+from steerc.runtime.steer_bias import SteerBias
 from steerc.steering.answer import Steerer
 from steerc.steering.config import SteerConfig
 from steerc.steering.evidence import Units, choose_units, evidence_bias, token_scores, unit_scores
@@ -128,7 +128,7 @@ def test_query_plan_and_answer_match_the_reference(engine, extra):
     want = evidence_bias(keep, Nh, Nh + N, engine.geometry.num_layers, engine.geometry.num_heads, log_alpha, pairs)
     np.testing.assert_allclose(s.last_plan.steering.bias, want, atol=1e-6)
     # The answer is the question prefilled over the stored KV with that bias, then decoded with it.
-    tokens = [int(t[0]) for t in generate(engine, query_ids[None], cache=prepared.kv, steering=Steering(want), max_new_tokens=6)]
+    tokens = [int(t[0]) for t in generate(engine, query_ids[None], cache=prepared.kv, steering=SteerBias(want), max_new_tokens=6)]
     assert answer.token_ids == tokens[: len(answer.token_ids)]
 
 

@@ -11,7 +11,7 @@ import pytest
 from steerc.errors import EngineError
 from steerc.runtime import Engine
 from steerc.runtime.generate import prefill
-from steerc.runtime.steering import Steering
+from steerc.runtime.steer_bias import SteerBias
 from steerc.steering.answer import Steerer
 from steerc.steering.blocks import block_bounds, block_scores, kept_tokens
 from steerc.steering.config import SteerConfig
@@ -39,11 +39,11 @@ def _run(engine, **fields):
     return s, prepared, plan, query_ids
 
 
-def _dropped_bias(engine, keep_keys: np.ndarray, total: int) -> Steering:
+def _dropped_bias(engine, keep_keys: np.ndarray, total: int) -> SteerBias:
     g = engine.geometry
     bias = np.zeros((g.num_layers, g.num_heads, total), np.float32)
     bias[..., : len(keep_keys)] = np.where(keep_keys, 0.0, MASKED)
-    return Steering(bias)
+    return SteerBias(bias)
 
 
 def test_plan_keeps_the_best_scoring_blocks(engine):

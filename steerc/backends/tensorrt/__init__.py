@@ -4,8 +4,9 @@
   serialized plan built by torch-tensorrt (:mod:`~steerc.backends.tensorrt.plan`) and run by
   TensorRT's runtime (:mod:`~steerc.backends.tensorrt.runner`);
 * ``--target tensorrt``: the ONNX step graph written for TensorRT's ONNX parser: the static
-  parser-rules checker (:mod:`~steerc.backends.tensorrt.check`, :func:`check_tensorrt`,
-  :func:`check_engine`, with the rules' data in :mod:`~steerc.backends.tensorrt.supported_ops`)
+  parser-rules checker (the :mod:`~steerc.backends.tensorrt.check` package, :func:`check_tensorrt`,
+  :func:`check_engine`: violations, the graph driver, per-op and transformer-op rules, the engine
+  folder's step graph; the rules' data in :mod:`~steerc.backends.tensorrt.supported_ops`)
   and the shape profiles and ``trtexec`` command of the plan trtexec would build
   (:mod:`~steerc.backends.tensorrt.shape_profiles`). The rewrite that meets those rules is an
   ONNX pass: :mod:`steerc.passes.onnx.make_tensorrt_ready`.

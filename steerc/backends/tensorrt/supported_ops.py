@@ -3,8 +3,8 @@
 Source: onnx-tensorrt ``docs/operators.md`` at the "ONNX-TensorRT 10.1 GA release" commit
 (96e781103cfc, June 2024; the table is titled TensorRT 10.0): every operator marked "Y", with
 the data types of its main input. Restrictions that can be checked on the graph alone are
-encoded in :mod:`steerc.backends.tensorrt.check` (their wording there is ours), checked against that
-commit's ``onnxOpImporters.cpp``. Later TensorRT 10.x releases added ``Attention`` (10.14),
+encoded in :mod:`steerc.backends.tensorrt.check` (``node_rules`` and ``transformer_rules``;
+their wording there is ours), checked against that commit's ``onnxOpImporters.cpp``. Later TensorRT 10.x releases added ``Attention`` (10.14),
 ``RotaryEmbedding`` and ``RMSNormalization``; they are listed in ``ADDED_LATER``.
 
 The parser reads the default ONNX domain at opsets ``OPSET_RANGE`` (9-24 for current 10.x

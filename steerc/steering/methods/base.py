@@ -31,7 +31,7 @@ from typing import ClassVar
 import numpy as np
 
 from steerc.runtime.kv_cache import KVCache
-from steerc.runtime.steering import Steering
+from steerc.runtime.steer_bias import SteerBias
 from steerc.steering.config import SteerConfig
 from steerc.steering.contexts import BuildJob, prepare_context
 from steerc.steering.keys import intermediate_keys
@@ -73,7 +73,7 @@ class QueryPlan:
     """What one query attends to: the context KV and the bias over its keys."""
 
     kv: KVCache = field(repr=False)  # the context KV the question is prefilled after (never modified)
-    steering: Steering | None  # [L, H, K] bias over those keys for the question prefill and decode; None: unsteered
+    steering: SteerBias | None  # [L, H, K] bias over those keys for the question prefill and decode; None: unsteered
     selected: np.ndarray  # [L, N] bool: the context tokens emphasised for this query (all True when none are)
     evidence: tuple[Evidence, ...] = ()
     key_sentence: str | None = None  # autopasta: the sentence the model named

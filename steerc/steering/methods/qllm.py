@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from steerc.runtime.generate import positions_for
-from steerc.runtime.steering import Steering
+from steerc.runtime.steer_bias import SteerBias
 from steerc.steering.blocks import REPRESENTATIVES, block_bounds, block_scores, kept_tokens, representative_keys
 from steerc.steering.cache_fill import get_or_build
 from steerc.steering.compaction import check_positions_preserved
@@ -187,6 +187,6 @@ class QLLM(SteeringMethod):
             bias[layer, head, ~stored] = np.log(config.alpha)
         if answer_only:
             bias = np.concatenate([bias, np.zeros((g.num_layers, g.num_heads, len(scored)), np.float32)], -1)
-            return QueryPlan(extended, Steering(bias), selected, evidence, seconds=time.perf_counter() - start, query_ids=query_ids[-1:],
+            return QueryPlan(extended, SteerBias(bias), selected, evidence, seconds=time.perf_counter() - start, query_ids=query_ids[-1:],
                              position_offset=prepared.position_offset)
-        return QueryPlan(prepared.kv, Steering(bias), selected, evidence, seconds=time.perf_counter() - start, position_offset=prepared.position_offset)
+        return QueryPlan(prepared.kv, SteerBias(bias), selected, evidence, seconds=time.perf_counter() - start, position_offset=prepared.position_offset)

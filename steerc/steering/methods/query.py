@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from steerc.runtime.generate import positions_for
-from steerc.runtime.steering import Steering
+from steerc.runtime.steer_bias import SteerBias
 from steerc.steering.cache_fill import get_or_build
 from steerc.steering.config import UNITS, SteerConfig
 from steerc.steering.contexts import prepare_plain
@@ -203,5 +203,5 @@ class QueryEvidence(SteeringMethod):
         else:
             log_alpha = float(np.log(config.alpha))
         bias = evidence_bias(keep, Nh, Nh + N, g.num_layers, g.num_heads, log_alpha, pairs)  # [L, H, Nh + N]
-        steering = Steering(prepared.on_stored_keys(bias)) if bias.any() else None
+        steering = SteerBias(prepared.on_stored_keys(bias)) if bias.any() else None
         return QueryPlan(prepared.kv, steering, np.broadcast_to(keep, (g.num_layers, N)).copy(), evidence, seconds=time.perf_counter() - start)

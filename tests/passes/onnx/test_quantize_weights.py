@@ -13,7 +13,7 @@ from steerc.build import compile_engine
 from steerc.build.verify import WEIGHT_TOLERANCE
 from steerc.runtime.engine import Engine
 from steerc.runtime.generate import SamplingParams, decode_one_token, generate, prefill
-from steerc.runtime.steering import Steering
+from steerc.runtime.steer_bias import SteerBias
 from steerc.settings import CompileSettings
 
 SETTINGS = dict(max_seq_len=64, max_batch=4)
@@ -52,7 +52,7 @@ def test_steered_decode_is_close_to_full_precision(engines, scheme):
     B, S = 2, 9
     ids = np.random.default_rng(0).integers(0, g.vocab_size, (B, S))
     mask = np.ones((B, S + 1), np.int64)
-    steering = Steering(np.where(np.random.default_rng(1).random((g.num_layers, g.num_heads, S + 1)) < 0.5, np.log(0.05), 0.0).astype(np.float32))
+    steering = SteerBias(np.where(np.random.default_rng(1).random((g.num_layers, g.num_heads, S + 1)) < 0.5, np.log(0.05), 0.0).astype(np.float32))
     results = []
     for engine in (full, quant):
         _, cache = prefill(engine, ids, mask[:, :S], engine.new_cache(B))

@@ -1,4 +1,4 @@
-"""The steering value the runtime feeds to every engine call."""
+"""``SteerBias``: the ``steer_bias`` input the runtime feeds to every engine call."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Steering"]
+__all__ = ["SteerBias"]
 
 
 @dataclass(frozen=True)
-class Steering:
+class SteerBias:
     """An additive log-space bias over key positions, per layer and query head.
 
     ``bias`` is ``[L, H, K]`` (the same for every row of a batch) or ``[B, L, H, K]``. It
@@ -23,9 +23,9 @@ class Steering:
 
     def __post_init__(self) -> None:
         if self.bias.ndim not in (3, 4):
-            raise ValueError(f"Steering.bias must be [L, H, K] or [B, L, H, K], got shape {self.bias.shape}")
+            raise ValueError(f"SteerBias.bias must be [L, H, K] or [B, L, H, K], got shape {self.bias.shape}")
         if not np.isfinite(self.bias).all():
-            raise ValueError("Steering.bias must be finite (use a large negative number, not -inf, to mask)")
+            raise ValueError("SteerBias.bias must be finite (use a large negative number, not -inf, to mask)")
 
     @property
     def length(self) -> int:
@@ -34,9 +34,9 @@ class Steering:
     def check(self, num_layers: int, num_heads: int, batch: int) -> None:
         L, H = self.bias.shape[-3], self.bias.shape[-2]
         if (L, H) != (num_layers, num_heads):
-            raise ValueError(f"Steering.bias covers {L} layers x {H} heads; the engine has {num_layers} x {num_heads}")
+            raise ValueError(f"SteerBias.bias covers {L} layers x {H} heads; the engine has {num_layers} x {num_heads}")
         if self.bias.ndim == 4 and self.bias.shape[0] != batch:
-            raise ValueError(f"Steering.bias has {self.bias.shape[0]} rows; the batch has {batch}")
+            raise ValueError(f"SteerBias.bias has {self.bias.shape[0]} rows; the batch has {batch}")
 
     def for_keys(self, batch: int, total: int) -> np.ndarray:
         """``[B, L, H, total]`` float32: the bias over the first ``total`` key positions."""
@@ -47,7 +47,7 @@ class Steering:
         return out
 
     @classmethod
-    def highlight(cls, num_layers: int, num_heads: int, length: int, keep: np.ndarray, alpha: float, layers=None, heads=None) -> "Steering":
+    def highlight(cls, num_layers: int, num_heads: int, length: int, keep: np.ndarray, alpha: float, layers=None, heads=None) -> "SteerBias":
         """PASTA-style: ``log(alpha)`` on every key in ``[0, length)`` not in ``keep`` (a bool
         mask or index array), on the given layers and heads (default all)."""
         if not 0 < alpha <= 1:
