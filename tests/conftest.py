@@ -1,3 +1,4 @@
+import functools
 import os
 import sys
 from pathlib import Path
@@ -8,10 +9,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from steps import TEST_SETTINGS, assert_step_close, step_inputs, steerable  # noqa: E402,F401  (re-exported for the tests)
+from steps import TEST_SETTINGS, assert_step_close, steerable, step_inputs  # noqa: E402,F401  (re-exported for the tests)
 from tiny_models import tiny_model  # noqa: E402
 
 from steerc.settings import CompileSettings  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
@@ -39,13 +41,60 @@ def default_engine(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_engine(tiny_folder, tmp_path_factory):
-    """The tiny Llama compiled into an engine folder (no tokenizer)."""
+def default_hf():
+    """The default model in transformers (``load_model(None)``: model and tokenizer), loaded once
+    per session for the tests that compare the default engine with it."""
+    from steerc.models import load_model
+
+    return load_model(None)
+
+
+@pytest.fixture(scope="session")
+def compiled_engine(tmp_path_factory):
+    """``compiled_engine(checkpoint_folder, **settings)``: the engine folder of ``compile_engine``
+    with ``CompileSettings(**settings)``, compiled once per session for each (checkpoint, settings).
+    Shared: a test that changes the folder copies it first (``read_manifest`` gives the manifest
+    ``compile_engine`` returned)."""
     from steerc.build import compile_engine
 
-    out = tmp_path_factory.mktemp("tiny-engine") / "engine"
-    compile_engine(str(tiny_folder), out, CompileSettings(max_seq_len=64, max_batch=4))
-    return out
+    built = {}
+
+    def get(folder, **settings) -> Path:
+        key = (str(folder), CompileSettings(**settings))
+        if key not in built:
+            out = tmp_path_factory.mktemp("compiled") / "engine"
+            compile_engine(str(folder), out, key[1])
+            built[key] = out
+        return built[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def exported_onnx(tmp_path_factory):
+    """``exported_onnx(arch, opset=23, dtype="fp32")``: a tiny architecture's step graph
+    (``onnx_steps.steerable_in``, TEST_SETTINGS) exported with ``export_onnx`` once per session; the
+    path of its model.onnx (weights in model.onnx.data beside it). Shared: copy the folder before changing it."""
+    from onnx_steps import steerable_in
+
+    from steerc.backends.onnx import export_onnx
+
+    @functools.cache
+    def export(arch: str, opset: int, dtype: str) -> Path:
+        sp = steerable_in(arch, dtype)
+        folder = tmp_path_factory.mktemp(f"{arch}-{dtype}-{opset}")
+        return export_onnx(sp.program, folder, sp.inputs, sp.outputs, opset)
+
+    def get(arch: str, opset: int = 23, dtype: str = "fp32") -> Path:
+        return export(arch, opset, dtype)
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_folder, compiled_engine):
+    """The tiny Llama compiled into an engine folder (no tokenizer)."""
+    return compiled_engine(tiny_folder, max_seq_len=64, max_batch=4)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Exported tiny step graphs and their ONNX Runtime results, shared by the ONNX-pass and TensorRT-checker tests."""
+"""Tiny step graphs (fp32 and fp16) and their ONNX Runtime results, shared by the ONNX-pass and TensorRT-checker
+tests (their exports: the ``exported_onnx`` fixture of tests/conftest.py)."""
 
 import functools
 
@@ -8,7 +9,7 @@ from steps import TEST_SETTINGS, step_inputs, steerable
 
 from tiny_models import tiny_model
 
-from steerc.backends.onnx import create_session, export_onnx
+from steerc.backends.onnx import create_session
 from steerc.build.steerable import capture_steerable
 from steerc.settings import CompileSettings
 
@@ -22,16 +23,6 @@ def steerable_in(arch: str, dtype: str):
         return steerable(arch)[1]
     model = tiny_model(arch).half()
     return capture_steerable(model, CompileSettings(dtype="fp16", max_seq_len=TEST_SETTINGS.max_seq_len, max_batch=TEST_SETTINGS.max_batch, importance=False))
-
-
-@functools.lru_cache(maxsize=None)
-def _exported(arch: str, dtype: str, root: str):
-    from pathlib import Path
-
-    sp = steerable_in(arch, dtype)
-    folder = Path(root) / f"{arch}-{dtype}"
-    folder.mkdir(parents=True, exist_ok=True)
-    return export_onnx(sp.program, folder, sp.inputs, sp.outputs, 23)
 
 
 def step_feed(arch: str, dtype: str, call: str, seed: int = 3) -> dict:

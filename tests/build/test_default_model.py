@@ -9,7 +9,6 @@ import torch
 
 from steerc.backends.onnx import create_session
 from steerc.build import read_manifest
-from steerc.models import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -18,8 +17,8 @@ NEW_TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def hf():
-    return load_model(None)
+def hf(default_hf):
+    return default_hf
 
 
 def onnx_greedy(session, manifest, prompt_ids: list[int], new_tokens: int, eos: set[int]) -> list[int]:

@@ -1,17 +1,15 @@
 """The CLI as a user runs it: real subprocesses, exit codes, one-line errors."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_process import run_cli
 
 
 def steerc(*args, env=None, cwd=None):
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "steerc.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=600)
+    """``python -m steerc.cli ARGS`` in its own process (forked from a zygote: tests/cli_process.py)."""
+    return run_cli(*args, env=env, cwd=cwd, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,12 @@
 """``steerc compile --share-attention``: syntax and range errors are one clear line, exit 2."""
 
-import subprocess
-import sys
 
 import pytest
+from cli_process import run_cli
 
 
 def steerc(*args):
-    return subprocess.run([sys.executable, "-m", "steerc.cli", *args], capture_output=True, text=True, timeout=600)
+    return run_cli(*args, timeout=600)
 
 
 @pytest.mark.parametrize("groups, message", [("20", "not a layer range"), ("3-3", "at least two layers"), ("1-4,4-6", "overlap")])

@@ -1,10 +1,9 @@
 """`steerc eval` end to end on a tiny model (3 examples), and its errors."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+from cli_process import run_cli
 
 ROWS = [
     {"id": "fr", "context": "Paris is the capital of France. Berlin is the capital of Germany.", "question": "What is the capital of France?", "answers": ["Paris"]},
@@ -15,7 +14,7 @@ ROWS = [
 
 
 def steerc(*args):
-    return subprocess.run([sys.executable, "-m", "steerc.cli", *map(str, args)], capture_output=True, text=True, timeout=600)
+    return run_cli(*args, timeout=600)
 
 
 @pytest.fixture

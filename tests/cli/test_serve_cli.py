@@ -1,11 +1,12 @@
 """`steerc serve` refuses bad options and unusable stores before it binds anything."""
 
 import subprocess
-import sys
+
+from cli_process import run_cli
 
 
 def _serve(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "steerc.cli", "serve", *args], capture_output=True, text=True, timeout=120)
+    return run_cli("serve", *args, timeout=120)
 
 
 def test_bad_options_are_refused_with_the_reason(tiny_text_engine):

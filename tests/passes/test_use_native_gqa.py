@@ -59,11 +59,8 @@ def test_kv_repeat_chain_is_gone_from_the_graph():
     assert expands == []  # the [B, Hkv, n_rep, T, D] expansions of repeat_kv were dead and removed
 
 
-def test_onnx_attention_takes_grouped_kv(tmp_path):
-    from steerc.backends.onnx import export_onnx
-
-    _, sp = steerable("mistral")
-    path = export_onnx(sp.program, tmp_path, sp.inputs, sp.outputs, 23)
+def test_onnx_attention_takes_grouped_kv(exported_onnx):
+    path = exported_onnx("mistral")
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
     values = [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]
     shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values}

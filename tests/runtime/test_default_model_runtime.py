@@ -1,12 +1,10 @@
 """Runtime on the real default model: greedy tokens against HF generate, streaming, the CLI."""
 
-import subprocess
-import sys
 
 import pytest
 import torch
+from cli_process import run_cli
 
-from steerc.models import load_model
 from steerc.runtime import Engine, TextStream, complete
 
 pytestmark = pytest.mark.slow
@@ -20,8 +18,8 @@ def engine(default_engine):
 
 
 @pytest.fixture(scope="module")
-def hf():
-    return load_model(None).model
+def hf(default_hf):
+    return default_hf.model
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
@@ -59,10 +57,7 @@ def test_stop_string_cuts_the_answer(engine):
 
 
 def test_generate_cli(default_engine):
-    result = subprocess.run(
-        [sys.executable, "-m", "steerc.cli", "generate", str(default_engine), "--prompt", PROMPTS[0], "--max-new-tokens", "16"],
-        capture_output=True, text=True, timeout=300,
-    )
+    result = run_cli("generate", default_engine, "--prompt", PROMPTS[0], "--max-new-tokens", "16", timeout=300)
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
     assert "prefill" in result.stderr and "decode" in result.stderr and "tok/s" in result.stderr
@@ -71,5 +66,5 @@ def test_generate_cli(default_engine):
 def test_generate_cli_refuses_long_prompt(default_engine, tmp_path):
     long_prompt = tmp_path / "long.txt"
     long_prompt.write_text("word " * 3000)
-    result = subprocess.run([sys.executable, "-m", "steerc.cli", "generate", str(default_engine), "--prompt-file", str(long_prompt)], capture_output=True, text=True, timeout=300)
+    result = run_cli("generate", default_engine, "--prompt-file", long_prompt, timeout=300)
     assert result.returncode == 2 and "allows at most 2048" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -223,10 +223,9 @@ def test_settings_refuse(kwargs, match):
 
 
 def _cli(*args):
-    import subprocess
-    import sys
+    from cli_process import run_cli
 
-    return subprocess.run([sys.executable, "-m", "steerc.cli", *args], capture_output=True, text=True, timeout=600)
+    return run_cli(*args, timeout=600)
 
 
 def test_cli_inspect_and_invalid_combination(in_place_folder, tiny_folder, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cli_process import spawn
 from redis_server import free_port
 
 API_KEY = "test-key-0123456789"
@@ -26,7 +27,7 @@ class Server:
         if api_key:
             cmd += ["--api-key", api_key]
         full_env = {**os.environ, "STEERC_CONTEXT_STORE": str(tmp / "store"), **(env or {})}
-        self.proc = subprocess.Popen(cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=full_env)
+        self.proc = spawn(module, cmd[3:], full_env, self.log)  # its own process, forked from the zygote of tests/cli_process.py
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -8,20 +8,15 @@ from test_parity import SHAPES
 
 from tiny_models import TINY_MODELS
 
-from steerc.backends.onnx import create_session, export_onnx, op_counts
+from steerc.backends.onnx import create_session, op_counts
 from steerc.reference import reference_step
 
 CASES = [(arch, 23) for arch in TINY_MODELS] + [("llama", 20), ("gpt2", 20)]
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory):
-    built = {}
-    for arch, opset in CASES:
-        _, sp = steerable(arch)
-        folder = tmp_path_factory.mktemp(f"{arch}-{opset}")
-        built[arch, opset] = export_onnx(sp.program, folder, sp.inputs, sp.outputs, opset)
-    return built
+def engines(exported_onnx):
+    return {(arch, opset): exported_onnx(arch, opset) for arch, opset in CASES}
 
 
 @pytest.mark.parametrize("arch, opset", CASES)

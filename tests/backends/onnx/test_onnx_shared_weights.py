@@ -8,14 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import tiny_model
 
 from steerc.backends import onnx as onnx_backend
 from steerc.backends.onnx import create_session
-from steerc.build import compile_engine
 from steerc.engine_format import read_manifest
 from steerc.runtime.engine import Engine
-from steerc.settings import CompileSettings
 
 
 def outputs(engine: Engine) -> list[np.ndarray]:
@@ -114,15 +111,13 @@ def test_share_mode_default_env_and_bad_value(engine_copy, monkeypatch):
         Engine.load(engine_copy, share="both")
 
 
-def test_matmulnbits_engine_falls_back_to_the_shared_arena(tmp_path, caplog):
+def test_matmulnbits_engine_falls_back_to_the_shared_arena(tiny_folder, compiled_engine, caplog):
     """int4 weights are pre-packed per session (unpacked, MatMulNBits dequantizes every call):
     ``weights`` keeps them per session and shares the arena; outputs are exact."""
-    folder = tmp_path / "llama"
-    tiny_model("llama").save_pretrained(folder)
-    compile_engine(str(folder), tmp_path / "int4", CompileSettings(max_seq_len=64, max_batch=4, weights="int4"))
-    manifest = json.loads((tmp_path / "int4" / "steerc.json").read_text())
+    int4 = compiled_engine(tiny_folder, max_seq_len=64, max_batch=4, weights="int4")  # the int4 engine of test_quantize
+    manifest = json.loads((int4 / "steerc.json").read_text())
     assert "com.microsoft::MatMulNBits" in manifest["backend"]["op_counts"]
     with caplog.at_level(logging.WARNING, logger="steerc.runtime.engine"):
-        engine = Engine.load(tmp_path / "int4", share="weights")
+        engine = Engine.load(int4, share="weights")
     assert engine.share == "arena" and engine.weights is None and "MatMulNBits" in caplog.text
-    assert_equal(outputs(engine), outputs(Engine.load(tmp_path / "int4", share="off")))
+    assert_equal(outputs(engine), outputs(Engine.load(int4, share="off")))

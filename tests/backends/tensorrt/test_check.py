@@ -7,22 +7,17 @@ import shutil
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from onnx_steps import _exported, assert_outputs_equal, run, step_feed
+from onnx_steps import assert_outputs_equal, run, step_feed
 
 from steerc.cli import main
 from steerc.backends.tensorrt import Violation, check_engine, check_tensorrt
 from steerc.passes.onnx.make_tensorrt_ready import tensorrt_ready_file
 
 
-@pytest.fixture(scope="module")
-def llama_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("trt-check")
-
-
 @pytest.fixture
-def llama(llama_root, tmp_path):
+def llama(exported_onnx, tmp_path):
     """A private copy of the tiny Llama step graph (fp32) with its weights."""
-    src = _exported("llama", "fp32", str(llama_root))
+    src = exported_onnx("llama")
     shutil.copytree(src.parent, tmp_path / "llama")
     return tmp_path / "llama" / src.name
 

@@ -11,8 +11,8 @@ import onnx
 import pytest
 from tiny_models import tiny_model
 
+from steerc.build import compile_engine, read_manifest
 from steerc.passes.onnx.derive_analysis import derive_analysis_graph
-from steerc.build import compile_engine
 from steerc.runtime.engine import Engine
 from steerc.settings import CompileSettings
 
@@ -20,16 +20,17 @@ SETTINGS = dict(max_seq_len=64, max_batch=4)
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory, tiny_folder):
-    """The tiny Llama with its analysis graph derived (the default) and exported."""
+def engines(tmp_path_factory, tiny_folder, compiled_engine):
+    """The tiny Llama with its analysis graph derived (the default: the session's tiny engine) and exported."""
     root = tmp_path_factory.mktemp("derive")
-    derived = compile_engine(str(tiny_folder), root / "derived", CompileSettings(**SETTINGS))
+    derived_folder = compiled_engine(tiny_folder, **SETTINGS)
+    derived = read_manifest(derived_folder)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(importlib.import_module("steerc.passes.onnx.derive_analysis"), "derive_analysis_graph", lambda *a: "disabled by the test")
         exported = compile_engine(str(tiny_folder), root / "exported", CompileSettings(**SETTINGS))
     assert derived["compile_seconds"]["export_graphs"]["analysis_from"] == "step graph"
     assert exported["compile_seconds"]["export_graphs"]["analysis_from"] == "analysis program"
-    return Engine.load(root / "derived"), Engine.load(root / "exported")
+    return Engine.load(derived_folder), Engine.load(root / "exported")
 
 
 def analyze_all(engine, ids, mask, chunk):

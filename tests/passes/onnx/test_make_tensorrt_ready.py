@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from onnx_steps import CALLS, _exported, assert_outputs_equal, run, step_feed
+from onnx_steps import CALLS, assert_outputs_equal, run, step_feed
 
 from tiny_models import TINY_MODELS
 
@@ -22,14 +22,9 @@ DTYPES = ("fp32", "fp16")
 ORT_FP16_BROKEN = {"gemma2", "gemma3"}
 
 
-@pytest.fixture(scope="session")
-def export_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("trt-exports")
-
-
-def fresh_copy(arch: str, dtype: str, export_root, dest):
+def fresh_copy(arch: str, dtype: str, exported_onnx, dest):
     """A private copy of the exported folder (the original stays unmodified for other tests)."""
-    src = _exported(arch, dtype, str(export_root))
+    src = exported_onnx(arch, dtype=dtype)
     shutil.copytree(src.parent, dest)
     return dest / src.name
 
@@ -41,8 +36,8 @@ def _external_weights(path) -> dict:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("arch", list(TINY_MODELS))
-def test_rewrite_passes_checker_and_keeps_results(arch, dtype, export_root, tmp_path):
-    path = fresh_copy(arch, dtype, export_root, tmp_path / "engine")
+def test_rewrite_passes_checker_and_keeps_results(arch, dtype, exported_onnx, tmp_path):
+    path = fresh_copy(arch, dtype, exported_onnx, tmp_path / "engine")
     compare = not (dtype == "fp16" and arch in ORT_FP16_BROKEN)
     feeds = {call: step_feed(arch, dtype, call) for call in CALLS} if compare else {}
     before = {call: run(path, feed) for call, feed in feeds.items()}
@@ -71,9 +66,9 @@ def test_rewrite_passes_checker_and_keeps_results(arch, dtype, export_root, tmp_
     assert path.read_bytes() == data
 
 
-def test_fp16_attention_mask_matches_q(export_root):
+def test_fp16_attention_mask_matches_q(exported_onnx):
     """The fp16 exporter already casts the merged mask to fp16 (no mask cast is needed)."""
-    path = _exported("llama", "fp16", str(export_root))
+    path = exported_onnx("llama", dtype="fp16")
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
     types = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.value_info, *proto.graph.input]}
     attention = [n for n in proto.graph.node if n.op_type == "Attention"]
@@ -85,6 +80,6 @@ def test_fp16_attention_mask_matches_q(export_root):
 
 @pytest.mark.xfail(strict=True, reason="exporter: Gemma fp16 graphs mix fp16/fp32 in one op; ONNX Runtime refuses them")
 @pytest.mark.parametrize("arch", sorted(ORT_FP16_BROKEN))
-def test_gemma_fp16_loads_in_onnx_runtime(arch, export_root):
+def test_gemma_fp16_loads_in_onnx_runtime(arch, exported_onnx):
     """Passes (and so fails as strict xfail) once the export is fixed: then drop ORT_FP16_BROKEN."""
-    create_session(_exported(arch, "fp16", str(export_root)))
+    create_session(exported_onnx(arch, dtype="fp16"))

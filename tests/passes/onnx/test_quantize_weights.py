@@ -2,11 +2,10 @@
 parity against the full-precision engine within the scheme's tolerance, and bad settings."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_process import run_cli
 from tiny_models import tiny_model
 
 from steerc.backends.onnx import op_counts
@@ -21,20 +20,13 @@ SETTINGS = dict(max_seq_len=64, max_batch=4)
 
 
 def steerc(*args):
-    return subprocess.run([sys.executable, "-m", "steerc.cli", *args], capture_output=True, text=True, timeout=600)
+    return run_cli(*args, timeout=600)
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory):
-    """The tiny Llama compiled with full, int8 and int4 weights."""
-    root = tmp_path_factory.mktemp("quant")
-    folder = root / "llama"
-    tiny_model("llama").save_pretrained(folder)
-    out = {}
-    for weights in ("full", "int8", "int4"):
-        out[weights] = root / weights
-        compile_engine(str(folder), out[weights], CompileSettings(**SETTINGS, weights=weights))
-    return out
+def engines(tiny_folder, compiled_engine):
+    """The tiny Llama compiled with full (the session's tiny engine), int8 and int4 weights."""
+    return {weights: compiled_engine(tiny_folder, **SETTINGS, weights=weights) for weights in ("full", "int8", "int4")}
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
