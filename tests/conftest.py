@@ -29,15 +29,67 @@ def tiny_folder(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="session")
-def default_engine(tmp_path_factory):
-    """The real default model compiled once per session with `steerc compile` (minutes)."""
-    import subprocess
+# The default model's compiles the session needs (fixture name -> extra `steerc compile` arguments).
+# They take minutes each, so they start as the session does, one after the other in a background
+# thread, and run beside the tests that come before their first user.
+DEFAULT_COMPILES = {"default_engine": (), "default_tensorrt_compile": ("--target", "tensorrt")}
 
-    out = tmp_path_factory.mktemp("default") / "smollm2"
-    result = subprocess.run([sys.executable, "-m", "steerc.cli", "compile", "-o", str(out)], capture_output=True, text=True, timeout=1500)
+
+@pytest.fixture(scope="session", autouse=True)
+def _default_compiles(request, tmp_path_factory):
+    """name -> Future of (engine folder, CompletedProcess) for each compile a collected test uses."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = {**os.environ, "STEERC_CACHE": os.environ.get("STEERC_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "steerc-cache")}
+    running: list[subprocess.Popen] = []
+
+    def compile_(name: str, args: tuple[str, ...]):
+        out = tmp_path_factory.mktemp(name) / "smollm2"
+        proc = subprocess.Popen([sys.executable, "-m", "steerc.cli", "compile", "-o", str(out), *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
+        running.append(proc)
+        stdout, stderr = proc.communicate(timeout=1500)
+        return out, subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+    used = {name for item in request.session.items for name in getattr(item, "fixturenames", ()) if name in DEFAULT_COMPILES}
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="default-compile")
+    futures = _LazyCompiles(pool, compile_)
+    for name in DEFAULT_COMPILES:  # in this order: the second finds the first's GGUF conversion in the cache
+        if name in used:
+            futures[name]
+    yield futures
+    for proc in running:  # a session that stopped early does not wait for a compile nobody needs
+        if proc.poll() is None:
+            proc.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _LazyCompiles(dict):
+    """Futures of the default compiles, submitted when first asked for."""
+
+    def __init__(self, pool, compile_):
+        super().__init__()
+        self._pool, self._compile = pool, compile_
+
+    def __missing__(self, name):
+        future = self[name] = self._pool.submit(self._compile, name, DEFAULT_COMPILES[name])
+        return future
+
+
+@pytest.fixture(scope="session")
+def default_engine(_default_compiles):
+    """The real default model compiled once per session with `steerc compile` (minutes)."""
+    out, result = _default_compiles["default_engine"].result()
     assert result.returncode == 0, result.stdout + result.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def default_tensorrt_compile(_default_compiles):
+    """The real default model compiled with `steerc compile --target tensorrt` (fp16): the engine
+    folder and the compile's CompletedProcess (a test asserts on it)."""
+    return _default_compiles["default_tensorrt_compile"].result()
 
 
 @pytest.fixture(scope="session")

@@ -59,11 +59,11 @@ def test_aoti_for_cuda_without_a_gpu_is_one_line(tiny_folder, tmp_path):
 
 
 @pytest.mark.slow
-def test_check_tensorrt_passes_on_the_default_model(default_engine, tmp_path):
-    """The default model compiled for TensorRT (fp16, about 3 minutes), and its ONNX Runtime
-    engine as compiled for `make demo`, both pass the parser rules."""
-    out = tmp_path / "smollm2-trt"
-    compiled = steerc("compile", "-o", str(out), "--target", "tensorrt")
+def test_check_tensorrt_passes_on_the_default_model(default_engine, default_tensorrt_compile):
+    """The default model compiled for TensorRT (fp16, about 3 minutes: `steerc compile --target
+    tensorrt`, started with the session, tests/conftest.py), and its ONNX Runtime engine as
+    compiled for `make demo`, both pass the parser rules."""
+    out, compiled = default_tensorrt_compile
     assert compiled.returncode == 0, compiled.stderr
     for engine in (out, default_engine):
         result = steerc("check-tensorrt", str(engine))
