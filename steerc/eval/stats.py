@@ -1,6 +1,7 @@
 """Uncertainty for small evaluations: percentile bootstrap intervals for a mean, and a paired
 comparison of two methods on the same examples (bootstrap interval of the mean difference
-plus a sign-flip permutation p-value). Deterministic for a given seed."""
+plus a sign-flip permutation p-value), and the help and harm rates of a method against a
+baseline on the same examples. Deterministic for a given seed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Interval", "Paired", "bootstrap_mean", "paired_comparison"]
+__all__ = ["Interval", "Paired", "bootstrap_mean", "help_and_harm", "paired_comparison"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +66,18 @@ def paired_comparison(method, baseline, *, confidence: float = 0.95, resamples: 
     observed = abs(d.mean())
     p = (1 + int((np.abs((signs * d).mean(1)) >= observed - 1e-12).sum())) / (resamples + 1)
     return Paired(bootstrap_mean(d, confidence=confidence, resamples=resamples, seed=seed), float(min(1.0, p)), int((d > 0).sum()), int((d < 0).sum()))
+
+
+def help_and_harm(method_right, baseline_right, *, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0) -> tuple[Interval, Interval]:
+    """Help: the share of examples the baseline gets wrong and the method right; harm: right under
+    the baseline, wrong under the method. ``*_right`` are 0/1 per example, in the same order; each
+    rate comes with its bootstrap interval (examples resampled, so the pair stays together)."""
+    a, b = _values(method_right), _values(baseline_right)
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores must cover the same examples: {a.size} vs {b.size}")
+    if not np.isin(a, (0, 1)).all() or not np.isin(b, (0, 1)).all():
+        raise ValueError("help and harm need right/wrong scores (0 or 1 per example), e.g. subspan EM")
+    helped = ((b == 0) & (a == 1)).astype(np.float64)
+    harmed = ((b == 1) & (a == 0)).astype(np.float64)
+    return (bootstrap_mean(helped, confidence=confidence, resamples=resamples, seed=seed),
+            bootstrap_mean(harmed, confidence=confidence, resamples=resamples, seed=seed))

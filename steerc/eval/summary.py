@@ -1,17 +1,20 @@
 """Summaries of scored rows: per variant, each metric's mean with a 95% bootstrap interval,
-the paired comparison against the baseline variant on the examples both answered, and the
-mean timings; as a dict (``summary.json``) and a Markdown table."""
+the paired comparison against the baseline variant on the examples both answered, the help and
+harm rates against it (right = subspan EM: the answer is in the reply) and, for a method that
+picks evidence, the paired change on the primary metric split by whether its pick held the gold
+evidence; the mean timings; as a dict (``summary.json``) and Markdown tables."""
 
 from __future__ import annotations
 
 import statistics
 
 from steerc.eval.metrics import METRICS
-from steerc.eval.stats import bootstrap_mean, paired_comparison
+from steerc.eval.stats import bootstrap_mean, help_and_harm, paired_comparison
 
-__all__ = ["summarize", "summary_markdown", "PRIMARY"]
+__all__ = ["summarize", "summary_markdown", "PRIMARY", "RIGHT"]
 
 PRIMARY = {"squad": "f1", "nq-multidoc": "subspan_em", "kv-retrieval": "subspan_em"}
+RIGHT = "subspan_em"  # what "right" means for help and harm: the answer is in the reply
 
 
 def summarize(rows: list[dict], *, primary: str = "f1", baseline: str = "none", seed: int = 0) -> dict:
@@ -37,8 +40,27 @@ def summarize(rows: list[dict], *, primary: str = "f1", baseline: str = "none", 
                 if both:
                     entry["vs_baseline"] = {m: paired_comparison([got[i][m] for i in both], [scored[baseline][i][m] for i in both], seed=seed).to_dict()
                                             for m in METRICS}
+                    entry.update(_help_harm_and_split(got, scored[baseline], both, primary, seed))
         out["variants"][v] = entry
     return out
+
+
+def _help_harm_and_split(got: dict, base: dict, both: list, primary: str, seed: int) -> dict:
+    """Help and harm against the baseline, and the paired change on ``primary`` split by pick."""
+    helped, harmed = help_and_harm([got[i][RIGHT] for i in both], [base[i][RIGHT] for i in both], seed=seed)
+    out = {"help": helped.to_dict(), "harm": harmed.to_dict()}
+    split = {}
+    for name, hit in (("pick_held_evidence", True), ("pick_missed_evidence", False)):
+        ids = [i for i in both if got[i].get("evidence_hit") is hit]  # only questions the method steered towards a pick
+        if ids:
+            split[name] = paired_comparison([got[i][primary] for i in ids], [base[i][primary] for i in ids], seed=seed).to_dict()
+    if split:
+        out["delta_by_pick"] = split
+    return out
+
+
+def _interval(d: dict, sign: str = "") -> str:
+    return f"{100 * d['mean']:{sign}.1f} [{100 * d['low']:{sign}.1f}, {100 * d['high']:{sign}.1f}]"
 
 
 def _pct(x: float) -> str:
@@ -64,6 +86,17 @@ def summary_markdown(summary: dict, title: str = "") -> str:
         lines.append(f"| {name} | {n} | {' | '.join(cells)} | {delta} | {pv} | {e['median_ttft_s']:.2f} | {e['median_prepare_s']:.2f} |")
     lines.append("")
     lines.append("Scores x100, mean [95% bootstrap CI]; Δ is paired on the same examples (* = the interval excludes 0).")
+    rated = [(name, e) for name, e in summary["variants"].items() if "help" in e]
+    if rated:
+        lines += ["", f"| variant | help: wrong → right [95% CI] | harm: right → wrong [95% CI] | Δ {p} when the pick held the evidence (n) | "
+                      f"Δ {p} when it did not (n) |", "|---|---|---|---|---|"]
+        for name, e in rated:
+            by_pick = e.get("delta_by_pick", {})
+            cells = [f"{_interval(by_pick[k]['diff'], '+')} ({by_pick[k]['diff']['n']})" if k in by_pick else "—"
+                     for k in ("pick_held_evidence", "pick_missed_evidence")]
+            lines.append(f"| {name} | {_interval(e['help'])} | {_interval(e['harm'])} | {' | '.join(cells)} |")
+        lines += ["", f"Help and harm: % of the paired questions that {summary['baseline']} gets wrong and the variant right, and the reverse "
+                      "(right = subspan EM: the answer is in the reply)."]
     picks = [(name, e) for name, e in summary["variants"].items() if "evidence_hit_rate" in e]
     if picks:
         lines.append("Evidence picked per question: " + "; ".join(f"{name} steered {100 * e['steered_share']:.0f}% of the questions, its pick held the gold "

@@ -41,3 +41,24 @@ def test_paired_comparison_needs_the_same_examples():
         paired_comparison([1, 0], [1, 0, 1])
     with pytest.raises(ValueError, match="non-empty"):
         bootstrap_mean([])
+
+
+def test_help_and_harm_count_the_flips_against_the_baseline():
+    from steerc.eval.stats import help_and_harm
+
+    baseline = [0, 0, 0, 1, 1, 1, 1, 0]
+    method = [1, 1, 0, 1, 0, 1, 1, 0]  # two wrong -> right, one right -> wrong
+    helped, harmed = help_and_harm(method, baseline, resamples=2000)
+    assert helped.mean == 2 / 8 and harmed.mean == 1 / 8 and helped.n == harmed.n == 8
+    assert helped.low <= 2 / 8 <= helped.high and 0 <= harmed.low <= 1 / 8 <= harmed.high
+    same, never = help_and_harm(baseline, baseline)
+    assert same.mean == never.mean == 0 and same.high == 0  # no flips: a point at 0
+
+
+def test_help_and_harm_need_right_or_wrong_scores_on_the_same_examples():
+    from steerc.eval.stats import help_and_harm
+
+    with pytest.raises(ValueError, match="right/wrong scores"):
+        help_and_harm([0.5, 1.0], [0.0, 1.0])
+    with pytest.raises(ValueError, match="same examples"):
+        help_and_harm([1, 0], [1, 0, 1])
