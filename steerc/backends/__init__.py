@@ -19,10 +19,11 @@ derived analysis graph, the TensorRT-ready graph) are passes: :mod:`steerc.passe
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from steerc.lazy_import import import_path
 
 if TYPE_CHECKING:
     from steerc.backends.base import Backend
@@ -92,8 +93,7 @@ def get_backend(name: str) -> Backend:
     """The backend called ``name`` (or an alias of it), its module imported on first use."""
     name = canonical_name(name)
     if name not in _loaded:
-        module, _, cls = BACKENDS[name].path.partition(":")
-        backend = getattr(importlib.import_module(module), cls)()
+        backend = import_path(BACKENDS[name].path)()
         if backend.name != name:
             raise ValueError(f"registry entry {name!r} points at {BACKENDS[name].path}, whose name is {backend.name!r}")
         _loaded[name] = backend

@@ -15,9 +15,10 @@ A new method is one module (its ``SteeringMethod`` subclass and its
 from __future__ import annotations
 
 import contextlib
-import importlib
 import threading
 from typing import TYPE_CHECKING, Any
+
+from steerc.lazy_import import import_path
 
 if TYPE_CHECKING:
     from steerc.steering.methods.base import SteeringMethod
@@ -87,8 +88,7 @@ def get_method(name: str) -> SteeringMethod:
     if entry is None:
         raise ValueError(f"unknown steering method {name!r}: choose from {', '.join(_entries)}")
     if isinstance(entry, str):
-        module, _, attr = entry.partition(":")
-        entry = getattr(importlib.import_module(module), attr)
+        entry = import_path(entry)
     method = entry() if isinstance(entry, type) else entry
     if method.name != name:
         raise ValueError(f"steering method registered as {name!r} calls itself {method.name!r}")

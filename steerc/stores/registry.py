@@ -8,9 +8,8 @@ file plus one line in :data:`BACKING_STORES`.
 
 from __future__ import annotations
 
-import importlib
-
 from steerc.errors import SteercError
+from steerc.lazy_import import import_path
 from steerc.stores.base import ContextStore
 
 __all__ = ["BACKING_STORES", "backing_store", "scheme_of"]
@@ -37,5 +36,4 @@ def backing_store(spec: str, timeout: float) -> ContextStore:
     if target is None:
         known = ", ".join(f"{s}://" for s in BACKING_STORES)
         raise SteercError(f"unknown context store scheme {scheme!r} in {spec!r}: use 'memory', a folder path, or one of {known}")
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name).from_spec(spec, timeout)
+    return import_path(target).from_spec(spec, timeout)
