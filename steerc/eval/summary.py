@@ -63,10 +63,6 @@ def _interval(d: dict, sign: str = "") -> str:
     return f"{100 * d['mean']:{sign}.1f} [{100 * d['low']:{sign}.1f}, {100 * d['high']:{sign}.1f}]"
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
 def summary_markdown(summary: dict, title: str = "") -> str:
     """A table: each metric as mean [95% CI] (x100), the change against the baseline with its
     interval and p-value on the primary metric, and the median timings."""
@@ -78,9 +74,9 @@ def summary_markdown(summary: dict, title: str = "") -> str:
         if not e["n"]:
             lines.append(f"| {name} | 0 ({e['skipped']} skipped) | | | | | | | |")
             continue
-        cells = [f"{_pct(e['metrics'][m]['mean'])} [{_pct(e['metrics'][m]['low'])}, {_pct(e['metrics'][m]['high'])}]" for m in ("em", "f1", "subspan_em")]
+        cells = [_interval(e["metrics"][m]) for m in ("em", "f1", "subspan_em")]
         vs = e.get("vs_baseline", {}).get(p)
-        delta = f"{100 * vs['diff']['mean']:+.1f} [{100 * vs['diff']['low']:+.1f}, {100 * vs['diff']['high']:+.1f}]{' *' if vs['significant'] else ''}" if vs else "—"
+        delta = f"{_interval(vs['diff'], '+')}{' *' if vs['significant'] else ''}" if vs else "—"
         pv = f"{vs['p_value']:.3f}" if vs else "—"
         n = f"{e['n']}" + (f" ({e['skipped']} skipped)" if e["skipped"] else "")
         lines.append(f"| {name} | {n} | {' | '.join(cells)} | {delta} | {pv} | {e['median_ttft_s']:.2f} | {e['median_prepare_s']:.2f} |")
