@@ -141,12 +141,15 @@ def generate(
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     progress: Callable[[int, int], None] | None = None,
     position_offset: int = 0,
+    prefilled: tuple[np.ndarray, KVCache] | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield the next token of every row, ``[B]``, until every row hit a stop token, the
     engine's length limit, or ``max_new_tokens``. Finished rows repeat their stop token.
 
     ``input_ids [B, S]`` are left-padded (``attention_mask [B, S]``, default all ones) and go
-    after ``cache`` (default empty). ``position_offset``: see :func:`prefill` (a compacted cache)."""
+    after ``cache`` (default empty). ``position_offset``: see :func:`prefill` (a compacted cache).
+    ``prefilled``: ``(logits [B, V], cache)`` of :func:`prefill` already run on ``input_ids``
+    after ``cache`` with the same ``steering``; decoding starts from it (no second prefill)."""
     input_ids = np.asarray(input_ids, np.int64)
     B, S = input_ids.shape
     if B > engine.max_batch:
@@ -156,13 +159,18 @@ def generate(
     cache = cache if cache is not None else engine.new_cache(B)
     new_mask = np.ones((B, S), np.int64) if attention_mask is None else np.asarray(attention_mask, np.int64)
     mask = np.concatenate([np.ones((B, cache.length), np.int64), new_mask], axis=1)  # [B, P+S]
+    if prefilled is not None:
+        logits, cache = prefilled
+        if cache.length != mask.shape[1]:
+            raise ValueError(f"the prefilled cache holds {cache.length} positions, not the {mask.shape[1]} of the cache plus the input")
     if isinstance(cache, KVCache) and getattr(engine, "kv_in_place", False):
         cache = engine.buffers_for(cache, mask.shape[1])  # decode steps then write into the buffers (growing by chunks)
     if steering is not None:
         steering.check(engine.geometry.num_layers, engine.geometry.num_heads, B)
     stop = stop_token_ids if stop_token_ids is not None else engine.eos_token_ids
     rng = np.random.default_rng(sampling.seed)
-    logits, cache = prefill(engine, input_ids, mask, cache, steering, chunk=prefill_chunk, progress=progress, position_offset=position_offset)
+    if prefilled is None:
+        logits, cache = prefill(engine, input_ids, mask, cache, steering, chunk=prefill_chunk, progress=progress, position_offset=position_offset)
     done = np.zeros(B, bool)
     last = np.zeros(B, np.int64)
     for step in range(max_new_tokens):

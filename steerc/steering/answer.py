@@ -22,7 +22,7 @@ from steerc.steering.compaction import prepare_compacted
 from steerc.steering.config import SteerConfig
 from steerc.steering.layout import PromptLayout
 from steerc.steering.method_context import ContextTokens, MethodContext, Progress
-from steerc.steering.methods import Evidence, QueryPlan, get_method
+from steerc.steering.methods import Evidence, EvidenceDistribution, QueryPlan, get_method
 from steerc.steering.prepared import PreparedContext
 from steerc.stores import ContextStore, NullStore
 
@@ -45,6 +45,7 @@ class SteeredAnswer:
     query_tokens: int
     key_sentence: str | None = None  # autopasta: what the model picked
     evidence: tuple[Evidence, ...] = ()  # query: the units chosen for this question
+    distribution: EvidenceDistribution | None = None  # query: every unit's share and the strength applied
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -106,12 +107,12 @@ class Steerer:
         offset = plan.position_offset if plan.position_offset is not None else (plan.prepared or prepared).position_offset
         todo = plan.query_ids if plan.query_ids is not None else query_ids
         steps = generate(self.engine, todo[None], cache=plan.kv, steering=plan.steering, max_new_tokens=max_new_tokens, sampling=sampling,
-                         prefill_chunk=self.prefill_chunk, position_offset=offset)
+                         prefill_chunk=self.prefill_chunk, position_offset=offset, prefilled=plan.prefilled)
         yield from stream_steps(self.engine, steps, text, run)
         selected = plan.selected
         self.last = SteeredAnswer(text.text.strip(), text.tokens, run.finish, config.method, tier, len(prepared.context_ids), int(selected.any(0).sum()),
                                   float(selected.sum(1).mean()), prepare_s, run.first - start, run.end - run.first, len(query_ids), plan.key_sentence,
-                                  plan.evidence)
+                                  plan.evidence, plan.distribution)
 
     def answer(self, context: str, query: str, **kwargs) -> SteeredAnswer:
         for _ in self.stream(context, query, **kwargs):

@@ -12,6 +12,25 @@ Shapes: ``L`` layers, ``H`` query heads, ``N`` context tokens, ``U`` units.
 * ``token_scores [N] = sum over selector heads of max(0, question - calibration)``.
 * ``unit_scores [U]``: the token scores summed over each unit's tokens (the calibrated attention
   mass the unit receives), then :func:`choose_units` keeps the best ``count`` units.
+* ``shares [U]``: the unit scores over their sum, the *evidence distribution*.
+* **Hedging** (:func:`hedge`) turns the distribution into a per-unit strength in ``[0, 1]``, the
+  fraction of ``log(alpha)`` its tokens get (0: emphasised, 1: fully down-weighted), so the bias
+  follows the selector's confidence instead of giving the top unit everything:
+
+  - ``off``: the chosen units 0, every other token 1 (the bias before hedging existed).
+  - ``soft``: soft top-k, unit ``u`` gets ``1 - (share_u / share_max) ** sharpness``: the best
+    unit 0, a unit as strong as it 0 too (two close units share the emphasis), a weak one
+    nearly 1; a flat distribution gives 0 everywhere (no bias).
+  - ``margin``: the chosen units 0 and the rest ``1 - share_next / share_last_chosen`` (the
+    relative margin between the last chosen unit and the best unchosen one: a clear pick
+    steers fully, a tie steers nothing).
+  - ``entropy``: the chosen units 0 and the rest ``1 - H(shares) / log U`` (one dominant unit
+    steers fully, a flat distribution steers nothing).
+
+  Tokens outside every unit (separators) get the largest strength any unit gets.
+* ``fused`` ranking (:func:`fused_scores`): reciprocal rank fusion of the attention and the
+  word-overlap rankings, ``1 / (k + rank)`` summed over both, with no word-overlap credit for a
+  unit that shares no word with the question.
 
 Everything here is plain numpy and is the reference the tests compare against.
 """
@@ -27,10 +46,13 @@ import numpy as np
 from steerc.steering.spans import split_sentences
 
 __all__ = ["CALIBRATION_QUESTION", "UNITS", "Units", "context_units", "token_spans", "token_scores", "unit_scores", "choose_units",
-           "evidence_bias", "adaptive_alphas"]
+           "evidence_bias", "adaptive_alphas", "HEDGES", "Hedge", "unit_shares", "hedge", "fused_scores", "token_strength",
+           "hedged_bias"]
 
 CALIBRATION_QUESTION = "N/A"
 UNITS = ("auto", "sentence", "paragraph")
+HEDGES = ("off", "soft", "margin", "entropy")
+RRF_K = 1.0  # reciprocal rank fusion's constant: with 5-10 units, 60 (the web-search value) would flatten every ranking
 # A context with at least this many non-empty lines is a multi-document (or multi-record) input.
 _MIN_PARAGRAPHS = 3
 _LINE = re.compile(r"[^\n]*\S[^\n]*")
@@ -150,3 +172,87 @@ def adaptive_alphas(attention: np.ndarray, keep: np.ndarray, offset: int, target
         a = np.where(o > 0, (e / target - e - r) / o, 1.0)
     return np.clip(np.nan_to_num(a, nan=1.0), floor, 1.0).astype(np.float32)
 
+
+
+def unit_shares(scores: np.ndarray) -> np.ndarray:
+    """``[U]``: the evidence distribution, each unit's share of the summed score (all 0 when the
+    scores sum to nothing)."""
+    scores = np.clip(np.asarray(scores, np.float64), 0, None)
+    total = scores.sum()
+    return (scores / total) if total > 0 else np.zeros_like(scores)
+
+
+@dataclass(frozen=True)
+class Hedge:
+    """What hedging made of one question's evidence distribution."""
+
+    shares: np.ndarray  # [U] the evidence distribution
+    strength: np.ndarray  # [U] the fraction of log(alpha) on each unit's tokens (0: emphasised)
+    outside: float  # the same for tokens outside every unit
+    confidence: float  # the largest fraction applied anywhere (0: nothing steered, 1: today's full bias)
+
+
+def hedge(scores: np.ndarray, chosen: Sequence[int], mode: str = "off", sharpness: float = 1.0) -> Hedge:
+    """Per-unit steering strength from the unit ``scores [U]`` (see the module docstring);
+    ``chosen``: the units :func:`choose_units` kept, best first."""
+    if mode not in HEDGES:
+        raise ValueError(f"hedge must be one of {', '.join(HEDGES)}, got {mode!r}")
+    if sharpness <= 0:
+        raise ValueError(f"sharpness must be positive, got {sharpness}")
+    shares = unit_shares(scores)
+    U = len(shares)
+    if not chosen or U == 0 or shares.max() <= 0:
+        return Hedge(shares, np.zeros(U), 0.0, 0.0)
+    if mode == "soft":
+        strength = 1.0 - (shares / shares.max()) ** sharpness
+        level = float(strength.max())
+        return Hedge(shares, strength, level, level)
+    if mode == "off":
+        level = 1.0
+    elif mode == "margin":
+        rest = np.delete(shares, list(chosen))
+        last = shares[list(chosen)].min()
+        level = float(1.0 - rest.max() / last) if len(rest) and last > 0 else 0.0
+    else:  # entropy
+        p = shares[shares > 0]
+        level = float(1.0 + (p * np.log(p)).sum() / np.log(U)) if U > 1 else 0.0
+    level = min(1.0, max(0.0, level))
+    strength = np.full(U, level)
+    strength[list(chosen)] = 0.0
+    return Hedge(shares, strength, level, level)
+
+
+def fused_scores(attention: np.ndarray, lexical: np.ndarray, k: float = RRF_K) -> np.ndarray:
+    """``[U]``: reciprocal rank fusion of two unit scorings, ``1 / (k + rank)`` per ranking (rank 1
+    = best; ties share the better rank); a unit with no word overlap gets no lexical term."""
+    def ranks(x: np.ndarray) -> np.ndarray:
+        return np.array([1 + int((x > v).sum()) for v in x], np.float64)
+
+    attention, lexical = np.asarray(attention, np.float64), np.asarray(lexical, np.float64)
+    if attention.shape != lexical.shape:
+        raise ValueError(f"the two rankings cover different units: {attention.shape} vs {lexical.shape}")
+    return (1.0 / (k + ranks(attention)) + np.where(lexical > 0, 1.0 / (k + ranks(lexical)), 0.0)).astype(np.float32)
+
+
+def token_strength(units: Units, hedged: Hedge, num_tokens: int) -> np.ndarray:
+    """``[N]``: each context token's fraction of ``log(alpha)``."""
+    out = np.full(num_tokens, hedged.outside, np.float32)
+    for u, (a, b) in enumerate(units.tokens):
+        out[a:b] = hedged.strength[u]
+    return out
+
+
+def hedged_bias(strength: np.ndarray, offset: int, total: int, num_layers: int, num_heads: int, log_alpha: np.ndarray | float,
+                pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+    """``[L, H, total]``: on each steered (layer, head), ``strength [N] * log_alpha`` (a number, or
+    ``[L, H]`` per head) on the context keys (positions ``offset .. offset + N``); 0 on every
+    other key. ``strength`` 1 is the full bias, 0 none."""
+    N = len(strength)
+    if offset + N > total:
+        raise ValueError(f"the context ends at key {offset + N}, beyond the {total} keys covered")
+    per_head = np.broadcast_to(np.asarray(log_alpha, np.float32), (num_layers, num_heads))
+    bias = np.zeros((num_layers, num_heads, total), np.float32)
+    strength = np.asarray(strength, np.float32)
+    for layer, head in pairs:
+        bias[layer, head, offset : offset + N] = strength * per_head[layer, head]
+    return bias

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from steerc.steering.methods.base import Evidence, QueryPlan, SteeringMethod
+from steerc.steering.methods.base import Evidence, EvidenceDistribution, QueryPlan, SteeringMethod
 from steerc.steering.registry import get_method, method_names, register_method
 
-__all__ = ["Evidence", "METHODS", "QueryPlan", "SteeringMethod", "get_method", "method_names", "register_method"]
+__all__ = ["Evidence", "EvidenceDistribution", "METHODS", "QueryPlan", "SteeringMethod", "get_method", "method_names", "register_method"]
 
 
 class _Methods(Mapping):

@@ -40,7 +40,7 @@ from steerc.steering.options import MethodOptions
 from steerc.steering.prepared import PreparedContext
 from steerc.steering.selection import steering_bias
 
-__all__ = ["Evidence", "QueryPlan", "SteeringMethod"]
+__all__ = ["Evidence", "EvidenceDistribution", "QueryPlan", "SteeringMethod"]
 
 # Store keys were first made when one flat config held every method's options, so every key held
 # LLMSteer's top_k and PASTA's highlights; a method without them keeps those defaults in its key,
@@ -68,6 +68,37 @@ class Evidence:
         return {"unit": self.unit, "kind": self.kind, "start": self.start, "end": self.end, "score": round(self.score, 4), "preview": self.preview}
 
 
+@dataclass(frozen=True)
+class EvidenceDistribution:
+    """How sure a query-aware pick was, and what it applied: every unit's share of the selector's
+    score and the fraction of ``log(alpha)`` its tokens got (0: emphasised, 1: fully
+    down-weighted), the strongest alpha applied anywhere, and whether a self-check backed off."""
+
+    kind: str  # "sentence" or "paragraph"
+    shares: tuple[float, ...]  # [U], summing to 1 (all 0: no score)
+    strength: tuple[float, ...]  # [U] in [0, 1]
+    alpha_applied: float  # alpha ** (largest strength): 1.0 when nothing was steered
+    hedge: str  # the hedging mode
+    backed_off: bool = False  # the self-check answered unsteered
+
+    def top(self, count: int = 3) -> list[tuple[int, float]]:
+        """The ``count`` largest shares, ``(unit, share)`` best first."""
+        order = sorted(range(len(self.shares)), key=lambda u: (-self.shares[u], u))[:count]
+        return [(u, self.shares[u]) for u in order]
+
+    def describe(self) -> str:
+        """One line for people: the top shares and the strength applied."""
+        tops = ", ".join(f"{self.kind} {u + 1} {share:.0%}" for u, share in self.top())
+        how = "backed off by the self-check (answered unsteered)" if self.backed_off else (
+            f"alpha applied {self.alpha_applied:.3g}" + (" (nothing steered)" if self.alpha_applied >= 1 else ""))
+        return f"shares {tops}; hedge {self.hedge}, {how}"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "shares": [round(x, 4) for x in self.shares], "strength": [round(x, 4) for x in self.strength],
+                "top": [{"unit": u, "share": round(x, 4)} for u, x in self.top()], "alpha_applied": round(self.alpha_applied, 4),
+                "hedge": self.hedge, "backed_off": self.backed_off}
+
+
 @dataclass
 class QueryPlan:
     """What one query attends to: the context KV and the bias over its keys."""
@@ -81,6 +112,9 @@ class QueryPlan:
     prepared: PreparedContext | None = field(default=None, repr=False)  # the context this plan steers, when not the stored one (autopasta)
     query_ids: np.ndarray | None = None  # the question tokens still to prefill after ``kv`` (None: all of them; qllm may have read some already)
     position_offset: int | None = None  # positions ``kv`` does not hold (a compacted or cut-down KV); None: the prepared context's
+    distribution: EvidenceDistribution | None = None  # query-aware methods: the evidence distribution and the strength applied
+    prefilled: tuple[np.ndarray, KVCache] | None = field(default=None, repr=False)  # the question already prefilled after ``kv``
+    # with ``steering`` (a self-check ran it): (last logits [1, V], the extended KV); the answer decodes from it
 
 
 class SteeringMethod:

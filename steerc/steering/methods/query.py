@@ -25,27 +25,31 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from steerc.runtime.generate import positions_for
+from steerc.runtime.generate import positions_for, prefill
 from steerc.runtime.steer_bias import SteerBias
 from steerc.steering.cache_fill import get_or_build
 from steerc.steering.config import UNITS, SteerConfig
 from steerc.steering.contexts import prepare_plain
 from steerc.steering.evidence import (
     CALIBRATION_QUESTION,
+    HEDGES,
     Units,
     adaptive_alphas,
     choose_units,
     context_units,
-    evidence_bias,
+    fused_scores,
+    hedge,
+    hedged_bias,
     token_scores,
+    token_strength,
     unit_scores,
 )
 from steerc.steering.keys import plain_key, store_key
-from steerc.steering.methods.base import Evidence, QueryPlan, SteeringMethod
+from steerc.steering.methods.base import Evidence, EvidenceDistribution, QueryPlan, SteeringMethod
 from steerc.steering.options import MethodOptions, option
 from steerc.steering.prepared import PreparedContext
 from steerc.steering.profiles import selector_heads
@@ -53,7 +57,7 @@ from steerc.stores import StoredContext
 
 __all__ = ["QueryEvidence", "QueryOptions", "question_attention", "lexical_scores"]
 
-RANK_BY = ("attention", "lexical")
+RANK_BY = ("attention", "lexical", "fused")
 
 
 @dataclass(frozen=True)
@@ -78,10 +82,20 @@ class QueryOptions(MethodOptions):
                                  must="0 (off: a fixed alpha) or a share in (0, 1)", per_query=True)
     min_share: float = option(0.0, "number", "steer only when the best unit holds at least this share of the score (0 = always)", ge=0, lt=1,
                               must="in [0, 1) (0 = always steer)", per_query=True)
+    hedge: str = option("off", "choice", "how the bias follows the evidence distribution: off (the chosen units get all of it), soft (every unit "
+                                         "in proportion to its share), margin / entropy (the strength scales with the pick's confidence)",
+                        choices=HEDGES, per_query=True)
+    sharpness: float = option(1.0, "number", "hedge soft: unit u keeps (share_u / share_max) ** sharpness of the emphasis (higher: closer to off)",
+                              gt=0, le=16, per_query=True)
+    self_check: float = option(0.0, "number", "back off to the plain answer when the steered and plain question prefills disagree on the first "
+                                              "answer token and the plain one is at least this sure (0 = off)", ge=0, lt=1,
+                               must="in [0, 1) (0 = off)", per_query=True)
 
     def validate(self) -> None:
-        if self.target_share and self.rank_by != "attention":
-            raise ValueError("target_share needs the question's attention: use it with rank_by 'attention'")
+        if self.target_share and self.rank_by == "lexical":
+            raise ValueError("target_share needs the question's attention: use it with rank_by 'attention' or 'fused'")
+        if self.self_check and self.rank_by == "lexical":
+            raise ValueError("self_check compares against the plain question prefill of the attention ranking: use it with rank_by 'attention' or 'fused'")
 
     def check(self, config, method: str) -> None:
         if config.steer_at != "decode":
@@ -177,31 +191,61 @@ class QueryEvidence(SteeringMethod):
 
     def plan(self, ctx, prepared: PreparedContext, context: str, query: str, query_ids: np.ndarray, config: SteerConfig, progress=None) -> QueryPlan:
         start = time.perf_counter()
-        engine, g = ctx.engine, ctx.engine.geometry
+        engine, g, opts = ctx.engine, ctx.engine.geometry, config.options
         Nh, N = len(prepared.head_ids), len(prepared.context_ids)
         units = Units(prepared.meta.get("unit_kind", "sentence"), prepared.extras["unit_chars"], prepared.extras["unit_tokens"])
-        attention = None
-        if config.options.rank_by == "attention":
-            attention = prepared.on_all_keys(question_attention(engine, prepared.kv, query_ids, prepared.position_offset))  # [L, H, Nh + N + S]
-            selector = config.options.selector or selector_heads(engine)
-            scores = unit_scores(token_scores(attention[..., Nh : Nh + N], prepared.extras["calibration"], selector), units)  # [U]
-        else:
-            scores = lexical_scores(context, units, query)
         unselected = np.ones((g.num_layers, N), bool)
         if len(units) < 2:  # nothing to choose between
             return QueryPlan(prepared.kv, None, unselected, seconds=time.perf_counter() - start)
-        chosen = choose_units(scores, config.options.evidence, config.options.min_share)
-        total = float(scores.sum())
-        evidence = tuple(Evidence(u, units.kind, int(units.chars[u, 0]), int(units.chars[u, 1]), float(scores[u]) / total if total > 0 else 0.0,
-                                  _preview(context[units.chars[u, 0] : units.chars[u, 1]])) for u in chosen)
-        if not chosen:  # not confident enough: answer unsteered
-            return QueryPlan(prepared.kv, None, unselected, seconds=time.perf_counter() - start)
-        keep = units.token_mask(chosen, N)  # [N]
-        pairs = config.steered_pairs(g.num_layers, g.num_heads)
-        if config.options.target_share:
-            log_alpha = np.log(adaptive_alphas(attention, keep, Nh, config.options.target_share, config.alpha))  # [L, H]
+        attention = None
+        if opts.rank_by == "lexical":
+            scores = lexical_scores(context, units, query)
         else:
-            log_alpha = float(np.log(config.alpha))
-        bias = evidence_bias(keep, Nh, Nh + N, g.num_layers, g.num_heads, log_alpha, pairs)  # [L, H, Nh + N]
+            attention = prepared.on_all_keys(question_attention(engine, prepared.kv, query_ids, prepared.position_offset))  # [L, H, Nh + N + S]
+            selector = opts.selector or selector_heads(engine)
+            scores = unit_scores(token_scores(attention[..., Nh : Nh + N], prepared.extras["calibration"], selector), units)  # [U]
+            if opts.rank_by == "fused":
+                scores = fused_scores(scores, lexical_scores(context, units, query))
+        chosen = choose_units(scores, opts.evidence, opts.min_share)
+        hedged = hedge(scores, chosen, opts.hedge, opts.sharpness)
+        evidence = tuple(Evidence(u, units.kind, int(units.chars[u, 0]), int(units.chars[u, 1]), float(hedged.shares[u]),
+                                  _preview(context[units.chars[u, 0] : units.chars[u, 1]])) for u in chosen)
+        keep = units.token_mask(chosen, N)  # [N]
+        if opts.target_share and chosen:
+            log_alpha = np.log(adaptive_alphas(attention, keep, Nh, opts.target_share, config.alpha))  # [L, H]
+        else:
+            log_alpha = np.full((g.num_layers, g.num_heads), np.log(config.alpha), np.float32)
+        pairs = config.steered_pairs(g.num_layers, g.num_heads)
+        strongest = min((float(log_alpha[p]) for p in pairs), default=0.0)
+        distribution = EvidenceDistribution(units.kind, tuple(map(float, hedged.shares)), tuple(map(float, hedged.strength)),
+                                            float(np.exp(strongest * hedged.confidence)), opts.hedge)
+        if not chosen or hedged.confidence <= 0:  # not confident enough (min_share), or a flat distribution: answer unsteered
+            return QueryPlan(prepared.kv, None, unselected, evidence, distribution=distribution, seconds=time.perf_counter() - start)
+        strength = token_strength(units, hedged, N)  # [N] fraction of log(alpha) per context token
+        bias = hedged_bias(strength, Nh, Nh + N, g.num_layers, g.num_heads, log_alpha, pairs)  # [L, H, Nh + N]
         steering = SteerBias(prepared.on_stored_keys(bias)) if bias.any() else None
-        return QueryPlan(prepared.kv, steering, np.broadcast_to(keep, (g.num_layers, N)).copy(), evidence, seconds=time.perf_counter() - start)
+        selected = np.broadcast_to(strength < 0.5 * hedged.confidence, (g.num_layers, N)).copy()  # [L, N] the emphasised tokens
+        plan = QueryPlan(prepared.kv, steering, selected, evidence, distribution=distribution)
+        if opts.self_check and steering is not None:
+            plan = self._self_check(ctx, prepared, query_ids, plan, opts.self_check, unselected)
+        plan.seconds = time.perf_counter() - start
+        return plan
+
+    @staticmethod
+    def _self_check(ctx, prepared: PreparedContext, query_ids: np.ndarray, plan: QueryPlan, sure: float, unselected: np.ndarray) -> QueryPlan:
+        """Prefill the question plain and steered; when they disagree on the first answer token and the
+        plain prefill gives its token at least ``sure`` probability, answer plain. Either prefill is
+        handed to the answer, so neither is repeated."""
+        engine, kv = ctx.engine, prepared.kv
+        ids = np.asarray(query_ids, np.int64)[None]  # [1, S]
+        mask = np.ones((1, kv.length + ids.shape[1]), np.int64)  # [1, P+S]
+        run = dict(chunk=ctx.prefill_chunk, position_offset=prepared.position_offset)
+        plain_logits, plain_kv = prefill(engine, ids, mask, kv, None, **run)  # [1, V]
+        steered_logits, steered_kv = prefill(engine, ids, mask, kv, plan.steering, **run)
+        z = plain_logits[0].astype(np.float64)
+        p_plain = np.exp(z.max() - np.logaddexp.reduce(z))
+        if plain_logits[0].argmax() != steered_logits[0].argmax() and p_plain >= sure:
+            dist = replace(plan.distribution, alpha_applied=1.0, backed_off=True) if plan.distribution else None
+            return QueryPlan(kv, None, unselected, plan.evidence, distribution=dist, prefilled=(plain_logits, plain_kv))
+        plan.prefilled = (steered_logits, steered_kv)
+        return plan
