@@ -1,6 +1,8 @@
 """Generate docs/RESULTS.md and its plots from evaluation runs (nothing here is typed by hand).
 
-Reads ``runs/sweep-query/*/sweep.json`` (the query method's dev sweep, which chose the default),
+Reads ``runs/sweep-hedge/*/sweep.json`` (the dev sweep of hedged query steering, which chose
+today's default under a harm constraint), ``runs/sweep-query/*/sweep.json`` (the query method's
+first dev sweep, which chose its alpha, layers and evidence),
 ``runs/sweep/*/sweep.json`` and ``runs/sweep-steer-at/*/sweep.json`` (LLMSteer's dev sweeps by tools/sweep.py), ``runs/eval/*/summary.json``
 (``steerc eval`` runs; ``nq-<position>-test`` folders give the lost-in-the-middle curve) and
 ``docs/bench/reuse.json`` (tools/bench_reuse.py). Copies the summaries and predictions it used
@@ -110,6 +112,67 @@ def sweep_section(sweeps: dict[str, dict], out: Path, name: str = "sweep", title
     save(fig, out / f"{name}.png")
     lines += [f"![{title}](results/{name}.png)", ""]
     return lines
+
+
+TODAY = "q off"  # the query variant of the first sweep (the bias before hedging): the harm every hedged variant is measured against
+HARM_FACTOR = 0.5  # a default may harm at most this fraction of what TODAY harms on dev
+
+
+def _rate(v: dict, key: str) -> float:
+    return v[key]["mean"] if key in v else float("nan")
+
+
+def choose_hedged(sweeps: dict[str, dict]) -> tuple[str | None, dict[str, float], dict[str, float]]:
+    """The default under the harm constraint: among the deployable variants whose harm rate (the
+    mean over the dev sets) is at most ``HARM_FACTOR`` of :data:`TODAY`'s, the best mean
+    relative gain (:func:`choose_defaults`' rule). Returns (the choice or None, gains, harms)."""
+    _, gains = choose_defaults(sweeps)
+    harms = {n: sum(_rate(s["variants"][n], "harm") for s in sweeps.values()) / len(sweeps) for n in gains}
+    cap = HARM_FACTOR * harms[TODAY]
+    eligible = [n for n in gains if harms[n] <= cap + 1e-12]
+    return (max(eligible, key=gains.get) if eligible else None), gains, harms
+
+
+def hedge_section(sweeps: dict[str, dict], out: Path) -> list[str]:
+    """The hedged-steering dev sweep: help, harm, the paired change by pick, the mean gain, the
+    choice under the harm constraint, and a harm-against-help plot of every variant."""
+    if not sweeps:
+        return ["No hedging sweep found (runs/sweep-hedge).", ""]
+    best, gains, harms = choose_hedged(sweeps)
+    names = [n for n in next(iter(sweeps.values()))["variants"] if n != "none"]
+    head = " | ".join(f"{d} {s['primary']} Δ | {d} help | {d} harm | {d} Δ F1 held / missed pick" for d, s in sweeps.items())
+    lines = [f"| variant | {head} | mean harm | mean relative gain |", "|---|" + "---|" * (4 * len(sweeps) + 2)]
+    for n in names:
+        cells = []
+        for s in sweeps.values():
+            v = s["variants"][n]
+            vs = v["vs_baseline"][s["primary"]]
+            split = v.get("delta_by_pick", {})
+            held, missed = (split.get(k, {}).get("f1") for k in ("pick_held_evidence", "pick_missed_evidence"))
+            by_pick = " / ".join(f"{100 * x['diff']['mean']:+.1f} ({x['diff']['n']})" if x else "—" for x in (held, missed))
+            cells += [f"{100 * vs['diff']['mean']:+.1f}{'*' if vs['significant'] else ''}", pct(_rate(v, "help")), pct(_rate(v, "harm")), by_pick]
+        name = f"**{n}**" if n == best else n
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {pct(harms[n])} | {100 * gains[n]:+.1f}% |")
+    n_each = ", ".join(f"{d} n = {s['variants']['none']['n']}" for d, s in sweeps.items())
+    lines += ["", f"Dev split ({n_each}); Δ is the paired change against `none` on each set's primary metric (`*`: interval excluding 0); "
+              "help and harm in % of the questions (right = subspan EM); the F1 change split by whether the pick held the gold evidence. "
+              f"The rule: among the variants whose mean harm is at most {HARM_FACTOR:.0%} of `{TODAY}`'s ({pct(harms[TODAY])}%), the best mean "
+              f"relative gain. Chosen: **{best or 'none of them (no variant met the harm constraint)'}**.", ""]
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4.5), squeeze=False)
+    for ax, (d, s) in zip(axes[0], sweeps.items()):
+        for n in names:
+            v = s["variants"][n]
+            x, y = 100 * _rate(v, "help"), 100 * _rate(v, "harm")
+            ax.scatter([x], [y], color="tab:orange" if n == best else "tab:red" if n == TODAY else "tab:blue", zorder=3)
+            ax.annotate(n.removeprefix("q "), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        top = max(1.0, *(100 * max(_rate(s["variants"][n], "help"), _rate(s["variants"][n], "harm")) for n in names)) * 1.1
+        ax.plot([0, top], [0, top], color="k", lw=0.6, ls=":")
+        ax.set_xlim(0, top), ax.set_ylim(0, top)
+        ax.set_xlabel("help: wrong → right (% of questions)")
+        ax.set_ylabel("harm: right → wrong (%)")
+        ax.set_title(f"{d} dev (n={s['variants']['none']['n']})")
+    save(fig, out / "harm_vs_help.png")
+    return lines + ["![harm against help, every variant of the hedging dev sweep](results/harm_vs_help.png)", ""]
 
 
 def steer_at_section(sweeps: dict[str, dict]) -> list[str]:
@@ -240,6 +303,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     sweeps = {p.parent.name: json.loads(p.read_text()) for p in sorted((runs / "sweep").glob("*/sweep.json"))}
     query_sweeps = {p.parent.name: json.loads(p.read_text()) for p in sorted((runs / "sweep-query").glob("*/sweep.json"))}
+    hedge_sweeps = {p.parent.name: json.loads(p.read_text()) for p in sorted((runs / "sweep-hedge").glob("*/sweep.json"))}
     steer_at = {p.parent.name: json.loads(p.read_text()) for p in sorted((runs / "sweep-steer-at").glob("*/sweep.json"))}
     evals = {p.parent.name: json.loads(p.read_text()) for p in sorted((runs / "eval").glob("*/summary.json"))}
     tests = {n: s for n, s in evals.items() if s.get("run", {}).get("split") == "test" and not n.startswith("nq-") or n == "nq-multidoc-test"}
@@ -248,7 +312,7 @@ def main() -> int:
     curve = {p: evals[f"nq-{p}-test"] for p in POSITIONS if f"nq-{p}-test" in evals}
     if "middle" not in curve and "nq-multidoc-test" in evals:
         curve["middle"] = evals["nq-multidoc-test"]
-    sources = [*((f"sweep-{n}", runs / "sweep" / n) for n in sweeps), *((f"sweep-query-{n}", runs / "sweep-query" / n) for n in query_sweeps), *((f"sweep-steer-at-{n}", runs / "sweep-steer-at" / n) for n in steer_at),
+    sources = [*((f"sweep-hedge-{n}", runs / "sweep-hedge" / n) for n in hedge_sweeps), *((f"sweep-{n}", runs / "sweep" / n) for n in sweeps), *((f"sweep-query-{n}", runs / "sweep-query" / n) for n in query_sweeps), *((f"sweep-steer-at-{n}", runs / "sweep-steer-at" / n) for n in steer_at),
                *((n, runs / "eval" / n) for n in evals)]
     for name, folder in sources:
         target = out / name
@@ -258,7 +322,8 @@ def main() -> int:
                 shutil.copyfile(folder / f, target / f)
     intro = Path(args.intro).read_text() if Path(args.intro).exists() else ""
     text = ["# steerc results", "", "<!-- generated by tools/make_results.py; edit docs/results_intro.md or the runs, not this file -->", "", intro,
-            "## Dev sweep of query-aware steering (choosing the default)", "", *sweep_section(query_sweeps, out, "sweep_query", "query-aware steering, dev sweep"),
+            "## Dev sweep of hedged query steering (choosing today's default, with a harm constraint)", "", *hedge_section(hedge_sweeps, out),
+            "## Dev sweep of query-aware steering (its alpha, layers and evidence)", "", *sweep_section(query_sweeps, out, "sweep_query", "query-aware steering, dev sweep"),
             "## Dev sweep of LLMSteer (its defaults)", "", *sweep_section(sweeps, out),
             "### Where to steer (`steer_at`), with the chosen alpha, top-k and layers", "", *steer_at_section(steer_at),
             "## Test split: score by method", "", *scores_section(tests, out),

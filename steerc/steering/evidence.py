@@ -141,15 +141,9 @@ def evidence_bias(keep: np.ndarray, offset: int, total: int, num_layers: int, nu
                   pairs: Sequence[tuple[int, int]]) -> np.ndarray:
     """``[L, H, total]``: on each steered (layer, head), ``log_alpha`` (a number, or ``[L, H]``
     per head) on the context keys (positions ``offset .. offset + N``) not in ``keep [N]``; 0 on
-    every other key (the instruction head, the question, generated tokens)."""
-    N = len(keep)
-    if offset + N > total:
-        raise ValueError(f"the context ends at key {offset + N}, beyond the {total} keys covered")
-    per_head = np.broadcast_to(np.asarray(log_alpha, np.float32), (num_layers, num_heads))
-    bias = np.zeros((num_layers, num_heads, total), np.float32)
-    for layer, head in pairs:
-        bias[layer, head, offset : offset + N] = np.where(keep, 0.0, per_head[layer, head])
-    return bias
+    every other key (the instruction head, the question, generated tokens). The unhedged case of
+    :func:`hedged_bias`."""
+    return hedged_bias(~np.asarray(keep, bool), offset, total, num_layers, num_heads, log_alpha, pairs)
 
 
 def adaptive_alphas(attention: np.ndarray, keep: np.ndarray, offset: int, target: float, floor: float) -> np.ndarray:

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 
 from steerc.runtime import Engine
-from steerc.runtime.generate import generate
+from steerc.runtime.generate import generate, prefill
 from steerc.runtime.steer_bias import SteerBias
 from steerc.steering.answer import Steerer
 from steerc.steering.config import SteerConfig
-from steerc.steering.evidence import Units, choose_units, evidence_bias, token_scores, unit_scores
+from steerc.steering.evidence import Units, choose_units, evidence_bias, fused_scores, hedge, hedged_bias, token_scores, token_strength, unit_scores
 from steerc.steering.keys import plain_key
 from steerc.steering.methods import METHODS, SteeringMethod, get_method
-from steerc.steering.methods.query import question_attention
+from steerc.steering.methods import query as query_module
+from steerc.steering.methods.query import backs_off, lexical_scores, question_attention
 from steerc.steering.registry import method_names
 from steerc.steering.selection import importance_prefill
 from steerc.stores import MemoryStore
@@ -157,3 +158,67 @@ def test_query_refuses_heads_outside_the_engine(engine):
         _steerer(engine, method="query", selector=((5, 0),)).answer(CONTEXT, QUESTION, max_new_tokens=1)
     with pytest.raises(ValueError, match="outside the engine"):
         _steerer(engine, method="query", layers=(9,)).answer(CONTEXT, QUESTION, max_new_tokens=1)
+
+
+@pytest.mark.parametrize("extra", [{"hedge": "soft"}, {"hedge": "soft", "sharpness": 3.0}, {"hedge": "margin"}, {"hedge": "entropy"},
+                                   {"rank_by": "fused", "hedge": "margin"}])
+def test_hedged_query_plan_matches_the_reference(engine, extra):
+    config = SteerConfig(method="query", selector=SELECTOR, layers=(0, 1), alpha=0.2, **extra)
+    s = Steerer(engine, config, MemoryStore(1 << 30))
+    answer = s.answer(CONTEXT, QUESTION, max_new_tokens=4)
+    prepared = s.last_context[0]
+    Nh, N = len(prepared.head_ids), len(prepared.context_ids)
+    query_ids = s.layout.query_ids(config.prefixes[0], QUESTION)
+    units = Units(prepared.meta["unit_kind"], prepared.extras["unit_chars"], prepared.extras["unit_tokens"])
+    scores = unit_scores(token_scores(question_attention(engine, prepared.kv, query_ids)[..., Nh : Nh + N], prepared.extras["calibration"], SELECTOR), units)
+    if config.options.rank_by == "fused":
+        scores = fused_scores(scores, lexical_scores(CONTEXT, units, QUESTION))
+    hedged = hedge(scores, choose_units(scores, 1), config.options.hedge, config.options.sharpness)
+    pairs = config.steered_pairs(engine.geometry.num_layers, engine.geometry.num_heads)
+    want = hedged_bias(token_strength(units, hedged, N), Nh, Nh + N, engine.geometry.num_layers, engine.geometry.num_heads, np.log(0.2), pairs)
+    dist = answer.distribution
+    assert dist.hedge == config.options.hedge and sum(dist.shares) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(dist.strength, hedged.strength, atol=1e-6)
+    assert dist.alpha_applied == pytest.approx(0.2 ** hedged.confidence, rel=1e-5)
+    if hedged.confidence == 0:
+        assert s.last_plan.steering is None
+    else:
+        np.testing.assert_allclose(s.last_plan.steering.bias, want, atol=1e-6)
+        assert 0 < hedged.confidence <= 1 and want.min() >= np.log(0.2) - 1e-6
+
+
+def test_self_check_rule_by_hand():
+    plain, other = np.log([0.7, 0.2, 0.1]), np.log([0.2, 0.7, 0.1])
+    assert backs_off(plain, other, 0.6) and not backs_off(plain, other, 0.75)  # disagree; plain sure enough (0.7) or not
+    assert not backs_off(plain, plain + 1.0, 1e-9)  # same first token: never
+
+
+@pytest.mark.parametrize("fires", [False, True])
+def test_self_check_reuses_its_prefill_and_answers_plain_when_it_backs_off(engine, monkeypatch, fires):
+    store = MemoryStore(1 << 30)
+    a_steered = _steerer(engine, store, method="query", selector=SELECTOR, alpha=0.01).answer(CONTEXT, QUESTION, max_new_tokens=4)
+    a_plain = _steerer(engine, store, method="none").answer(CONTEXT, QUESTION, max_new_tokens=4)
+    seen = []
+    monkeypatch.setattr(query_module, "backs_off", lambda plain, steered, sure: seen.append((plain.argmax(), steered.argmax(), sure)) or fires)
+    checked = _steerer(engine, store, method="query", selector=SELECTOR, alpha=0.01, self_check=0.5)
+    a = checked.answer(CONTEXT, QUESTION, max_new_tokens=4)
+    # The rule saw the plain and the steered first tokens (the ones each answer starts with) ...
+    assert seen == [(a_plain.token_ids[0], a_steered.token_ids[0], 0.5)]
+    # ... and the answer decodes from the chosen prefill: the plain answer when it backs off, else the steered one.
+    assert checked.last_plan.prefilled is not None and a.distribution.backed_off == fires
+    assert a.token_ids == (a_plain.token_ids if fires else a_steered.token_ids)
+    assert (checked.last_plan.steering is None) == fires and (a.distribution.alpha_applied == 1.0) == fires
+
+
+def test_generate_from_a_prefill_equals_generate(engine):
+    s = _steerer(engine, method="none")
+    prepared, _ = s.prepare(CONTEXT)
+    ids = s.layout.query_ids(s.config.prefixes[0], QUESTION)[None]
+    mask = np.ones((1, prepared.kv.length + ids.shape[1]), np.int64)
+    bias = SteerBias(np.full((engine.geometry.num_layers, engine.geometry.num_heads, prepared.kv.length), -1.0, np.float32))
+    want = [int(t[0]) for t in generate(engine, ids, cache=prepared.kv, steering=bias, max_new_tokens=6)]
+    done = prefill(engine, ids, mask, prepared.kv, bias)
+    got = [int(t[0]) for t in generate(engine, ids, cache=prepared.kv, steering=bias, max_new_tokens=6, prefilled=done)]
+    assert got == want
+    with pytest.raises(ValueError, match="prefilled cache holds"):
+        next(generate(engine, ids[:, :-1], cache=prepared.kv, max_new_tokens=2, prefilled=done))

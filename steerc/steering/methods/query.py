@@ -55,7 +55,7 @@ from steerc.steering.prepared import PreparedContext
 from steerc.steering.profiles import selector_heads
 from steerc.stores import StoredContext
 
-__all__ = ["QueryEvidence", "QueryOptions", "question_attention", "lexical_scores"]
+__all__ = ["QueryEvidence", "QueryOptions", "question_attention", "lexical_scores", "backs_off"]
 
 RANK_BY = ("attention", "lexical", "fused")
 
@@ -118,6 +118,14 @@ def question_attention(engine, kv, query_ids: np.ndarray, position_offset: int =
     bias = np.zeros((1, g.num_layers, g.num_heads, mask.shape[1]), np.float32)
     _, _, importance = engine.analyze(np.asarray(query_ids, np.int64)[None], positions_for(mask, S, position_offset), mask, kv, bias)  # [1, L, H, P+S]
     return importance[0] / S
+
+
+def backs_off(plain: np.ndarray, steered: np.ndarray, sure: float) -> bool:
+    """The self-check's rule on two first-answer-token logit vectors ``[V]``: the steered prefill
+    picks another token than the plain one, and the plain one gives its token at least ``sure``."""
+    z = np.asarray(plain, np.float64)
+    p_plain = float(np.exp(z.max() - np.logaddexp.reduce(z)))
+    return int(np.argmax(plain)) != int(np.argmax(steered)) and p_plain >= sure
 
 
 def _words(text: str) -> Counter:
@@ -242,9 +250,7 @@ class QueryEvidence(SteeringMethod):
         run = dict(chunk=ctx.prefill_chunk, position_offset=prepared.position_offset)
         plain_logits, plain_kv = prefill(engine, ids, mask, kv, None, **run)  # [1, V]
         steered_logits, steered_kv = prefill(engine, ids, mask, kv, plan.steering, **run)
-        z = plain_logits[0].astype(np.float64)
-        p_plain = np.exp(z.max() - np.logaddexp.reduce(z))
-        if plain_logits[0].argmax() != steered_logits[0].argmax() and p_plain >= sure:
+        if backs_off(plain_logits[0], steered_logits[0], sure):
             dist = replace(plan.distribution, alpha_applied=1.0, backed_off=True) if plan.distribution else None
             return QueryPlan(kv, None, unselected, plan.evidence, distribution=dist, prefilled=(plain_logits, plain_kv))
         plan.prefilled = (steered_logits, steered_kv)
