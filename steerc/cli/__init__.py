@@ -18,6 +18,15 @@ from steerc.errors import SteercError
 __all__ = ["build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage of ``run`` or ``eval`` is dozens of
+    lines of steering flags that bury the message); ``--help`` still shows it. Its subcommands'
+    parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from steerc.cli.check_tensorrt import add_check_tensorrt_parser
     from steerc.cli.compile import add_compile_parser
@@ -29,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     from steerc.cli.run import add_run_parser
     from steerc.cli.serve import add_serve_parser
 
-    parser = argparse.ArgumentParser(prog="steerc", description="Attention-steering compiler for Hugging Face causal language models.")
+    parser = _Parser(prog="steerc", description="Attention-steering compiler for Hugging Face causal language models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the library's log")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -14,6 +14,7 @@ __all__ = ["add_run_parser", "cmd_run"]
 
 def cmd_run(args) -> int:
     from rich.console import Console
+    from rich.markup import escape as _escape
 
     from steerc.runtime import Engine, SamplingParams
     from steerc.steering.answer import Steerer
@@ -39,9 +40,11 @@ def cmd_run(args) -> int:
         raise SteercError(str(exc)) from None
     print(answer.text)
     for e in answer.evidence:
-        console.print(f"[dim]evidence: {e.describe()}[/]")
-    if not answer.evidence and get_method(config.method).selects_evidence:
-        console.print("[dim]evidence: none chosen with enough confidence (--min-share); answered unsteered[/]")
+        console.print(f"[dim]evidence: {_escape(e.describe())}[/]")  # the preview is the context's text, not markup
+    if answer.distribution is not None:
+        console.print(f"[dim]distribution: {_escape(answer.distribution.describe())}[/]")
+    if get_method(config.method).selects_evidence and (why := _unsteered_reason(answer)) is not None:
+        console.print(f"[dim]evidence: {why}; answered unsteered[/]")
     prepared = steerer.last_context[0] if steerer.last_context else None
     if prepared is not None and prepared.positions is not None:
         console.print(f"[dim]compacted context (--keep {config.keep:g}): {prepared.kv.length} of {prepared.full_length} keys stored "
@@ -58,6 +61,22 @@ def cmd_run(args) -> int:
         _write_html(args.html, context, steerer, answer)
         console.print(f"[dim]wrote {args.html}[/]")
     return 0
+
+
+def _unsteered_reason(answer) -> str | None:
+    """Why an evidence-selecting method answered unsteered (None: it steered). ``answer.evidence``
+    lists what was chosen even when nothing was applied, so the distribution decides."""
+    d = answer.distribution
+    if d is not None and d.backed_off:
+        return "the self-check (--self-check) found the plain question prefill sure of another first token and backed off"
+    if not answer.evidence:
+        if d is None and answer.method == "query":
+            return "the context has a single unit, nothing to choose between"
+        return "none chosen with enough confidence (--min-share)"
+    if d is not None and d.alpha_applied >= 1:
+        return (f"chosen, but nothing steered (alpha applied 1: hedge {d.hedge} found no confidence in the pick)" if d.hedge != "off"
+                else "chosen, but nothing steered (alpha applied 1)")
+    return None
 
 
 def _progress_bar(console, bars):
@@ -83,7 +102,11 @@ def _write_html(path: str, context: str, steerer, answer) -> None:
              "selected tokens": f"{answer.selected_tokens} of {answer.context_tokens}", "answer": answer.text}
     for e in answer.evidence:
         stats[f"evidence ({e.kind} {e.unit + 1})"] = e.describe()
-    write_html(path, render_html(context, offsets, importance, steerer.last_plan.selected.any(0), title="steerc run", stats=stats))
+    distribution, unit_chars = answer.distribution, prepared.extras.get("unit_chars")  # query: every unit's share, and where each unit is
+    if distribution is None or unit_chars is None or len(unit_chars) != len(distribution.shares):
+        distribution = unit_chars = None
+    write_html(path, render_html(context, offsets, importance, steerer.last_plan.selected.any(0), title="steerc run", stats=stats,
+                                 distribution=distribution, unit_chars=unit_chars))
 
 
 def add_run_parser(sub) -> None:
@@ -98,7 +121,8 @@ def add_run_parser(sub) -> None:
     add_steer_options(p)  # --highlight included (pasta's)
     p.add_argument("--store", default=None, help="context store folder, or 'memory' (default ~/.cache/steerc/contexts or $STEERC_CONTEXT_STORE)")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--html", default=None, help="write a page showing the selected tokens and their importance")
+    p.add_argument("--html", default=None, help="write a page showing the selected tokens and their importance (query: each unit shaded by its "
+                                                 "share of the evidence)")
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--device", default="cpu", choices=DEVICES)
     add_backend_option(p, "what runs the step graph (the engine must have been compiled with that --backend)")

@@ -68,8 +68,16 @@ def _row(example: Example, variant: Variant, answer) -> dict:
         "selected_per_layer": round(answer.selected_per_layer, 1), "generated_tokens": len(answer.token_ids), "finish": answer.finish_reason,
         "prepare_s": round(answer.prepare_s, 4), "ttft_s": round(answer.ttft_s, 4), "decode_s": round(answer.decode_s, 4),
         "key_sentence": answer.key_sentence, "evidence": [e.to_dict() for e in answer.evidence],
-        **_evidence_hit(example, answer), **{k: v for k, v in example.meta.items() if k != "line"},
+        **_evidence_hit(example, answer), **_distribution(answer), **{k: v for k, v in example.meta.items() if k != "line"},
     }
+
+
+def _distribution(answer) -> dict:
+    """A query-aware method's evidence distribution (every unit's share and strength, the alpha
+    applied), for the analysis of hedging; ``top`` is left out (the shares hold it)."""
+    if answer.distribution is None:
+        return {}
+    return {"distribution": {k: v for k, v in answer.distribution.to_dict().items() if k != "top"}}
 
 
 def _evidence_hit(example: Example, answer) -> dict:

@@ -222,6 +222,8 @@ class Service:
         if a.key_sentence is not None:
             steer["key_sentence"] = a.key_sentence
         steer["evidence"] = [e.to_dict() for e in a.evidence]
+        if a.distribution is not None:  # query: every unit's share, the strength applied, whether the pick was hedged or backed off
+            steer["distribution"] = a.distribution.to_dict()
         plan.result = Generation("".join(parts), a.finish_reason, plan.prompt_tokens, len(a.token_ids), _since(job, start) + a.ttft_s, a.decode_tokens_per_s,
                                  a.query_tokens, steer)
 

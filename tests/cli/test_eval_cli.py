@@ -33,6 +33,17 @@ def test_eval_three_examples_end_to_end(tiny_text_engine, dataset, tmp_path):
     assert len(rows) == 15 and {r["method"] for r in rows} == {"none", "query", "llmsteer", "pasta", "autopasta"}
     # Random weights: the question's calibrated attention may point nowhere (then it answers unsteered, with no evidence).
     assert all(len(r["evidence"]) <= 1 and isinstance(r.get("evidence_hit", False), bool) for r in rows if r["method"] == "query")
+    # Every query row carries its evidence distribution: a share per unit (summing to 1) and the alpha applied; the others none.
+    for r in rows:
+        d = r.get("distribution")
+        if r["method"] != "query":
+            assert d is None, r
+            continue
+        assert set(d) == {"kind", "shares", "strength", "alpha_applied", "hedge", "backed_off"} and d["hedge"] == "off", d
+        # Two sentences or documents each; shares sum to 1, or are all 0 when the calibrated attention points nowhere (no pick then).
+        assert len(d["shares"]) == len(d["strength"]) == 2 and sum(d["shares"]) == pytest.approx(1 if r["evidence"] else sum(d["shares"]), abs=1e-3)
+        assert sum(d["shares"]) == pytest.approx(1, abs=1e-3) or not any(d["shares"])
+        assert (d["alpha_applied"] < 1) == bool(r["evidence"]) and d["kind"] in ("sentence", "paragraph")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["primary"] == "f1" and set(summary["variants"]) == {"none", "query", "llmsteer", "pasta", "autopasta"}
     for name in ("query", "llmsteer", "pasta", "autopasta"):
@@ -56,11 +67,16 @@ def test_eval_reports_the_bad_line(tiny_text_engine, tmp_path):
     (["--alpha", "0"], "alpha must be"),
     (["--dataset", "trivia"], "unknown dataset 'trivia'"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    (["--hedge", "bogus"], "argument --hedge: invalid choice: 'bogus'"),
+    (["--alpha", "-1"], "alpha must be a number in (0, 1]"),
+    (["--sharpness", "-1"], "sharpness must be a number > 0 and <= 16, got -1.0"),
+    (["--min-share", "1.5"], "min_share must be in [0, 1) (0 = always steer), got 1.5"),
+    (["--self-check", "2"], "self_check must be in [0, 1) (0 = off), got 2.0"),
 ])
 def test_eval_bad_options(tiny_text_engine, dataset, tmp_path, args, message):
     base = ["--dataset", dataset] if "--dataset" not in args else []
     result = steerc("eval", tiny_text_engine, *base, *args, "--out", tmp_path / "o")
-    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_profile_end_to_end_then_used_by_run(tiny_text_engine, dataset, tmp_path):

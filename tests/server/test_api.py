@@ -145,6 +145,18 @@ def test_steered_answer_equals_the_runtime(server, tiny_text_engine):
         assert text.strip() == expected.text and r["usage"]["completion_tokens"] == len(expected.token_ids), method
         assert r["steer"]["selected_tokens"] == expected.selected_tokens
         assert r["steer"]["evidence"] == [e.to_dict() for e in expected.evidence]
+        assert r["steer"].get("distribution") == (expected.distribution.to_dict() if method == "query" else None), method
+
+
+def _check_distribution(steer: dict, hedge: str) -> None:
+    """``steer.distribution``: every unit's share (summing to 1) and strength, the top shares, the alpha applied."""
+    d = steer["distribution"]
+    assert set(d) == {"kind", "shares", "strength", "top", "alpha_applied", "hedge", "backed_off"} and d["hedge"] == hedge and d["backed_off"] is False
+    assert len(d["shares"]) == len(d["strength"]) >= 2 and sum(d["shares"]) == pytest.approx(1, abs=1e-3) and all(0 <= x <= 1 for x in d["strength"])
+    assert d["top"][0]["share"] == max(d["shares"]) and d["kind"] == "sentence"
+    assert 0 < d["alpha_applied"] <= 1 and (d["alpha_applied"] < 1) == bool(steer["evidence"])  # steered towards its pick (alpha 0.1)
+    for e in steer["evidence"]:
+        assert d["shares"][e["unit"]] == e["score"]
 
 
 def test_query_steering_of_a_registered_context_reports_its_evidence(server):
@@ -159,6 +171,7 @@ def test_query_steering_of_a_registered_context_reports_its_evidence(server):
             steer = r["steer"]
             assert steer["cache"] == "memory" and steer["context_prefill_tokens"] == 0 and steer["config"]["evidence"] == 2
             assert len(steer["evidence"]) == 2 and all(context[e["start"] : e["end"]].startswith(e["preview"].split()[0]) for e in steer["evidence"])
+            _check_distribution(steer, "off")
         deleted = c.delete(f"/v1/contexts/{info['id']}").json()
         assert deleted["deleted"] and deleted["entries_removed"] == 2  # the evidence index and the plain KV
 
@@ -189,6 +202,7 @@ def test_steered_streaming_carries_statistics_at_the_end(server):
     assert [f["choices"][0]["index"] for f in finals] == [0, 1]
     steer = finals[-1]["steer"]
     assert steer["cache"] == "miss" and steer["context_prefill_tokens"] > 0  # the first question prepared it, the second reused it
+    _check_distribution(steer, "off")  # the default method, query: its distribution goes out in the stream's last chunk too
     assert "steer" not in finals[0]
 
 
@@ -227,3 +241,14 @@ def test_stop_strings_end_the_answer_before_them(server):
         streamed = _sse(c.post("/v1/completions", json={"prompt": "A list of things:", "max_tokens": 16, "temperature": 0, "stop": stop, "stream": True}).text)
     assert cut["text"] == full[: full.index(stop)] and cut["finish_reason"] == "stop"
     assert "".join(e["choices"][0]["text"] for e in streamed[:-1]) == cut["text"]  # held-back text never leaks past the stop
+
+
+def test_hedged_query_reports_the_same_distribution_streamed_or_not(server):
+    body = {"messages": [{"role": "user", "content": "Where was the game played?"}], "max_tokens": 3, "temperature": 0,
+            "steer": {"context": CONTEXT + " (hedge test)", "method": "query", "hedge": "soft", "sharpness": 2}}
+    with server.client() as c:
+        whole = c.post("/v1/chat/completions", json=body).json()
+        streamed = _sse(c.post("/v1/chat/completions", json={**body, "stream": True}).text)
+    _check_distribution(whole["steer"], "soft")
+    last = [e for e in streamed[:-1] if e["choices"] and e["choices"][0]["finish_reason"]][-1]
+    assert last["steer"]["distribution"] == whole["steer"]["distribution"] and whole["steer"]["config"]["hedge"] == "soft"

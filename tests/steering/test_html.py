@@ -95,3 +95,84 @@ def test_write_html_failure_leaves_no_temp(tmp_path):
         write_html(target, b"not text")  # type: ignore[arg-type]
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+# Three units of TEXT2 (sentences); token offsets by word, one token ("fox.Then") across a unit boundary.
+TEXT2 = "A <b>cat</b> sat. The fox.Then & it ran."
+UNITS2 = [(0, 17), (18, 26), (26, 40)]
+
+
+def _distribution(shares, strength, alpha_applied=0.1, hedge="soft", backed_off=False):
+    from steerc.steering.methods.base import EvidenceDistribution
+
+    return EvidenceDistribution("sentence", tuple(shares), tuple(strength), alpha_applied, hedge, backed_off)
+
+
+def _units(page):
+    """(unit, share, strength, alpha, title, visible text) of each unit span, in order (the page parsed as HTML)."""
+    from html.parser import HTMLParser
+
+    class Units(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.units, self.depth = [], 0  # depth: spans open inside the current unit (0: outside any unit)
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "span" and a.get("class") == "unit":
+                assert self.depth == 0, "a unit inside a unit"
+                alpha = float(re.fullmatch(r"background-color: rgba\(52,120,246,([0-9.]+)\)", a["style"])[1])
+                self.units.append([int(a["data-unit"]), float(a["data-share"]), float(a["data-strength"]), alpha, a["title"], ""])
+                self.depth = 1
+            elif tag == "span" and self.depth:
+                self.depth += 1
+
+        def handle_endtag(self, tag):
+            if tag == "span" and self.depth:
+                self.depth -= 1
+
+        def handle_data(self, data):
+            if self.depth:
+                self.units[-1][5] += data
+
+    parser = Units()
+    parser.feed(re.search(r'<div class="text">(.*)</div>', page, re.S)[1])
+    return [tuple(u) for u in parser.units]
+
+
+def test_units_shaded_by_their_share():
+    offsets = _word_offsets(TEXT2)
+    d = _distribution([0.2, 0.5, 0.3], [0.6, 0.0, 0.4], alpha_applied=0.25)
+    page = render_html(TEXT2, offsets, np.arange(len(offsets), dtype=float), None, distribution=d, unit_chars=np.array(UNITS2))
+    units = _units(page)
+    assert [u[0] for u in units] == [0, 1, 2] and page.count('class="unit"') == 3  # one span per unit
+    assert [u[1] for u in units] == [0.2, 0.5, 0.3] and [u[2] for u in units] == [0.6, 0.0, 0.4]
+    assert [u[3] for u in units] == [0.18, 0.45, 0.27]  # 0.45 (the deepest band) x share / largest share
+    assert [u[5] for u in units] == [TEXT2[a:b] for a, b in UNITS2]  # each unit holds exactly its characters
+    assert units[1][4] == "sentence 2: share 50.0% of the evidence; steering strength 0.00 of log(alpha) (emphasised)"
+    assert "share 20.0%" in units[0][4] and "strength 0.60 of log(alpha) (down-weighted)" in units[0][4]
+    assert _visible(page) == TEXT2 and "<b>cat</b>" not in page and "&lt;b&gt;cat&lt;/b&gt;" in page
+    toks = _tokens(page)
+    assert [t[3] for t in toks] == ["A", "<b>cat</b>", "sat.", "The", "fox.", "Then", "&", "it", "ran."]  # the token across a boundary: two spans
+    assert toks[4][2] == toks[5][2] == "token 4: importance 4"
+    assert html.escape(d.describe()) in page and "share of the evidence / largest share" in page
+
+
+def test_units_of_an_unsteered_answer_say_so():
+    d = _distribution([0.6, 0.4, 0.0], [0.0, 1.0, 1.0], alpha_applied=1.0, hedge="off", backed_off=True)
+    units = _units(render_html(TEXT2, _word_offsets(TEXT2), None, None, distribution=d, unit_chars=UNITS2))
+    assert [u[2] for u in units] == [0.0, 0.0, 0.0] and all("not steered (the question was answered unsteered)" in u[4] for u in units)
+    assert [u[3] for u in units] == [0.45, 0.3, 0.0]
+
+
+def test_units_must_match_the_distribution_and_the_text():
+    offsets, d = _word_offsets(TEXT2), _distribution([0.5, 0.5, 0.0], [0.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="2 ranges and 3 shares"):
+        render_html(TEXT2, offsets, None, None, distribution=d, unit_chars=UNITS2[:2])
+    with pytest.raises(ValueError, match="sentence 2 has characters 10:26"):
+        render_html(TEXT2, offsets, None, None, distribution=d, unit_chars=[(0, 17), (10, 26), (26, 40)])
+    with pytest.raises(ValueError, match="outside the text"):
+        render_html(TEXT2, offsets, None, None, distribution=d, unit_chars=[(0, 17), (18, 26), (26, 99)])
+    with pytest.raises(ValueError, match="needs both"):
+        render_html(TEXT2, offsets, None, None, distribution=d)
+    assert 'class="unit"' not in render_html(TEXT2, offsets, None, None)  # no distribution: the page of before
