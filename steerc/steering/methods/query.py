@@ -22,9 +22,11 @@ attention selector has to beat; it needs no analysis call).
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +56,9 @@ from steerc.stores import StoredContext
 __all__ = ["QueryEvidence", "QueryOptions", "question_attention", "lexical_scores"]
 
 RANK_BY = ("attention", "lexical")
+
+log = logging.getLogger(__name__)
+_NO_SELECTOR_GRAPH: set[str] = set()  # engines whose missing selector graph was logged
 
 
 @dataclass(frozen=True)
@@ -94,15 +99,30 @@ _STOP = frozenset("a an the of in on at to for from by with and or is are was we
                   "that this these those it its as".split())
 
 
-def question_attention(engine, kv, query_ids: np.ndarray, position_offset: int = 0) -> np.ndarray:
+def question_attention(engine, kv, query_ids: np.ndarray, position_offset: int = 0, selector: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
     """``[L, H, K]``: the mean attention of the rows of ``query_ids`` (prefilled after ``kv``,
-    unsteered, on the analysis graph) to every key; ``K = kv.length + len(query_ids)``.
-    ``position_offset``: positions a compacted ``kv`` dropped."""
+    unsteered) to every key; ``K = kv.length + len(query_ids)``. ``position_offset``: positions
+    a compacted ``kv`` dropped.
+
+    ``selector``: the ``(layer, head)`` pairs the caller reads (None: every layer). When its layers
+    all lie within the engine's selector graph (:meth:`~steerc.runtime.engine.Engine.select_scores`),
+    that graph runs instead of the analysis graph (it stops after the last covered layer and
+    outputs no logits or KV) with the same values; the layers it does not cover are NaN."""
     S = len(query_ids)
     mask = np.ones((1, kv.length + S), np.int64)  # [1, P+S]
     g = engine.geometry
+    ids, positions = np.asarray(query_ids, np.int64)[None], positions_for(mask, S, position_offset)
+    covered = engine.selector_layers
+    if selector is not None and len(selector) and covered and max(layer for layer, _ in selector) < covered:
+        out = np.full((g.num_layers, g.num_heads, mask.shape[1]), np.nan, np.float32)  # [L, H, P+S]
+        out[:covered] = engine.select_scores(ids, positions, mask, kv)[0] / S  # [n, H, P+S]
+        return out
+    if selector is not None and not covered and engine.engine_id not in _NO_SELECTOR_GRAPH:
+        _NO_SELECTOR_GRAPH.add(engine.engine_id)
+        log.info("engine %s has no selector graph (compiled before steerc derived one); query selection runs the full analysis graph: "
+                 "recompile it for a faster first token", engine.folder)
     bias = np.zeros((1, g.num_layers, g.num_heads, mask.shape[1]), np.float32)
-    _, _, importance = engine.analyze(np.asarray(query_ids, np.int64)[None], positions_for(mask, S, position_offset), mask, kv, bias)  # [1, L, H, P+S]
+    _, _, importance = engine.analyze(ids, positions, mask, kv, bias)  # [1, L, H, P+S]
     return importance[0] / S
 
 
@@ -182,8 +202,9 @@ class QueryEvidence(SteeringMethod):
         units = Units(prepared.meta.get("unit_kind", "sentence"), prepared.extras["unit_chars"], prepared.extras["unit_tokens"])
         attention = None
         if config.options.rank_by == "attention":
-            attention = prepared.on_all_keys(question_attention(engine, prepared.kv, query_ids, prepared.position_offset))  # [L, H, Nh + N + S]
             selector = config.options.selector or selector_heads(engine)
+            reads = None if config.options.target_share else selector  # adaptive alphas read every steered layer
+            attention = prepared.on_all_keys(question_attention(engine, prepared.kv, query_ids, prepared.position_offset, reads))  # [L, H, Nh + N + S]
             scores = unit_scores(token_scores(attention[..., Nh : Nh + N], prepared.extras["calibration"], selector), units)  # [U]
         else:
             scores = lexical_scores(context, units, query)
