@@ -18,10 +18,10 @@ from pathlib import Path
 import steerc
 from steerc.atomic import install_folder
 from steerc.backends import ENGINE_BACKEND, get_backend
-from steerc.backends.onnx import ANALYSIS_FILE, MODEL_FILE, create_session
+from steerc.backends.onnx import ANALYSIS_FILE, MODEL_FILE, SELECTOR_FILE, create_session
 from steerc.build.genai_config import genai_config
 from steerc.build.steerable import capture_steerable
-from steerc.build.verify import WEIGHT_TOLERANCE, importance_check, queries_check, self_check
+from steerc.build.verify import WEIGHT_TOLERANCE, importance_check, queries_check, selector_check, self_check
 from steerc.engine_format import FORMAT, FORMAT_VERSION, MANIFEST_FILE, write_json_atomic, write_manifest
 from steerc.errors import EngineError, MissingDependencyError, require
 from steerc.models import load_model
@@ -93,6 +93,12 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
     with tracker.stage("load"):
         loaded = load_model(model, settings.dtype, settings.attn_implementation)
     sp = capture_steerable(loaded.model, settings, on_stage=tracker.stage)
+    selector_source = None
+    if sp.analysis is not None:  # the selector graph covers the layers up to the last default selector head
+        from steerc.steering.profiles import default_selector
+
+        pairs, selector_source = default_selector(loaded.sha256, sp.geometry.num_layers, sp.geometry.num_heads)
+        sp.selector_layers = max(layer for layer, _ in pairs) + 1
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     os.chmod(tmp, 0o755)
@@ -102,6 +108,7 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
             export_seconds = onnx.pop("export_seconds")
         model_path = tmp / MODEL_FILE
         analysis_path = tmp / ANALYSIS_FILE if sp.analysis is not None else None
+        selector = onnx.pop("selector")
         backends = {}
         # After the ONNX export: building for CUDA moves sp.program's weights to the GPU in place.
         if backend.stage is not None:  # a compiled form beside the ONNX engine
@@ -122,6 +129,9 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                     check["importance"] = importance_check(analysis_session, loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups, tolerance=tol)
                     if any(s.name == "attn_queries" for s in sp.analysis_outputs):
                         check["queries"] = queries_check(analysis_session, loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups, tolerance=tol)
+                    if selector is not None:  # against the analysis graph just checked
+                        check["selector"] = selector_check(create_session(tmp / SELECTOR_FILE), analysis_session, sp.geometry, sp.inputs, settings.dtype,
+                                                           selector["layers"])
                 for name, entry in backends.items():  # each compiled form against the same eager reference
                     check[name] = self_check(_backend_session(tmp, name, entry, sp), loaded.model, sp.geometry, sp.inputs, settings.dtype,
                                              groups=groups, what=f"the {name} backend ({entry.get('package') or entry.get('plan')})")
@@ -158,6 +168,15 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                     "passes": [r.to_dict() for r in sp.analysis_reports],
                     "meaning": "attn_importance[b, l, h, t]: attention probability key t receives in layer l, query head h, "
                     "summed over the real query rows of the call (steering bias included); chunks of one prefill add up",
+                },
+                "selector": None if selector is None else {
+                    "model": SELECTOR_FILE,
+                    "data": onnx["backend"]["data"],
+                    "layers": selector["layers"],
+                    "heads_from": selector_source,
+                    "outputs": [{"name": "selector_scores", "dtype": "float32", "dims": ["batch_size", selector["layers"], sp.geometry.num_heads, "total_sequence_length"]}],
+                    "meaning": "selector_scores[b, l, h, t] = attn_importance[b, l, h, t] for the layers l < layers: the step graph cut after layer "
+                    "layers - 1's attention, no logits or KV; the query method's selection runs it when its selector heads lie in those layers",
                 },
                 "kv": onnx["kv"],
                 "inputs": [s.to_dict() for s in _step_specs(sp.inputs, settings)],

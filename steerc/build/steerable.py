@@ -37,6 +37,8 @@ class SteerableProgram:
     analysis_reports: list[PassReport] = field(default_factory=list)
     # {"groups": [[f, ..., g], ...], "shared_layers": [...]} when compiled with shared attention, else None
     share_attention: dict | None = None
+    # Layers 0..n-1 the selector graph covers (steerc.passes.onnx.derive_selector); 0: no selector graph.
+    selector_layers: int = 0
 
     @property
     def keyless_layers(self) -> tuple[int, ...]:

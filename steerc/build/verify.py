@@ -18,7 +18,7 @@ from steerc.capture.io_spec import DecoderGeometry, TensorSpec
 from steerc.errors import VerificationError
 from steerc.reference import reference_importance, reference_queries, reference_shared_step, reference_step
 
-__all__ = ["self_check", "importance_check", "TOLERANCE", "WEIGHT_TOLERANCE"]
+__all__ = ["self_check", "importance_check", "queries_check", "selector_check", "TOLERANCE", "WEIGHT_TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +129,34 @@ def queries_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], 
     if not err <= tol:
         raise VerificationError(f"the analysis graph's attn_queries disagree with the eager model (relative error {err:.2e}); this is a steerc bug: rerun with --debug and report it")
     return {"attn_queries_rel_err": err, "tolerance": tol}
+
+
+def selector_check(session, analysis_session, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, layers: int, prompt_len: int = 8,
+                   query_len: int = 3, seed: int = 3) -> dict:
+    """The selector graph's ``selector_scores`` against the analysis graph's ``attn_importance[:, :layers]``
+    (checked against the eager model just before): a prefill of ``prompt_len`` tokens through the
+    analysis graph, then ``query_len`` more over its KV through both, unsteered as selection runs
+    (absolute error; the two run the same layers on the same weights, so they agree to float rounding)."""
+    tol = TOLERANCE[dtype]
+    gen, ids, positions, mask, past = _prefill_inputs(g, dtype, prompt_len, seed, ())
+    names = [s.name for s in inputs]
+    zero = np.zeros((1, g.num_layers, g.num_heads, prompt_len), np.float32)
+    present = analysis_session.run(_present_names(inputs), _feed(inputs, dtype, ids, positions, mask, past, zero))
+    query = torch.randint(0, g.vocab_size, (1, query_len), generator=gen)
+    total = prompt_len + query_len
+    bias = np.zeros((1, g.num_layers, g.num_heads, total), np.float32)
+    feed = dict(zip(names, [query.numpy(), np.arange(prompt_len, total)[None], np.ones((1, total), np.int64), *present, bias]))
+    want = analysis_session.run(["attn_importance"], feed)[0][:, :layers]
+    wanted_inputs = {i.name for i in session.get_inputs()}
+    got = session.run(["selector_scores"], {k: v for k, v in feed.items() if k in wanted_inputs})[0]
+    err = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+    log.info("self-check: selector_scores %.2e against the analysis graph (tolerance %.0e)", err, tol)
+    if not err <= tol:
+        raise VerificationError(f"the selector graph's scores {list(got.shape)} disagree with the analysis graph's attn_importance[:, :{layers}] "
+                                f"{list(want.shape)} (max abs error {err:.2e}); this is a steerc bug: rerun with --debug and report it")
+    return {"selector_scores_abs_err": err, "tolerance": tol, "layers": layers}
+
+
+def _present_names(inputs: list[TensorSpec]) -> list[str]:
+    """The present KV outputs matching the past KV inputs ``past_key_values.{i}.key|value`` -> ``present.{i}.key|value``."""
+    return [s.name.replace("past_key_values.", "present.") for s in inputs if s.name.startswith("past_key_values.")]

@@ -29,6 +29,8 @@ def verify_line(check: dict) -> str:
     line = f"ONNX Runtime vs eager: prefill {check['prefill_zero_bias_rel_err']:.1e}, steered decode {check['decode_steered_rel_err']:.1e} (tolerance {check['tolerance']:.0e})"
     if "importance" in check:
         line += f"; attn_importance {check['importance']['attn_importance_abs_err']:.1e}"
+    if "selector" in check:
+        line += f"; selector vs analysis graph {check['selector']['selector_scores_abs_err']:.1e}"
     for name, entry in BACKENDS.items():  # the compiled forms checked beside the ONNX engine
         if name in check:
             line += f"; {entry.label} vs eager: prefill {check[name]['prefill_zero_bias_rel_err']:.1e}, steered decode {check[name]['decode_steered_rel_err']:.1e}"
@@ -40,7 +42,11 @@ def analysis_line(manifest: dict) -> str:
     if not analysis:
         return "none (compiled with --no-importance: LLMSteer selection is unavailable)"
     extra = [o["name"] for o in analysis.get("outputs", ()) if o["name"] in ("attn_importance", "attn_queries")] or ["attn_importance"]
-    return f"{analysis['model']} outputs {', '.join(extra)} (shares {analysis['data']})"
+    line = f"{analysis['model']} outputs {', '.join(extra)} (shares {analysis['data']})"
+    selector = manifest.get("selector")
+    if selector:
+        line += f"; {selector['model']} layers 0-{selector['layers'] - 1} (query selection; heads from the {selector['heads_from']})"
+    return line
 
 
 def deploy_lines(manifest: dict, folder) -> str:

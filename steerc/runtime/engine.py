@@ -61,6 +61,7 @@ class Engine:
         self.share = "off"  # what the sessions share in memory (see load)
         self.weights: SharedWeights | None = None  # the weights both sessions run from (share "weights")
         self._analysis = None  # the analysis session, opened on first use (only context preparation needs it)
+        self._selector = None  # the selector session and its input names, opened on first use
         self._analysis_lock = threading.Lock()  # sessions run concurrently; opening one happens once
 
     @property
@@ -77,6 +78,12 @@ class Engine:
         """The analysis graph also outputs ``attn_queries`` (engines compiled before it did not)."""
         analysis = self.manifest.get("analysis") or {}
         return any(o.get("name") == "attn_queries" for o in analysis.get("outputs", ()))
+
+    @property
+    def selector_layers(self) -> int:
+        """How many leading layers the selector graph covers (:meth:`select_scores`); 0 when the
+        engine has none (compiled before it, or its analysis graph could not be derived)."""
+        return int((self.manifest.get("selector") or {}).get("layers", 0))
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu", threads: int | None = None, check_files: bool = True, backend: str = "onnx",
@@ -210,8 +217,7 @@ class Engine:
                               "block retrieval scores blocks with; recompile it with this steerc (`steerc compile ... --force`)")
         with self._analysis_lock:
             if self._analysis is None:
-                self._analysis = create_session(self.folder / self.manifest["analysis"]["model"], device=self._analysis_device(), threads=self.threads,
-                                                weights=self.weights, shared_arena=self.share != "off")
+                self._analysis = self._side_session(self.manifest["analysis"]["model"])
         if isinstance(cache, KVBuffers):  # the analysis graph keeps the concat layout
             cache = cache.to_cache()
         feed = self._feed(input_ids, position_ids, attention_mask, cache, bias)
@@ -220,6 +226,31 @@ class Engine:
             return logits, KVCache.from_flat(present, self.keyless_layers), importance, query_sums
         logits, *present, importance = self._analysis.run([*self.output_names, "attn_importance"], feed)
         return logits, KVCache.from_flat(present, self.keyless_layers), importance
+
+    def select_scores(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache) -> np.ndarray:
+        """``selector_scores [B, n, H, P+S]`` (``n = selector_layers``) of the selector graph: what
+        :meth:`analyze` returns as ``attn_importance[:, :n]`` on an unsteered call (zero bias), without
+        the later layers, the logits or the KV (the cache is not extended). The inputs of :meth:`forward`
+        but the bias."""
+        if not self.selector_layers:
+            raise EngineError(f"engine {self.folder} has no selector graph (compiled before steerc derived one, or without an analysis graph); "
+                              "use analyze(), or recompile it with this steerc (`steerc compile ... --force`)")
+        with self._analysis_lock:
+            if self._selector is None:
+                session = self._side_session(self.manifest["selector"]["model"])
+                self._selector = session, {i.name for i in session.get_inputs()}
+        session, wanted = self._selector
+        if isinstance(cache, KVBuffers):  # the selector graph keeps the concat layout
+            cache = cache.to_cache()
+        B, S = input_ids.shape
+        bias = np.zeros((B, self.geometry.num_layers, self.geometry.num_heads, cache.length + S), np.float32)  # [B, L, H, P+S], fed only where the graph kept it
+        feed = self._feed(input_ids, position_ids, attention_mask, cache, bias)
+        return session.run(["selector_scores"], {name: value for name, value in feed.items() if name in wanted})[0]
+
+    def _side_session(self, model: str):
+        """A session over one of the engine's other ONNX graphs (analysis, selector): ONNX Runtime whatever the backend."""
+        return create_session(self.folder / model, device=self._analysis_device(), threads=self.threads, weights=self.weights,
+                              shared_arena=self.share != "off")
 
 
 def open_session(folder: Path, manifest: dict, backend: str, device: str, threads: int | None, weights: SharedWeights | None = None,

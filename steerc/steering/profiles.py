@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["HeadProfile", "load_profile", "builtin_profile", "selector_heads", "fallback_selector", "PROFILE_VERSION"]
+__all__ = ["HeadProfile", "load_profile", "builtin_profile", "shipped_profile", "default_selector", "selector_heads", "fallback_selector", "PROFILE_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,11 @@ def load_profile(path: str | Path) -> HeadProfile:
 
 def builtin_profile(engine) -> HeadProfile | None:
     """The profile shipped for the engine's weights (matched by the weights' sha256), if any."""
-    sha = engine.manifest.get("source", {}).get("sha256")
+    return shipped_profile(engine.manifest.get("source", {}).get("sha256"))
+
+
+def shipped_profile(sha: str | None) -> HeadProfile | None:
+    """The profile shipped in ``steerc/profiles/`` for the weights with this sha256, if any."""
     if not sha:
         return None
     for item in resources.files("steerc.profiles").iterdir():
@@ -119,6 +123,16 @@ def fallback_selector(num_layers: int, num_heads: int) -> Pairs:
     strongest without a profile; see docs/RESULTS.md)."""
     start, end = num_layers // 4, max(num_layers // 4 + 1, (3 * num_layers) // 4)
     return tuple((layer, head) for layer in range(start, end) for head in range(num_heads))
+
+
+def default_selector(sha: str | None, num_layers: int, num_heads: int) -> tuple[Pairs, str]:
+    """The default selector heads of weights with this sha256 and geometry, and where they come
+    from ("profile <file spec>" or "fallback"): what :func:`selector_heads` gives their engine.
+    A compile sizes the selector graph with it (before the engine exists)."""
+    profile = shipped_profile(sha)
+    if profile is not None and profile.selector_heads:
+        return profile.selector_heads, f"shipped profile of {profile.model.get('spec', sha)}"
+    return fallback_selector(num_layers, num_heads), "fallback (the middle half of the layers)"
 
 
 _BUILTIN: dict[str, HeadProfile | None] = {}

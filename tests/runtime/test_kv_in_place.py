@@ -233,3 +233,14 @@ def test_cli_inspect_and_invalid_combination(in_place_folder, tiny_folder, tmp_p
     assert result.returncode == 0 and "kv        in place: 4 buffers [B, Hkv, kv_capacity, D]" in result.stdout, result.stderr
     result = _cli("compile", str(tiny_folder), "-o", str(tmp_path / "e"), "--kv", "in-place", "--share-attention", "0-1")
     assert result.returncode == 2 and "invalid option: kv in-place does not support shared attention" in result.stderr and not (tmp_path / "e").exists()
+
+
+def test_selector_takes_buffers(concat, in_place):
+    ids, mask = _padded_batch(seed=11)
+    bias = np.zeros((2, 2, 4, ids.shape[1]), np.float32)
+    positions = np.clip(mask.cumsum(-1) - 1, 0, None)
+    buffers = in_place.buffers_for(in_place.new_cache(2), ids.shape[1])
+    got = in_place.select_scores(ids, positions, mask, buffers)
+    _, _, want = concat.analyze(ids, positions, mask, concat.new_cache(2), bias)
+    assert in_place.selector_layers == 1 and buffers.length == 0  # derived before kv_in_place: the concat layout
+    np.testing.assert_allclose(got, want[:, :1], atol=ATOL, rtol=0)

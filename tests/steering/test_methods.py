@@ -104,6 +104,59 @@ def test_question_attention_equals_the_last_rows_of_a_full_prefill(engine):
     np.testing.assert_allclose(got, reference / len(query_ids), atol=2e-6)
 
 
+COVERED = ((0, 0), (0, 3))  # layer 0: within the tiny engine's selector graph (its fallback selector's layers)
+
+
+def test_question_attention_on_the_selector_graph_equals_the_analysis_graph(engine):
+    assert engine.selector_layers == 1
+    s = _steerer(engine, method="query", selector=COVERED)
+    prepared, _ = s.prepare(CONTEXT)
+    query_ids = s.layout.query_ids(s.config.prefixes[0], QUESTION)
+    full = question_attention(engine, prepared.kv, query_ids)  # the analysis graph, every layer
+    got = question_attention(engine, prepared.kv, query_ids, selector=COVERED)  # the selector graph
+    assert got.shape == full.shape and np.isnan(got[1]).all()  # the layer it does not cover
+    np.testing.assert_allclose(got[0], full[0], rtol=1e-5, atol=1e-5)
+    beyond = question_attention(engine, prepared.kv, query_ids, selector=SELECTOR)  # reaches layer 1: the analysis graph
+    np.testing.assert_array_equal(beyond, full)
+
+
+def test_query_plan_reads_the_selector_graph_and_picks_the_same(engine, monkeypatch):
+    config = SteerConfig(method="query", selector=COVERED, layers=(0, 1), alpha=0.2, evidence=2)
+    s = Steerer(engine, config, MemoryStore(1 << 30))
+    s.prepare(CONTEXT)  # the calibration: one analysis call
+    calls = []
+    monkeypatch.setattr(engine, "analyze", lambda *a, **k: calls.append(a) or Engine.analyze(engine, *a, **k))
+    answer = s.answer(CONTEXT, QUESTION, max_new_tokens=3)
+    plan = s.last_plan
+    assert not calls  # the question ran on the selector graph
+    monkeypatch.setattr(type(engine), "selector_layers", property(lambda self: 0))  # as an engine without one
+    again = s.answer(CONTEXT, QUESTION, max_new_tokens=3)
+    assert len(calls) == 1
+    assert [e.unit for e in answer.evidence] == [e.unit for e in again.evidence] and answer.text == again.text
+    np.testing.assert_array_equal(plan.steering.bias, s.last_plan.steering.bias)
+
+
+def test_an_engine_without_the_selector_graph_selects_on_the_analysis_graph(tiny_text_engine, tmp_path, caplog):
+    import shutil
+
+    from steerc.engine_format import read_manifest, write_manifest
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_text_engine, old)
+    (old / "selector.onnx").unlink()
+    manifest = read_manifest(old, check_files=False)
+    del manifest["selector"], manifest["verify"]["selector"]
+    write_manifest(old, {k: v for k, v in manifest.items() if k not in ("files", "checksum")})
+    engine = Engine.load(old, threads=1)
+    s = _steerer(engine, method="query", selector=COVERED)
+    prepared, _ = s.prepare(CONTEXT)
+    query_ids = s.layout.query_ids(s.config.prefixes[0], QUESTION)
+    with caplog.at_level("INFO", logger="steerc.steering.methods.query"):
+        got = question_attention(engine, prepared.kv, query_ids, selector=COVERED)
+    assert "has no selector graph" in caplog.text and np.isfinite(got).all()
+    np.testing.assert_array_equal(got, question_attention(engine, prepared.kv, query_ids))
+
+
 @pytest.mark.parametrize("extra", [{}, {"evidence": 2}, {"target_share": 0.6, "alpha": 0.05}])
 def test_query_plan_and_answer_match_the_reference(engine, extra):
     config = SteerConfig(method="query", selector=SELECTOR, layers=(0, 1), **{"alpha": 0.2, **extra})

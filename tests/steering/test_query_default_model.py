@@ -1,6 +1,7 @@
 """Query-aware selection on the real default model (slow): with the shipped profile's selector
 heads, the chosen sentence holds the answer in most of 10 SQuAD dev questions."""
 
+import numpy as np
 import pytest
 
 from steerc.eval import load_dataset
@@ -8,7 +9,8 @@ from steerc.runtime import Engine
 from steerc.steering.answer import Steerer
 from steerc.steering.config import SteerConfig
 from steerc.steering.methods import get_method
-from steerc.steering.profiles import builtin_profile
+from steerc.steering.methods.query import question_attention
+from steerc.steering.profiles import builtin_profile, selector_heads
 from steerc.stores import MemoryStore
 
 pytestmark = pytest.mark.slow
@@ -33,3 +35,20 @@ def test_chosen_sentence_holds_the_answer_in_most_dev_questions(default_engine):
         (chosen,) = plan.evidence
         hits += any(chosen.start < b and a < chosen.end for a, b in e.evidence)
     assert hits >= MEASURED - MARGIN, f"the chosen sentence held the answer in {hits} of {len(examples)}"
+
+
+def test_the_selector_graph_gives_the_analysis_graphs_scores(default_engine):
+    """The default engine's selector graph covers its shipped selector heads; the question's
+    attention from it equals the analysis graph's on every covered layer."""
+    engine = Engine.load(default_engine, threads=2)
+    selector = selector_heads(engine)
+    assert engine.selector_layers == max(layer for layer, _ in selector) + 1 < engine.geometry.num_layers
+    steerer = Steerer(engine, SteerConfig(method="query"), MemoryStore(1 << 30))
+    for e in load_dataset("squad", split="dev", limit=2):
+        prepared, _ = steerer.prepare(e.context)
+        query_ids = steerer.layout.query_ids(steerer.config.prefixes[0], e.question)
+        full = question_attention(engine, prepared.kv, query_ids)
+        got = question_attention(engine, prepared.kv, query_ids, selector=selector)
+        n = engine.selector_layers
+        np.testing.assert_allclose(got[:n], full[:n], rtol=1e-5, atol=1e-5)
+        assert np.isnan(got[n:]).all()

@@ -1,4 +1,4 @@
-"""The ONNX backend: every engine folder's own form (``model.onnx`` + ``analysis.onnx``), run by ONNX Runtime.
+"""The ONNX backend: every engine folder's own form (``model.onnx`` + ``analysis.onnx`` + ``selector.onnx``), run by ONNX Runtime.
 
 * :mod:`~steerc.backends.onnx.export`: ``torch.onnx.export`` of a rewritten program, op counts,
   one weight file shared by both graphs;
@@ -12,7 +12,7 @@ Importing this package pulls in neither torch nor onnx; the export and the backe
 imported where used.
 """
 
-from steerc.backends.onnx.export import ANALYSIS_FILE, DATA_FILE, MODEL_FILE, export_onnx, op_counts, share_weights
+from steerc.backends.onnx.export import ANALYSIS_FILE, DATA_FILE, MODEL_FILE, SELECTOR_FILE, export_onnx, op_counts, share_weights
 from steerc.backends.onnx.session import PREPACK_ONLY_OPS, SharedWeights, create_session
 
-__all__ = ["ANALYSIS_FILE", "DATA_FILE", "MODEL_FILE", "PREPACK_ONLY_OPS", "SharedWeights", "create_session", "export_onnx", "op_counts", "share_weights"]
+__all__ = ["ANALYSIS_FILE", "DATA_FILE", "MODEL_FILE", "PREPACK_ONLY_OPS", "SELECTOR_FILE", "SharedWeights", "create_session", "export_onnx", "op_counts", "share_weights"]

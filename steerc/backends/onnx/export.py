@@ -15,13 +15,14 @@ from pathlib import Path
 from steerc.capture.io_spec import TensorSpec
 from steerc.errors import require
 
-__all__ = ["export_onnx", "share_weights", "op_counts", "external_data", "MODEL_FILE", "DATA_FILE", "ANALYSIS_FILE"]
+__all__ = ["export_onnx", "share_weights", "op_counts", "external_data", "MODEL_FILE", "DATA_FILE", "ANALYSIS_FILE", "SELECTOR_FILE"]
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 ANALYSIS_FILE = "analysis.onnx"  # the analysis graph; its weights are read from DATA_FILE
+SELECTOR_FILE = "selector.onnx"  # the selector graph (steerc.passes.onnx.derive_selector); weights from DATA_FILE too
 
 
 def _name_dims(model, specs: list[TensorSpec], values) -> None:

@@ -4,7 +4,8 @@ The order is :data:`steerc.passes.onnx.ONNX_PASSES` (only those the settings ask
 quantize the step graph, derive the analysis graph from it (or, where it cannot be derived,
 export the analysis program, in a forked child beside the step graph's export when there are
 two cores: :mod:`steerc.backends.onnx.forked`, quantize it and let it share the step graph's
-weights), rewrite the step graph for in-place KV, make it TensorRT-ready and check it
+weights), derive the selector graph from it (``sp.selector_layers`` leading layers; none where
+it cannot be derived), rewrite the step graph for in-place KV, make it TensorRT-ready and check it
 (``--target tensorrt``: a violation fails the compile; ``trtexec.sh`` is written).
 """
 
@@ -16,10 +17,10 @@ import time
 from pathlib import Path
 
 from steerc.atomic import write_text_atomic
-from steerc.backends.onnx.export import ANALYSIS_FILE, DATA_FILE, MODEL_FILE, export_onnx, op_counts, share_weights
+from steerc.backends.onnx.export import ANALYSIS_FILE, DATA_FILE, MODEL_FILE, SELECTOR_FILE, export_onnx, op_counts, share_weights
 from steerc.backends.onnx.forked import ForkedCall, can_fork
 from steerc.errors import EngineError
-from steerc.passes.onnx import ONNX_PASSES, NotDerivableError, OnnxGraph, derive_analysis, onnx_passes, quantize_weights
+from steerc.passes.onnx import ONNX_PASSES, NotDerivableError, OnnxGraph, derive_analysis, derive_selector, onnx_passes, quantize_weights
 
 __all__ = ["TRTEXEC_FILE", "export_graphs"]
 
@@ -59,8 +60,8 @@ def export_graphs(sp, folder: Path, settings) -> dict:
     """Write ``model.onnx`` (and ``analysis.onnx`` when ``sp`` has an analysis program) into
     ``folder`` and run the ONNX passes in :data:`~steerc.passes.onnx.ONNX_PASSES` order; the
     analysis graph is made where ``derive_analysis`` stands in it, derived or exported. Returns
-    the manifest sections ``backend``, ``weights``, ``kv`` and ``tensorrt``, and the seconds
-    taken (``export_seconds``)."""
+    the manifest sections ``backend``, ``weights``, ``kv``, ``tensorrt`` and ``selector`` (the
+    ``derive_selector`` report's entry, or None), and the seconds taken (``export_seconds``)."""
     passes = onnx_passes(settings)
     quantize = quantize_weights in passes
     derive = sp.analysis is not None and derive_analysis in passes
@@ -68,7 +69,9 @@ def export_graphs(sp, folder: Path, settings) -> dict:
                "parallel": sp.analysis is not None and not derive and can_fork()}
     child = ForkedCall(lambda: _export_analysis(sp, folder, settings, quantize), folder / ".analysis-export.json",
                        "exporting the analysis graph") if seconds["parallel"] else None
-    graph = OnnxGraph(folder / MODEL_FILE, sp.geometry.num_layers, sp.analysis_outputs, folder / ANALYSIS_FILE if sp.analysis is not None else None)
+    selector_layers = getattr(sp, "selector_layers", 0) if derive_selector in passes else 0
+    graph = OnnxGraph(folder / MODEL_FILE, sp.geometry.num_layers, sp.analysis_outputs, folder / ANALYSIS_FILE if sp.analysis is not None else None,
+                      selector_layers, folder / SELECTOR_FILE if selector_layers else None)
     reports = {}
     try:
         start = time.perf_counter()
@@ -79,6 +82,14 @@ def export_graphs(sp, folder: Path, settings) -> dict:
                 if sp.analysis is not None:
                     _analysis_graph(sp, graph, folder, settings, derive, quantize, child, seconds)
                     child = None
+            elif onnx_pass is derive_selector:
+                if selector_layers:
+                    start_selector = time.perf_counter()
+                    try:
+                        reports["derive_selector"] = derive_selector(graph, settings)
+                    except NotDerivableError as exc:
+                        log.warning("selector graph not derivable from the step graph (%s); query selection will run the analysis graph", exc)
+                    seconds["selector"] = round(time.perf_counter() - start_selector, 1)
             elif onnx_pass in passes:
                 reports[onnx_pass.__name__] = onnx_pass(graph, settings)
     finally:
@@ -91,6 +102,7 @@ def export_graphs(sp, folder: Path, settings) -> dict:
         "weights": reports["quantize_weights"].entry if quantize else {"scheme": "full", "dtype": settings.dtype},
         "kv": kv,
         "tensorrt": _tensorrt_target(graph, folder, sp, settings, ready.entry) if ready is not None else None,
+        "selector": reports["derive_selector"].entry if "derive_selector" in reports else None,
         "export_seconds": seconds,
     }
 

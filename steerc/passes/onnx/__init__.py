@@ -11,19 +11,24 @@ order the ONNX backend applies them in (:mod:`steerc.backends.onnx.graphs`):
    layer has its own fused Attention (sdpa, no shared attention); raises
    :class:`~steerc.passes.onnx.derive_analysis.NotDerivableError` otherwise, and the
    compile exports the analysis program instead;
-3. ``kv_in_place``: ``--kv in-place``: the step graph writes into preallocated KV buffers
-   (after the analysis graph is derived: it keeps the concat layout);
-4. ``make_tensorrt_ready``: ``--target tensorrt``: the step graph rewritten to TensorRT's ONNX
+3. ``derive_selector``: the selector graph written from the (quantized) step graph: the layers
+   up to the last one holding a selector head, cut after its attention, emitting only their
+   attention per key (what the ``query`` method's selection reads); raises ``NotDerivableError``
+   where the analysis graph cannot be derived either, and the engine has no selector graph;
+4. ``kv_in_place``: ``--kv in-place``: the step graph writes into preallocated KV buffers
+   (after the analysis and selector graphs are derived: they keep the concat layout);
+5. ``make_tensorrt_ready``: ``--target tensorrt``: the step graph rewritten to TensorRT's ONNX
    parser rules (a no-op report when it already meets them).
 """
 
 from steerc.passes.onnx.contract import OnnxGraph, OnnxPassReport, onnx_pass
 from steerc.passes.onnx.derive_analysis import NotDerivableError, derive_analysis
+from steerc.passes.onnx.derive_selector import derive_selector
 from steerc.passes.onnx.kv_in_place import kv_in_place
 from steerc.passes.onnx.make_tensorrt_ready import make_tensorrt_ready
 from steerc.passes.onnx.quantize_weights import quantize_weights
 
-ONNX_PASSES = (quantize_weights, derive_analysis, kv_in_place, make_tensorrt_ready)
+ONNX_PASSES = (quantize_weights, derive_analysis, derive_selector, kv_in_place, make_tensorrt_ready)
 
 
 def onnx_passes(settings) -> tuple:
@@ -31,5 +36,5 @@ def onnx_passes(settings) -> tuple:
     return tuple(p for p in ONNX_PASSES if p.wanted(settings))
 
 
-__all__ = ["ONNX_PASSES", "NotDerivableError", "OnnxGraph", "OnnxPassReport", "derive_analysis", "kv_in_place", "make_tensorrt_ready",
+__all__ = ["ONNX_PASSES", "NotDerivableError", "OnnxGraph", "OnnxPassReport", "derive_analysis", "derive_selector", "kv_in_place", "make_tensorrt_ready",
            "onnx_pass", "onnx_passes", "quantize_weights"]

@@ -22,18 +22,23 @@ __all__ = ["OnnxGraph", "OnnxPassReport", "onnx_pass"]
 class OnnxGraph:
     """The graph an ONNX pass rewrites: ``path`` (its weights in an external data file beside it)
     and what the passes that need more than the file read: the model's ``num_layers``, the
-    analysis graph's ``analysis_outputs`` (TensorSpecs) and where it is written (``analysis_path``)."""
+    analysis graph's ``analysis_outputs`` (TensorSpecs) and where it is written (``analysis_path``),
+    the selector graph's leading layers (``selector_layers``, 0: none) and its path (``selector_path``)."""
 
     path: Path
     num_layers: int = 0
     analysis_outputs: tuple = ()
     analysis_path: Path | None = None
+    selector_layers: int = 0
+    selector_path: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
         if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int) or self.num_layers < 0:
             raise ValueError(f"num_layers must be an integer >= 0, got {self.num_layers!r}")
         object.__setattr__(self, "analysis_outputs", tuple(self.analysis_outputs))
+        if isinstance(self.selector_layers, bool) or not isinstance(self.selector_layers, int) or not 0 <= self.selector_layers <= max(self.num_layers, 0):
+            raise ValueError(f"selector_layers must be an integer in [0, num_layers], got {self.selector_layers!r}")
 
 
 @dataclass(frozen=True)

@@ -7,24 +7,31 @@ context's units (sentences, or the documents of a multi-document input; see
 content-free question pays to every context token ``[L, H, N]``, from one analysis-graph call
 of that question over the cached context.
 
-**Per query**: the question is run once through the analysis graph over the cached context (the
-only extra work: the question's own tokens), which gives its rows' attention to every context
-key. Minus the calibration, clipped at 0, summed over the *selector heads*, pooled to units;
-the top ``evidence`` units are kept (``min_share``: only units with at least that share of the
-score, else the question is answered unsteered). The *steered heads* then get ``log(alpha)`` on
-every other context key (or, with ``target_share``, per head the alpha that lifts the evidence's
-attention share to that target), while the question is prefilled again and during decode. The
-stored KV is never changed.
+**Per query**: the question is run once over the cached context through the engine's *selector
+graph* (the layers up to the last selector layer, emitting only their attention; engines
+compiled before it use the analysis graph), which gives its rows' attention to every context
+key. Minus the calibration, clipped at 0, summed over the *selector heads*, pooled to units:
+their shares are the *evidence distribution*. The top ``evidence`` units are kept
+(``min_share``: only units with at least that share, else the question is answered unsteered),
+and ``hedge`` turns the distribution into each unit's fraction of ``log(alpha)``
+(:func:`~steerc.steering.evidence.hedge`: ``off`` gives the kept units all the emphasis, the
+other modes follow the selector's confidence). The *steered heads* get that bias on the context
+keys (with ``target_share``, per head the alpha that lifts the evidence's attention share to
+that target) while the question is prefilled and during decode; ``self_check`` prefills it
+plain too and answers plain when the two disagree on the first answer token. The stored KV is
+never changed.
 
 ``rank_by = lexical`` ranks units by word overlap with the question instead (the floor an
-attention selector has to beat; it needs no analysis call).
+attention selector has to beat; it needs no selector call); ``fused`` combines both rankings.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -58,6 +65,9 @@ from steerc.stores import StoredContext
 __all__ = ["QueryEvidence", "QueryOptions", "question_attention", "lexical_scores", "backs_off"]
 
 RANK_BY = ("attention", "lexical", "fused")
+
+log = logging.getLogger(__name__)
+_NO_SELECTOR_GRAPH: set[str] = set()  # engines whose missing selector graph was logged
 
 
 @dataclass(frozen=True)
@@ -108,15 +118,30 @@ _STOP = frozenset("a an the of in on at to for from by with and or is are was we
                   "that this these those it its as".split())
 
 
-def question_attention(engine, kv, query_ids: np.ndarray, position_offset: int = 0) -> np.ndarray:
+def question_attention(engine, kv, query_ids: np.ndarray, position_offset: int = 0, selector: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
     """``[L, H, K]``: the mean attention of the rows of ``query_ids`` (prefilled after ``kv``,
-    unsteered, on the analysis graph) to every key; ``K = kv.length + len(query_ids)``.
-    ``position_offset``: positions a compacted ``kv`` dropped."""
+    unsteered) to every key; ``K = kv.length + len(query_ids)``. ``position_offset``: positions
+    a compacted ``kv`` dropped.
+
+    ``selector``: the ``(layer, head)`` pairs the caller reads (None: every layer). When its layers
+    all lie within the engine's selector graph (:meth:`~steerc.runtime.engine.Engine.select_scores`),
+    that graph runs instead of the analysis graph (it stops after the last covered layer and
+    outputs no logits or KV) with the same values; the layers it does not cover are NaN."""
     S = len(query_ids)
     mask = np.ones((1, kv.length + S), np.int64)  # [1, P+S]
     g = engine.geometry
+    ids, positions = np.asarray(query_ids, np.int64)[None], positions_for(mask, S, position_offset)
+    covered = engine.selector_layers
+    if selector is not None and len(selector) and covered and max(layer for layer, _ in selector) < covered:
+        out = np.full((g.num_layers, g.num_heads, mask.shape[1]), np.nan, np.float32)  # [L, H, P+S]
+        out[:covered] = engine.select_scores(ids, positions, mask, kv)[0] / S  # [n, H, P+S]
+        return out
+    if selector is not None and not covered and engine.engine_id not in _NO_SELECTOR_GRAPH:
+        _NO_SELECTOR_GRAPH.add(engine.engine_id)
+        log.info("engine %s has no selector graph (compiled before steerc derived one); query selection runs the full analysis graph: "
+                 "recompile it for a faster first token", engine.folder)
     bias = np.zeros((1, g.num_layers, g.num_heads, mask.shape[1]), np.float32)
-    _, _, importance = engine.analyze(np.asarray(query_ids, np.int64)[None], positions_for(mask, S, position_offset), mask, kv, bias)  # [1, L, H, P+S]
+    _, _, importance = engine.analyze(ids, positions, mask, kv, bias)  # [1, L, H, P+S]
     return importance[0] / S
 
 
@@ -209,8 +234,9 @@ class QueryEvidence(SteeringMethod):
         if opts.rank_by == "lexical":
             scores = lexical_scores(context, units, query)
         else:
-            attention = prepared.on_all_keys(question_attention(engine, prepared.kv, query_ids, prepared.position_offset))  # [L, H, Nh + N + S]
             selector = opts.selector or selector_heads(engine)
+            reads = None if opts.target_share else selector  # adaptive alphas read every steered layer
+            attention = prepared.on_all_keys(question_attention(engine, prepared.kv, query_ids, prepared.position_offset, reads))  # [L, H, Nh + N + S]
             scores = unit_scores(token_scores(attention[..., Nh : Nh + N], prepared.extras["calibration"], selector), units)  # [U]
             if opts.rank_by == "fused":
                 scores = fused_scores(scores, lexical_scores(context, units, query))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from steerc.passes.onnx import ONNX_PASSES, OnnxGraph, OnnxPassReport, derive_analysis, kv_in_place, make_tensorrt_ready, onnx_passes, quantize_weights
+from steerc.passes.onnx import ONNX_PASSES, OnnxGraph, OnnxPassReport, derive_analysis, derive_selector, kv_in_place, make_tensorrt_ready, onnx_passes, quantize_weights
 from steerc.settings import CompileSettings
 
 
@@ -11,17 +11,17 @@ def _names(**settings) -> list[str]:
 
 
 def test_the_order_is_one_list():
-    assert ONNX_PASSES == (quantize_weights, derive_analysis, kv_in_place, make_tensorrt_ready)
+    assert ONNX_PASSES == (quantize_weights, derive_analysis, derive_selector, kv_in_place, make_tensorrt_ready)
     assert all(callable(p.wanted) for p in ONNX_PASSES)
 
 
 def test_only_the_passes_the_settings_ask_for():
-    assert _names() == ["derive_analysis"]
+    assert _names() == ["derive_analysis", "derive_selector"]
     assert _names(importance=False) == []
     assert _names(attn_implementation="eager") == []
     assert _names(share_attention=((0, 1),)) == []
-    assert _names(weights="int4") == ["quantize_weights", "derive_analysis"]
-    assert _names(kv="in-place") == ["derive_analysis", "kv_in_place"]
+    assert _names(weights="int4") == ["quantize_weights", "derive_analysis", "derive_selector"]
+    assert _names(kv="in-place") == ["derive_analysis", "derive_selector", "kv_in_place"]
     assert _names(target="tensorrt", dtype="fp16", importance=False) == ["make_tensorrt_ready"]
 
 
