@@ -33,6 +33,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -136,6 +137,14 @@ def main() -> None:
               f"**{r['query_vs_none_reused']:.2f}x** | **{r['query_vs_autopasta']:.3f}x** | {r['query_vs_autopasta_decode']:.3f}x |")
 
 
+def _without_selector_graph(engine):
+    """A second handle on ``engine``'s folder whose manifest hides the selector graph (selection
+    then runs on the analysis graph, as on engines compiled before it), for a same-run comparison."""
+    other = load_engine(str(engine.folder), engine.threads, None)
+    other.manifest = {k: v for k, v in other.manifest.items() if k != "selector"}
+    return other
+
+
 def reuse_only(args, engine) -> None:
     """Time to first token of the default method's stored context from each tier (and of the
     other methods from memory), interleaved, medians; JSON to ``--out``, a table to stdout."""
@@ -149,6 +158,12 @@ def reuse_only(args, engine) -> None:
         disk_root = tempfile.mkdtemp(prefix="steerc-bench-")
         variants = {"reused": Steerer(engine, config, MemoryStore()), "reused_disk": Steerer(engine, config, DiskStore(disk_root))}
         variants.update({f"{m}_reused": Steerer(engine, config.with_method(m), MemoryStore()) for m in ("none", "llmsteer")})
+        if config.method == "query":
+            # The same engine with its selector graph hidden: selection on the full analysis graph (engines compiled before it).
+            if engine.selector_layers:
+                variants["reused_analysis_graph"] = Steerer(_without_selector_graph(engine), config, MemoryStore())
+            if config.options.hedge != "off" or config.options.self_check or config.options.rank_by != "attention":
+                variants["reused_unhedged"] = Steerer(engine, replace(config, hedge="off", self_check=0.0, rank_by="attention"), MemoryStore())
         redis = None
         if args.redis:
             from steerc.stores.redis import RedisStore

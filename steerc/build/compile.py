@@ -99,6 +99,7 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
 
         pairs, selector_source = default_selector(loaded.sha256, sp.geometry.num_layers, sp.geometry.num_heads)
         sp.selector_layers = max(layer for layer, _ in pairs) + 1
+        sp.selector_score_layers = tuple(sorted({layer for layer, _ in pairs}))
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     os.chmod(tmp, 0o755)
@@ -131,7 +132,7 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                         check["queries"] = queries_check(analysis_session, loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups, tolerance=tol)
                     if selector is not None:  # against the analysis graph just checked
                         check["selector"] = selector_check(create_session(tmp / SELECTOR_FILE), analysis_session, sp.geometry, sp.inputs, settings.dtype,
-                                                           selector["layers"])
+                                                           selector["score_layers"])
                 for name, entry in backends.items():  # each compiled form against the same eager reference
                     check[name] = self_check(_backend_session(tmp, name, entry, sp), loaded.model, sp.geometry, sp.inputs, settings.dtype,
                                              groups=groups, what=f"the {name} backend ({entry.get('package') or entry.get('plan')})")
@@ -173,10 +174,13 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                     "model": SELECTOR_FILE,
                     "data": onnx["backend"]["data"],
                     "layers": selector["layers"],
+                    "score_layers": selector["score_layers"],
                     "heads_from": selector_source,
-                    "outputs": [{"name": "selector_scores", "dtype": "float32", "dims": ["batch_size", selector["layers"], sp.geometry.num_heads, "total_sequence_length"]}],
-                    "meaning": "selector_scores[b, l, h, t] = attn_importance[b, l, h, t] for the layers l < layers: the step graph cut after layer "
-                    "layers - 1's attention, no logits or KV; the query method's selection runs it when its selector heads lie in those layers",
+                    "outputs": [{"name": "selector_scores", "dtype": "float32",
+                                 "dims": ["batch_size", len(selector["score_layers"]), sp.geometry.num_heads, "total_sequence_length"]}],
+                    "meaning": "selector_scores[b, i, h, t] = attn_importance[b, score_layers[i], h, t]: the step graph cut after layer "
+                    "layers - 1's attention, only the score layers (those holding a selector head) return their attention, no logits or KV; "
+                    "the query method's selection runs it when its selector heads lie in the score layers",
                 },
                 "kv": onnx["kv"],
                 "inputs": [s.to_dict() for s in _step_specs(sp.inputs, settings)],

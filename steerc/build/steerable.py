@@ -39,6 +39,8 @@ class SteerableProgram:
     share_attention: dict | None = None
     # Layers 0..n-1 the selector graph covers (steerc.passes.onnx.derive_selector); 0: no selector graph.
     selector_layers: int = 0
+    # Of those, the layers whose attention it outputs (those holding a selector head); empty: every covered layer.
+    selector_score_layers: tuple[int, ...] = ()
 
     @property
     def keyless_layers(self) -> tuple[int, ...]:

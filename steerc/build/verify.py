@@ -131,9 +131,10 @@ def queries_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], 
     return {"attn_queries_rel_err": err, "tolerance": tol}
 
 
-def selector_check(session, analysis_session, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, layers: int, prompt_len: int = 8,
+def selector_check(session, analysis_session, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, layers: list[int], prompt_len: int = 8,
                    query_len: int = 3, seed: int = 3) -> dict:
-    """The selector graph's ``selector_scores`` against the analysis graph's ``attn_importance[:, :layers]``
+    """The selector graph's ``selector_scores`` against the analysis graph's ``attn_importance[:, layers]``
+    (``layers``: the selector graph's score layers)
     (checked against the eager model just before): a prefill of ``prompt_len`` tokens through the
     analysis graph, then ``query_len`` more over its KV through both, unsteered as selection runs
     (absolute error; the two run the same layers on the same weights, so they agree to float rounding)."""
@@ -146,15 +147,15 @@ def selector_check(session, analysis_session, g: DecoderGeometry, inputs: list[T
     total = prompt_len + query_len
     bias = np.zeros((1, g.num_layers, g.num_heads, total), np.float32)
     feed = dict(zip(names, [query.numpy(), np.arange(prompt_len, total)[None], np.ones((1, total), np.int64), *present, bias]))
-    want = analysis_session.run(["attn_importance"], feed)[0][:, :layers]
+    want = analysis_session.run(["attn_importance"], feed)[0][:, list(layers)]
     wanted_inputs = {i.name for i in session.get_inputs()}
     got = session.run(["selector_scores"], {k: v for k, v in feed.items() if k in wanted_inputs})[0]
     err = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
     log.info("self-check: selector_scores %.2e against the analysis graph (tolerance %.0e)", err, tol)
     if not err <= tol:
-        raise VerificationError(f"the selector graph's scores {list(got.shape)} disagree with the analysis graph's attn_importance[:, :{layers}] "
+        raise VerificationError(f"the selector graph's scores {list(got.shape)} disagree with the analysis graph's attn_importance[:, {list(layers)}] "
                                 f"{list(want.shape)} (max abs error {err:.2e}); this is a steerc bug: rerun with --debug and report it")
-    return {"selector_scores_abs_err": err, "tolerance": tol, "layers": layers}
+    return {"selector_scores_abs_err": err, "tolerance": tol, "layers": list(layers)}
 
 
 def _present_names(inputs: list[TensorSpec]) -> list[str]:

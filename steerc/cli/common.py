@@ -45,7 +45,9 @@ def analysis_line(manifest: dict) -> str:
     line = f"{analysis['model']} outputs {', '.join(extra)} (shares {analysis['data']})"
     selector = manifest.get("selector")
     if selector:
-        line += f"; {selector['model']} layers 0-{selector['layers'] - 1} (query selection; heads from the {selector['heads_from']})"
+        scored = selector.get("score_layers", list(range(selector["layers"])))
+        line += (f"; {selector['model']} layers 0-{selector['layers'] - 1}, attention of {','.join(map(str, scored))} "
+                 f"(query selection; heads from the {selector['heads_from']})")
     return line
 
 

@@ -85,6 +85,14 @@ class Engine:
         engine has none (compiled before it, or its analysis graph could not be derived)."""
         return int((self.manifest.get("selector") or {}).get("layers", 0))
 
+    @property
+    def selector_score_layers(self) -> tuple[int, ...]:
+        """The layers whose attention :meth:`select_scores` returns, in its order (those of the
+        covered layers that hold a default selector head; every covered layer in engines that do
+        not say); empty without a selector graph."""
+        entry = self.manifest.get("selector") or {}
+        return tuple(int(x) for x in entry.get("score_layers", range(self.selector_layers)))
+
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu", threads: int | None = None, check_files: bool = True, backend: str = "onnx",
              share: str | None = None) -> "Engine":
@@ -228,8 +236,9 @@ class Engine:
         return logits, KVCache.from_flat(present, self.keyless_layers), importance
 
     def select_scores(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache) -> np.ndarray:
-        """``selector_scores [B, n, H, P+S]`` (``n = selector_layers``) of the selector graph: what
-        :meth:`analyze` returns as ``attn_importance[:, :n]`` on an unsteered call (zero bias), without
+        """``selector_scores [B, n, H, P+S]`` (the ``n`` layers of :attr:`selector_score_layers`) of the
+        selector graph: what :meth:`analyze` returns as ``attn_importance[:, selector_score_layers]``
+        on an unsteered call (zero bias), without
         the later layers, the logits or the KV (the cache is not extended). The inputs of :meth:`forward`
         but the bias."""
         if not self.selector_layers:

@@ -228,15 +228,20 @@ def _method_options(method: str, given: Any, flat: dict[str, Any]) -> MethodOpti
     return cls(**{k: v for k, v in values.items() if k in own})
 
 
+# Options whose default changed since configs were written flat: (name, the earlier default). Such
+# a config of another method carries the earlier default, which is accepted like today's.
+_EARLIER_DEFAULTS = {("rank_by", "attention")}  # query's ranking before fused became its default
+
+
 def _refuse_foreign(name: str, value: Any, method: str) -> None:
-    """Accept another method's option in a ``method`` config only at its default (configs
-    written when one flat config held every option carry them all); checked against the
-    owner's limits first, so a bad value gets the owner's message."""
+    """Accept another method's option in a ``method`` config only at its default, today's or an
+    earlier one (configs written when one flat config held every option carry them all); checked
+    against the owner's limits first, so a bad value gets the owner's message."""
     owners = option_owners(name)
     if not owners:
         known = sorted(set(common_fields()) | set(options_class(method).names()))
         raise ValueError(f"SteerConfig: unknown field {name!r} for method {method!r}; its fields are {known}")
     owner = options_class(owners[0])
-    if getattr(owner(**{name: value}), name) != getattr(owner(), name):
+    if getattr(owner(**{name: value}), name) != getattr(owner(), name) and not any(name == n and value == v for n, v in _EARLIER_DEFAULTS):
         raise ValueError(f"{name} is an option of method {' and '.join(repr(m) for m in owners)}, not of {method!r} "
                          f"(got {value!r}; leave it out or choose that method)")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from steerc.steering.config import SteerConfig
 
-__all__ = ["Option", "MethodOptions", "option", "option_of", "options_fields", "check_options", "KINDS", "LAYER_BANDS", "AUTO_LAYERS"]
+__all__ = ["Option", "MethodOptions", "option", "option_of", "options_fields", "check_options", "parse_pairs", "KINDS", "LAYER_BANDS", "AUTO_LAYERS"]
 
 # Named layer sets that fit any depth: thirds of the stack (for 30 layers: 0-9, 10-19, 20-29).
 LAYER_BANDS = ("all", "first-third", "middle-third", "last-third")
@@ -141,6 +141,17 @@ def _pairs(name: str, value) -> tuple[tuple[int, int], ...]:
     if any(len(p) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in p) for p in pairs):
         raise ValueError(f"{name} must be a list of [layer, head] pairs of non-negative integers, got {value!r}")
     return tuple(sorted(set(pairs)))
+
+
+def parse_pairs(text: str) -> tuple[tuple[int, int], ...]:
+    """The command-line form of a ``pairs`` option: ``LAYER:HEAD,LAYER:HEAD,..`` (e.g. ``18:7,23:2``)."""
+    try:
+        pairs = [tuple(int(x) for x in item.split(":")) for item in str(text).split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"expected LAYER:HEAD pairs separated by commas (e.g. 18:7,23:2), got {text!r}") from None
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise ValueError(f"expected LAYER:HEAD pairs separated by commas (e.g. 18:7,23:2), got {text!r}")
+    return _pairs("selector", pairs)
 
 
 def option(default, kind: str, help: str, **spec) -> Any:

@@ -30,8 +30,8 @@ def old_engine(folder, tmp_path):
 
 
 def test_scores_equal_the_analysis_graphs_on_the_covered_layers(engine):
-    g, n = engine.geometry, engine.selector_layers
-    assert 0 < n < g.num_layers  # the tiny engine's fallback selector covers layer 0 of 2: the graph is cut
+    g, n, scored = engine.geometry, engine.selector_layers, list(engine.selector_score_layers)
+    assert 0 < n < g.num_layers and scored == [0]  # the tiny engine's fallback selector covers layer 0 of 2: the graph is cut
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 128, (2, 11))
     mask = np.ones((2, 11), np.int64)
@@ -43,13 +43,13 @@ def test_scores_equal_the_analysis_graphs_on_the_covered_layers(engine):
         bias = np.zeros((2, g.num_layers, g.num_heads, end), np.float32)
         got = engine.select_scores(ids[:, start:end], positions, m, cache)
         _, next_cache, want = engine.analyze(ids[:, start:end], positions, m, cache, bias)
-        assert got.shape == (2, n, g.num_heads, end)
-        np.testing.assert_allclose(got, want[:, :n], rtol=1e-5, atol=1e-5)
+        assert got.shape == (2, len(scored), g.num_heads, end)
+        np.testing.assert_allclose(got, want[:, scored], rtol=1e-5, atol=1e-5)
         cache = next_cache
 
 
 def test_an_engine_without_the_selector_graph(tiny_engine, tmp_path):
     engine = old_engine(tiny_engine, tmp_path)
-    assert engine.selector_layers == 0
+    assert engine.selector_layers == 0 and engine.selector_score_layers == ()
     with pytest.raises(EngineError, match="no selector graph"):
         engine.select_scores(np.zeros((1, 2), np.int64), np.arange(2)[None], np.ones((1, 2), np.int64), engine.new_cache(1))

@@ -41,7 +41,7 @@ def test_options_are_the_methods_own():
 def test_earlier_flat_configs_still_load():
     """Configs written when one flat config held all 26 fields: other methods' fields at their defaults are accepted."""
     config = SteerConfig.from_dict(EARLIER_QUERY)
-    assert config == SteerConfig(method="query")
+    assert config == SteerConfig(method="query", rank_by="attention")  # written before fused ranking: its explicit rank_by holds
     assert SteerConfig.from_dict({**EARLIER_QUERY, "method": "llmsteer", "top_k": 16}).options == LLMSteerOptions(top_k=16)
     assert SteerConfig.from_dict({**EARLIER_QUERY, "method": "pasta", "highlights": [[1, 4]]}).options == PastaOptions(((1, 4),))
     assert SteerConfig.from_dict({**EARLIER_QUERY, "method": "none"}).method == "none"
@@ -153,3 +153,12 @@ def test_layer_band_names_are_checked_and_round_trip():
         SteerConfig(layers="late")
     config = SteerConfig(layers="middle-third")
     assert SteerConfig.from_json(config.to_json()) == config
+
+
+def test_selector_pairs_on_the_command_line():
+    from steerc.steering.options import parse_pairs
+
+    assert parse_pairs("18:7, 7:7,18:7") == ((7, 7), (18, 7))  # sorted and deduplicated, as the JSON form
+    for bad in ("18", "a:b", "1:2:3", ""):
+        with pytest.raises(ValueError, match="LAYER:HEAD pairs"):
+            parse_pairs(bad)

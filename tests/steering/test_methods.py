@@ -50,7 +50,7 @@ def test_methods_are_objects_behind_one_interface():
 
 
 @pytest.mark.parametrize("method, fields", [("none", {}), ("llmsteer", {"top_k": 0.3}), ("pasta", {"highlights": ((0, 60),)}),
-                                            ("query", {"selector": SELECTOR})])
+                                            ("query", {"selector": SELECTOR, "hedge": "off", "rank_by": "attention"})])
 def test_bias_lands_on_the_documented_keys(engine, method, fields):
     s = _steerer(engine, method=method, layers=(1,), heads=(0, 2), alpha=0.25, **fields)
     answer = s.answer(CONTEXT, QUESTION, max_new_tokens=2)
@@ -108,7 +108,7 @@ COVERED = ((0, 0), (0, 3))  # layer 0: within the tiny engine's selector graph (
 
 
 def test_question_attention_on_the_selector_graph_equals_the_analysis_graph(engine):
-    assert engine.selector_layers == 1
+    assert engine.selector_layers == 1 and engine.selector_score_layers == (0,)
     s = _steerer(engine, method="query", selector=COVERED)
     prepared, _ = s.prepare(CONTEXT)
     query_ids = s.layout.query_ids(s.config.prefixes[0], QUESTION)
@@ -129,7 +129,7 @@ def test_query_plan_reads_the_selector_graph_and_picks_the_same(engine, monkeypa
     answer = s.answer(CONTEXT, QUESTION, max_new_tokens=3)
     plan = s.last_plan
     assert not calls  # the question ran on the selector graph
-    monkeypatch.setattr(type(engine), "selector_layers", property(lambda self: 0))  # as an engine without one
+    monkeypatch.setattr(type(engine), "selector_score_layers", property(lambda self: ()))  # as an engine without one
     again = s.answer(CONTEXT, QUESTION, max_new_tokens=3)
     assert len(calls) == 1
     assert [e.unit for e in answer.evidence] == [e.unit for e in again.evidence] and answer.text == again.text
@@ -159,7 +159,7 @@ def test_an_engine_without_the_selector_graph_selects_on_the_analysis_graph(tiny
 
 @pytest.mark.parametrize("extra", [{}, {"evidence": 2}, {"target_share": 0.6, "alpha": 0.05}])
 def test_query_plan_and_answer_match_the_reference(engine, extra):
-    config = SteerConfig(method="query", selector=SELECTOR, layers=(0, 1), **{"alpha": 0.2, **extra})
+    config = SteerConfig(method="query", selector=SELECTOR, layers=(0, 1), hedge="off", rank_by="attention", **{"alpha": 0.2, **extra})
     s = Steerer(engine, config, MemoryStore(1 << 30))
     answer = s.answer(CONTEXT, QUESTION, max_new_tokens=6)
     prepared = s.last_context[0]

@@ -71,7 +71,8 @@ def export_graphs(sp, folder: Path, settings) -> dict:
                        "exporting the analysis graph") if seconds["parallel"] else None
     selector_layers = getattr(sp, "selector_layers", 0) if derive_selector in passes else 0
     graph = OnnxGraph(folder / MODEL_FILE, sp.geometry.num_layers, sp.analysis_outputs, folder / ANALYSIS_FILE if sp.analysis is not None else None,
-                      selector_layers, folder / SELECTOR_FILE if selector_layers else None)
+                      selector_layers, folder / SELECTOR_FILE if selector_layers else None,
+                      tuple(getattr(sp, "selector_score_layers", ())) if selector_layers else ())
     reports = {}
     try:
         start = time.perf_counter()

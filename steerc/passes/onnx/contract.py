@@ -23,7 +23,8 @@ class OnnxGraph:
     """The graph an ONNX pass rewrites: ``path`` (its weights in an external data file beside it)
     and what the passes that need more than the file read: the model's ``num_layers``, the
     analysis graph's ``analysis_outputs`` (TensorSpecs) and where it is written (``analysis_path``),
-    the selector graph's leading layers (``selector_layers``, 0: none) and its path (``selector_path``)."""
+    the selector graph's leading layers (``selector_layers``, 0: none), the layers of those whose
+    attention it outputs (``selector_score_layers``, empty: all) and its path (``selector_path``)."""
 
     path: Path
     num_layers: int = 0
@@ -31,6 +32,7 @@ class OnnxGraph:
     analysis_path: Path | None = None
     selector_layers: int = 0
     selector_path: Path | None = None
+    selector_score_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -39,6 +41,9 @@ class OnnxGraph:
         object.__setattr__(self, "analysis_outputs", tuple(self.analysis_outputs))
         if isinstance(self.selector_layers, bool) or not isinstance(self.selector_layers, int) or not 0 <= self.selector_layers <= max(self.num_layers, 0):
             raise ValueError(f"selector_layers must be an integer in [0, num_layers], got {self.selector_layers!r}")
+        object.__setattr__(self, "selector_score_layers", tuple(self.selector_score_layers))
+        if any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < self.selector_layers for x in self.selector_score_layers):
+            raise ValueError(f"selector_score_layers must be layers below selector_layers ({self.selector_layers}), got {list(self.selector_score_layers)}")
 
 
 @dataclass(frozen=True)

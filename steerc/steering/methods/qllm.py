@@ -41,7 +41,7 @@ from steerc.steering.config import SteerConfig
 from steerc.steering.contexts import plain_context, prepare_plain
 from steerc.steering.keys import plain_key, store_key
 from steerc.steering.methods.base import Evidence, QueryPlan, SteeringMethod
-from steerc.steering.options import MethodOptions, option
+from steerc.steering.options import MethodOptions, option, parse_pairs
 from steerc.steering.prepared import PreparedContext, save_prepared
 from steerc.steering.profiles import selector_heads
 from steerc.steering.selection import importance_prefill
@@ -67,7 +67,7 @@ class QLLMOptions(MethodOptions):
     retrieve_for: str = option("question", "choice", "the question and answer attend to the retrieved blocks, or only the answer (the question is read once)",
                                choices=("question", "answer"), per_query=True)
     selector: tuple[tuple[int, int], ...] = option((), "pairs", "selector heads ([layer, head] pairs; empty: the engine's shipped profile, "
-                                                               "else the middle half of the layers)", flag="", per_query=True)
+                                                               "else the middle half of the layers); on the command line LAYER:HEAD,..", per_query=True, cli_parse=parse_pairs)
 
     def check(self, config, method: str) -> None:
         if config.steer_at != "decode":

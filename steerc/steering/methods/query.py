@@ -57,7 +57,7 @@ from steerc.steering.evidence import (
 )
 from steerc.steering.keys import plain_key, store_key
 from steerc.steering.methods.base import Evidence, EvidenceDistribution, QueryPlan, SteeringMethod
-from steerc.steering.options import MethodOptions, option
+from steerc.steering.options import MethodOptions, option, parse_pairs
 from steerc.steering.prepared import PreparedContext
 from steerc.steering.profiles import selector_heads
 from steerc.stores import StoredContext
@@ -86,13 +86,13 @@ class QueryOptions(MethodOptions):
                            label="evidence (the number of units query steering keeps)")
     unit: str = option("auto", "choice", "what a unit is (auto: lines of a multi-document input, else sentences)", choices=UNITS, per_query=True)
     selector: tuple[tuple[int, int], ...] = option((), "pairs", "selector heads ([layer, head] pairs; empty: the engine's shipped profile, "
-                                                               "else the middle half of the layers)", flag="", per_query=True)
-    rank_by: str = option("attention", "choice", "rank units by the question's calibrated attention, or by word overlap", choices=RANK_BY, per_query=True)
+                                                               "else the middle half of the layers); on the command line LAYER:HEAD,..", per_query=True, cli_parse=parse_pairs)
+    rank_by: str = option("fused", "choice", "rank units by the question's calibrated attention, or by word overlap", choices=RANK_BY, per_query=True)
     target_share: float = option(0.0, "number", "adaptive bias, per head lift the evidence's attention share to this (0 = fixed alpha)", ge=0, lt=1,
                                  must="0 (off: a fixed alpha) or a share in (0, 1)", per_query=True)
     min_share: float = option(0.0, "number", "steer only when the best unit holds at least this share of the score (0 = always)", ge=0, lt=1,
                               must="in [0, 1) (0 = always steer)", per_query=True)
-    hedge: str = option("off", "choice", "how the bias follows the evidence distribution: off (the chosen units get all of it), soft (every unit "
+    hedge: str = option("margin", "choice", "how the bias follows the evidence distribution: off (the chosen units get all of it), soft (every unit "
                                          "in proportion to its share), margin / entropy (the strength scales with the pick's confidence)",
                         choices=HEDGES, per_query=True)
     sharpness: float = option(1.0, "number", "hedge soft: unit u keeps (share_u / share_max) ** sharpness of the emphasis (higher: closer to off)",
@@ -124,17 +124,17 @@ def question_attention(engine, kv, query_ids: np.ndarray, position_offset: int =
     a compacted ``kv`` dropped.
 
     ``selector``: the ``(layer, head)`` pairs the caller reads (None: every layer). When its layers
-    all lie within the engine's selector graph (:meth:`~steerc.runtime.engine.Engine.select_scores`),
+    are all among the selector graph's score layers (:meth:`~steerc.runtime.engine.Engine.select_scores`),
     that graph runs instead of the analysis graph (it stops after the last covered layer and
-    outputs no logits or KV) with the same values; the layers it does not cover are NaN."""
+    outputs no logits or KV) with the same values; the other layers are NaN."""
     S = len(query_ids)
     mask = np.ones((1, kv.length + S), np.int64)  # [1, P+S]
     g = engine.geometry
     ids, positions = np.asarray(query_ids, np.int64)[None], positions_for(mask, S, position_offset)
-    covered = engine.selector_layers
-    if selector is not None and len(selector) and covered and max(layer for layer, _ in selector) < covered:
+    covered = engine.selector_score_layers
+    if selector is not None and len(selector) and covered and {layer for layer, _ in selector} <= set(covered):
         out = np.full((g.num_layers, g.num_heads, mask.shape[1]), np.nan, np.float32)  # [L, H, P+S]
-        out[:covered] = engine.select_scores(ids, positions, mask, kv)[0] / S  # [n, H, P+S]
+        out[list(covered)] = engine.select_scores(ids, positions, mask, kv)[0] / S  # [n, H, P+S]
         return out
     if selector is not None and not covered and engine.engine_id not in _NO_SELECTOR_GRAPH:
         _NO_SELECTOR_GRAPH.add(engine.engine_id)

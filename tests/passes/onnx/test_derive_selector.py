@@ -72,7 +72,13 @@ def test_the_graph_is_cut_after_the_last_covered_attention(exported_onnx, tmp_pa
 def test_the_pass_records_its_entry_and_refuses_what_it_cannot_derive(exported_onnx, tmp_path):
     step = _copy(exported_onnx("llama"), tmp_path)
     report = derive_selector(OnnxGraph(step, 2, selector_layers=2, selector_path=step.parent / "selector.onnx"), CompileSettings())
-    assert report.entry == {"graph": "selector.onnx", "from": step.name, "layers": 2}
+    assert report.entry == {"graph": "selector.onnx", "from": step.name, "layers": 2, "score_layers": [0, 1]}
+    report = derive_selector(OnnxGraph(step, 2, selector_layers=2, selector_path=step.parent / "selector.onnx", selector_score_layers=(1,)), CompileSettings())
+    assert report.entry["score_layers"] == [1]
+    with pytest.raises(ValueError, match="selector_score_layers must be layers below selector_layers"):
+        OnnxGraph(step, 2, selector_layers=1, selector_score_layers=(1,))
+    with pytest.raises(ValueError, match="must lie in the covered layers"):
+        derive_selector_graph(step, step.parent / "x.onnx", 2, 1, (1,))
     with pytest.raises(ValueError, match="selector graph's path"):
         derive_selector(OnnxGraph(step, 2), CompileSettings())
     with pytest.raises(ValueError, match="selector_layers"):
@@ -81,6 +87,26 @@ def test_the_pass_records_its_entry_and_refuses_what_it_cannot_derive(exported_o
         derive_selector_graph(step, step.parent / "x.onnx", 2, 3)
     with pytest.raises(ValueError, match="beside the step graph"):
         derive_selector_graph(step, tmp_path / "elsewhere.onnx", 2, 1)
+
+
+def test_only_the_score_layers_return_their_attention(exported_onnx, tmp_path):
+    """Layers covered for their hidden states but holding no selector head run their attention
+    without probabilities; the output holds the score layers' rows of attn_importance."""
+    arch = "llama"
+    step = _copy(exported_onnx(arch), tmp_path)
+    sp = steerable_in(arch, "fp32")
+    L = sp.geometry.num_layers
+    assert derive_analysis_graph(step, step.parent / "analysis.onnx", L, sp.analysis_outputs) is None
+    assert derive_selector_graph(step, step.parent / "selector.onnx", L, 2, (1,)) is None
+    proto = _proto(step.parent / "selector.onnx")
+    modes = [[a.i for a in n.attribute if a.name == "qk_matmul_output_mode"] for n in proto.graph.node if n.op_type == "Attention"]
+    assert sorted(m or [0] for m in modes) == [[0], [3]]  # layer 0 returns no probabilities (mode 0), layer 1 does
+    assert [d.dim_param or d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim][1] == 1
+    feed = step_feed(arch, "fp32", "decode")
+    feed["steer_bias"] = np.zeros_like(feed["steer_bias"])
+    (got,) = run(step.parent / "selector.onnx", feed)
+    want = run(step.parent / "analysis.onnx", feed)[[o.name for o in _proto(step.parent / "analysis.onnx").graph.output].index("attn_importance")]
+    np.testing.assert_allclose(got, want[:, [1]], rtol=1e-5, atol=1e-5)
 
 
 def test_eager_attention_is_not_derivable(exported_onnx, tmp_path):
@@ -95,7 +121,7 @@ def test_a_compiled_engine_records_the_selector_graph(tiny_engine):
     manifest = json.loads((tiny_engine / "steerc.json").read_text())
     entry = manifest["selector"]
     # The tiny Llama has no shipped profile: the fallback selector (the middle half of 2 layers) is layer 0.
-    assert entry["model"] == "selector.onnx" and entry["data"] == "model.onnx.data" and entry["layers"] == 1
+    assert entry["model"] == "selector.onnx" and entry["data"] == "model.onnx.data" and entry["layers"] == 1 and entry["score_layers"] == [0]
     assert entry["heads_from"].startswith("fallback")
     assert manifest["verify"]["selector"]["selector_scores_abs_err"] <= 1e-6
     assert manifest["compile_seconds"]["export_graphs"]["selector"] is not None
