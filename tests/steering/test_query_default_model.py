@@ -1,6 +1,8 @@
 """Query-aware selection on the real default model (slow): with the shipped profile's selector
 heads, the chosen sentence holds the answer in most of 10 SQuAD dev questions."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -54,3 +56,24 @@ def test_the_selector_graph_gives_the_analysis_graphs_scores(default_engine):
         np.testing.assert_allclose(got[scored], full[scored], rtol=1e-5, atol=1e-5)
         others = [layer for layer in range(engine.geometry.num_layers) if layer not in scored]
         assert np.isnan(got[others]).all()
+
+
+DEMO_CONTEXT = Path(__file__).parents[2].joinpath("examples", "super_bowl_50.txt").read_text()
+DEMO_QUESTION = "Which NFL team represented the AFC at Super Bowl 50?"  # make demo's first question
+BEFORE = dict(hedge="off", rank_by="attention", selector=((7, 7), (14, 3), (15, 6), (17, 3), (17, 4), (18, 6), (18, 7), (23, 2)))  # the default until hedging
+
+
+def test_the_demo_question_under_the_default(default_engine):
+    """Measured when the hedged default was chosen on dev (not tuned for this question): the
+    default picks sentence 1 (41% of the evidence score, sentence 2 holds the answer), the margin
+    over sentence 2 (27%) leaves alpha 0.46 applied, and the answer names the Denver Broncos;
+    the unhedged default before it answered the New England Patriots."""
+    engine = Engine.load(default_engine, threads=2)
+    store = MemoryStore(1 << 30)
+    answer = Steerer(engine, SteerConfig(), store).answer(DEMO_CONTEXT, DEMO_QUESTION, max_new_tokens=24)
+    assert "Denver Broncos" in answer.text
+    assert [e.unit for e in answer.evidence] == [0] and answer.evidence[0].score == pytest.approx(0.41, abs=0.01)
+    dist = answer.distribution
+    assert dist.hedge == "margin" and [u for u, _ in dist.top(2)] == [0, 1] and dist.alpha_applied == pytest.approx(0.46, abs=0.02)
+    before = Steerer(engine, SteerConfig(**BEFORE), store).answer(DEMO_CONTEXT, DEMO_QUESTION, max_new_tokens=24)
+    assert "New England Patriots" in before.text and before.distribution.alpha_applied == pytest.approx(0.1)

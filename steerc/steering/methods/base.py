@@ -56,12 +56,12 @@ class Evidence:
     kind: str  # "sentence", "paragraph" (a document of a multi-document input) or "block" (qllm: a block of tokens)
     start: int  # character range in the context
     end: int
-    score: float  # the unit's share of the selector's calibrated attention (or of the lexical score); qllm: its standardised block score
+    score: float  # the unit's share of the evidence score (calibrated attention, word overlap or their rank fusion, by rank_by); qllm: its standardised block score
     preview: str  # its first words
 
     def describe(self) -> str:
         """One line for people: which unit, how strongly it was picked, its first words."""
-        how = f"retrieval score {self.score:+.2f} (standardised over the blocks)" if self.kind == "block" else f"{self.score:.0%} of the calibrated attention"
+        how = f"retrieval score {self.score:+.2f} (standardised over the blocks)" if self.kind == "block" else f"{self.score:.0%} of the evidence score"
         return f"{self.kind} {self.unit + 1} ({how}): {self.preview!r}"
 
     def to_dict(self) -> dict:
