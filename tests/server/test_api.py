@@ -9,6 +9,8 @@ import httpx
 import openai
 import pytest
 
+from steerc.steering.config import SteerConfig
+
 CONTEXT = Path(__file__).parents[2].joinpath("examples", "super_bowl_50.txt").read_text()[:700]
 QUESTION = "Which team won Super Bowl 50?"
 
@@ -154,7 +156,7 @@ def _check_distribution(steer: dict, hedge: str) -> None:
     assert set(d) == {"kind", "shares", "strength", "top", "alpha_applied", "hedge", "backed_off"} and d["hedge"] == hedge and d["backed_off"] is False
     assert len(d["shares"]) == len(d["strength"]) >= 2 and sum(d["shares"]) == pytest.approx(1, abs=1e-3) and all(0 <= x <= 1 for x in d["strength"])
     assert d["top"][0]["share"] == max(d["shares"]) and d["kind"] == "sentence"
-    assert 0 < d["alpha_applied"] <= 1 and (d["alpha_applied"] < 1) == bool(steer["evidence"])  # steered towards its pick (alpha 0.1)
+    assert 0 < d["alpha_applied"] <= 1 and (d["alpha_applied"] < 1) == (bool(steer["evidence"]) and max(d["strength"]) > 0)  # steered towards a pick
     for e in steer["evidence"]:
         assert d["shares"][e["unit"]] == e["score"]
 
@@ -171,7 +173,7 @@ def test_query_steering_of_a_registered_context_reports_its_evidence(server):
             steer = r["steer"]
             assert steer["cache"] == "memory" and steer["context_prefill_tokens"] == 0 and steer["config"]["evidence"] == 2
             assert len(steer["evidence"]) == 2 and all(context[e["start"] : e["end"]].startswith(e["preview"].split()[0]) for e in steer["evidence"])
-            _check_distribution(steer, "off")
+            _check_distribution(steer, SteerConfig().options.hedge)
         deleted = c.delete(f"/v1/contexts/{info['id']}").json()
         assert deleted["deleted"] and deleted["entries_removed"] == 2  # the evidence index and the plain KV
 
@@ -202,7 +204,7 @@ def test_steered_streaming_carries_statistics_at_the_end(server):
     assert [f["choices"][0]["index"] for f in finals] == [0, 1]
     steer = finals[-1]["steer"]
     assert steer["cache"] == "miss" and steer["context_prefill_tokens"] > 0  # the first question prepared it, the second reused it
-    _check_distribution(steer, "off")  # the default method, query: its distribution goes out in the stream's last chunk too
+    _check_distribution(steer, SteerConfig().options.hedge)  # the default method, query: its distribution goes out in the stream's last chunk too
     assert "steer" not in finals[0]
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from steerc.errors import PassError
 from steerc.passes.onnx.contract import OnnxGraph, OnnxPassReport, onnx_pass
 
-__all__ = ["NotDerivableError", "derive_analysis", "derive_analysis_graph"]
+__all__ = ["NotDerivableError", "derive_analysis", "derive_analysis_graph", "return_probabilities"]
 
 _PRESENT_KEY = re.compile(r"present\.(\d+)\.key")
 
@@ -53,6 +53,26 @@ def _layer_sites(graph, num_layers: int) -> tuple[dict[int, object], str | None]
     if missing:
         return {}, f"layers {missing} have no fused Attention node of their own (eager or shared attention)"
     return sites, None
+
+
+def return_probabilities(node, name: str):
+    """Make the fused ``Attention`` ``node`` also return its softmax probabilities
+    (``qk_matmul_output_mode = 3``: after the mask, which carries the steering bias, and the
+    softmax) and return the node that names them ``name`` ``[B, H, S, P+S]``: ONNX's Attention
+    shape inference sizes that output's key axis 0 when there are no past inputs, and ONNX Runtime
+    then warns on every call, so a no-op Reshape to the shape read from the inputs
+    (``steerc.probs_shape``, which the caller makes) replaces the wrong static size."""
+    from onnx import helper
+
+    while len(node.output) < 4:
+        node.output.append("")
+    node.output[3] = f"{name}.raw"
+    for attr in node.attribute:
+        if attr.name == "qk_matmul_output_mode":
+            node.attribute.remove(attr)
+            break
+    node.attribute.append(helper.make_attribute("qk_matmul_output_mode", 3))
+    return helper.make_node("Reshape", [f"{name}.raw", "steerc.probs_shape"], [name])
 
 
 class NotDerivableError(PassError):
@@ -108,18 +128,7 @@ def derive_analysis_graph(step_path: Path, out_path: Path, num_layers: int, outp
     for layer in range(num_layers):
         node = sites[layer]
         probs = f"steerc.probs.{layer}"
-        while len(node.output) < 4:
-            node.output.append("")
-        node.output[3] = f"{probs}.raw"
-        for attr in node.attribute:
-            if attr.name == "qk_matmul_output_mode":
-                node.attribute.remove(attr)
-                break
-        node.attribute.append(helper.make_attribute("qk_matmul_output_mode", 3))  # after mask and softmax
-        # ONNX's Attention shape inference sizes this output's key axis 0 when there are no past
-        # inputs, and ONNX Runtime then warns on every call; a no-op Reshape to the shape read
-        # from the inputs replaces that wrong static size.
-        nodes.append(helper.make_node("Reshape", [f"{probs}.raw", "steerc.probs_shape"], [probs]))
+        nodes.append(return_probabilities(node, probs))
         for out, source in (("attn_importance", probs), ("attn_queries", node.input[0])):
             if out not in names:
                 continue

@@ -33,7 +33,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from steerc.passes.onnx.contract import OnnxGraph, OnnxPassReport, onnx_pass
-from steerc.passes.onnx.derive_analysis import NotDerivableError, _layer_sites
+from steerc.passes.onnx.derive_analysis import NotDerivableError, _layer_sites, return_probabilities
 
 __all__ = ["SELECTOR_OUTPUT", "derive_selector", "derive_selector_graph"]
 
@@ -182,17 +182,8 @@ def derive_selector_graph(step_path: Path, out_path: Path, num_layers: int, laye
     for layer in score_layers:
         node = sites[layer]
         probs, stem = f"steerc.probs.{layer}", f"steerc.selector_scores.{layer}"
-        while len(node.output) < 4:
-            node.output.append("")
-        node.output[3] = f"{probs}.raw"
-        for attr in node.attribute:
-            if attr.name == "qk_matmul_output_mode":
-                node.attribute.remove(attr)
-                break
-        node.attribute.append(helper.make_attribute("qk_matmul_output_mode", 3))  # after mask and softmax
         nodes += [
-            # a no-op Reshape to the shape read from the inputs (ONNX shape inference sizes this output's key axis 0)
-            helper.make_node("Reshape", [f"{probs}.raw", "steerc.probs_shape"], [probs]),
+            return_probabilities(node, probs),  # [B, H, S, P+S]
             *([] if kv_type == TensorProto.FLOAT else [helper.make_node("Cast", [probs], [f"{stem}.f"], to=TensorProto.FLOAT)]),
             helper.make_node("Mul", [probs if kv_type == TensorProto.FLOAT else f"{stem}.f", "steerc.rows"], [f"{stem}.real"]),  # [B, H, S, P+S]
             helper.make_node("ReduceSum", [f"{stem}.real", axis2], [f"{stem}.sum"], keepdims=0),  # [B, H, P+S]
