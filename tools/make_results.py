@@ -94,7 +94,8 @@ def sweep_section(sweeps: dict[str, dict], out: Path, name: str = "sweep", title
     chosen, depth, width = run["variants"][best], run["num_layers"], run["num_heads"]
     picked = SteerConfig.from_dict(chosen)
     default = SteerConfig(method=picked.method)
-    fields = ("alpha", "top_k", "steer_at") if picked.method == "llmsteer" else ("alpha", "evidence", "unit", "rank_by", "target_share", "min_share")
+    # This sweep chose the query method's alpha, evidence and layers; its ranking and hedging are the hedging sweep's.
+    fields = ("alpha", "top_k", "steer_at") if picked.method == "llmsteer" else ("alpha", "evidence", "unit", "target_share", "min_share")
     chosen_fields, default_fields = picked.to_dict(), default.to_dict()  # flat: shared settings + the method's options
     same = all(chosen_fields[f] == default_fields[f] for f in fields) and picked.steered_pairs(depth, width) == default.steered_pairs(depth, width)
     is_default = picked.method == SteerConfig().method
@@ -133,6 +134,18 @@ def choose_hedged(sweeps: dict[str, dict]) -> tuple[str | None, dict[str, float]
     return (max(eligible, key=gains.get) if eligible else None), gains, harms
 
 
+def _default_note(sweeps: dict[str, dict], best: str | None) -> str:
+    """Whether ``SteerConfig``'s defaults are the chosen variant's ranking, hedging and strength."""
+    if best is None:
+        return ""
+    chosen = SteerConfig.from_dict(next(iter(sweeps.values()))["run"]["variants"][best]).to_dict()
+    default = SteerConfig().to_dict()
+    fields = ("method", "alpha", "rank_by", "hedge", "sharpness", "self_check", "evidence", "min_share")
+    differ = [f for f in fields if chosen.get(f) != default.get(f)]
+    return (f" `SteerConfig`'s defaults are its {', '.join(f'{f} {default[f]}' for f in fields[1:6])}." if not differ
+            else f" **Warning: `SteerConfig`'s defaults differ from this choice in {', '.join(differ)}.**")
+
+
 def hedge_section(sweeps: dict[str, dict], out: Path) -> list[str]:
     """The hedged-steering dev sweep: help, harm, the paired change by pick, the mean gain, the
     choice under the harm constraint, and a harm-against-help plot of every variant."""
@@ -140,37 +153,41 @@ def hedge_section(sweeps: dict[str, dict], out: Path) -> list[str]:
         return ["No hedging sweep found (runs/sweep-hedge).", ""]
     best, gains, harms = choose_hedged(sweeps)
     names = [n for n in next(iter(sweeps.values()))["variants"] if n != "none"]
-    head = " | ".join(f"{d} {s['primary']} Δ | {d} help | {d} harm | {d} Δ F1 held / missed pick" for d, s in sweeps.items())
-    lines = [f"| variant | {head} | mean harm | mean relative gain |", "|---|" + "---|" * (4 * len(sweeps) + 2)]
-    for n in names:
+    head = " | ".join(f"{d} {s['primary']} Δ | {d} help | {d} harm | {d} Δ {s['primary']} held / missed pick (n)" for d, s in sweeps.items())
+    lines = [f"| # | variant | {head} | mean harm | mean relative gain |", "|---|---|" + "---|" * (4 * len(sweeps) + 2)]
+    for number, n in enumerate(names, 1):
         cells = []
         for s in sweeps.values():
             v = s["variants"][n]
             vs = v["vs_baseline"][s["primary"]]
             split = v.get("delta_by_pick", {})
-            held, missed = (split.get(k, {}).get("f1") for k in ("pick_held_evidence", "pick_missed_evidence"))
+            held, missed = (split.get(k) for k in ("pick_held_evidence", "pick_missed_evidence"))
             by_pick = " / ".join(f"{100 * x['diff']['mean']:+.1f} ({x['diff']['n']})" if x else "—" for x in (held, missed))
             cells += [f"{100 * vs['diff']['mean']:+.1f}{'*' if vs['significant'] else ''}", pct(_rate(v, "help")), pct(_rate(v, "harm")), by_pick]
         name = f"**{n}**" if n == best else n
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {pct(harms[n])} | {100 * gains[n]:+.1f}% |")
+        lines.append(f"| {number} | {name} | " + " | ".join(cells) + f" | {pct(harms[n])} | {100 * gains[n]:+.1f}% |")
     n_each = ", ".join(f"{d} n = {s['variants']['none']['n']}" for d, s in sweeps.items())
     lines += ["", f"Dev split ({n_each}); Δ is the paired change against `none` on each set's primary metric (`*`: interval excluding 0); "
               "help and harm in % of the questions (right = subspan EM); the F1 change split by whether the pick held the gold evidence. "
               f"The rule: among the variants whose mean harm is at most {HARM_FACTOR:.0%} of `{TODAY}`'s ({pct(harms[TODAY])}%), the best mean "
-              f"relative gain. Chosen: **{best or 'none of them (no variant met the harm constraint)'}**.", ""]
+              f"relative gain. Chosen: **{best or 'none of them (no variant met the harm constraint)'}**." + _default_note(sweeps, best), ""]
     fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4.5), squeeze=False)
     for ax, (d, s) in zip(axes[0], sweeps.items()):
-        for n in names:
+        placed: dict[tuple[float, float], int] = {}
+        for number, n in enumerate(names, 1):
             v = s["variants"][n]
             x, y = 100 * _rate(v, "help"), 100 * _rate(v, "harm")
-            ax.scatter([x], [y], color="tab:orange" if n == best else "tab:red" if n == TODAY else "tab:blue", zorder=3)
-            ax.annotate(n.removeprefix("q "), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.scatter([x], [y], color="tab:orange" if n == best else "tab:red" if n == TODAY else "tab:blue", zorder=4 if n in (best, TODAY) else 3)
+            stacked = placed.get((x, y), 0)  # variants on the same point: their numbers stacked above it
+            placed[(x, y)] = stacked + 1
+            ax.annotate(str(number), (x, y), fontsize=7, xytext=(3, 3 + 8 * stacked), textcoords="offset points")
         top = max(1.0, *(100 * max(_rate(s["variants"][n], "help"), _rate(s["variants"][n], "harm")) for n in names)) * 1.1
         ax.plot([0, top], [0, top], color="k", lw=0.6, ls=":")
         ax.set_xlim(0, top), ax.set_ylim(0, top)
         ax.set_xlabel("help: wrong → right (% of questions)")
         ax.set_ylabel("harm: right → wrong (%)")
         ax.set_title(f"{d} dev (n={s['variants']['none']['n']})")
+    fig.suptitle(f"harm against help per variant (numbers: the table's #; red: {TODAY}, orange: the chosen default)", fontsize=10)
     save(fig, out / "harm_vs_help.png")
     return lines + ["![harm against help, every variant of the hedging dev sweep](results/harm_vs_help.png)", ""]
 
@@ -181,6 +198,8 @@ def hedged_test_section(runs: dict[str, dict]) -> list[str]:
     and the F1 change split by whether the pick held the gold evidence."""
     if not runs:
         return ["No test run of the hedged default found (runs/test-hedge).", ""]
+    order = ["squad", "nq-middle"]  # the default model first, then any other model's runs
+    runs = dict(sorted(runs.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
     lines = ["| test set (n) | variant | Δ primary [95% CI] | relative | Δ F1 [95% CI] | help | harm | Δ F1 held pick (n) | Δ F1 missed pick (n) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for d, s in runs.items():
