@@ -9,7 +9,8 @@ GEMMA=${3:-}
 STEERC="$PY -m steerc.cli"
 EVAL="$STEERC eval $ENGINE --split test --max-new-tokens 24 --threads 1"
 
-# 1. Head profiles on dev data (the shipped steerc/profiles/*.json are these files).
+# 1. Head profiles on dev data (the shipped steerc/profiles/*.json are these files; SmolLM2's selector
+#    was then pruned to seven heads, see its made_with.selector_pruned).
 $STEERC profile "$ENGINE" --dataset squad --dataset nq-multidoc --limit 40 --threads 1 -o runs/profile-smollm2.json
 
 # 2. Dev sweeps of query-aware steering on SQuAD and NQ (gold in the middle); the variants are in
@@ -24,7 +25,22 @@ wait
 #   $PY tools/sweep.py "$ENGINE" --dataset nq-multidoc --all-layers --limit 25 --threads 1 --out runs/sweep/nq-multidoc
 #   $PY tools/sweep.py "$ENGINE" --dataset squad --limit 30 --alphas 0.1 --top-ks 0.2 --no-bands --steer-ats prefill,both --threads 1 --out runs/sweep-steer-at/squad
 
-# 3. Test split, once, with the defaults.
+# 2b. The hedging dev sweep (issue 25): 14 variants of ranking and hedging against none; the rule in
+#    tools/make_results.py (best mean relative gain among the variants harming at most half as often
+#    as the unhedged "q off") chose fused ranking with margin hedging, today's default.
+$PY tools/sweep.py "$ENGINE" --dataset squad --limit 80 --threads 1 --variants docs/results/hedge-variants.json --out runs/sweep-hedge/squad &
+$PY tools/sweep.py "$ENGINE" --dataset nq-multidoc --gold-position middle --limit 40 --threads 1 --variants docs/results/hedge-variants.json \
+    --out runs/sweep-hedge/nq-multidoc &
+wait
+# 2c. The hedged default on test, once, beside none and the unhedged default it replaced.
+$PY tools/sweep.py "$ENGINE" --split test --dataset squad --limit 200 --threads 1 --variants docs/results/hedge-test-variants.json --out runs/test-hedge/squad &
+$PY tools/sweep.py "$ENGINE" --split test --dataset nq-multidoc --gold-position middle --limit 200 --threads 1 --variants docs/results/hedge-test-variants.json \
+    --out runs/test-hedge/nq-middle &
+wait
+
+# 3. Test split, once, with the defaults of the time: the unhedged query (add these flags to reproduce
+#    those runs with today's steerc; without them `query` is the hedged default).
+EVAL="$EVAL --hedge off --rank-by attention --selector 7:7,14:3,15:6,17:3,17:4,18:6,18:7,23:2"
 ( $EVAL --dataset squad --limit 200 --methods none,query,llmsteer,pasta,autopasta --out runs/eval/squad-test
   $EVAL --dataset kv-retrieval --num-keys 10 --limit 100 --max-new-tokens 64 --methods none,query,pasta --out runs/eval/kv-retrieval-test
   $EVAL --dataset nq-multidoc --gold-position first --limit 100 --methods none,query,pasta --out runs/eval/nq-first-test
@@ -41,7 +57,13 @@ wait
 #   $STEERC compile gemma-3-270m-Q4_K_M.gguf -o engines/gemma3-270m
 if [ -n "$GEMMA" ]; then
   $STEERC profile "$GEMMA" --dataset squad --dataset nq-multidoc --limit 40 --selector-only --no-chat --threads 1 -o runs/profile-gemma3.json
-  GEVAL="$STEERC eval $GEMMA --split test --no-chat --max-new-tokens 24 --threads 1"
+  # The hedged default on test, beside none and the unhedged default (issue 25).
+  $PY tools/sweep.py "$GEMMA" --split test --dataset squad --limit 100 --threads 1 --no-chat --variants docs/results/hedge-test-variants-gemma.json \
+      --out runs/test-hedge/gemma3-270m-squad &
+  $PY tools/sweep.py "$GEMMA" --split test --dataset nq-multidoc --gold-position middle --limit 100 --threads 1 --no-chat \
+      --variants docs/results/hedge-test-variants-gemma.json --out runs/test-hedge/gemma3-270m-nq-middle &
+  wait
+  GEVAL="$STEERC eval $GEMMA --split test --no-chat --max-new-tokens 24 --threads 1 --hedge off --rank-by attention"
   $GEVAL --dataset squad --limit 100 --methods none,query,llmsteer,pasta --out runs/eval/gemma3-270m-squad-test &
   $GEVAL --dataset nq-multidoc --gold-position middle --limit 100 --methods none,query,pasta --out runs/eval/gemma3-270m-nq-test &
   wait
@@ -49,6 +71,7 @@ fi
 
 # 5. Time to first token on reused contexts, then the page and its plots.
 $PY tools/bench_reuse.py "$ENGINE" --out docs/bench/reuse.json
+$PY tools/bench_reuse.py "$ENGINE" --reuse-only --threads 1 --contexts 512 2048 --repeats 7 --out docs/bench/reuse-hedged.json  # the selector graph
 $PY tools/make_results.py
 
 # 6. Attention rewrites (Q-LLM block retrieval, compacted contexts, shared attention). ENGINE must be
