@@ -74,7 +74,8 @@ def _unsteered_reason(answer) -> str | None:
             return "the context has a single unit, nothing to choose between"
         return "none chosen with enough confidence (--min-share)"
     if d is not None and d.alpha_applied >= 1:
-        return (f"chosen, but nothing steered (alpha applied 1: hedge {d.hedge} found no confidence in the pick)" if d.hedge != "off"
+        no_confidence = d.hedge != "off" and max(d.strength, default=0.0) <= 0  # the hedge, not --alpha 1, left nothing to apply
+        return (f"chosen, but nothing steered (alpha applied 1: hedge {d.hedge} found no confidence in the pick)" if no_confidence
                 else "chosen, but nothing steered (alpha applied 1)")
     return None
 

@@ -192,13 +192,14 @@ def test_unsteered_reason_names_the_cause():
     picked = (Evidence(1, "sentence", 10, 20, 0.5, "x"),)
 
     def answer(evidence=picked, method="query", **d):
-        dist = None if d.get("none") else EvidenceDistribution("sentence", (0.3, 0.5, 0.2), (1.0, 0.0, 1.0), d.get("alpha", 0.1), d.get("hedge", "off"),
+        dist = None if d.get("none") else EvidenceDistribution("sentence", (0.3, 0.5, 0.2), d.get("strength", (1.0, 0.0, 1.0)), d.get("alpha", 0.1), d.get("hedge", "off"),
                                                                d.get("backed_off", False))
         return SimpleNamespace(evidence=evidence, method=method, distribution=dist)
 
     assert _unsteered_reason(answer()) is None  # steered
     assert "self-check" in _unsteered_reason(answer(alpha=1.0, backed_off=True))
-    assert "hedge margin found no confidence" in _unsteered_reason(answer(alpha=1.0, hedge="margin"))
+    assert "hedge margin found no confidence" in _unsteered_reason(answer(alpha=1.0, hedge="margin", strength=(0.0, 0.0, 0.0)))
+    assert _unsteered_reason(answer(alpha=1.0, hedge="margin")).endswith("(alpha applied 1)")  # --alpha 1 under a confident hedge
     assert "(--min-share)" in _unsteered_reason(answer(evidence=()))
     assert "single unit" in _unsteered_reason(answer(evidence=(), none=True))
     assert "(--min-share)" in _unsteered_reason(answer(evidence=(), method="qllm", none=True))
