@@ -62,7 +62,9 @@ def deploy_lines(manifest: dict, folder) -> str:
     trt = manifest.get("tensorrt")
     if trt:
         names = ", ".join(p["name"] for p in trt["profiles"])
-        lines += f"  tensorrt  step graph passes the TensorRT parser rules ({sum(trt['rewrites'].values())} rewrite(s)); profiles {names}; build a plan: {Path(folder) / trt['trtexec']}\n"
+        graphs = " and ".join(trt.get("graphs") or [trt.get("graph", "model.onnx")])
+        rewrites = sum(trt["rewrites"].values()) + sum((trt.get("analysis_rewrites") or {}).values())
+        lines += f"  tensorrt  {graphs} pass the TensorRT parser rules ({rewrites} rewrite(s)); profiles {names}; build a plan: {Path(folder) / trt['trtexec']}\n"
     for name, entry in (manifest.get("backends") or {}).items():
         what = entry.get("package") or entry.get("plan")
         lines += f"  {name:<9} {what} ({entry.get('device', 'cuda')}, built in {entry.get('compile_seconds', 0):.0f} s); run with --backend {name}\n"

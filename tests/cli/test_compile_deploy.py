@@ -14,14 +14,15 @@ def test_target_tensorrt_end_to_end(tiny_text_folder, tmp_path):
     out = tmp_path / "trt"
     result = steerc("compile", str(tiny_text_folder), "-o", str(out), "--target", "tensorrt", "--max-seq-len", "128", "--max-batch", "2")
     assert result.returncode == 0, result.stderr
-    assert "fp16" in result.stdout and "passes the TensorRT parser rules" in result.stdout
+    assert "fp16" in result.stdout and "model.onnx and analysis.onnx pass the TensorRT parser rules" in result.stdout
     manifest = json.loads((out / "steerc.json").read_text())
     assert manifest["dtype"] == "fp16" and manifest["settings"]["target"] == "tensorrt"
     assert [p["name"] for p in manifest["tensorrt"]["profiles"]] == ["prefill", "decode"]
     script = out / manifest["tensorrt"]["trtexec"]
     assert os.access(script, os.X_OK) and "--onnx=model.onnx" in script.read_text() and script.read_text().count("--maxShapes=") == 2
     check = steerc("check-tensorrt", str(out))
-    assert check.returncode == 0 and "0 violations" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "all 2 graphs pass (model.onnx, analysis.onnx)" in check.stdout, check.stdout + check.stderr
+    assert not (out / "selector.onnx").exists()
     assert "tensorrt" in steerc("inspect", str(out)).stdout
     # The rewritten fp16 graph still answers on ONNX Runtime.
     gen = steerc("generate", str(out), "--prompt", "Hello", "--max-new-tokens", "4", "--no-stream")
@@ -61,14 +62,17 @@ def test_aoti_for_cuda_without_a_gpu_is_one_line(tiny_folder, tmp_path):
 @pytest.mark.slow
 def test_check_tensorrt_passes_on_the_default_model(default_engine, default_tensorrt_compile):
     """The default model compiled for TensorRT (fp16, about 3 minutes: `steerc compile --target
-    tensorrt`, started with the session, tests/conftest.py), and its ONNX Runtime engine as
-    compiled for `make demo`, both pass the parser rules."""
+    tensorrt`, started with the session, tests/conftest.py) passes the parser rules in every
+    graph; its ONNX Runtime engine as compiled for `make demo` in the step graph only (its derived
+    analysis and selector graphs return Attention's probabilities, which TensorRT refuses)."""
     out, compiled = default_tensorrt_compile
     assert compiled.returncode == 0, compiled.stderr
-    for engine in (out, default_engine):
-        result = steerc("check-tensorrt", str(engine))
-        assert result.returncode == 0 and "0 violations" in result.stdout, result.stdout + result.stderr
-        assert "Attention 30" in result.stdout  # the fused op of every layer was checked
+    result = steerc("check-tensorrt", str(out))
+    assert result.returncode == 0 and "all 2 graphs pass (model.onnx, analysis.onnx)" in result.stdout, result.stdout + result.stderr
+    assert "Attention 30" in result.stdout  # the fused op of every layer was checked
+    result = steerc("check-tensorrt", str(default_engine))
+    assert result.returncode == 1 and "0 violations in model.onnx" in result.stdout and "Attention 30" in result.stdout
+    assert "graphs break TensorRT's parser rules: analysis.onnx" in result.stdout, result.stdout
 
 
 def test_fp16_graph_onnx_runtime_cannot_load_is_one_clear_line(tmp_path):

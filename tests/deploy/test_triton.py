@@ -66,12 +66,19 @@ def test_explicit_kv_config_matches_the_manifest(tiny_engine, manifest, tmp_path
     summary = export_triton(tiny_engine, tmp_path / "repo", name="tiny")
     model = tmp_path / "repo" / "tiny"
     assert summary["validated"] is True and summary["kv"] == "explicit"
-    assert [m["name"] for m in summary["models"]] == ["tiny"]
+    assert [m["name"] for m in summary["models"]] == ["tiny", "tiny_analysis"]
     config = parse(model / "config.pbtxt")
     assert config.name == "tiny" and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 0  # batch dim stays in dims as -1
     check_tensors(config.input, manifest["inputs"])
     check_tensors(config.output, manifest["outputs"])
+    analysis = parse(tmp_path / "repo" / "tiny_analysis" / "config.pbtxt")  # context preparation: the analysis graph
+    assert analysis.platform == "onnxruntime_onnx" and "attn_importance" in {t.name for t in analysis.output}
+    check_tensors(analysis.input, manifest["inputs"])
+    check_tensors(analysis.output, manifest["analysis"]["outputs"])
+    files = sorted(p.name for p in (tmp_path / "repo" / "tiny_analysis" / "1").iterdir())
+    assert files == sorted(["model.onnx", manifest["analysis"]["data"]])
+    assert (tmp_path / "repo" / "tiny_analysis" / "1" / "model.onnx").read_bytes() == (tiny_engine / manifest["analysis"]["model"]).read_bytes()
     names = {t.name for t in config.input}
     assert "steer_bias" in names and "past_key_values.1.value" in names
     assert "present.0.key" in {t.name for t in config.output}
@@ -90,7 +97,7 @@ def test_model_files_are_the_engines_bytes(tiny_engine, manifest, tmp_path):
         assert (version / rel).read_bytes() == (tiny_engine / rel).read_bytes()
         assert os.path.samefile(version / rel, tiny_engine / rel)  # same filesystem: hard-linked
     assert set(summary["models"][0]["files"].values()) == {"hard-linked"}
-    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["tiny"]  # no temporary folders left
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["tiny", "tiny_analysis"]  # no temporary folders left
 
 
 def test_files_are_copied_across_filesystems(tiny_engine, manifest, tmp_path, monkeypatch):
@@ -159,7 +166,7 @@ def test_zero_length_initial_state_is_a_prefill(tiny_engine, manifest, tmp_path)
 def test_engine_with_a_plan_gets_a_tensorrt_model(plan_engine, tmp_path):
     manifest = read_manifest(plan_engine)
     summary = export_triton(plan_engine, tmp_path / "repo", name="tiny")
-    assert [(m["name"], m["platform"]) for m in summary["models"]] == [("tiny", "onnxruntime_onnx"), ("tiny_trt", "tensorrt_plan")]
+    assert [(m["name"], m["platform"]) for m in summary["models"]] == [("tiny", "onnxruntime_onnx"), ("tiny_analysis", "onnxruntime_onnx"), ("tiny_trt", "tensorrt_plan")]
     trt = tmp_path / "repo" / "tiny_trt"
     assert (trt / "1" / "model.plan").read_bytes() == (plan_engine / "model.plan").read_bytes()
     assert sorted(p.name for p in (trt / "1").iterdir()) == ["model.plan"]
@@ -188,7 +195,7 @@ def test_existing_model_needs_force(tiny_engine, tmp_path):
     assert (repo / "tiny" / "config.pbtxt").read_text() == "stale"
     export_triton(tiny_engine, repo, name="tiny", kv="implicit", force=True)
     assert parse(repo / "tiny" / "config.pbtxt").sequence_batching.state
-    assert sorted(p.name for p in repo.iterdir()) == ["tiny"]
+    assert sorted(p.name for p in repo.iterdir()) == ["tiny", "tiny_analysis"]
     (repo / "other").mkdir()
     (repo / "other" / "notes.txt").write_text("mine")
     with pytest.raises(EngineError, match="not a Triton model"):

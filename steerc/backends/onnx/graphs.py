@@ -6,7 +6,8 @@ export the analysis program, in a forked child beside the step graph's export wh
 two cores: :mod:`steerc.backends.onnx.forked`, quantize it and let it share the step graph's
 weights), derive the selector graph from it (``sp.selector_layers`` leading layers; none where
 it cannot be derived), rewrite the step graph for in-place KV, make it TensorRT-ready and check it
-(``--target tensorrt``: a violation fails the compile; ``trtexec.sh`` is written).
+(``--target tensorrt``: the analysis graph is exported, not derived, made TensorRT-ready too, and
+there is no selector graph; a violation in any graph fails the compile; ``trtexec.sh`` is written).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from steerc.atomic import write_text_atomic
 from steerc.backends.onnx.export import ANALYSIS_FILE, DATA_FILE, MODEL_FILE, SELECTOR_FILE, export_onnx, op_counts, share_weights
 from steerc.backends.onnx.forked import ForkedCall, can_fork
 from steerc.errors import EngineError
-from steerc.passes.onnx import ONNX_PASSES, NotDerivableError, OnnxGraph, derive_analysis, derive_selector, onnx_passes, quantize_weights
+from steerc.passes.onnx import ONNX_PASSES, NotDerivableError, OnnxGraph, derive_analysis, derive_selector, make_tensorrt_ready, onnx_passes, quantize_weights
+from steerc.passes.onnx.make_tensorrt_ready import tensorrt_ready_file
 
 __all__ = ["TRTEXEC_FILE", "export_graphs"]
 
@@ -36,24 +38,32 @@ def _export_analysis(sp, folder: Path, settings, quantize: bool) -> Path:
     return path
 
 
-def _tensorrt_target(graph: OnnxGraph, folder: Path, sp, settings, fixes: dict) -> dict:
-    """``--target tensorrt`` after the rewrite: check the parser rules (a violation fails the
-    compile), write ``trtexec.sh``; returns the manifest entry."""
+def _tensorrt_target(graph: OnnxGraph, folder: Path, sp, settings, fixes: dict, analysis_fixes: dict | None) -> dict:
+    """``--target tensorrt`` after the rewrites: check every ONNX graph of the folder against the
+    parser rules (a violation in any fails the compile), write ``trtexec.sh``; returns the manifest
+    entry (``graphs``: file -> violations, all 0)."""
     from steerc.backends.tensorrt.check import check_tensorrt
     from steerc.backends.tensorrt.shape_profiles import shape_profiles, trtexec_command
 
-    violations = check_tensorrt(graph.path)
-    if violations:
-        lines = "\n  ".join(str(v) for v in violations[:20])
-        raise EngineError(f"the ONNX graph breaks {len(violations)} TensorRT parser rule(s):\n  {lines}\n"
-                          "compile without --target tensorrt for ONNX Runtime, or report the model")
+    paths = [graph.path] + [p for p in (graph.analysis_path, graph.selector_path) if p is not None and p.is_file()]
+    for path in paths:
+        violations = check_tensorrt(path)
+        if violations:
+            lines = "\n  ".join(str(v) for v in violations[:20])
+            raise EngineError(f"the ONNX graph {path.name} breaks {len(violations)} TensorRT parser rule(s):\n  {lines}\n"
+                              "compile without --target tensorrt for ONNX Runtime, or report the model")
     profiles = shape_profiles(sp.inputs, settings.max_batch, settings.max_seq_len)
     command = trtexec_command(MODEL_FILE, profiles)
     write_text_atomic(folder / TRTEXEC_FILE, "#!/bin/sh\n# Build a TensorRT plan from this engine's step graph (needs TensorRT >= 10.14 and an NVIDIA GPU).\n"
                       f'cd "$(dirname "$0")"\n{command} "$@"\n')
     os.chmod(folder / TRTEXEC_FILE, 0o755)
-    return {"profiles": profiles, "trtexec": TRTEXEC_FILE, "command": command, "rewrites": fixes, "violations": 0,
-            "graph": MODEL_FILE, "note": "only the step graph is meant for TensorRT; analysis.onnx (context preparation) stays on ONNX Runtime"}
+    entry = {"profiles": profiles, "trtexec": TRTEXEC_FILE, "command": command, "rewrites": fixes, "violations": 0,
+             "graph": MODEL_FILE, "graphs": {p.name: 0 for p in paths},
+             "note": "trtexec.sh builds a plan of the step graph; analysis.onnx (context preparation, exported with explicit "
+                     "softmax probabilities) meets the same parser rules; no selector graph (selection runs the analysis graph)"}
+    if analysis_fixes is not None:
+        entry["analysis_rewrites"] = analysis_fixes
+    return entry
 
 
 def export_graphs(sp, folder: Path, settings) -> dict:
@@ -73,7 +83,7 @@ def export_graphs(sp, folder: Path, settings) -> dict:
     graph = OnnxGraph(folder / MODEL_FILE, sp.geometry.num_layers, sp.analysis_outputs, folder / ANALYSIS_FILE if sp.analysis is not None else None,
                       selector_layers, folder / SELECTOR_FILE if selector_layers else None,
                       tuple(getattr(sp, "selector_score_layers", ())) if selector_layers else ())
-    reports = {}
+    reports, analysis_fixes = {}, None
     try:
         start = time.perf_counter()
         export_onnx(sp.program, folder, sp.inputs, sp.outputs, settings.opset)
@@ -84,6 +94,9 @@ def export_graphs(sp, folder: Path, settings) -> dict:
                     _analysis_graph(sp, graph, folder, settings, derive, quantize, child, seconds)
                     child = None
             elif onnx_pass is derive_selector:
+                if settings.target == "tensorrt" and sp.analysis is not None and getattr(sp, "selector_layers", 0):
+                    log.info("--target tensorrt: no selector graph (its Attention probabilities output breaks TensorRT's parser rules); "
+                             "query selection will run the analysis graph")
                 if selector_layers:
                     start_selector = time.perf_counter()
                     try:
@@ -93,6 +106,8 @@ def export_graphs(sp, folder: Path, settings) -> dict:
                     seconds["selector"] = round(time.perf_counter() - start_selector, 1)
             elif onnx_pass in passes:
                 reports[onnx_pass.__name__] = onnx_pass(graph, settings)
+                if onnx_pass is make_tensorrt_ready and sp.analysis is not None:  # the analysis graph meets the same rules
+                    analysis_fixes = tensorrt_ready_file(graph.analysis_path)
     finally:
         if child is not None:  # the step export failed or was interrupted
             child.cancel()
@@ -102,7 +117,7 @@ def export_graphs(sp, folder: Path, settings) -> dict:
         "backend": {"name": "onnx", "opset": kv.get("opset", settings.opset), "model": MODEL_FILE, "data": DATA_FILE, "op_counts": op_counts(graph.path)},
         "weights": reports["quantize_weights"].entry if quantize else {"scheme": "full", "dtype": settings.dtype},
         "kv": kv,
-        "tensorrt": _tensorrt_target(graph, folder, sp, settings, ready.entry) if ready is not None else None,
+        "tensorrt": _tensorrt_target(graph, folder, sp, settings, ready.entry, analysis_fixes) if ready is not None else None,
         "selector": reports["derive_selector"].entry if "derive_selector" in reports else None,
         "export_seconds": seconds,
     }

@@ -1,7 +1,9 @@
 """``export_triton``: a steerc engine folder -> models in a Triton Inference Server model repository.
 
 Every engine gives a model ``NAME`` for Triton's ``onnxruntime_onnx`` platform (``config.pbtxt``,
-``1/model.onnx`` and its external weights file); an engine whose manifest records a TensorRT plan
+``1/model.onnx`` and its external weights file) and, when it has an analysis graph, ``NAME_analysis``
+(its ``analysis.onnx`` as ``1/model.onnx``, the same weights file beside it: context preparation,
+``attn_importance``); an engine whose manifest records a TensorRT plan
 also gives ``NAME_trt`` for ``tensorrt_plan`` (``1/model.plan``; see
 :mod:`~steerc.deploy.triton.platforms`). Every config is written and checked
 (:mod:`~steerc.deploy.triton.config`) before any file is placed
@@ -23,7 +25,9 @@ from steerc.deploy.triton.sequence_state import KV_MODES, kv_pairs
 from steerc.engine_format import read_manifest
 from steerc.errors import EngineError, SteercError
 
-__all__ = ["export_triton"]
+__all__ = ["export_triton", "ANALYSIS_SUFFIX"]
+
+ANALYSIS_SUFFIX = "_analysis"  # the analysis graph's model: NAME_analysis
 
 
 def export_triton(engine: str | os.PathLike, repo: str | os.PathLike, *, name: str | None = None, platforms: str | Iterable[str] | None = None,
@@ -68,6 +72,14 @@ def export_triton(engine: str | os.PathLike, repo: str | os.PathLike, *, name: s
     jobs = []  # (model name, platform, [(relative source in engine, name in 1/)], config kwargs)
     if "onnxruntime" in wanted:
         jobs.append((name, "onnxruntime", [(rel, Path(rel).name) for rel in onnx_files], {}))
+        analysis = manifest.get("analysis") or {}
+        if analysis.get("model"):  # context preparation (attn_importance): ONNX Runtime, beside the step model
+            files = [analysis["model"]] + ([analysis["data"]] if analysis.get("data") else [])
+            for rel in files:
+                if inside(engine, rel) is None or not (engine / rel).is_file():
+                    raise EngineError(f"engine {engine} is incomplete: {rel} is missing; recompile it with --force")
+            jobs.append((name + ANALYSIS_SUFFIX, "onnxruntime", [(files[0], "model.onnx")] + [(rel, Path(rel).name) for rel in files[1:]],
+                         {"outputs": analysis["outputs"]}))
     if "tensorrt" in wanted:
         jobs.append((name + TRT_SUFFIX, "tensorrt", [(plan.relative_to(engine.resolve()).as_posix(), "model.plan")],
                      {"profiles": trt.get("profiles") or [], "inputs": trt.get("inputs"), "outputs": trt.get("outputs")}))

@@ -19,6 +19,9 @@ Exporting the analysis program a second time took 60 of a 128 s compile; this ta
 Graphs it cannot derive from (layers without their own ``Attention`` node: eager attention,
 shared attention) raise :class:`NotDerivableError` with the reason, and the compile exports the
 analysis program instead (a compile with eager or shared attention does not run the pass).
+A ``--target tensorrt`` compile does not run it either: TensorRT's parser refuses the fourth
+(probabilities) output of ``Attention``, so that compile exports the analysis program, whose
+softmax probabilities are explicit ops, and makes it TensorRT-ready like the step graph.
 """
 
 from __future__ import annotations
@@ -149,7 +152,8 @@ def derive_analysis_graph(step_path: Path, out_path: Path, num_layers: int, outp
     return None
 
 
-@onnx_pass(wanted=lambda settings: settings.importance and settings.attn_implementation == "sdpa" and not settings.share_attention)
+@onnx_pass(wanted=lambda settings: settings.importance and settings.attn_implementation == "sdpa" and not settings.share_attention
+           and settings.target != "tensorrt")
 def derive_analysis(graph: OnnxGraph, settings) -> OnnxPassReport:
     """The pass: :func:`derive_analysis_graph` from ``graph`` (the step graph) to ``graph.analysis_path``."""
     if graph.analysis_path is None:

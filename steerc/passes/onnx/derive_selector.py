@@ -203,7 +203,8 @@ def derive_selector_graph(step_path: Path, out_path: Path, num_layers: int, laye
     return None
 
 
-@onnx_pass(wanted=lambda settings: settings.importance and settings.attn_implementation == "sdpa" and not settings.share_attention)
+@onnx_pass(wanted=lambda settings: settings.importance and settings.attn_implementation == "sdpa" and not settings.share_attention
+           and settings.target != "tensorrt")  # its Attention probabilities output breaks TensorRT's parser rules
 def derive_selector(graph: OnnxGraph, settings) -> OnnxPassReport:
     """The pass: :func:`derive_selector_graph` from ``graph`` (the step graph, before ``kv_in_place``)
     to ``graph.selector_path``, covering ``graph.selector_layers`` layers."""

@@ -245,8 +245,49 @@ def test_opset_out_of_range():
 # -- engines and the CLI ---------------------------------------------------------------------
 
 
-def test_check_engine_reads_the_step_graph(tiny_engine):
-    assert check_engine(tiny_engine) == []
+def test_check_engine_checks_every_graph(tiny_engine):
+    """An ONNX Runtime engine: its step graph meets the rules, its derived analysis and selector
+    graphs do not (their Attention nodes return the probabilities as a fourth output)."""
+    found = check_engine(tiny_engine)
+    assert list(found) == ["model.onnx", "analysis.onnx", "selector.onnx"]
+    assert found["model.onnx"] == []
+    for name in ("analysis.onnx", "selector.onnx"):
+        assert rules(found[name]) >= {"attention.outputs", "attention.qk_matmul_output_mode"}
+
+
+@pytest.fixture(scope="module")
+def tiny_tensorrt_engine(tiny_folder, compiled_engine):
+    return compiled_engine(tiny_folder, max_seq_len=64, max_batch=4, target="tensorrt")
+
+
+def test_tensorrt_target_writes_every_graph_to_the_rules(tiny_tensorrt_engine):
+    """``--target tensorrt`` exports the analysis program (explicit softmax probabilities) instead of
+    deriving it, rewrites it like the step graph, and writes no selector graph."""
+    from steerc.engine_format import read_manifest
+
+    assert check_engine(tiny_tensorrt_engine) == {"model.onnx": [], "analysis.onnx": []}
+    manifest = read_manifest(tiny_tensorrt_engine)
+    assert manifest["tensorrt"]["graphs"] == {"model.onnx": 0, "analysis.onnx": 0}
+    assert manifest["selector"] is None and not (tiny_tensorrt_engine / "selector.onnx").exists()
+    # The compile's self-check compared this analysis graph's attn_importance with the eager reference.
+    importance = manifest["verify"]["importance"]
+    assert importance["attn_importance_abs_err"] <= importance["tolerance"]
+
+
+def test_tensorrt_target_analysis_importance_matches_the_reference(tiny_tensorrt_engine, tiny_folder):
+    """Parity on a prompt other than the compile's self-check (5 tokens, another seed)."""
+    from steerc.backends.onnx.session import create_session
+    from steerc.build.verify import importance_check
+    from steerc.capture.io_spec import DecoderGeometry, TensorSpec
+    from steerc.engine_format import read_manifest
+    from steerc.models import load_model
+
+    manifest = read_manifest(tiny_tensorrt_engine)
+    geometry = DecoderGeometry(**manifest["geometry"])
+    inputs = [TensorSpec(spec["name"], spec["dtype"], tuple(spec["dims"])) for spec in manifest["inputs"]]
+    model = load_model(str(tiny_folder)).model
+    result = importance_check(create_session(tiny_tensorrt_engine / "analysis.onnx"), model, geometry, inputs, manifest["dtype"], prompt_len=5, seed=3)
+    assert result["attn_importance_abs_err"] <= result["tolerance"]
 
 
 def test_cli_clean_and_broken(llama, tmp_path, capsys):
@@ -270,9 +311,23 @@ def test_cli_clean_and_broken(llama, tmp_path, capsys):
     assert data["nodes_checked"] == len(proto.graph.node) and data["ops_seen"]["Attention"] == 2
 
 
-def test_cli_engine_folder(tiny_engine, capsys):
-    assert main(["check-tensorrt", str(tiny_engine)]) == 0
-    assert "model.onnx" in capsys.readouterr().out
+def test_cli_engine_folder_reports_each_graph(tiny_engine, tiny_tensorrt_engine, capsys):
+    assert main(["check-tensorrt", str(tiny_tensorrt_engine)]) == 0
+    out = capsys.readouterr().out
+    assert "0 violations in model.onnx" in out and "0 violations in analysis.onnx" in out and "all 2 graphs pass" in out
+
+    assert main(["check-tensorrt", str(tiny_engine)]) == 1  # its derived analysis and selector graphs break the rules
+    out = capsys.readouterr().out
+    assert "0 violations in model.onnx" in out and "analysis.onnx: node " in out
+    assert "2 of 3 graphs break TensorRT's parser rules: analysis.onnx, selector.onnx" in out
+
+    assert main(["check-tensorrt", str(tiny_engine), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert [g["model"].rsplit("/", 1)[-1] for g in data["graphs"]] == ["model.onnx", "analysis.onnx", "selector.onnx"]
+    assert data["failed"] == ["analysis.onnx", "selector.onnx"] and data["graphs"][0]["violations"] == []
+
+    assert main(["check-tensorrt", str(tiny_engine / "model.onnx")]) == 0  # one file: that graph only
+    assert "0 violations in model.onnx" in capsys.readouterr().out
 
 
 def test_cli_errors(tmp_path, capsys):

@@ -23,6 +23,8 @@ def test_only_the_passes_the_settings_ask_for():
     assert _names(weights="int4") == ["quantize_weights", "derive_analysis", "derive_selector"]
     assert _names(kv="in-place") == ["derive_analysis", "derive_selector", "kv_in_place"]
     assert _names(target="tensorrt", dtype="fp16", importance=False) == ["make_tensorrt_ready"]
+    # TensorRT refuses Attention's probabilities output: the analysis program is exported instead, no selector graph.
+    assert _names(target="tensorrt", dtype="fp16") == ["make_tensorrt_ready"]
 
 
 def test_contract_types_validate():
