@@ -134,8 +134,8 @@ def queries_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], 
 def selector_check(session, analysis_session, g: DecoderGeometry, inputs: list[TensorSpec], dtype: str, layers: list[int], prompt_len: int = 8,
                    query_len: int = 3, seed: int = 3) -> dict:
     """The selector graph's ``selector_scores`` against the analysis graph's ``attn_importance[:, layers]``
-    (``layers``: the selector graph's score layers)
-    (checked against the eager model just before): a prefill of ``prompt_len`` tokens through the
+    (``layers``: the selector graph's score layers; the analysis graph was checked against the eager
+    model just before): a prefill of ``prompt_len`` tokens through the
     analysis graph, then ``query_len`` more over its KV through both, unsteered as selection runs
     (absolute error; the two run the same layers on the same weights, so they agree to float rounding)."""
     tol = TOLERANCE[dtype]

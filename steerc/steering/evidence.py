@@ -182,8 +182,7 @@ class Hedge:
 
     shares: np.ndarray  # [U] the evidence distribution
     strength: np.ndarray  # [U] the fraction of log(alpha) on each unit's tokens (0: emphasised)
-    outside: float  # the same for tokens outside every unit
-    confidence: float  # the largest fraction applied anywhere (0: nothing steered, 1: today's full bias)
+    confidence: float  # the largest fraction applied anywhere, also the tokens outside every unit's (0: nothing steered, 1: today's full bias)
 
 
 def hedge(scores: np.ndarray, chosen: Sequence[int], mode: str = "off", sharpness: float = 1.0) -> Hedge:
@@ -196,11 +195,10 @@ def hedge(scores: np.ndarray, chosen: Sequence[int], mode: str = "off", sharpnes
     shares = unit_shares(scores)
     U = len(shares)
     if not chosen or U == 0 or shares.max() <= 0:
-        return Hedge(shares, np.zeros(U), 0.0, 0.0)
+        return Hedge(shares, np.zeros(U), 0.0)
     if mode == "soft":
         strength = 1.0 - (shares / shares.max()) ** sharpness
-        level = float(strength.max())
-        return Hedge(shares, strength, level, level)
+        return Hedge(shares, strength, float(strength.max()))
     if mode == "off":
         level = 1.0
     elif mode == "margin":
@@ -213,7 +211,7 @@ def hedge(scores: np.ndarray, chosen: Sequence[int], mode: str = "off", sharpnes
     level = min(1.0, max(0.0, level))
     strength = np.full(U, level)
     strength[list(chosen)] = 0.0
-    return Hedge(shares, strength, level, level)
+    return Hedge(shares, strength, level)
 
 
 def fused_scores(attention: np.ndarray, lexical: np.ndarray, k: float = RRF_K) -> np.ndarray:
@@ -230,7 +228,7 @@ def fused_scores(attention: np.ndarray, lexical: np.ndarray, k: float = RRF_K) -
 
 def token_strength(units: Units, hedged: Hedge, num_tokens: int) -> np.ndarray:
     """``[N]``: each context token's fraction of ``log(alpha)``."""
-    out = np.full(num_tokens, hedged.outside, np.float32)
+    out = np.full(num_tokens, hedged.confidence, np.float32)  # tokens outside every unit
     for u, (a, b) in enumerate(units.tokens):
         out[a:b] = hedged.strength[u]
     return out

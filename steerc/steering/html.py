@@ -101,12 +101,12 @@ def _unit_ranges(text: str, unit_chars, distribution: EvidenceDistribution) -> l
     ranges = [(int(a), int(b)) for a, b in np.asarray(unit_chars, np.int64).reshape(-1, 2)]
     if len(ranges) != len(distribution.shares):
         raise ValueError(f"one character range per unit is needed, but there are {len(ranges)} ranges and {len(distribution.shares)} shares")
-    ends = [0]
+    previous_end = 0
     for u, (a, b) in enumerate(ranges):
-        if not max(ends) <= a <= b <= len(text):
+        if not previous_end <= a <= b <= len(text):
             raise ValueError(f"{distribution.kind} {u + 1} has characters {a}:{b}, outside the text ({len(text)} characters) or overlapping "
                              "the unit before: units must be ordered ranges of this text")
-        ends.append(b)
+        previous_end = b
     return ranges
 
 

@@ -277,7 +277,7 @@ class QueryEvidence(SteeringMethod):
         plain_logits, plain_kv = prefill(engine, ids, mask, kv, None, **run)  # [1, V]
         steered_logits, steered_kv = prefill(engine, ids, mask, kv, plan.steering, **run)
         if backs_off(plain_logits[0], steered_logits[0], sure):
-            dist = replace(plan.distribution, alpha_applied=1.0, backed_off=True) if plan.distribution else None
-            return QueryPlan(kv, None, unselected, plan.evidence, distribution=dist, prefilled=(plain_logits, plain_kv))
+            backed_off = replace(plan.distribution, alpha_applied=1.0, backed_off=True)
+            return QueryPlan(kv, None, unselected, plan.evidence, distribution=backed_off, prefilled=(plain_logits, plain_kv))
         plan.prefilled = (steered_logits, steered_kv)
         return plan
