@@ -175,7 +175,7 @@ def tiny_text_engine(tiny_text_folder, tmp_path_factory):
     from steerc.build import compile_engine
 
     out = tmp_path_factory.mktemp("tiny-text-engine") / "engine"
-    compile_engine(str(tiny_text_folder), out, CompileSettings(max_seq_len=384, max_batch=2))
+    compile_engine(str(tiny_text_folder), out, CompileSettings(max_seq_len=384, max_batch=8))
     return out
 
 

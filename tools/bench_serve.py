@@ -3,6 +3,12 @@ clients, with and without context reuse, all modes measured in one run.
 
     python tools/bench_serve.py [ENGINE] [--clients 1,4] [--requests 16] [--max-seconds 120] [--out docs/bench/serve.json]
     python tools/bench_serve.py --url http://127.0.0.1:8000 --api-key KEY ...   # against a running server
+    python tools/bench_serve.py ENGINE --servers batched unbatched ...           # server configurations in one run
+
+Servers (``--servers``; each is started in turn and runs every mode and client count):
+  batched    continuous batching, the default flags (--max-concurrency 8 --max-batch 8)
+  unbatched  one generation decoding at a time, two requests worked on at once (--max-concurrency 2
+             --max-batch 1): the server before continuous batching
 
 Modes (each request asks one question about the same ~180-token passage, streamed, greedy):
   plain        the passage inside the chat message, no steering: a full prompt prefill per request
@@ -34,6 +40,7 @@ QUESTIONS = ["Who won Super Bowl 50?", "Where was Super Bowl 50 played?", "Which
              "When was the game played?", "Which anniversary did the league emphasise?", "Which conference did Denver represent?",
              "What tradition was suspended?"]
 MODES = ("plain", "steer-fresh", "steer-reuse")
+SERVERS = {"batched": (8, ["--max-batch", "8"]), "unbatched": (2, ["--max-batch", "1"])}  # name: (--max-concurrency, other flags)
 EXAMPLE_CONTEXT = ROOT / "examples" / "super_bowl_50.txt"
 
 
@@ -109,7 +116,8 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=16, help="requests per mode and client count")
     p.add_argument("--max-seconds", type=float, default=120, help="time bound per mode and client count")
     p.add_argument("--max-tokens", type=int, default=16)
-    p.add_argument("--concurrency", type=int, default=2, help="the started server's --max-concurrency")
+    p.add_argument("--servers", nargs="+", default=["batched"], choices=sorted(SERVERS), help="server configurations to start in turn (default: batched)")
+    p.add_argument("--concurrency", type=int, default=None, help="override the started servers' --max-concurrency")
     p.add_argument("--threads", type=int, default=None, help="the started server's --threads")
     p.add_argument("--kv-store", default="memory", help="the started server's --kv-store (e.g. redis://127.0.0.1:6379/0)")
     p.add_argument("--memory-store-mb", type=int, default=1024, help="the started server's memory tier; 0 makes every reuse read the backing store")
@@ -118,44 +126,57 @@ def main() -> None:
     p.add_argument("--out", help="write the results as JSON")
     args = p.parse_args()
     context = Path(args.context).read_text().strip()
-    proc = None
-    if args.url:
-        url = args.url.rstrip("/")
-    else:
-        proc, url = start_server(args.engine, args.concurrency, args.threads, None, args.kv_store, args.memory_store_mb)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    try:
-        with httpx.Client(base_url=url, headers=headers, timeout=3600) as c:
-            context_id = c.post("/v1/contexts", json={"context": context}).raise_for_status().json()["id"]
-            for mode in args.modes.split(","):  # warm-up: sessions, allocator, the analysis graph
-                one_request(c, _body(mode, 10_000, context, context_id, args.max_tokens))
-        rows, offset = [], 0
-        for clients in (int(v) for v in args.clients.split(",")):
-            for mode in args.modes.split(","):
-                row = run_mode(url, headers, mode, clients, args.requests, args.max_seconds, context, context_id, args.max_tokens, offset)
-                offset += row["requests"]
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(30)
-    for clients in sorted({r["clients"] for r in rows}):
-        base = next((r for r in rows if r["clients"] == clients and r["mode"] == "plain"), None)
-        for r in rows:
-            if r["clients"] == clients and base is not None:
-                r["throughput_vs_plain"] = round(r["requests_per_s"] / base["requests_per_s"], 2)
-                r["ttft_p50_vs_plain"] = round(r["ttft_p50_s"] / base["ttft_p50_s"], 2)
-    print("\n| clients | mode | requests | req/s | tokens/s | TTFT p50 | TTFT p95 | throughput vs plain | TTFT p50 vs plain | context prefill tokens/request |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for server in (["url"] if args.url else args.servers):
+        proc = None
+        if args.url:
+            url = args.url.rstrip("/")
+        else:
+            concurrency, extra = SERVERS[server]
+            proc, url = start_server(args.engine, args.concurrency or concurrency, args.threads, None, args.kv_store, args.memory_store_mb, extra=extra)
+        try:
+            with httpx.Client(base_url=url, headers=headers, timeout=3600) as c:
+                context_id = c.post("/v1/contexts", json={"context": context}).raise_for_status().json()["id"]
+                for mode in args.modes.split(","):  # warm-up: sessions, allocator, the analysis graph
+                    one_request(c, _body(mode, 10_000, context, context_id, args.max_tokens))
+            offset = 0
+            for clients in (int(v) for v in args.clients.split(",")):
+                for mode in args.modes.split(","):
+                    row = run_mode(url, headers, mode, clients, args.requests, args.max_seconds, context, context_id, args.max_tokens, offset)
+                    row["server"] = server
+                    offset += row["requests"]
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(30)
+    _ratios(rows)
+    print("\n| server | clients | mode | requests | req/s | tokens/s | TTFT p50 | TTFT p95 | throughput vs plain | TTFT p50 vs plain | tokens/s vs 1 client | context prefill tokens/request |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['clients']} | {r['mode']} | {r['requests']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['ttft_p50_s']:.3f} s | "
-              f"{r['ttft_p95_s']:.3f} s | {r.get('throughput_vs_plain', '')}x | {r.get('ttft_p50_vs_plain', '')}x | {r['context_prefill_tokens_per_request'] if r['context_prefill_tokens_per_request'] is not None else 'n/a'} |")
+        print(f"| {r['server']} | {r['clients']} | {r['mode']} | {r['requests']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['ttft_p50_s']:.3f} s | "
+              f"{r['ttft_p95_s']:.3f} s | {r.get('throughput_vs_plain', '')}x | {r.get('ttft_p50_vs_plain', '')}x | {r.get('tokens_vs_one_client', '')}x | "
+              f"{r['context_prefill_tokens_per_request'] if r['context_prefill_tokens_per_request'] is not None else 'n/a'} |")
     if args.out:
-        meta = {"engine": None if args.url else args.engine, "url": None if proc else url, "clients": args.clients, "requests": args.requests, "max_seconds": args.max_seconds,
-                "max_tokens": args.max_tokens, "server_concurrency": args.concurrency, "kv_store": args.kv_store.split("@")[-1], "memory_store_mb": args.memory_store_mb, "threads": args.threads, "cpu_count": os.cpu_count(),
+        meta = {"engine": None if args.url else args.engine, "url": args.url, "clients": args.clients, "requests": args.requests, "max_seconds": args.max_seconds,
+                "max_tokens": args.max_tokens, "servers": {s: {"max_concurrency": args.concurrency or SERVERS[s][0], "flags": SERVERS[s][1]} for s in args.servers},
+                "kv_store": args.kv_store.split("@")[-1], "memory_store_mb": args.memory_store_mb, "threads": args.threads, "cpu_count": os.cpu_count(),
                 "date": time.strftime("%Y-%m-%d")}
         write_json(args.out, {"run": meta, "rows": rows}, indent=1)
+
+
+def _ratios(rows: list[dict]) -> None:
+    """Per server: each row against ``plain`` at the same client count, and against the same mode with one client."""
+    for r in rows:
+        base = next((b for b in rows if b["server"] == r["server"] and b["clients"] == r["clients"] and b["mode"] == "plain"), None)
+        if base is not None:
+            r["throughput_vs_plain"] = round(r["requests_per_s"] / base["requests_per_s"], 2)
+            r["ttft_p50_vs_plain"] = round(r["ttft_p50_s"] / base["ttft_p50_s"], 2)
+        one = next((b for b in rows if b["server"] == r["server"] and b["clients"] == 1 and b["mode"] == r["mode"]), None)
+        if one is not None:
+            r["tokens_vs_one_client"] = round(r["tokens_per_s"] / one["tokens_per_s"], 2)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def cmd_serve(args) -> int:
 
     try:
         settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("STEERC_API_KEY") or None,
-                                  max_concurrency=args.max_concurrency, max_queue=args.max_queue, request_timeout_s=args.request_timeout, store_timeout_s=args.store_timeout,
+                                  max_concurrency=args.max_concurrency, max_queue=args.max_queue, max_batch=args.max_batch, prefill_chunk=args.prefill_chunk, request_timeout_s=args.request_timeout, store_timeout_s=args.store_timeout,
                                   max_body_bytes=args.max_body_bytes, kv_store=args.kv_store, memory_store_bytes=args.memory_store_mb << 20,
                                   model_name=args.model_name, chat=not args.no_chat)
     except ValueError as exc:
@@ -44,7 +44,7 @@ def cmd_serve(args) -> int:
     app = create_app(engine, settings, store, steer_defaults, steer_values(args))
     name = app.state.steerc.service.model_name
     print(f"steerc serve: {name} ({engine.max_seq_len} tokens) on http://{settings.host}:{settings.port}/v1  "
-          f"[{settings.max_concurrency} concurrent, queue {settings.max_queue}, timeout {settings.request_timeout_s:g} s, "
+          f"[{settings.max_concurrency} concurrent, batch {app.state.steerc.service.batcher.max_batch}, queue {settings.max_queue}, timeout {settings.request_timeout_s:g} s, "
           f"KV store {settings.kv_store or 'memory + ' + str(default_root())}, API key {'required' if settings.api_key else 'off'}]", file=sys.stderr, flush=True)
     if not _loopback(settings.host) and not settings.api_key:
         print(f"steerc serve: warning: listening on {settings.host} without an API key; anyone who can reach it can use it (set --api-key)", file=sys.stderr)
@@ -64,7 +64,10 @@ def add_serve_parser(sub) -> None:
                                                     "(shared by servers); default: memory + ~/.cache/steerc/contexts")
     p.add_argument("--store-timeout", type=float, default=10.0, help="seconds a Redis command may take; past it the request is answered without the store (default 10)")
     p.add_argument("--memory-store-mb", type=int, default=1024, help="in-memory store budget (MiB)")
-    p.add_argument("--max-concurrency", type=int, default=2, help="generations running at once (default 2)")
+    p.add_argument("--max-concurrency", type=int, default=8, help="requests worked on at once: planning, context preparation, prefill and decode (default 8)")
+    p.add_argument("--max-batch", type=int, default=8, help="running generations whose decode steps share one engine call (continuous batching; "
+                                                            "at most the engine's compiled --max-batch; 1: one at a time; default 8)")
+    p.add_argument("--prefill-chunk", type=int, default=256, help="prefill in calls of at most this many tokens, taking turns with the decode steps (default 256)")
     p.add_argument("--max-queue", type=int, default=32, help="requests that may wait for a slot; more get 429 (default 32)")
     p.add_argument("--request-timeout", type=float, default=300.0, help="seconds from arrival to last token (default 300)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,10 @@ class Engine:
         self._analysis = None  # the analysis session, opened on first use (only context preparation needs it)
         self._selector = None  # the selector session and its input names, opened on first use
         self._analysis_lock = threading.Lock()  # sessions run concurrently; opening one happens once
+        # Every session call (forward, analyze, select_scores) runs under this. A library caller
+        # leaves it open; the server sets a fair lock so prefill chunks and batched decode steps
+        # take turns (steerc.server.batching).
+        self.gate: AbstractContextManager = nullcontext()
 
     @property
     def engine_id(self) -> str:
@@ -182,7 +187,8 @@ class Engine:
         if isinstance(cache, KVBuffers):
             return self._forward_in_place(input_ids, position_ids, attention_mask, cache, bias), cache
         feed = self._feed(input_ids, position_ids, attention_mask, cache, bias)
-        logits, *present = self.session.run(self.output_names, feed)
+        with self.gate:
+            logits, *present = self.session.run(self.output_names, feed)
         return logits, KVCache.from_flat(present, self.keyless_layers)
 
     def _forward_in_place(self, input_ids, position_ids, attention_mask, buffers: KVBuffers, bias) -> np.ndarray:
@@ -201,7 +207,8 @@ class Engine:
         ids_name, positions_name, mask_name = self.input_names[:3]
         inputs = {ids_name: np.asarray(input_ids, np.int64), positions_name: np.asarray(position_ids, np.int64),
                   mask_name: np.asarray(attention_mask, np.int64), self.input_names[-1]: np.asarray(bias, np.float32)}
-        return self.session.step(inputs, buffers)
+        with self.gate:
+            return self.session.step(inputs, buffers)
 
 
     def _analysis_device(self) -> str:
@@ -230,9 +237,11 @@ class Engine:
             cache = cache.to_cache()
         feed = self._feed(input_ids, position_ids, attention_mask, cache, bias)
         if queries:
-            logits, *present, importance, query_sums = self._analysis.run([*self.output_names, "attn_importance", "attn_queries"], feed)
+            with self.gate:
+                logits, *present, importance, query_sums = self._analysis.run([*self.output_names, "attn_importance", "attn_queries"], feed)
             return logits, KVCache.from_flat(present, self.keyless_layers), importance, query_sums
-        logits, *present, importance = self._analysis.run([*self.output_names, "attn_importance"], feed)
+        with self.gate:
+            logits, *present, importance = self._analysis.run([*self.output_names, "attn_importance"], feed)
         return logits, KVCache.from_flat(present, self.keyless_layers), importance
 
     def select_scores(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache) -> np.ndarray:
@@ -254,7 +263,8 @@ class Engine:
         B, S = input_ids.shape
         bias = np.zeros((B, self.geometry.num_layers, self.geometry.num_heads, cache.length + S), np.float32)  # [B, L, H, P+S], fed only where the graph kept it
         feed = self._feed(input_ids, position_ids, attention_mask, cache, bias)
-        return session.run(["selector_scores"], {name: value for name, value in feed.items() if name in wanted})[0]
+        with self.gate:
+            return session.run(["selector_scores"], {name: value for name, value in feed.items() if name in wanted})[0]
 
     def _side_session(self, model: str):
         """A session over one of the engine's other ONNX graphs (analysis, selector): ONNX Runtime whatever the backend."""

@@ -80,14 +80,17 @@ class TextStream:
 
     def __init__(self, engine: Engine, prompt: str | None = None, *, prompt_ids: list[int] | np.ndarray | None = None, max_new_tokens: int = 128,
                  sampling: SamplingParams = SamplingParams(), steering: SteerBias | None = None, stop: tuple[str, ...] = (), chat: bool = True,
-                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, progress=None):
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, progress=None, generate_fn=generate):
         """``prompt`` is text (the chat template applied unless ``chat=False``); ``prompt_ids``,
-        instead, is a prompt the caller tokenized (a templated conversation, say)."""
+        instead, is a prompt the caller tokenized (a templated conversation, say).
+        ``generate_fn``: what generates the tokens, :func:`~steerc.runtime.generate.generate` or
+        one of its signature (the server's shared decode batch)."""
         if (prompt is None) == (prompt_ids is None):
             raise ValueError("give exactly one of prompt (text) or prompt_ids (token ids)")
         self.engine, self.prompt, self.max_new_tokens, self.sampling, self.steering = engine, prompt, max_new_tokens, sampling, steering
         self.stop, self.chat = tuple(s for s in stop if s), chat
         self.prefill_chunk, self.progress = prefill_chunk, progress  # progress(done, total) after each prefill chunk
+        self.generate_fn = generate_fn
         if prompt_ids is None:
             self.ids, self.mask, self.lengths = encode_prompts(engine, [prompt], chat)  # refuses before any work
         else:
@@ -99,7 +102,7 @@ class TextStream:
     def __iter__(self) -> Iterator[str]:
         text, run = Detokenizer(self.engine.tokenizer, self.stop), StreamRun()
         start = time.perf_counter()
-        steps = generate(self.engine, self.ids, self.mask, max_new_tokens=self.max_new_tokens, sampling=self.sampling, steering=self.steering,
+        steps = self.generate_fn(self.engine, self.ids, self.mask, max_new_tokens=self.max_new_tokens, sampling=self.sampling, steering=self.steering,
                          prefill_chunk=self.prefill_chunk, progress=self.progress)
         yield from stream_steps(self.engine, steps, text, run)
         self.completion = Completion(text.text, text.tokens, self.lengths[0], run.finish, prefill_s=run.first - start, decode_s=run.end - run.first)

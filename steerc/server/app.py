@@ -34,6 +34,7 @@ __all__ = ["create_app"]
 async def _lifespan(app: FastAPI):
     yield
     app.state.steerc.scheduler.shutdown()  # shutting down: stop every generation at its next token
+    app.state.steerc.service.close()
 
 
 def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), store: ContextStore | None = None, steer_defaults: SteerConfig | None = None,

@@ -21,7 +21,7 @@ def route_label(path: str) -> str:
 
 
 class Metrics:
-    def __init__(self, queue_depth, in_flight) -> None:
+    def __init__(self, queue_depth, in_flight, batch_rows=lambda: 0, batch_waiting=lambda: 0) -> None:
         disable_created_metrics()  # no *_created series: timestamps, not measurements
         r = self.registry = CollectorRegistry()
         self.requests = Counter("steerc_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
@@ -36,7 +36,11 @@ class Metrics:
                                     ["backend", "operation"], registry=r)
         self.cancelled = Counter("steerc_cancelled_requests", "Generations stopped early, by reason", ["reason"], registry=r)
         Gauge("steerc_queue_depth", "Requests waiting for a generation slot", registry=r).set_function(queue_depth)
-        Gauge("steerc_requests_in_flight", "Generations running", registry=r).set_function(in_flight)
+        Gauge("steerc_requests_in_flight", "Requests being worked on (planning, prefill or decode)", registry=r).set_function(in_flight)
+        self.batch_size = Histogram("steerc_decode_batch_size", "Rows in each batched decode step (continuous batching)",
+                                    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32), registry=r)
+        Gauge("steerc_decode_batch_rows", "Generations in the decode batch now", registry=r).set_function(batch_rows)
+        Gauge("steerc_decode_batch_waiting", "Prefilled generations waiting for a row in the decode batch", registry=r).set_function(batch_waiting)
         for result in ("hit", "miss"):
             self.cache.labels(result)  # exported as 0 before the first lookup
         for reason in ("disconnect", "timeout"):

@@ -8,14 +8,17 @@ runs after every token and every prefill chunk: a client that left (``cancel``) 
 past its deadline stops there.
 
 State never mixes between requests: each plan has its own KV cache (a stored context is
-read, never written to: generation appends to a copy), its own sampler and detokenizer, and
-a fresh :class:`~steerc.steering.answer.Steerer`. What requests share is the engine (ONNX
-Runtime sessions run concurrently) and the context store, whose per-key lock makes
-concurrent requests for one new context wait for a single preparation.
+read, never written to: its KV is copied into the request's row), its own steering bias,
+sampler and detokenizer, and a fresh :class:`~steerc.steering.answer.Steerer`. What requests
+share is the engine, the decode batch (:mod:`steerc.server.batching`: one engine call per
+token for every running generation, each row with its own bias, KV and stop conditions) and
+the context store, whose per-key lock makes concurrent requests for one new context wait for
+a single preparation.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -29,6 +32,7 @@ from steerc.errors import EngineError
 from steerc.runtime.engine import Engine
 from steerc.runtime.generate import SamplingParams
 from steerc.runtime.text import TextStream, chat_ids
+from steerc.server.batching import Batcher
 from steerc.server.errors import ApiError
 from steerc.server.registry import ContextRegistry
 from steerc.server.scheduling import Job
@@ -104,6 +108,15 @@ class Service:
         self.layout = PromptLayout.for_tokenizer(engine.tokenizer, settings.chat)
         self.registry = ContextRegistry(self.store.raising("registry"))  # a registered context's record lives only in the store: no degrading (failures counted)
         self.model_name = settings.model_name or Path(engine.folder).name
+        self.batcher = Batcher(engine, settings.max_batch)
+
+    def close(self) -> None:
+        """Stop the decode loop (the server is shutting down)."""
+        self.batcher.stop()
+
+    def _generate_fn(self, job: Job):
+        """The job's token generator: its rows decode in the shared batch; ``job.check`` runs while they wait."""
+        return functools.partial(self.batcher.generate, check=job.check)
 
     def not_ready(self) -> dict[str, str]:
         """What keeps the server from answering well, by part (``engine``, ``store``); empty when ready."""
@@ -196,7 +209,8 @@ class Service:
     def _stream_plain(self, plan: Plan, job: Job) -> Iterator[str]:
         start = time.perf_counter()
         stream, parts = TextStream(self.engine, prompt_ids=plan.ids, max_new_tokens=plan.max_tokens, sampling=plan.sampling, stop=plan.stop,
-                                   progress=lambda done, total: job.check()), []
+                                   progress=lambda done, total: job.check(), prefill_chunk=self.settings.prefill_chunk,
+                                   generate_fn=self._generate_fn(job)), []
         for delta in stream:
             job.check()
             parts.append(delta)
@@ -208,7 +222,9 @@ class Service:
 
     def _stream_steered(self, plan: Plan, job: Job) -> Iterator[str]:
         start = time.perf_counter()
-        steerer, prefilled, parts = Steerer(self.engine, plan.config, self.store, chat=self.settings.chat), _Prefilled(job), []
+        steerer = Steerer(self.engine, plan.config, self.store, chat=self.settings.chat, prefill_chunk=self.settings.prefill_chunk,
+                          generate_fn=self._generate_fn(job))
+        prefilled, parts = _Prefilled(job), []
         with self.store.track() as used:
             for delta in steerer.stream(plan.context, plan.query, max_new_tokens=plan.max_tokens, sampling=plan.sampling, progress=prefilled, stop=plan.stop):
                 job.check()
@@ -235,7 +251,8 @@ class Service:
         if not method.registrable:
             raise ApiError(400, f"{config.method} does all its steering per question, so there is nothing to prepare once; register the context with "
                                 f"another method ({', '.join(n for n, m in METHODS.items() if m.registrable)}) and send method '{config.method}' with each request", param="method")
-        steerer, prefilled = Steerer(self.engine, config, self.store, chat=self.settings.chat), _Prefilled(job)
+        steerer = Steerer(self.engine, config, self.store, chat=self.settings.chat, prefill_chunk=self.settings.prefill_chunk)
+        prefilled = _Prefilled(job)
         start = time.perf_counter()
         with self.store.track() as used:
             prepared, tier = steerer.prepare(req.context, config, progress=prefilled)

@@ -17,8 +17,13 @@ def _positive_int(name: str, value, minimum: int = 1) -> None:
 
 @dataclass(frozen=True)
 class ServerSettings(JsonDataclass):
-    """``max_concurrency`` generations run at once (each on its own thread, sharing the engine);
-    up to ``max_queue`` more wait, and a request beyond that gets 429. ``request_timeout_s``
+    """``max_concurrency`` requests are worked on at once (each on its own thread: planning,
+    context preparation and prefill), up to ``max_queue`` more wait, and a request beyond that
+    gets 429. Their decode steps are batched: up to ``max_batch`` running generations (at most
+    the engine's compiled ``max_batch``) share one engine call per token; a request that is
+    prefilled while the batch is full waits for a row. ``prefill_chunk``: prompts and contexts
+    are prefilled in calls of at most this many tokens, which take turns with the decode steps,
+    so a long prompt delays the running generations by one chunk at a time. ``request_timeout_s``
     bounds a request from arrival (queue wait included) to its last token. ``api_key``: when
     set, every route but ``/health`` needs ``Authorization: Bearer <key>``. ``kv_store``:
     None (memory + disk at the default folder), ``memory``, a folder, or ``redis://host:port/db``.
@@ -28,8 +33,10 @@ class ServerSettings(JsonDataclass):
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
-    max_concurrency: int = 2
+    max_concurrency: int = 8
     max_queue: int = 32
+    max_batch: int = 8
+    prefill_chunk: int = 256
     request_timeout_s: float = 300.0
     max_body_bytes: int = 1 << 20
     kv_store: str | None = None
@@ -48,6 +55,8 @@ class ServerSettings(JsonDataclass):
             raise ValueError("api_key must be at least 8 characters without spaces")
         _positive_int("max_concurrency", self.max_concurrency)
         _positive_int("max_queue", self.max_queue, 0)
+        _positive_int("max_batch", self.max_batch)
+        _positive_int("prefill_chunk", self.prefill_chunk, 16)
         for name in ("request_timeout_s", "store_timeout_s"):
             t = getattr(self, name)
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:

@@ -47,7 +47,8 @@ class ServerState:
         store = store if store is not None else open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s)
         service = Service(engine, store, settings, steer_defaults, steer_presets)
         admission = Admission(settings.max_concurrency, settings.max_queue)
-        metrics = Metrics(lambda: admission.waiting, lambda: admission.active)
+        metrics = Metrics(lambda: admission.waiting, lambda: admission.active, lambda: service.batcher.running, lambda: service.batcher.waiting)
+        service.batcher.on_step = metrics.batch_size.observe
         service.store.on_error = lambda backend, operation: metrics.store_errors.labels(backend, operation).inc()
         return cls(settings, service, Scheduler(admission, metrics, settings.request_timeout_s), metrics)
 

@@ -57,8 +57,11 @@ class Steerer:
     a :class:`~steerc.stores.NullStore`, every context prepared afresh)."""
 
     def __init__(self, engine: Engine, config: SteerConfig | None = None, store: ContextStore | None = None, *, chat: bool = True,
-                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, generate_fn=generate):
+        """``generate_fn``: what decodes the answer, :func:`~steerc.runtime.generate.generate` or one
+        of its signature (the server's shared decode batch)."""
         self.engine, self.config, self.prefill_chunk = engine, config or SteerConfig(), prefill_chunk
+        self.generate_fn = generate_fn
         self.store: ContextStore = store if store is not None else NullStore()
         self.layout = PromptLayout.for_tokenizer(engine.tokenizer, chat)
         self.last: SteeredAnswer | None = None
@@ -106,7 +109,7 @@ class Steerer:
         text, run = Detokenizer(self.engine.tokenizer, self.layout.stop + tuple(stop)), StreamRun()
         offset = plan.position_offset if plan.position_offset is not None else (plan.prepared or prepared).position_offset
         todo = plan.query_ids if plan.query_ids is not None else query_ids
-        steps = generate(self.engine, todo[None], cache=plan.kv, steering=plan.steering, max_new_tokens=max_new_tokens, sampling=sampling,
+        steps = self.generate_fn(self.engine, todo[None], cache=plan.kv, steering=plan.steering, max_new_tokens=max_new_tokens, sampling=sampling,
                          prefill_chunk=self.prefill_chunk, position_offset=offset, prefilled=plan.prefilled)
         yield from stream_steps(self.engine, steps, text, run)
         selected = plan.selected
