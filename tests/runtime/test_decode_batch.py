@@ -13,6 +13,7 @@ import pytest
 from steerc.runtime import Engine, SamplingParams, SteerBias, decode_one_token, generate, prefill
 from steerc.runtime.decode_batch import BatchRow, DecodeBatch
 from steerc.runtime.kv_cache import KVCache
+from steerc.runtime.text import chat_ids
 
 ATOL = 1e-5
 
@@ -215,3 +216,25 @@ def test_a_failing_step_fails_every_row_in_it(engine, monkeypatch):
     monkeypatch.setattr(engine, "forward", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("session died")))
     assert batch.step() == 0
     assert [str(e) for e in failures] == ["session died", "session died"] and batch.rows == []
+
+
+@pytest.mark.slow
+def test_default_model_rows_in_one_batch_equal_their_solo_runs(default_engine):
+    """SmolLM2-135M: four chat prompts of different lengths, one steered, two joining late."""
+    engine = Engine.load(default_engine)
+    tok = engine.tokenizer
+    prompts = ["Write a short poem about the sea.", "What is the capital of France? Answer in one sentence.", "List three colours.",
+               "Explain in two sentences why the sky is blue, for a child who asks."]
+    ids = [np.array([chat_ids(tok, [{"role": "user", "content": p}])]) for p in prompts]
+    g = engine.geometry
+    steer = SteerBias(np.where(np.random.default_rng(0).random((g.num_layers, g.num_heads, ids[1].shape[1])) < 0.5, np.log(0.2), 0).astype(np.float32))
+    steering = [None, steer, None, None]
+    want = [[int(t[0]) for t in generate(engine, p, max_new_tokens=24, steering=s, stop_token_ids=set())] for p, s in zip(ids, steering)]
+    batch, got = DecodeBatch(engine, 4), [[] for _ in prompts]
+    for step in range(40):
+        if step in (0, 3):
+            for i in ((0, 1) if step == 0 else (2, 3)):
+                logits, cache = prefill(engine, ids[i], np.ones(ids[i].shape, np.int64), engine.new_cache(1), steering[i])
+                batch.add(BatchRow(logits[0], cache, emit=got[i].append, max_new_tokens=24, steering=steering[i]))
+        batch.step()
+    assert got == want
