@@ -78,6 +78,9 @@ class Batcher:
         self.engine = engine
         self.batch = DecodeBatch(engine, max_batch)
         self.max_batch = self.batch.max_rows
+        if self.max_batch < max_batch:
+            log.warning("--max-batch %d is more than engine %s was compiled for; decoding at most %d rows per step (recompile with a larger --max-batch)",
+                        max_batch, engine.folder, self.max_batch)
         self.on_step = on_step
         self._pending: collections.deque[BatchRow] = collections.deque()
         self._cond = threading.Condition()
