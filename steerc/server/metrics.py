@@ -41,10 +41,27 @@ class Metrics:
                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32), registry=r)
         Gauge("steerc_decode_batch_rows", "Generations in the decode batch now", registry=r).set_function(batch_rows)
         Gauge("steerc_decode_batch_waiting", "Prefilled generations waiting for a row in the decode batch", registry=r).set_function(batch_waiting)
+        self.gc_removed = Counter("steerc_store_gc_removed", "What the store's garbage collector removed, by kind (temp_files, stale_marks, orphans)", ["kind"],
+                                  registry=r)
+        for kind in ("temp_files", "stale_marks", "orphans"):
+            self.gc_removed.labels(kind)
         for result in ("hit", "miss"):
             self.cache.labels(result)  # exported as 0 before the first lookup
         for reason in ("disconnect", "timeout"):
             self.cancelled.labels(reason)
+
+    def watch_store(self, store) -> None:
+        """Export the entries each tier of ``store`` evicted to stay within its budget (since start)."""
+        tiers, inner = {}, store
+        while inner is not None:  # guard -> tiered -> memory + backing
+            for name in ("memory", "backing"):
+                part = getattr(inner, name, None)
+                if part is not None and hasattr(part, "stats"):
+                    tiers[part.tier] = part
+            inner = getattr(inner, "inner", None)
+        gauge = Gauge("steerc_store_evicted_entries", "Entries evicted to stay within a store budget since start, by tier", ["tier"], registry=self.registry)
+        for tier, part in tiers.items():
+            gauge.labels(tier).set_function(lambda part=part: part.stats.evictions)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

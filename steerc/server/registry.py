@@ -39,14 +39,20 @@ class ContextRegistry:
     def __init__(self, store: ContextStore) -> None:
         self.store = store
 
-    def save(self, prepared: PreparedContext, text: str, chat: bool, entries: list[str], stats: dict) -> dict:
+    def save(self, prepared: PreparedContext, text: str, chat: bool, entries: list[str], stats: dict, pin: bool = False) -> dict:
+        """File the registration record. The record (a few KB: the text and config) is never
+        evicted from a store with a budget, so an evicted context is prepared again from it;
+        ``pin``: its entries (and so their KV, which they hold) are never evicted either, until :meth:`delete`."""
         context_id = context_id_of(prepared.key)
         old = self.store.get(_record_key(context_id))
+        pin = pin or bool(old and old.meta.get("pinned"))
         record = {
             "kind": "registration", "id": context_id, "created": old.meta["created"] if old else int(time.time()), "context": text, "chat": chat,
             "config": prepared.config.to_dict(), "context_tokens": len(prepared.context_ids), "head_tokens": len(prepared.head_ids),
-            "selected_tokens": prepared.num_selected, "selected_per_layer": round(prepared.selected_per_layer, 2), "entries": entries, **stats,
+            "selected_tokens": prepared.num_selected, "selected_per_layer": round(prepared.selected_per_layer, 2), "entries": entries, "pinned": pin, **stats,
         }
+        for key in (_record_key(context_id), *(entries if pin else ())):
+            self.store.pin(key)
         self.store.put(_record_key(context_id), StoredContext({}, record))
         return record
 
@@ -63,6 +69,8 @@ class ContextRegistry:
         record = self.get(context_id)
         removed = sum(delete_prepared(self.store, key) for key in record["entries"])
         self.store.delete(_record_key(context_id))
+        for key in (_record_key(context_id), *record["entries"]):
+            self.store.unpin(key)
         return {"id": context_id, "object": "context", "deleted": True, "entries_removed": removed}
 
     def public(self, record: dict) -> dict:

@@ -96,9 +96,10 @@ class _ContextFields(_Strict):
 
     model: str | None = None
     context: Annotated[str, Field(min_length=1)]
+    pin: bool = False  # never evicted from a store with a budget (until DELETE)
 
     def overrides(self) -> dict:
-        return {k: v for k, v in super().overrides().items() if k not in ("context", "model")}
+        return {k: v for k, v in super().overrides().items() if k not in ("context", "model", "pin")}
 
 
 def _steer_models(options: type[_SteerFields]) -> tuple[type, type]:

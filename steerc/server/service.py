@@ -109,10 +109,13 @@ class Service:
         self.registry = ContextRegistry(self.store.raising("registry"))  # a registered context's record lives only in the store: no degrading (failures counted)
         self.model_name = settings.model_name or Path(engine.folder).name
         self.batcher = Batcher(engine, settings.max_batch)
+        self.janitor = None  # the store's garbage collector (steerc.server.janitor), set by ServerState.open
 
     def close(self) -> None:
-        """Stop the decode loop (the server is shutting down)."""
+        """Stop the decode loop and the garbage collector (the server is shutting down)."""
         self.batcher.stop()
+        if self.janitor is not None:
+            self.janitor.stop()
 
     def _generate_fn(self, job: Job):
         """The job's token generator: its rows decode in the shared batch; ``job.check`` runs while they wait."""
@@ -258,7 +261,8 @@ class Service:
             prepared, tier = steerer.prepare(req.context, config, progress=prefilled)
         job.check()
         entries = [prepared.key] if prepared.positions is not None else method.store_keys(steerer.method_context, prepared, config)  # a compacted context is one entry
-        record = self.registry.save(prepared, req.context, self.layout.chat, entries, {"prepare_s": round(prepared.meta.get("prepare_seconds", 0.0), 4)})
+        record = self.registry.save(prepared, req.context, self.layout.chat, entries, {"prepare_s": round(prepared.meta.get("prepare_seconds", 0.0), 4)},
+                                    pin=req.pin)
         out = self.registry.public(record)
         out.update(cache=tier, store=used.state, context_prefill_tokens=prefilled.tokens, seconds=round(time.perf_counter() - start, 4))
         return out

@@ -41,6 +41,8 @@ class ServerSettings(JsonDataclass):
     max_body_bytes: int = 1 << 20
     kv_store: str | None = None
     memory_store_bytes: int = 1 << 30
+    kv_store_max_bytes: int | None = None  # a disk store's budget (None: unbounded); least recently read entries are evicted
+    gc_interval_s: float = 600.0  # the store's garbage collector runs at start-up and this often
     store_timeout_s: float = 10.0
     model_name: str | None = None
     chat: bool = True
@@ -57,7 +59,9 @@ class ServerSettings(JsonDataclass):
         _positive_int("max_queue", self.max_queue, 0)
         _positive_int("max_batch", self.max_batch)
         _positive_int("prefill_chunk", self.prefill_chunk, 16)
-        for name in ("request_timeout_s", "store_timeout_s"):
+        if self.kv_store_max_bytes is not None:
+            _positive_int("kv_store_max_bytes", self.kv_store_max_bytes, 1 << 20)
+        for name in ("request_timeout_s", "store_timeout_s", "gc_interval_s"):
             t = getattr(self, name)
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {t!r}")

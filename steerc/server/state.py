@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steerc.runtime.engine import Engine
+from steerc.server.janitor import Janitor
 from steerc.server.limits import Admission
 from steerc.server.metrics import Metrics
 from steerc.server.scheduling import Scheduler
@@ -44,11 +45,14 @@ class ServerState:
              steer_presets: Mapping[str, Any] | None = None) -> ServerState:
         """The state of a new server: ``store`` (default: the one ``settings.kv_store`` names)
         wrapped by the service, and its failures counted in the metrics; ``steer_presets``: see :class:`~steerc.server.service.Service`."""
-        store = store if store is not None else open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s)
+        store = store if store is not None else open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s, settings.kv_store_max_bytes)
         service = Service(engine, store, settings, steer_defaults, steer_presets)
         admission = Admission(settings.max_concurrency, settings.max_queue)
         metrics = Metrics(lambda: admission.waiting, lambda: admission.active, lambda: service.batcher.running, lambda: service.batcher.waiting)
         service.batcher.on_step = metrics.batch_size.observe
+        service.janitor = Janitor(service.store, settings.gc_interval_s, lambda kind, n: metrics.gc_removed.labels(kind).inc(n))
+        metrics.watch_store(service.store)
+        service.janitor.start()
         service.store.on_error = lambda backend, operation: metrics.store_errors.labels(backend, operation).inc()
         return cls(settings, service, Scheduler(admission, metrics, settings.request_timeout_s), metrics)
 

@@ -32,7 +32,7 @@ from steerc.stores.base import (
 from steerc.stores.disk import DiskStore
 from steerc.stores.memory import MemoryStore
 from steerc.stores.null import NullStore
-from steerc.stores.registry import BACKING_STORES, backing_store
+from steerc.stores.registry import BACKING_STORES, backing_store, scheme_of
 from steerc.stores.tiered import TieredStore
 
 __all__ = [
@@ -46,15 +46,21 @@ def default_root() -> Path:
     return Path(os.environ.get("STEERC_CONTEXT_STORE") or "~/.cache/steerc/contexts").expanduser()
 
 
-def open_store(spec: str | None, memory_bytes: int = 1 << 30, timeout: float = 60.0) -> ContextStore:
+def open_store(spec: str | None, memory_bytes: int = 1 << 30, timeout: float = 60.0, disk_bytes: int | None = None) -> ContextStore:
     """``None``: memory + disk at :func:`default_root`; ``"memory"``: memory only; otherwise memory
     in front of the backing store the spec names (:mod:`steerc.stores.registry`: a folder path or
     ``file://``, ``redis://host:port/db`` shared by processes, ...), each of its commands failing
-    after ``timeout`` seconds."""
+    after ``timeout`` seconds. ``disk_bytes``: the budget of a disk store (None: unbounded; a
+    Redis store is bounded by Redis's own ``maxmemory``)."""
     if spec is None:
-        return TieredStore(MemoryStore(memory_bytes), DiskStore(default_root()))
+        return TieredStore(MemoryStore(memory_bytes), DiskStore(default_root(), disk_bytes))
     if not spec.strip():
         raise SteercError("the context store spec is empty; pass 'memory', a folder path, or leave it out for the default")
     if spec == "memory":
         return MemoryStore(memory_bytes)
-    return TieredStore(MemoryStore(memory_bytes), backing_store(spec, timeout))
+    if disk_bytes is not None and scheme_of(spec) != "file":
+        raise SteercError(f"a disk budget applies to a folder store, not {spec!r}; bound Redis with its maxmemory setting (see the README)")
+    backing = backing_store(spec, timeout)
+    if disk_bytes is not None:
+        backing.max_bytes = DiskStore(backing.root, disk_bytes).max_bytes  # checked as the constructor checks it
+    return TieredStore(MemoryStore(memory_bytes), backing)

@@ -198,6 +198,17 @@ class ContextStore(abc.ABC):
     def ping(self) -> None:
         """Check that the store answers (cheaply); raises :class:`StoreUnavailableError` if not."""
 
+    def pin(self, key: str) -> None:
+        """Never evict ``key`` until :meth:`unpin` (stores without a budget keep everything anyway)."""
+
+    def unpin(self, key: str) -> None:
+        """Let ``key`` be evicted again."""
+
+    def collect_garbage(self, shared_kinds: tuple[str, ...] = ("kv",), grace_s: float = 600.0) -> dict[str, int]:
+        """Remove what killed writers left behind (see :meth:`steerc.stores.DiskStore.collect_garbage`);
+        the counts removed by kind. Stores that leave nothing behind remove nothing."""
+        return {}
+
     @abc.abstractmethod
     def add_ref(self, target: str, holder: str) -> None:
         """Record that entry ``holder`` uses entry ``target`` (where the entries are: a store

@@ -1,14 +1,26 @@
 """``DiskStore``: one checksummed safetensors file per prepared context under a folder.
 
 Reference marks (``add_ref``) are empty files, ``refs/<target[:2]>/<target>/<holder>``: made
-and removed atomically, shared by every process using the folder."""
+and removed atomically, shared by every process using the folder. Pins (``pin``) are empty
+files ``pins/<key[:2]>/<key>``.
+
+Under a byte budget (``max_bytes``) a write first makes room: least-recently-used entries go
+first, where an entry's file time is bumped on every read. An entry that another entry holds
+(a KV with reference marks) or that is pinned is never evicted; evicting a holder drops its
+marks, so its KV can go after it once nobody else holds it. Every process sharing the folder
+evicts under the same rule; a reader that finds an entry gone has a miss, never a wrong answer.
+:meth:`DiskStore.collect_garbage` removes stray temporaries, marks whose holder is gone and
+shared entries (KVs) that nobody holds, each only once older than a grace period, so a write
+in flight in another process is never taken for garbage."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from steerc.stores.base import ContextStore, CorruptEntryError, StoredContext, StoreUnavailableError, check_key, entry_from_bytes, entry_to_bytes
@@ -26,9 +38,12 @@ class DiskStore(ContextStore):
 
     tier = "disk"
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, max_bytes: int | None = None) -> None:
         super().__init__()
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
+            raise ValueError(f"the disk store budget must be a positive number of bytes (or None: unbounded), got {max_bytes!r}")
         self.root = Path(root).expanduser()
+        self.max_bytes = max_bytes
 
     @classmethod
     def from_spec(cls, spec: str, timeout: float) -> "DiskStore":
@@ -69,11 +84,20 @@ class DiskStore(ContextStore):
             self._unlink(path)
             return None
         self.stats.hits += 1
+        try:
+            os.utime(path)  # "used" means read: eviction goes by this time
+        except OSError:
+            pass
         return entry
 
     def put(self, key: str, entry: StoredContext) -> None:
         path = self.path(key)
         data = entry_to_bytes(key, entry)
+        if self.max_bytes is not None:
+            if len(data) > self.max_bytes:
+                log.warning("context %s (%d bytes) exceeds the disk store budget of %d bytes; not stored", key, len(data), self.max_bytes)
+                return
+            self._make_room(len(data), key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
@@ -102,6 +126,112 @@ class DiskStore(ContextStore):
 
     def delete(self, key: str) -> bool:
         return self._unlink(self.path(key))
+
+    # -- budget and eviction ----------------------------------------------------------------
+    def _entries(self) -> dict[str, os.stat_result]:
+        """Every entry file's stat, by key."""
+        out = {}
+        for path in self.root.glob("[0-9a-f][0-9a-f]/*.safetensors"):
+            try:
+                out[path.stem] = path.stat()
+            except OSError:
+                continue  # removed meanwhile
+        return out
+
+    @property
+    def bytes_used(self) -> int:
+        """Bytes of the entry files now (marks and temporaries are not counted)."""
+        return sum(st.st_size for st in self._entries().values())
+
+    def _holders(self) -> dict[str, set[str]]:
+        """target -> the holders its reference marks name."""
+        out: dict[str, set[str]] = {}
+        for mark in self.root.glob("refs/[0-9a-f][0-9a-f]/*/*"):
+            out.setdefault(mark.parent.name, set()).add(mark.name)
+        return out
+
+    def _make_room(self, need: int, keep: str) -> None:
+        """Evict least-recently-used entries until ``need`` more bytes fit the budget (``keep``,
+        the entry being written, replaces its old file and is not evicted)."""
+        entries = self._entries()
+        used = sum(st.st_size for k, st in entries.items() if k != keep)
+        if used + need <= self.max_bytes:
+            return
+        holders, pinned = self._holders(), self.pinned()
+        order = sorted((st.st_mtime, k) for k, st in entries.items() if k != keep)
+        progress = True
+        while used + need > self.max_bytes and progress:
+            progress = False
+            for _, key in order:
+                if key not in entries or key in pinned or holders.get(key):
+                    continue
+                if self._unlink(self.path(key)):
+                    self.stats.evictions += 1
+                    log.info("evicted stored context %s (%d bytes, least recently used) to stay within %d bytes", key, entries[key].st_size, self.max_bytes)
+                used -= entries.pop(key).st_size
+                for target, names in holders.items():  # its marks go with it: what it held may go next
+                    if key in names:
+                        names.discard(key)
+                        self._unlink(self._refs_folder(target) / key)
+                progress = True
+                break
+        if used + need > self.max_bytes:
+            log.warning("the disk context store at %s holds %d bytes of pinned or referenced entries; a %d-byte write passes its budget of %d bytes",
+                        self.root, used, need, self.max_bytes)
+
+    # -- pins -----------------------------------------------------------------------------
+    def _pin_path(self, key: str) -> Path:
+        return self.root / "pins" / check_key(key)[:2] / key
+
+    def pin(self, key: str) -> None:
+        """Never evict ``key`` (until :meth:`unpin`); pins are shared by every process on the folder."""
+        try:
+            self._pin_path(key).parent.mkdir(parents=True, exist_ok=True)
+            self._pin_path(key).touch()
+        except OSError as exc:
+            raise self._failed("write a pin", exc) from None
+
+    def unpin(self, key: str) -> None:
+        self._unlink(self._pin_path(key))
+
+    def pinned(self) -> set[str]:
+        return {p.name for p in self.root.glob("pins/[0-9a-f][0-9a-f]/*")}
+
+    # -- garbage collection -------------------------------------------------------------------
+    def collect_garbage(self, shared_kinds: tuple[str, ...] = ("kv",), grace_s: float = 600.0) -> dict[str, int]:
+        """Remove what a killed process can leave behind, each only once older than ``grace_s``:
+        temporary files, reference marks whose holder entry is gone, and entries of a shared
+        kind (``meta["kind"]``, a context's one copy of its KV) that no mark holds. Returns the
+        counts removed (``temp_files``, ``stale_marks``, ``orphans``)."""
+        old = time.time() - grace_s
+        removed = {"temp_files": 0, "stale_marks": 0, "orphans": 0}
+
+        def aged(path: Path) -> bool:
+            try:
+                return path.stat().st_mtime < old
+            except OSError:
+                return False
+
+        for tmp in [*self.root.glob("[0-9a-f][0-9a-f]/.*.tmp"), *self.root.glob(".ping.*.tmp")]:
+            if aged(tmp) and self._unlink(tmp):
+                removed["temp_files"] += 1
+        entries = self._entries()
+        for mark in self.root.glob("refs/[0-9a-f][0-9a-f]/*/*"):
+            if mark.name not in entries and aged(mark) and self._unlink(mark):
+                removed["stale_marks"] += 1
+                try:
+                    mark.parent.rmdir()
+                except OSError:
+                    pass
+        holders = self._holders()
+        for key, st in entries.items():
+            if holders.get(key) or st.st_mtime >= old or _kind(self.path(key)) not in shared_kinds:
+                continue
+            if self._unlink(self.path(key)):
+                removed["orphans"] += 1
+        if any(removed.values()):
+            log.info("context store garbage collection at %s removed %s", self.root, removed)
+        return removed
 
     def _refs_folder(self, target: str) -> Path:
         return self.root / "refs" / check_key(target)[:2] / target
@@ -137,8 +267,22 @@ class DiskStore(ContextStore):
             raise self._failed("look up an entry", exc) from None
 
     def clear(self) -> None:
-        """Remove this store's entry files (and stray temporaries); other files are left alone."""
+        """Remove this store's entry files (and stray temporaries, marks and pins); other files are left alone."""
         for pattern in ("[0-9a-f][0-9a-f]/*.safetensors", "[0-9a-f][0-9a-f]/.*.tmp"):
             for path in self.root.glob(pattern):
                 self._unlink(path)
         shutil.rmtree(self.root / "refs", ignore_errors=True)
+        shutil.rmtree(self.root / "pins", ignore_errors=True)
+
+
+def _kind(path: Path) -> str | None:
+    """``meta["kind"]`` from an entry file's safetensors header (None when unreadable)."""
+    try:
+        with path.open("rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 0 < size < 1 << 24:
+                return None
+            header = json.loads(fh.read(size)).get("__metadata__") or {}
+        return json.loads(header.get("meta", "{}")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None

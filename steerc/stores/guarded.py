@@ -233,6 +233,15 @@ class GuardedStore(ContextStore):
     def clear(self) -> None:
         self._call("clear", self.inner.clear, lambda: None)
 
+    def pin(self, key: str) -> None:
+        self._call("put", lambda: self.inner.pin(key), lambda: None)
+
+    def unpin(self, key: str) -> None:
+        self._call("delete", lambda: self.inner.unpin(key), lambda: None)
+
+    def collect_garbage(self, shared_kinds: tuple[str, ...] = ("kv",), grace_s: float = 600.0) -> dict[str, int]:
+        return self._call("gc", lambda: self.inner.collect_garbage(shared_kinds, grace_s), lambda: {})
+
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """The inner store's lock (a Redis lock spans processes), or this process's when it fails."""
@@ -287,6 +296,12 @@ class RaisingStore(ContextStore):
 
     def clear(self) -> None:
         self._run("clear", self.guard.inner.clear)
+
+    def pin(self, key: str) -> None:
+        self._run("put", lambda: self.guard.inner.pin(key))
+
+    def unpin(self, key: str) -> None:
+        self._run("delete", lambda: self.guard.inner.unpin(key))
 
     def lock(self, key: str):
         return self.guard.inner.lock(key)

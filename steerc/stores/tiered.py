@@ -63,6 +63,15 @@ class TieredStore(ContextStore):
     def drop_ref(self, target: str, holder: str) -> int:
         return self.backing.drop_ref(target, holder)
 
+    def pin(self, key: str) -> None:
+        self.backing.pin(key)
+
+    def unpin(self, key: str) -> None:
+        self.backing.unpin(key)
+
+    def collect_garbage(self, shared_kinds: tuple[str, ...] = ("kv",), grace_s: float = 600.0) -> dict[str, int]:
+        return self.backing.collect_garbage(shared_kinds, grace_s)
+
     def clear(self) -> None:
         self.memory.clear()
         self.backing.clear()

@@ -42,3 +42,39 @@ def test_entries_written_when_the_writer_is_killed_are_whole_or_absent(tmp_path)
         store.clear()  # drops the killed write's temporary too
         assert not list(root.glob("*/.*.tmp"))
     assert written > 0 and mid_write > 0, (written, mid_write)  # the kills did land among writes, some inside one
+
+
+PREPARER = """
+import sys, numpy as np
+from steerc.stores import DiskStore, StoredContext, context_key
+store = DiskStore(sys.argv[1])
+for i in range(10_000):  # the order of steerc.steering.prepared.save_prepared: the KV, its mark, the entry
+    kv, holder = context_key("kv", [i], "", {}), context_key("entry", [i], "", {})
+    store.put(kv, StoredContext({"kv": np.full((1 << 19,), i, np.float32)}, {"kind": "kv"}))
+    store.add_ref(kv, holder)
+    store.put(holder, StoredContext({"bias": np.zeros(8, np.float32)}, {"kind": "prepared", "kv_key": kv}))
+    print(i, flush=True)
+"""
+
+
+def test_garbage_collection_after_kills_removes_every_orphan_and_no_live_kv(tmp_path):
+    root = tmp_path / "store"
+    removed = {"temp_files": 0, "stale_marks": 0, "orphans": 0}
+    for n, delay in enumerate(np.linspace(0.3, 1.2, 6)):
+        proc = subprocess.Popen([sys.executable, "-c", PREPARER, str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(float(delay) + 0.03 * n)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(10)
+        store = DiskStore(root)
+        for kind, count in store.collect_garbage(("kv",), grace_s=0).items():
+            removed[kind] += count
+        entries = {p.stem: store.get(p.stem) for p in root.glob("*/*.safetensors")}
+        holders = {m.parent.name: {h.name for h in m.parent.iterdir()} for m in root.glob("refs/*/*/*")}
+        for key, entry in entries.items():
+            assert entry is not None
+            if entry.meta["kind"] == "prepared":
+                assert entry.meta["kv_key"] in entries  # no live KV was removed
+            else:
+                assert holders.get(key) and all(h in entries for h in holders[key])  # every KV left is held by an entry that exists
+        assert not list(root.glob("*/.*.tmp"))
+    assert sum(removed.values()) > 0, removed  # the kills did leave garbage, and it went
