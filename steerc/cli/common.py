@@ -7,7 +7,16 @@ from pathlib import Path
 from steerc.backends import BACKENDS, backend_choices, backend_help, backend_names
 from steerc.settings import DEVICES
 
-__all__ = ["DEVICES", "add_backend_option", "analysis_line", "deploy_lines", "rich_console", "verify_line"]
+__all__ = ["DEVICES", "add_backend_option", "add_kv_store_dtype_option", "analysis_line", "deploy_lines", "rich_console", "verify_line"]
+
+
+def add_kv_store_dtype_option(parser) -> None:
+    """``--kv-store-dtype``: how the context store keeps KVs at rest (:data:`steerc.stores.KV_SCHEMES`)."""
+    from steerc.stores import KV_SCHEMES
+
+    parser.add_argument("--kv-store-dtype", default="engine", choices=KV_SCHEMES,
+                        help="how stored KVs are kept: engine (as computed), fp16 (half the bytes), int8 (a quarter, one fp16 scale per "
+                             "head and position); the engine runs at its own dtype either way (default engine)")
 
 
 def add_backend_option(parser, what: str) -> None:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from steerc.atomic import write_text_atomic
-from steerc.cli.common import DEVICES, add_backend_option
+from steerc.cli.common import DEVICES, add_backend_option, add_kv_store_dtype_option
 from steerc.errors import SteercError
 
 __all__ = ["add_eval_parser", "cmd_eval"]
@@ -40,6 +40,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 64 for kv-retrieval (the model repeats the 36-character key first), else 32")
     add_steer_options(p, omit=("highlights",))  # an oracle's highlights are each example's evidence
     p.add_argument("--store", default="memory", help="context store: 'memory' (default) or a folder to keep prepared contexts across runs")
+    add_kv_store_dtype_option(p)
     p.add_argument("--no-chat", action="store_true", help="completion-style prompts (base models)")
     p.add_argument("--device", default="cpu", choices=DEVICES)
     add_backend_option(p, "what runs the step graph (the engine must have been compiled with that --backend)")
@@ -78,7 +79,7 @@ def cmd_eval(args) -> int:
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("evaluating", total=len(examples))
         try:
-            rows = run_eval(engine, examples, variants, store=open_store(args.store, 4 << 30), max_new_tokens=args.max_new_tokens, chat=not args.no_chat,
+            rows = run_eval(engine, examples, variants, store=open_store(args.store, 4 << 30, kv_scheme=args.kv_store_dtype), max_new_tokens=args.max_new_tokens, chat=not args.no_chat,
                             out=out, run_info=info, fresh=args.fresh, progress=lambda done, total, _id: bar.update(task, completed=done))
         except ValueError as exc:
             raise SteercError(str(exc)) from None

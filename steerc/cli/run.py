@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from steerc.cli.common import DEVICES, add_backend_option, add_kv_store_dtype_option
 from steerc.cli.steer_options import add_steer_options, check_profile, steer_config
-from steerc.cli.common import DEVICES, add_backend_option
 from steerc.errors import SteercError
 
 __all__ = ["add_run_parser", "cmd_run"]
@@ -29,7 +29,7 @@ def cmd_run(args) -> int:
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     engine = Engine.load(args.engine, device=args.device, threads=args.threads, backend=args.backend)
     check_profile(args, engine)
-    steerer = Steerer(engine, config, open_store(args.store), chat=not args.no_chat)
+    steerer = Steerer(engine, config, open_store(args.store, kv_scheme=args.kv_store_dtype), chat=not args.no_chat)
     bars: dict = {}
     progress = _progress_bar(console, bars)
     try:
@@ -121,6 +121,7 @@ def add_run_parser(sub) -> None:
     add_method_option(p, "default: SteerConfig's")
     add_steer_options(p)  # --highlight included (pasta's)
     p.add_argument("--store", default=None, help="context store folder, or 'memory' (default ~/.cache/steerc/contexts or $STEERC_CONTEXT_STORE)")
+    add_kv_store_dtype_option(p)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--html", default=None, help="write a page showing the selected tokens and their importance (query: each unit shaded by its "
                                                  "share of the evidence)")

@@ -6,7 +6,7 @@ import ipaddress
 import os
 import sys
 
-from steerc.cli.common import DEVICES, add_backend_option
+from steerc.cli.common import DEVICES, add_backend_option, add_kv_store_dtype_option
 from steerc.errors import SteercError
 
 __all__ = ["add_serve_parser", "cmd_serve"]
@@ -35,13 +35,14 @@ def cmd_serve(args) -> int:
                                   max_concurrency=args.max_concurrency, max_queue=args.max_queue, max_batch=args.max_batch, prefill_chunk=args.prefill_chunk, request_timeout_s=args.request_timeout, store_timeout_s=args.store_timeout,
                                   max_body_bytes=args.max_body_bytes, kv_store=args.kv_store, memory_store_bytes=args.memory_store_mb << 20,
                                   kv_store_max_bytes=None if args.kv_store_max_gb is None else int(args.kv_store_max_gb * (1 << 30)),
+                                  kv_store_dtype=args.kv_store_dtype,
                                   model_name=args.model_name, chat=not args.no_chat)
     except ValueError as exc:
         raise SteercError(f"invalid option: {exc}") from None
     steer_defaults = steer_config(args)
     engine = Engine.load(args.engine, device=args.device, threads=args.threads, backend=args.backend)
     check_profile(args, engine)
-    store = open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s, settings.kv_store_max_bytes)
+    store = open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s, settings.kv_store_max_bytes, settings.kv_store_dtype)
     app = create_app(engine, settings, store, steer_defaults, steer_values(args))
     name = app.state.steerc.service.model_name
     print(f"steerc serve: {name} ({engine.max_seq_len} tokens) on http://{settings.host}:{settings.port}/v1  "
@@ -67,6 +68,7 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--memory-store-mb", type=int, default=1024, help="in-memory store budget (MiB)")
     p.add_argument("--kv-store-max-gb", type=float, default=None, help="disk store budget (GiB): a write first evicts the least recently read "
                                                                        "entries; pinned contexts and KVs still in use are kept (default: unbounded)")
+    add_kv_store_dtype_option(p)
     p.add_argument("--max-concurrency", type=int, default=8, help="requests worked on at once: planning, context preparation, prefill and decode (default 8)")
     p.add_argument("--max-batch", type=int, default=8, help="running generations whose decode steps share one engine call (continuous batching; "
                                                             "at most the engine's compiled --max-batch; 1: one at a time; default 8)")

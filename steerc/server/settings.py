@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from steerc.settings_base import JsonDataclass
+from steerc.stores import KV_SCHEMES
 
 __all__ = ["ServerSettings"]
 
@@ -43,6 +44,7 @@ class ServerSettings(JsonDataclass):
     memory_store_bytes: int = 1 << 30
     kv_store_max_bytes: int | None = None  # a disk store's budget (None: unbounded); least recently read entries are evicted
     gc_interval_s: float = 600.0  # the store's garbage collector runs at start-up and this often
+    kv_store_dtype: str = "engine"  # how stored KVs are kept at rest (steerc.stores.KV_SCHEMES)
     store_timeout_s: float = 10.0
     model_name: str | None = None
     chat: bool = True
@@ -59,6 +61,8 @@ class ServerSettings(JsonDataclass):
         _positive_int("max_queue", self.max_queue, 0)
         _positive_int("max_batch", self.max_batch)
         _positive_int("prefill_chunk", self.prefill_chunk, 16)
+        if self.kv_store_dtype not in KV_SCHEMES:
+            raise ValueError(f"kv_store_dtype must be one of {', '.join(KV_SCHEMES)}, got {self.kv_store_dtype!r}")
         if self.kv_store_max_bytes is not None:
             _positive_int("kv_store_max_bytes", self.kv_store_max_bytes, 1 << 20)
         for name in ("request_timeout_s", "store_timeout_s", "gc_interval_s"):

@@ -45,7 +45,8 @@ class ServerState:
              steer_presets: Mapping[str, Any] | None = None) -> ServerState:
         """The state of a new server: ``store`` (default: the one ``settings.kv_store`` names)
         wrapped by the service, and its failures counted in the metrics; ``steer_presets``: see :class:`~steerc.server.service.Service`."""
-        store = store if store is not None else open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s, settings.kv_store_max_bytes)
+        store = store if store is not None else open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s, settings.kv_store_max_bytes,
+                                                           settings.kv_store_dtype)
         service = Service(engine, store, settings, steer_defaults, steer_presets)
         admission = Admission(settings.max_concurrency, settings.max_queue)
         metrics = Metrics(lambda: admission.waiting, lambda: admission.active, lambda: service.batcher.running, lambda: service.batcher.waiting)

@@ -117,8 +117,9 @@ class BuildJob:
                                                 progress=self.report(f"importance pass {i + 1}/2"))
                 passes.append(imp[:, :, len(h) :].sum(1))  # [L, N], heads summed
                 if i == 0 and self.base_kv is None:
-                    self.base_kv = cache  # the analysis graph's KV equals the plain graph's
-                    save_prepared(self.store, plain_context(self.engine, self.head, self.context_ids, cache, time.perf_counter() - self.start))
+                    plain = plain_context(self.engine, self.head, self.context_ids, cache, time.perf_counter() - self.start)  # the analysis graph's KV equals the plain graph's
+                    save_prepared(self.store, plain)
+                    self.base_kv = plain.kv  # as the store gives it back
             return StoredContext({"importance": np.stack(passes)}, {"kind": "importance", "window": window})  # [2, L, N]
 
         entry, _ = get_or_build(self.store, importance_key(self.engine, self.heads, self.context_ids, window), build)

@@ -154,7 +154,7 @@ def save_prepared(store: ContextStore, prepared: PreparedContext) -> None:
     holders, then the entry. A reader that finds the entry finds its KV (or recomputes both)."""
     if prepared.kv_key is None:
         prepared.kv_key = content_kv_key(prepared.kv)
-    save_kv(store, prepared.kv_key, prepared.kv)
+    prepared.kv = save_kv(store, prepared.kv_key, prepared.kv)  # as a reader will get it back
     store.add_ref(prepared.kv_key, prepared.key)
     store.put(prepared.key, prepared.to_stored())
 

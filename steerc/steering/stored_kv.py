@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 
 from steerc.runtime.kv_cache import KVCache
+from steerc.steering.kv_codec import decode, encode
 from steerc.stores import ContextStore, StoredContext
 
 __all__ = ["kv_of_tensors", "kv_entry", "kv_from_entry", "load_kv", "save_kv"]
@@ -37,15 +38,21 @@ def kv_of_tensors(tensors: dict, keyless) -> KVCache:
     return KVCache.from_flat([tensors[f"kv.{i}"] for i in range(count)], tuple(int(layer) for layer in keyless))
 
 
-def kv_entry(kv: KVCache) -> StoredContext:
-    tensors = {f"kv.{i}": a for i, a in enumerate(kv.flat())}
-    return StoredContext(tensors, {"kind": KIND, "length": kv.length, "keyless": list(kv.keyless)})
+def kv_entry(kv: KVCache, scheme: str = "engine") -> StoredContext:
+    """The entry of ``kv``, kept at rest as ``scheme`` (:mod:`steerc.steering.kv_codec`)."""
+    tensors, codec = encode(list(kv.flat()), scheme)
+    return StoredContext(tensors, {"kind": KIND, "length": kv.length, "keyless": list(kv.keyless), "codec": codec})
 
 
 def kv_from_entry(key: str, entry: StoredContext) -> KVCache:
+    """The KV of an entry, in the dtype it was computed in, whatever scheme keeps it."""
     if entry.meta.get("kind") != KIND:
         raise ValueError(f"store entry {key[:12]}… is not a KV (kind {entry.meta.get('kind')!r})")
-    kv = kv_of_tensors(entry.tensors, entry.meta.get("keyless", ()))
+    try:
+        arrays = decode(entry.tensors, entry.meta.get("codec"))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"stored KV {key[:12]}… cannot be decoded: {exc}") from None
+    kv = KVCache.from_flat(arrays, tuple(int(layer) for layer in entry.meta.get("keyless", ())))
     if kv.length != entry.meta.get("length"):
         raise ValueError(f"stored KV {key[:12]}… has {kv.length} positions, its record says {entry.meta.get('length')}")
     return kv
@@ -64,7 +71,12 @@ def load_kv(store: ContextStore, key: str) -> tuple[KVCache | None, str]:
         return None, "miss"
 
 
-def save_kv(store: ContextStore, key: str, kv: KVCache) -> None:
-    """Store ``kv`` under ``key`` unless the store holds it already (content-addressed: same key, same KV)."""
-    if key not in store:
-        store.put(key, kv_entry(kv))
+def save_kv(store: ContextStore, key: str, kv: KVCache) -> KVCache:
+    """Store ``kv`` under ``key`` (at the store's ``kv_scheme``) unless the store holds it already
+    (content-addressed: same key, same KV). Returns the KV as a reader gets it back (``kv`` itself
+    when kept as it is), so the request that prepared it answers as every later one will."""
+    scheme = getattr(store, "kv_scheme", "engine")
+    entry = kv_entry(kv, scheme) if scheme != "engine" or key not in store else None
+    if entry is not None and key not in store:
+        store.put(key, entry)
+    return kv if scheme == "engine" else kv_from_entry(key, entry)

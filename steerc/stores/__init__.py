@@ -37,8 +37,11 @@ from steerc.stores.tiered import TieredStore
 
 __all__ = [
     "StoredContext", "StoreStats", "CorruptEntryError", "StoreUnavailableError", "check_key", "context_key", "entry_to_bytes", "entry_from_bytes",
-    "ContextStore", "KeyLocks", "MemoryStore", "NullStore", "DiskStore", "TieredStore", "BACKING_STORES", "default_root", "open_store",
+    "ContextStore", "KeyLocks", "MemoryStore", "NullStore", "DiskStore", "TieredStore", "BACKING_STORES", "KV_SCHEMES", "default_root", "open_store",
 ]  # fmt: skip
+
+
+KV_SCHEMES = ("engine", "fp16", "int8")  # steerc.steering.kv_codec implements them; the store only records the choice
 
 
 def default_root() -> Path:
@@ -46,12 +49,21 @@ def default_root() -> Path:
     return Path(os.environ.get("STEERC_CONTEXT_STORE") or "~/.cache/steerc/contexts").expanduser()
 
 
-def open_store(spec: str | None, memory_bytes: int = 1 << 30, timeout: float = 60.0, disk_bytes: int | None = None) -> ContextStore:
+def open_store(spec: str | None, memory_bytes: int = 1 << 30, timeout: float = 60.0, disk_bytes: int | None = None, kv_scheme: str = "engine") -> ContextStore:
     """``None``: memory + disk at :func:`default_root`; ``"memory"``: memory only; otherwise memory
     in front of the backing store the spec names (:mod:`steerc.stores.registry`: a folder path or
     ``file://``, ``redis://host:port/db`` shared by processes, ...), each of its commands failing
     after ``timeout`` seconds. ``disk_bytes``: the budget of a disk store (None: unbounded; a
-    Redis store is bounded by Redis's own ``maxmemory``)."""
+    Redis store is bounded by Redis's own ``maxmemory``). ``kv_scheme``: how KVs are kept at rest,
+    one of :data:`KV_SCHEMES` (``engine``: as computed; ``fp16``; ``int8`` with per-vector scales)."""
+    if kv_scheme not in KV_SCHEMES:
+        raise SteercError(f"the stored KV dtype must be one of {', '.join(KV_SCHEMES)}, got {kv_scheme!r}")
+    store = _open_store(spec, memory_bytes, timeout, disk_bytes)
+    store.kv_scheme = kv_scheme
+    return store
+
+
+def _open_store(spec: str | None, memory_bytes: int, timeout: float, disk_bytes: int | None) -> ContextStore:
     if spec is None:
         return TieredStore(MemoryStore(memory_bytes), DiskStore(default_root(), disk_bytes))
     if not spec.strip():

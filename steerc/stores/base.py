@@ -172,6 +172,7 @@ class ContextStore(abc.ABC):
     where a hit came from (``memory``, ``disk``, ``redis``)."""
 
     tier = "store"
+    kv_scheme = "engine"  # how KV entries are kept at rest: "engine" (as computed), "fp16", "int8" (steerc.steering.kv_codec)
 
     def __init__(self) -> None:
         self.stats = StoreStats()

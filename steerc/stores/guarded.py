@@ -96,6 +96,7 @@ class GuardedStore(ContextStore):
         self.inner, self.backoff, self.on_error = inner, backoff or Backoff(), on_error
         self.tier = inner.tier
         self.stats = inner.stats
+        self.kv_scheme = inner.kv_scheme
         self.fallback: ContextStore | None = getattr(inner, "memory", None)  # a tiered store's memory tier
         self.errors: dict[tuple[str, str], int] = {}
         self.last_error: str | None = None
@@ -265,7 +266,7 @@ class RaisingStore(ContextStore):
     def __init__(self, guard: GuardedStore, prefix: str) -> None:
         super().__init__()
         self.guard, self.prefix = guard, prefix
-        self.tier, self.stats = guard.tier, guard.stats
+        self.tier, self.stats, self.kv_scheme = guard.tier, guard.stats, guard.kv_scheme
 
     def _run(self, operation: str, fn: Callable[[], Any]) -> Any:
         return self.guard._raising(f"{self.prefix}_{operation}", fn)
