@@ -28,7 +28,7 @@ from typing import Any
 
 from steerc.errors import ModelNotFoundError, UnsupportedArchitectureError
 
-__all__ = ["DEFAULT_MODEL", "ModelSource", "LoadedModel", "resolve_model", "checkpoint_folder", "load_model", "cache_dir", "sha256_file"]
+__all__ = ["DEFAULT_MODEL", "ModelSource", "LoadedModel", "resolve_model", "checkpoint_folder", "load_config", "load_model", "cache_dir", "sha256_file"]
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,17 @@ def checkpoint_folder(spec: str | ModelSource | None) -> tuple[Path, str]:
         digest = sha256_file(source.path)
         return _convert_gguf(source.path, digest), digest
     return source.path, _folder_sha256(source.path)
+
+
+def load_config(spec: str | ModelSource | None):
+    """The model's transformers config, without loading or converting any weights (a GGUF file's
+    from its metadata)."""
+    from transformers import AutoConfig
+
+    source = spec if isinstance(spec, ModelSource) else resolve_model(spec)
+    if source.kind == "gguf":
+        return AutoConfig.from_pretrained(str(source.path.parent), gguf_file=source.path.name)
+    return AutoConfig.from_pretrained(source.path)
 
 
 def load_model(spec: str | ModelSource | None, dtype: str = "fp32", attn_implementation: str = "sdpa") -> LoadedModel:
