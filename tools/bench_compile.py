@@ -117,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--engine", required=True, help="engine folder (replaced)")
     parser.add_argument("--out", help="write the result as JSON here")
     parser.add_argument("--interval", type=float, default=0.25, help="seconds between memory samples")
-    parser.add_argument("extra", nargs="*", help="more `steerc compile` arguments (after --)")
-    args = parser.parse_args(argv)
-    result = measure(args.model, Path(args.engine), args.extra, args.interval)
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # more `steerc compile` arguments
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    result = measure(args.model, Path(args.engine), extra, args.interval)
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
