@@ -24,7 +24,8 @@ from steerc.build.steerable import capture_steerable
 from steerc.build.verify import WEIGHT_TOLERANCE, importance_check, queries_check, selector_check, self_check
 from steerc.engine_format import FORMAT, FORMAT_VERSION, MANIFEST_FILE, write_json_atomic, write_manifest
 from steerc.errors import EngineError, MissingDependencyError, require
-from steerc.models import load_model
+from steerc.build.memory_estimate import check_compile_memory, skip_requested
+from steerc.models import load_config, load_model, resolve_model
 from steerc.progress import StageTracker
 from steerc.settings import CompileSettings
 
@@ -74,8 +75,12 @@ def _verify_session(model_path: Path, settings: CompileSettings):
                           "(valid with --target tensorrt too), or pass --no-verify to write it unchecked") from None
 
 
-def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSettings | None = None, force: bool = False, tracker: StageTracker | None = None) -> dict:
-    """Compile ``model`` (see :func:`steerc.models.resolve_model`) into ``out_dir``; returns the manifest."""
+def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSettings | None = None, force: bool = False, tracker: StageTracker | None = None,
+                   memory_check: bool = True) -> dict:
+    """Compile ``model`` (see :func:`steerc.models.resolve_model`) into ``out_dir``; returns the manifest.
+    ``memory_check``: refuse, before loading anything, a compile whose estimated peak memory
+    exceeds what is available (:mod:`steerc.build.memory_estimate`; ``STEERC_SKIP_MEMORY_CHECK=1``
+    turns it off too)."""
     settings = settings or CompileSettings()
     tracker = tracker or StageTracker()
     out_dir = Path(out_dir).expanduser().absolute()
@@ -88,10 +93,13 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
             raise MissingDependencyError(reason)
         if chosen is engine_backend and settings.verify:
             require("onnxruntime", "the ONNX backend")
+    source = resolve_model(model)
+    if memory_check and not skip_requested():  # from the config alone: before minutes of loading, not an OOM kill midway
+        check_compile_memory(load_config(source), settings)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
     with tracker.stage("load"):
-        loaded = load_model(model, settings.dtype, settings.attn_implementation)
+        loaded = load_model(source, settings.dtype, settings.attn_implementation)
     sp = capture_steerable(loaded.model, settings, on_stage=tracker.stage)
     selector_source = None
     if sp.analysis is not None:  # the selector graph covers the layers up to the last default selector head

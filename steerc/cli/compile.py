@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from steerc.cli.common import DEVICES, add_backend_option, analysis_line, deploy_lines, rich_console, verify_line
+from steerc.build.memory_estimate import SKIP_ENV, SKIP_FLAG
 from steerc.errors import SteercError
 
 __all__ = ["STAGES", "add_compile_parser", "cmd_compile"]
@@ -63,7 +64,7 @@ def cmd_compile(args) -> int:
         console.print(f"  {tag:<18} {mark} {seconds:6.1f} s")
 
     start = time.perf_counter()
-    manifest = compile_engine(model, args.output, settings, force=args.force, tracker=StageTracker(listener))
+    manifest = compile_engine(model, args.output, settings, force=args.force, tracker=StageTracker(listener), memory_check=not args.skip_memory_check)
     total = time.perf_counter() - start
     report = manifest["passes"][0]
     g = manifest["geometry"]
@@ -125,4 +126,6 @@ def add_compile_parser(sub) -> None:
                    help="KV update of the step graph: concat (present = past + new, a copy per call; default) or in-place "
                    "(preallocated buffers the graph writes into: no copy of the past per decode step)")
     p.add_argument("--force", action="store_true", help="replace an existing engine folder")
+    p.add_argument(SKIP_FLAG, dest="skip_memory_check", action="store_true",
+                   help=f"compile even when the peak memory estimated from the config exceeds the memory available (also {SKIP_ENV}=1)")
     p.set_defaults(func=cmd_compile)

@@ -28,7 +28,7 @@ from typing import Any
 
 from steerc.errors import ModelNotFoundError, UnsupportedArchitectureError
 
-__all__ = ["DEFAULT_MODEL", "ModelSource", "LoadedModel", "resolve_model", "checkpoint_folder", "load_model", "cache_dir", "sha256_file"]
+__all__ = ["DEFAULT_MODEL", "ModelSource", "LoadedModel", "resolve_model", "checkpoint_folder", "check_architecture", "load_config", "load_model", "cache_dir", "sha256_file"]
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +166,10 @@ def checkpoint_folder(spec: str | ModelSource | None) -> tuple[Path, str]:
     return source.path, _folder_sha256(source.path)
 
 
-def load_model(spec: str | ModelSource | None, dtype: str = "fp32", attn_implementation: str = "sdpa") -> LoadedModel:
-    """Load a causal LM and its tokenizer (None if the checkpoint ships none), in eval mode."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def check_architecture(config) -> None:
+    """Raise :class:`UnsupportedArchitectureError` when transformers has no causal-LM head for ``config``."""
+    from transformers import AutoModelForCausalLM
 
-    source = spec if isinstance(spec, ModelSource) else resolve_model(spec)
-    folder, digest = checkpoint_folder(source)
-    config = AutoConfig.from_pretrained(folder)
     try:
         AutoModelForCausalLM._model_mapping[type(config)]  # noqa: B018 - raises KeyError when unsupported
     except KeyError:
@@ -181,6 +177,30 @@ def load_model(spec: str | ModelSource | None, dtype: str = "fp32", attn_impleme
             f"architecture '{config.model_type}' ({', '.join(config.architectures or [])}) has no causal-LM head in transformers: "
             "steerc compiles decoder-only causal language models (tested: llama, qwen2, mistral, gemma2, gemma3, phi3, gpt2)"
         ) from None
+
+
+def load_config(spec: str | ModelSource | None):
+    """The model's transformers config, without loading or converting any weights (a GGUF file's
+    from its metadata); raises :class:`UnsupportedArchitectureError` as :func:`load_model` does."""
+    from transformers import AutoConfig
+
+    source = spec if isinstance(spec, ModelSource) else resolve_model(spec)
+    if source.kind == "gguf":
+        config = AutoConfig.from_pretrained(str(source.path.parent), gguf_file=source.path.name)
+    else:
+        config = AutoConfig.from_pretrained(source.path)
+    check_architecture(config)
+    return config
+
+
+def load_model(spec: str | ModelSource | None, dtype: str = "fp32", attn_implementation: str = "sdpa") -> LoadedModel:
+    """Load a causal LM and its tokenizer (None if the checkpoint ships none), in eval mode."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = spec if isinstance(spec, ModelSource) else resolve_model(spec)
+    folder, digest = checkpoint_folder(source)
+    check_architecture(AutoConfig.from_pretrained(folder))
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, attn_implementation=attn_implementation)
     model.eval()

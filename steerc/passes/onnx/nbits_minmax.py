@@ -42,6 +42,34 @@ def minmax_blocks(w: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray
     return q, d.astype(np.float32), lo.astype(np.float32)
 
 
+# Output channels quantized at a time: the float temporaries of one weight stay a slice of it
+# (an LM head of 128256 x 2048 would otherwise hold several 1 GiB copies at once).
+ROW_CHUNK = 4096
+
+
+def _quantize_rows(wt: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """``wt [N, K]`` (any float dtype, any strides) -> ``q [N, nb, bs]``, ``d``, ``z``, ``r [N, nb]``
+    (:func:`minmax_blocks` then :func:`_centre`) and the largest absolute rebuild error, computed
+    :data:`ROW_CHUNK` output channels at a time; each row's result is that of the whole matrix."""
+    n, k = wt.shape
+    if k % block_size:
+        raise ValueError(f"K={k} is not a multiple of the block size {block_size}")
+    nb = k // block_size
+    q = np.empty((n, nb, block_size), np.uint8)
+    d, r = np.empty((n, nb), np.float32), np.empty((n, nb), np.float32)
+    z = np.empty((n, nb), np.uint8)
+    error = 0.0
+    for start in range(0, n, ROW_CHUNK):
+        rows = np.ascontiguousarray(wt[start:start + ROW_CHUNK], dtype=np.float32)  # [c, K]
+        end = start + rows.shape[0]
+        qc, dc, mc = minmax_blocks(rows.T, bits, block_size)
+        zc, rc = _centre(dc, mc, bits)
+        rebuilt = dc[..., None] * (qc.astype(np.float32) - zc[..., None]) + rc[..., None]  # [c, nb, bs]
+        error = max(error, float(np.abs(rebuilt - rows.reshape(-1, nb, block_size)).max()))
+        q[start:end], d[start:end], z[start:end], r[start:end] = qc, dc, zc, rc
+    return q, d, z, r, error
+
+
 def _pack(q: np.ndarray, bits: int) -> np.ndarray:
     """``q [N, nb, bs]`` -> MatMulNBits' ``B [N, nb, bs * bits / 8]`` (low nibble first)."""
     if bits == 8:
@@ -156,12 +184,10 @@ def quantize_matmuls_minmax(model, bits: int, block_size: int, accuracy_level: i
         parts = []
         for member in members:
             name, transposed = weight[id(member)]
-            w = numpy_helper.to_array(inits[name]).astype(np.float32)
-            w = w.T if transposed else w
-            q, d, m = minmax_blocks(w, group_bits, block_size)
-            z, r = _centre(d, m, group_bits)
-            rebuilt = d[..., None] * (q.astype(np.float32) - z[..., None]) + r[..., None]
-            errors[group_bits] = max(errors.get(group_bits, 0.0), float(np.abs(rebuilt - w.T.reshape(w.shape[1], nb, block_size)).max()))
+            w = numpy_helper.to_array(inits[name])  # stored [N, K] when transposed, else [K, N]
+            q, d, z, r, error = _quantize_rows(w if transposed else w.T, group_bits, block_size)
+            del w
+            errors[group_bits] = max(errors.get(group_bits, 0.0), error)
             parts.append((q, d, z, r))
             consumers[member.input[1]] -= 1
             if transposed and consumers[member.input[1]] == 0:

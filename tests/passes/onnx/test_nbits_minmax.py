@@ -138,3 +138,18 @@ def test_tied_head_is_quantized_at_head_bits():
 def report_4bit_error(table: np.ndarray) -> float:
     q, d, m = minmax_blocks(table.T, 4, BLOCK)
     return float(np.abs((d[..., None] * q + m[..., None]).reshape(table.shape) - table).max())
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_chunked_rows_equal_the_whole_matrix(monkeypatch, transposed):
+    from steerc.passes.onnx import nbits_minmax
+
+    w = np.random.default_rng(3).standard_normal((64, 40)).astype(np.float32)  # [K, N]
+    wt = np.ascontiguousarray(w.T) if transposed else w.T  # [N, K], contiguous or a strided view
+    q, d, m = minmax_blocks(w, 4, 32)
+    z, r = nbits_minmax._centre(d, m, 4)
+    monkeypatch.setattr(nbits_minmax, "ROW_CHUNK", 16)  # 40 rows: chunks of 16, 16, 8
+    qc, dc, zc, rc, error = nbits_minmax._quantize_rows(wt, 4, 32)
+    assert np.array_equal(qc, q) and np.array_equal(dc, d) and np.array_equal(zc, z) and np.array_equal(rc, r)
+    rebuilt = d[..., None] * (q.astype(np.float32) - z[..., None]) + r[..., None]
+    assert error == float(np.abs(rebuilt - w.T.reshape(40, 2, 32)).max()) and 0 < error < 0.2
