@@ -41,9 +41,9 @@ class Metrics:
                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32), registry=r)
         Gauge("steerc_decode_batch_rows", "Generations in the decode batch now", registry=r).set_function(batch_rows)
         Gauge("steerc_decode_batch_waiting", "Prefilled generations waiting for a row in the decode batch", registry=r).set_function(batch_waiting)
-        self.gc_removed = Counter("steerc_store_gc_removed", "What the store's garbage collector removed, by kind (temp_files, stale_marks, orphans)", ["kind"],
+        self.gc_removed = Counter("steerc_store_gc_removed", "What the store's garbage collector removed, by kind (temp_files, stale_marks, orphans, expired_pins)", ["kind"],
                                   registry=r)
-        for kind in ("temp_files", "stale_marks", "orphans"):
+        for kind in ("temp_files", "stale_marks", "orphans", "expired_pins"):
             self.gc_removed.labels(kind)
         for result in ("hit", "miss"):
             self.cache.labels(result)  # exported as 0 before the first lookup

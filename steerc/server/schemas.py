@@ -91,15 +91,19 @@ class _SteerSource(_Strict):
         return {k: v for k, v in super().overrides().items() if k not in ("context", "context_id")}
 
 
+MAX_TTL_S = 10 * 366 * 86400  # ten years: a longer TTL is a mistake, not a wish
+
+
 class _ContextFields(_Strict):
     """``POST /v1/contexts``: prepare (and store) a steered context once."""
 
     model: str | None = None
     context: Annotated[str, Field(min_length=1)]
-    pin: bool = False  # never evicted from a store with a budget (until DELETE)
+    pin: bool = False  # never evicted from a store with a budget (until DELETE, or ttl_s)
+    ttl_s: Annotated[int, Field(ge=1, le=MAX_TTL_S)] | None = None  # the registration expires this many seconds after it is (re)registered
 
     def overrides(self) -> dict:
-        return {k: v for k, v in super().overrides().items() if k not in ("context", "model", "pin")}
+        return {k: v for k, v in super().overrides().items() if k not in ("context", "model", "pin", "ttl_s")}
 
 
 def _steer_models(options: type[_SteerFields]) -> tuple[type, type]:

@@ -199,8 +199,9 @@ class ContextStore(abc.ABC):
     def ping(self) -> None:
         """Check that the store answers (cheaply); raises :class:`StoreUnavailableError` if not."""
 
-    def pin(self, key: str) -> None:
-        """Never evict ``key`` until :meth:`unpin` (stores without a budget keep everything anyway)."""
+    def pin(self, key: str, until: float | None = None) -> None:
+        """Never evict ``key`` until :meth:`unpin` or the Unix time ``until`` (stores without a
+        budget keep everything anyway)."""
 
     def unpin(self, key: str) -> None:
         """Let ``key`` be evicted again."""

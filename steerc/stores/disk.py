@@ -97,7 +97,8 @@ class DiskStore(ContextStore):
             if len(data) > self.max_bytes:
                 log.warning("context %s (%d bytes) exceeds the disk store budget of %d bytes; not stored", key, len(data), self.max_bytes)
                 return
-            self._make_room(len(data), key)
+            if not self._make_room(len(data), key):
+                return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
@@ -150,13 +151,14 @@ class DiskStore(ContextStore):
             out.setdefault(mark.parent.name, set()).add(mark.name)
         return out
 
-    def _make_room(self, need: int, keep: str) -> None:
+    def _make_room(self, need: int, keep: str) -> bool:
         """Evict least-recently-used entries until ``need`` more bytes fit the budget (``keep``,
-        the entry being written, replaces its old file and is not evicted)."""
+        the entry being written, replaces its old file and is not evicted); False when they
+        cannot (the rest is pinned or held): the write is then dropped, a miss later."""
         entries = self._entries()
         used = sum(st.st_size for k, st in entries.items() if k != keep)
         if used + need <= self.max_bytes:
-            return
+            return True
         holders, pinned = self._holders(), self.pinned()
         order = sorted((st.st_mtime, k) for k, st in entries.items() if k != keep)
         progress = True
@@ -176,35 +178,50 @@ class DiskStore(ContextStore):
                 progress = True
                 break
         if used + need > self.max_bytes:
-            log.warning("the disk context store at %s holds %d bytes of pinned or referenced entries; a %d-byte write passes its budget of %d bytes",
-                        self.root, used, need, self.max_bytes)
+            log.warning("the disk context store at %s holds %d bytes of pinned or referenced entries; a %d-byte write would pass its budget of %d "
+                        "bytes and is dropped (raise --kv-store-max-gb, or unpin contexts)", self.root, used, need, self.max_bytes)
+            return False
+        return True
 
     # -- pins -----------------------------------------------------------------------------
     def _pin_path(self, key: str) -> Path:
         return self.root / "pins" / check_key(key)[:2] / key
 
-    def pin(self, key: str) -> None:
-        """Never evict ``key`` (until :meth:`unpin`); pins are shared by every process on the folder."""
+    def pin(self, key: str, until: float | None = None) -> None:
+        """Never evict ``key`` until :meth:`unpin`, or until the Unix time ``until`` (a TTL); pins
+        are shared by every process on the folder."""
+        path = self._pin_path(key)
         try:
-            self._pin_path(key).parent.mkdir(parents=True, exist_ok=True)
-            self._pin_path(key).touch()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
+            with os.fdopen(fd, "w") as fh:
+                fh.write("" if until is None else repr(float(until)))
+            os.replace(tmp, path)
         except OSError as exc:
             raise self._failed("write a pin", exc) from None
 
     def unpin(self, key: str) -> None:
         self._unlink(self._pin_path(key))
 
-    def pinned(self) -> set[str]:
-        return {p.name for p in self.root.glob("pins/[0-9a-f][0-9a-f]/*")}
+    def pinned(self, now: float | None = None) -> set[str]:
+        """The keys pinned now (a pin past its ``until`` no longer counts)."""
+        now = time.time() if now is None else now
+        out = set()
+        for path in self.root.glob("pins/[0-9a-f][0-9a-f]/[0-9a-f]*"):
+            until = _pin_until(path)
+            if until is None or until > now:
+                out.add(path.name)
+        return out
 
     # -- garbage collection -------------------------------------------------------------------
     def collect_garbage(self, shared_kinds: tuple[str, ...] = ("kv",), grace_s: float = 600.0) -> dict[str, int]:
         """Remove what a killed process can leave behind, each only once older than ``grace_s``:
         temporary files, reference marks whose holder entry is gone, and entries of a shared
-        kind (``meta["kind"]``, a context's one copy of its KV) that no mark holds. Returns the
-        counts removed (``temp_files``, ``stale_marks``, ``orphans``)."""
+        kind (``meta["kind"]``, a context's one copy of its KV) that no mark holds; and pins past
+        their time (at once). Returns the counts removed (``temp_files``, ``stale_marks``,
+        ``orphans``, ``expired_pins``)."""
         old = time.time() - grace_s
-        removed = {"temp_files": 0, "stale_marks": 0, "orphans": 0}
+        removed = {"temp_files": 0, "stale_marks": 0, "orphans": 0, "expired_pins": 0}
 
         def aged(path: Path) -> bool:
             try:
@@ -212,7 +229,11 @@ class DiskStore(ContextStore):
             except OSError:
                 return False
 
-        for tmp in [*self.root.glob("[0-9a-f][0-9a-f]/.*.tmp"), *self.root.glob(".ping.*.tmp")]:
+        for pin in self.root.glob("pins/[0-9a-f][0-9a-f]/[0-9a-f]*"):
+            until = _pin_until(pin)
+            if until is not None and until <= time.time() and self._unlink(pin):
+                removed["expired_pins"] += 1
+        for tmp in [*self.root.glob("[0-9a-f][0-9a-f]/.*.tmp"), *self.root.glob("pins/*/.*.tmp"), *self.root.glob(".ping.*.tmp")]:
             if aged(tmp) and self._unlink(tmp):
                 removed["temp_files"] += 1
         entries = self._entries()
@@ -273,6 +294,15 @@ class DiskStore(ContextStore):
                 self._unlink(path)
         shutil.rmtree(self.root / "refs", ignore_errors=True)
         shutil.rmtree(self.root / "pins", ignore_errors=True)
+
+
+def _pin_until(path: Path) -> float | None:
+    """A pin file's expiry (None: no expiry, or unreadable, which keeps the pin: never evict by mistake)."""
+    try:
+        text = path.read_text().strip()
+        return float(text) if text else None
+    except (OSError, ValueError):
+        return None
 
 
 def _kind(path: Path) -> str | None:

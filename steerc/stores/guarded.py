@@ -234,8 +234,8 @@ class GuardedStore(ContextStore):
     def clear(self) -> None:
         self._call("clear", self.inner.clear, lambda: None)
 
-    def pin(self, key: str) -> None:
-        self._call("put", lambda: self.inner.pin(key), lambda: None)
+    def pin(self, key: str, until: float | None = None) -> None:
+        self._call("put", lambda: self.inner.pin(key, until), lambda: None)
 
     def unpin(self, key: str) -> None:
         self._call("delete", lambda: self.inner.unpin(key), lambda: None)
@@ -298,8 +298,8 @@ class RaisingStore(ContextStore):
     def clear(self) -> None:
         self._run("clear", self.guard.inner.clear)
 
-    def pin(self, key: str) -> None:
-        self._run("put", lambda: self.guard.inner.pin(key))
+    def pin(self, key: str, until: float | None = None) -> None:
+        self._run("put", lambda: self.guard.inner.pin(key, until))
 
     def unpin(self, key: str) -> None:
         self._run("delete", lambda: self.guard.inner.unpin(key))

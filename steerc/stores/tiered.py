@@ -63,8 +63,8 @@ class TieredStore(ContextStore):
     def drop_ref(self, target: str, holder: str) -> int:
         return self.backing.drop_ref(target, holder)
 
-    def pin(self, key: str) -> None:
-        self.backing.pin(key)
+    def pin(self, key: str, until: float | None = None) -> None:
+        self.backing.pin(key, until)
 
     def unpin(self, key: str) -> None:
         self.backing.unpin(key)

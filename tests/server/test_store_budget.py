@@ -49,3 +49,19 @@ def test_a_budgeted_store_stays_within_it_and_keeps_what_is_pinned(tiny_text_eng
         assert srv.metric("steerc_store_evicted_entries", tier="disk") > 0
     finally:
         srv.stop()
+
+
+def test_a_registration_with_a_ttl_expires_and_bad_ttls_are_refused(server):
+    with server.client() as c:
+        r = c.post("/v1/contexts", json={"context": CONTEXT + " (ttl test)", "ttl_s": 1})
+        assert r.status_code == 200 and r.json()["ttl_left_s"] in (0, 1)
+        context_id = r.json()["id"]
+        assert c.get(f"/v1/contexts/{context_id}").status_code == 200
+        time.sleep(1.2)
+        gone = c.get(f"/v1/contexts/{context_id}")
+        assert gone.status_code == 404 and "expired" in gone.json()["error"]["message"]
+        assert c.get(f"/v1/contexts/{context_id}").status_code == 404  # deleted, not only hidden
+        for bad in (-5, 0, 10**10, 1.5, "soon"):
+            r = c.post("/v1/contexts", json={"context": CONTEXT, "ttl_s": bad})
+            assert r.status_code == 400 and "ttl_s" in r.text, (bad, r.text)
+        assert c.post("/v1/contexts", json={"context": CONTEXT, "pin": "yes please"}).status_code == 400

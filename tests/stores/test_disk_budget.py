@@ -114,7 +114,23 @@ def test_garbage_collection_removes_what_a_killed_writer_left_and_nothing_live(t
     mark = tmp_path / "refs" / key("held")[:2] / key("held") / key("gone")
     os.utime(mark, (old, old))
     removed = store.collect_garbage(("kv",), grace_s=600)
-    assert removed == {"temp_files": 1, "stale_marks": 1, "orphans": 1}
+    assert removed == {"temp_files": 1, "stale_marks": 1, "orphans": 1, "expired_pins": 0}
     assert key("orphan") not in store and not tmp.exists() and not mark.exists()
     assert all(key(n) in store for n in ("held", "live", "plain", "young"))
-    assert store.collect_garbage(("kv",), grace_s=600) == {"temp_files": 0, "stale_marks": 0, "orphans": 0}  # idempotent
+    assert store.collect_garbage(("kv",), grace_s=600) == {"temp_files": 0, "stale_marks": 0, "orphans": 0, "expired_pins": 0}  # idempotent
+
+
+def test_a_pin_with_a_time_ends_then(tmp_path):
+    store = DiskStore(tmp_path, max_bytes=2 * SIZE + 10)
+    store.put(key("ttl"), entry())
+    store.pin(key("ttl"), until=time.time() + 3600)
+    store.put(key("forever"), entry())
+    store.pin(key("forever"))
+    store.put(key("e0"), entry())  # nothing evictable: both pinned, so the write is dropped (the budget holds)
+    assert key("ttl") in store and key("forever") in store and key("e0") not in store
+    assert store.pinned(now=time.time() + 7200) == {key("forever")}  # the first pin ends in an hour
+    store.pin(key("ttl"), until=time.time() - 1)  # ended
+    assert store.pinned() == {key("forever")}
+    store.put(key("e1"), entry())
+    assert key("ttl") not in store and key("forever") in store
+    assert store.collect_garbage(("kv",), grace_s=600)["expired_pins"] == 1 and store.pinned() == {key("forever")}
