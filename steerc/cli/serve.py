@@ -31,7 +31,8 @@ def cmd_serve(args) -> int:
     from steerc.stores import default_root, open_store
 
     try:
-        settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("STEERC_API_KEY") or None,
+        settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key or (None if args.api_keys else os.environ.get("STEERC_API_KEY")) or None,
+                                  api_keys_file=args.api_keys, share_contexts=args.share_contexts,
                                   max_concurrency=args.max_concurrency, max_queue=args.max_queue, max_batch=args.max_batch, prefill_chunk=args.prefill_chunk, request_timeout_s=args.request_timeout, store_timeout_s=args.store_timeout,
                                   max_body_bytes=args.max_body_bytes, kv_store=args.kv_store, memory_store_bytes=args.memory_store_mb << 20,
                                   kv_store_max_bytes=None if args.kv_store_max_gb is None else int(args.kv_store_max_gb * (1 << 30)),
@@ -47,8 +48,8 @@ def cmd_serve(args) -> int:
     name = app.state.steerc.service.model_name
     print(f"steerc serve: {name} ({engine.max_seq_len} tokens) on http://{settings.host}:{settings.port}/v1  "
           f"[{settings.max_concurrency} concurrent, batch {app.state.steerc.service.batcher.max_batch}, queue {settings.max_queue}, timeout {settings.request_timeout_s:g} s, "
-          f"KV store {settings.kv_store or 'memory + ' + str(default_root())}, API key {'required' if settings.api_key else 'off'}]", file=sys.stderr, flush=True)
-    if not _loopback(settings.host) and not settings.api_key:
+          f"KV store {settings.kv_store or 'memory + ' + str(default_root())}, API key {'required' if settings.api_key else ('per tenant' if settings.api_keys_file else 'off')}]", file=sys.stderr, flush=True)
+    if not _loopback(settings.host) and not settings.api_key and not settings.api_keys_file:
         print(f"steerc serve: warning: listening on {settings.host} without an API key; anyone who can reach it can use it (set --api-key)", file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
@@ -62,6 +63,9 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health (or set STEERC_API_KEY)")
+    p.add_argument("--api-keys", default=None, metavar="FILE", help="one 'TENANT KEY' per line: each tenant's contexts are kept apart "
+                                                                     "(ids, entries, reads and deletes), and another tenant's id answers 404")
+    p.add_argument("--share-contexts", action="store_true", help="with --api-keys: all tenants share one store namespace")
     p.add_argument("--kv-store", default=None, help="prepared-context store: 'memory', a folder, or redis://host:port/db "
                                                     "(shared by servers); default: memory + ~/.cache/steerc/contexts")
     p.add_argument("--store-timeout", type=float, default=10.0, help="seconds a Redis command may take; past it the request is answered without the store (default 10)")

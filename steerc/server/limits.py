@@ -1,15 +1,14 @@
-"""Admission control, the request body limit and the API key check."""
+"""Admission control and the request body limit (API keys: :mod:`steerc.server.tenants`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 
 from steerc.server.errors import ApiError
 
-__all__ = ["Admission", "BodyLimit", "check_api_key"]
+__all__ = ["Admission", "BodyLimit"]
 
 
 class Admission:
@@ -41,16 +40,6 @@ class Admission:
     def release(self) -> None:
         self.active -= 1
         self._slots.release()
-
-
-def check_api_key(key: str | None, authorization: str | None) -> None:
-    if key is None:
-        return
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), key.encode()):
-        what = "no API key was sent" if not authorization else "the API key is wrong"
-        raise ApiError(401, f"{what}: send 'Authorization: Bearer <key>' with the key the server was started with (--api-key or STEERC_API_KEY)",
-                       "authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
 class BodyLimit:

@@ -17,14 +17,17 @@ import time
 from steerc.server.errors import ApiError
 from steerc.steering.prepared import PreparedContext, delete_prepared
 from steerc.stores import ContextStore, StoredContext
+from steerc.stores.namespaced import namespaced_key
 
 __all__ = ["ContextRegistry", "context_id_of"]
 
 _ID = re.compile(r"^ctx-([0-9a-f]{64})$")
 
 
-def context_id_of(prepared_key: str) -> str:
-    return f"ctx-{prepared_key}"
+def context_id_of(prepared_key: str, namespace: str | None = None) -> str:
+    """``ctx-`` plus the prepared entry's key, mapped into ``namespace`` when there is one (so
+    two tenants registering one text get two ids)."""
+    return f"ctx-{prepared_key if namespace is None else namespaced_key(namespace, prepared_key)}"
 
 
 def _record_key(context_id: str) -> str:
@@ -36,8 +39,10 @@ def _record_key(context_id: str) -> str:
 
 
 class ContextRegistry:
-    def __init__(self, store: ContextStore) -> None:
-        self.store = store
+    """Registration records in ``store``; ``namespace``: the tenant whose ids these are (None: shared)."""
+
+    def __init__(self, store: ContextStore, namespace: str | None = None) -> None:
+        self.store, self.namespace = store, namespace
 
     def save(self, prepared: PreparedContext, text: str, chat: bool, entries: list[str], stats: dict, pin: bool = False, ttl_s: int | None = None) -> dict:
         """File the registration record. The record (a few KB: the text and config) is never
@@ -45,7 +50,7 @@ class ContextRegistry:
         ``pin``: its entries (and so their KV, which they hold) are never evicted either, until :meth:`delete`.
         ``ttl_s``: the registration expires that long after this call (registering again renews
         it): its pins end then, and its next lookup deletes it (404)."""
-        context_id = context_id_of(prepared.key)
+        context_id = context_id_of(prepared.key, self.namespace)
         old = self.store.get(_record_key(context_id))
         pin = pin or bool(old and old.meta.get("pinned"))
         now = time.time()

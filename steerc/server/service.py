@@ -36,6 +36,7 @@ from steerc.server.batching import Batcher
 from steerc.server.errors import ApiError
 from steerc.server.registry import ContextRegistry
 from steerc.server.scheduling import Job
+from steerc.server.tenants import Tenants
 from steerc.server.schemas import ChatCompletionRequest, CompletionRequest, ContextRequest, SteerRequest
 from steerc.server.settings import ServerSettings
 from steerc.steering.answer import Steerer
@@ -44,6 +45,7 @@ from steerc.steering.layout import PromptLayout
 from steerc.steering.methods import METHODS, get_method
 from steerc.stores import ContextStore
 from steerc.stores.guarded import GuardedStore
+from steerc.stores.namespaced import NamespacedStore
 
 __all__ = ["Generation", "Service"]
 
@@ -93,6 +95,7 @@ class Plan:
     config: SteerConfig | None = None
     query: str | None = None
     context_id: str | None = None
+    tenant: str | None = None  # whose store namespace a steered plan uses (None: the shared store)
     result: Generation | None = None  # set once the plan has run
 
 
@@ -107,6 +110,8 @@ class Service:
         self.steer_presets = dict(steer_presets or {})  # flat steering fields for any method a request picks (steerc serve's flags)
         self.layout = PromptLayout.for_tokenizer(engine.tokenizer, settings.chat)
         self.registry = ContextRegistry(self.store.raising("registry"))  # a registered context's record lives only in the store: no degrading (failures counted)
+        self.tenants = Tenants()  # who a request is (set by ServerState.open from the settings)
+        self._views: dict[str, tuple[ContextStore, ContextRegistry]] = {}
         self.model_name = settings.model_name or Path(engine.folder).name
         self.batcher = Batcher(engine, settings.max_batch)
         self.janitor = None  # the store's garbage collector (steerc.server.janitor), set by ServerState.open
@@ -120,6 +125,17 @@ class Service:
     def _generate_fn(self, job: Job):
         """The job's token generator: its rows decode in the shared batch; ``job.check`` runs while they wait."""
         return functools.partial(self.batcher.generate, check=job.check)
+
+    def view(self, tenant: str | None) -> tuple[ContextStore, ContextRegistry]:
+        """The store and registry a tenant's requests use: the shared ones, or the tenant's
+        namespace of them (:class:`~steerc.stores.namespaced.NamespacedStore`)."""
+        namespace = self.tenants.namespace(tenant)
+        if namespace is None:
+            return self.store, self.registry
+        if namespace not in self._views:
+            self._views[namespace] = (NamespacedStore(self.store, namespace),
+                                      ContextRegistry(NamespacedStore(self.store.raising("registry"), namespace), namespace))
+        return self._views[namespace]
 
     def not_ready(self) -> dict[str, str]:
         """What keeps the server from answering well, by part (``engine``, ``store``); empty when ready."""
@@ -155,12 +171,12 @@ class Service:
     def _sampling(self, req) -> SamplingParams:
         return SamplingParams(temperature=float(req.temperature), top_p=float(req.top_p), seed=req.seed)
 
-    def _steered(self, steer: SteerRequest, query: str, max_tokens: int | None, req) -> Plan:
+    def _steered(self, steer: SteerRequest, query: str, max_tokens: int | None, req, tenant: str | None) -> Plan:
         if not query.strip():
             raise ApiError(400, "the question is empty", param="prompt")
         context_id, base = None, None
         if steer.context_id is not None:
-            record = self.registry.get(steer.context_id)
+            record = self.view(tenant)[1].get(steer.context_id)
             context_id, text, base = steer.context_id, record["context"], SteerConfig.from_dict(record["config"])
         else:
             text = steer.context
@@ -172,12 +188,13 @@ class Service:
         question = len(self.layout.query_ids(config.prefixes[0], query))
         used = head + context + question
         room = self._room(used, max_tokens, f"{head} instruction + {context} context + {question} question")
-        return Plan(room, self._sampling(req), self.layout.stop + req.stops, used, context=text, config=config, query=query, context_id=context_id)
+        return Plan(room, self._sampling(req), self.layout.stop + req.stops, used, context=text, config=config, query=query, context_id=context_id,
+                    tenant=tenant)
 
-    def plan_completion(self, req: CompletionRequest) -> list[Plan]:
+    def plan_completion(self, req: CompletionRequest, tenant: str | None = None) -> list[Plan]:
         self.check_model(req.model)
         if req.steer is not None:
-            return [self._steered(req.steer, p, req.max_tokens, req) for p in req.prompts]
+            return [self._steered(req.steer, p, req.max_tokens, req, tenant) for p in req.prompts]
         plans = []
         for i, prompt in enumerate(req.prompts):
             ids = np.asarray(self.engine.tokenizer(prompt)["input_ids"], np.int64)
@@ -185,13 +202,13 @@ class Service:
             plans.append(Plan(room, self._sampling(req), req.stops, len(ids), ids=ids))
         return plans
 
-    def plan_chat(self, req: ChatCompletionRequest) -> list[Plan]:
+    def plan_chat(self, req: ChatCompletionRequest, tenant: str | None = None) -> list[Plan]:
         self.check_model(req.model)
         if req.steer is not None:
             if len(req.messages) != 1 or req.messages[0].role != "user":
                 raise ApiError(400, "with steer, messages must be one user message: the question asked over the context (the context's instruction prefix "
                                     "takes the system prompt's place; set it with steer.prefixes)", param="messages")
-            return [self._steered(req.steer, req.messages[0].text, req.token_limit, req)]
+            return [self._steered(req.steer, req.messages[0].text, req.token_limit, req, tenant)]
         if not self.layout.chat:
             raise ApiError(400, "this engine has no chat template (or the server runs with --no-chat); use /v1/completions", code="chat_unsupported")
         ids = np.asarray(chat_ids(self.engine.tokenizer, [{"role": m.role, "content": m.text} for m in req.messages]), np.int64)
@@ -225,7 +242,7 @@ class Service:
 
     def _stream_steered(self, plan: Plan, job: Job) -> Iterator[str]:
         start = time.perf_counter()
-        steerer = Steerer(self.engine, plan.config, self.store, chat=self.settings.chat, prefill_chunk=self.settings.prefill_chunk,
+        steerer = Steerer(self.engine, plan.config, self.view(plan.tenant)[0], chat=self.settings.chat, prefill_chunk=self.settings.prefill_chunk,
                           generate_fn=self._generate_fn(job))
         prefilled, parts = _Prefilled(job), []
         with self.store.track() as used:
@@ -246,7 +263,7 @@ class Service:
         plan.result = Generation("".join(parts), a.finish_reason, plan.prompt_tokens, len(a.token_ids), _since(job, start) + a.ttft_s, a.decode_tokens_per_s,
                                  a.query_tokens, steer)
 
-    def register(self, job: Job, req: ContextRequest) -> dict:
+    def register(self, job: Job, req: ContextRequest, tenant: str | None = None) -> dict:
         """Prepare (or find) a steered context and file its registration record."""
         self.check_model(req.model)
         config = self._config(req.overrides())
@@ -254,16 +271,17 @@ class Service:
         if not method.registrable:
             raise ApiError(400, f"{config.method} does all its steering per question, so there is nothing to prepare once; register the context with "
                                 f"another method ({', '.join(n for n, m in METHODS.items() if m.registrable)}) and send method '{config.method}' with each request", param="method")
-        steerer = Steerer(self.engine, config, self.store, chat=self.settings.chat, prefill_chunk=self.settings.prefill_chunk)
+        store, registry = self.view(tenant)
+        steerer = Steerer(self.engine, config, store, chat=self.settings.chat, prefill_chunk=self.settings.prefill_chunk)
         prefilled = _Prefilled(job)
         start = time.perf_counter()
         with self.store.track() as used:
             prepared, tier = steerer.prepare(req.context, config, progress=prefilled)
         job.check()
         entries = [prepared.key] if prepared.positions is not None else method.store_keys(steerer.method_context, prepared, config)  # a compacted context is one entry
-        record = self.registry.save(prepared, req.context, self.layout.chat, entries, {"prepare_s": round(prepared.meta.get("prepare_seconds", 0.0), 4)},
+        record = registry.save(prepared, req.context, self.layout.chat, entries, {"prepare_s": round(prepared.meta.get("prepare_seconds", 0.0), 4)},
                                     pin=req.pin, ttl_s=req.ttl_s)
-        out = self.registry.public(record)
+        out = registry.public(record)
         out.update(cache=tier, store=used.state, context_prefill_tokens=prefilled.tokens, seconds=round(time.perf_counter() - start, 4))
         return out
 

@@ -34,6 +34,8 @@ class ServerSettings(JsonDataclass):
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
+    api_keys_file: str | None = None  # TENANT KEY per line (steerc.server.tenants); each tenant's contexts apart
+    share_contexts: bool = False  # tenants share one store namespace (off: each tenant's keys are its own)
     max_concurrency: int = 8
     max_queue: int = 32
     max_batch: int = 8

@@ -20,6 +20,7 @@ from steerc.server.metrics import Metrics
 from steerc.server.scheduling import Scheduler
 from steerc.server.service import Service
 from steerc.server.settings import ServerSettings
+from steerc.server.tenants import Tenants, load_key_file
 from steerc.steering.config import SteerConfig
 from steerc.stores import ContextStore, open_store
 
@@ -48,6 +49,7 @@ class ServerState:
         store = store if store is not None else open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s, settings.kv_store_max_bytes,
                                                            settings.kv_store_dtype)
         service = Service(engine, store, settings, steer_defaults, steer_presets)
+        service.tenants = Tenants(settings.api_key, load_key_file(settings.api_keys_file) if settings.api_keys_file else None, settings.share_contexts)
         admission = Admission(settings.max_concurrency, settings.max_queue)
         metrics = Metrics(lambda: admission.waiting, lambda: admission.active, lambda: service.batcher.running, lambda: service.batcher.waiting)
         service.batcher.on_step = metrics.batch_size.observe

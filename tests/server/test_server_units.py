@@ -6,7 +6,8 @@ import time
 import pytest
 
 from steerc.server.errors import ApiError, validation_message
-from steerc.server.limits import Admission, check_api_key
+from steerc.server.limits import Admission
+from steerc.server.tenants import Tenants
 from steerc.server.metrics import route_label
 from steerc.server.schemas import CompletionRequest
 from steerc.server.settings import ServerSettings
@@ -58,13 +59,16 @@ def test_validation_messages_name_the_field_and_the_value():
 
 
 def test_api_key_check():
-    check_api_key(None, None)
-    check_api_key("k" * 10, "Bearer " + "k" * 10)
-    check_api_key("k" * 10, "bearer " + "k" * 10)
-    for header in (None, "", "Bearer wrong", "Basic " + "k" * 10, "k" * 10):
-        with pytest.raises(ApiError) as info:
-            check_api_key("k" * 10, header)
-        assert info.value.status == 401
+    assert Tenants().check(None) is None
+    one = Tenants(api_key="k" * 10)
+    assert one.check("Bearer " + "k" * 10) is None and one.check("bearer " + "k" * 10) is None
+    many = Tenants(keys={"a" * 10: "team-a", "b" * 10: "team-b"})
+    assert many.check("Bearer " + "a" * 10) == "team-a" and many.check("Bearer " + "b" * 10) == "team-b"
+    for tenants in (one, many):
+        for header in (None, "", "Bearer wrong", "Basic " + "k" * 10, "k" * 10, "Bearer " + "a" * 9):
+            with pytest.raises(ApiError) as info:
+                tenants.check(header)
+            assert info.value.status == 401
 
 
 def test_admission_queues_then_refuses_then_times_out():

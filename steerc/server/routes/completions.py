@@ -24,10 +24,10 @@ def build(bodies: RequestBodies) -> APIRouter:
 
     @router.post("/v1/completions")
     async def completions(request: Request, body: bodies.completion, state: State):
-        return await generate(state, request, body, "/v1/completions", lambda: state.service.plan_completion(body), chat=False, last=len(body.prompts) - 1)
+        return await generate(state, request, body, "/v1/completions", lambda: state.service.plan_completion(body, request.state.tenant), chat=False, last=len(body.prompts) - 1)
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: bodies.chat, state: State):
-        return await generate(state, request, body, "/v1/chat/completions", lambda: state.service.plan_chat(body), chat=True, last=0)
+        return await generate(state, request, body, "/v1/chat/completions", lambda: state.service.plan_chat(body, request.state.tenant), chat=True, last=0)
 
     return router

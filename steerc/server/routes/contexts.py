@@ -21,7 +21,8 @@ def build(bodies: RequestBodies) -> APIRouter:
     @router.post("/v1/contexts")
     async def register_context(request: Request, body: bodies.context, state: State):
         scheduler, service = state.scheduler, state.service
-        job = await scheduler.start(lambda j: j.emit("done", 0, service.register(j, body)))
+        tenant = request.state.tenant
+        job = await scheduler.start(lambda j: j.emit("done", 0, service.register(j, body, tenant)))
         while (item := await scheduler.next_item(job, request))[0] != "end":
             if item[0] == "error":
                 raise scheduler.failure(item[1])
@@ -30,12 +31,12 @@ def build(bodies: RequestBodies) -> APIRouter:
         return result
 
     @router.get("/v1/contexts/{context_id}")
-    async def get_context(context_id: str, state: State):
-        registry = state.service.registry
+    async def get_context(request: Request, context_id: str, state: State):
+        registry = state.service.view(request.state.tenant)[1]  # another tenant's id is unknown here: 404
         return await run_in_threadpool(lambda: registry.public(registry.get(context_id)))
 
     @router.delete("/v1/contexts/{context_id}")
-    async def delete_context(context_id: str, state: State):
-        return await run_in_threadpool(state.service.registry.delete, context_id)
+    async def delete_context(request: Request, context_id: str, state: State):
+        return await run_in_threadpool(state.service.view(request.state.tenant)[1].delete, context_id)
 
     return router

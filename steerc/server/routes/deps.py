@@ -4,7 +4,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from steerc.server.limits import check_api_key
 from steerc.server.state import ServerState
 
 __all__ = ["State", "authorized", "server_state"]
@@ -19,5 +18,6 @@ State = Annotated[ServerState, Depends(server_state)]
 
 
 async def authorized(request: Request) -> None:
-    """401 unless the request carries the server's API key (when it has one)."""
-    check_api_key(request.app.state.steerc.settings.api_key, request.headers.get("authorization"))
+    """401 unless the request carries one of the server's API keys (when it has any); the key's
+    tenant goes to ``request.state.tenant`` (None: the one-tenant case)."""
+    request.state.tenant = request.app.state.steerc.service.tenants.check(request.headers.get("authorization"))

@@ -1,0 +1,80 @@
+"""Tenants (`steerc serve --api-keys FILE`): each tenant's contexts apart, another tenant's id a
+404, key-file mistakes one-line start-up errors."""
+
+import httpx
+import pytest
+from conftest import Server
+
+from steerc.errors import SteercError
+from steerc.server.tenants import load_key_file
+from test_api import CONTEXT
+
+KEY_A, KEY_B = "key-of-team-a-0001", "key-of-team-b-0002"
+
+
+@pytest.mark.parametrize("text, message", [
+    (f"team-a {KEY_A}\nteam-b {KEY_A}\n", "also on line 1"),
+    (f"{KEY_A}\n", "a key without a tenant"),
+    ("team-a short\n", "shorter than 8 characters"),
+    (f"team/a {KEY_A}\n", "is not 1-64 letters"),
+    (f"team-a {KEY_A} extra\n", "3 fields"),
+    ("# only a comment\n\n", "no keys in it"),
+])
+def test_key_file_mistakes_are_one_line_errors_naming_the_line(tmp_path, text, message):
+    path = tmp_path / "keys.txt"
+    path.write_text(text)
+    with pytest.raises(SteercError, match=message) as info:
+        load_key_file(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_key_file_reads_comments_and_several_keys_per_tenant(tmp_path):
+    path = tmp_path / "keys.txt"
+    path.write_text(f"\ufeff# teams\nteam-a {KEY_A}  # the first\nteam-a {KEY_A}x\n\nteam-b {KEY_B}\n")
+    assert load_key_file(path) == {KEY_A: "team-a", KEY_A + "x": "team-a", KEY_B: "team-b"}
+    path.write_bytes(b"team-a \xff\xfe\xfa")
+    with pytest.raises(SteercError, match="not UTF-8"):
+        load_key_file(path)
+
+
+def test_a_bad_key_file_stops_the_server_with_one_line(tiny_text_engine, tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("team-a short\n")
+    with pytest.raises(RuntimeError, match="shorter than 8 characters"):
+        Server(tiny_text_engine, tmp_path, "--api-keys", str(keys), api_key=None)
+
+
+@pytest.fixture(scope="module")
+def two_tenants(tiny_text_engine, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tenants")
+    keys = tmp / "keys.txt"
+    keys.write_text(f"team-a {KEY_A}\nteam-b {KEY_B}\n")
+    srv = Server(tiny_text_engine, tmp, "--api-keys", str(keys), "--kv-store", str(tmp / "store"), api_key=None)
+    yield srv
+    srv.stop()
+
+
+def test_tenants_get_their_own_ids_and_cannot_read_or_delete_each_others(two_tenants):
+    srv = two_tenants
+    a = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {KEY_A}"}, timeout=120)
+    b = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {KEY_B}"}, timeout=120)
+    with a, b:
+        id_a = a.post("/v1/contexts", json={"context": CONTEXT}).json()["id"]
+        id_b = b.post("/v1/contexts", json={"context": CONTEXT}).json()["id"]
+        assert id_a != id_b  # the same text: two ids, two entries
+        assert a.get(f"/v1/contexts/{id_a}").status_code == 200 and b.get(f"/v1/contexts/{id_b}").status_code == 200
+        for client, other in ((b, id_a), (a, id_b)):
+            assert client.get(f"/v1/contexts/{other}").status_code == 404  # 404, not 403: existence does not leak
+            assert client.delete(f"/v1/contexts/{other}").status_code == 404
+            r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Who won?"}], "max_tokens": 3, "steer": {"context_id": other}})
+            assert r.status_code == 404
+        assert a.get(f"/v1/contexts/{id_a}").json()["cached"] is True  # b's attempts changed nothing
+        ask = {"messages": [{"role": "user", "content": "Who won?"}], "max_tokens": 5, "temperature": 0}
+        first_a = a.post("/v1/chat/completions", json={**ask, "steer": {"context": CONTEXT + " (inline)"}}).json()
+        first_b = b.post("/v1/chat/completions", json={**ask, "steer": {"context": CONTEXT + " (inline)"}}).json()
+        assert first_a["steer"]["cache"] == "miss" and first_b["steer"]["cache"] == "miss"  # b does not hit a's entry
+        assert first_a["choices"][0]["message"]["content"] == first_b["choices"][0]["message"]["content"]
+        assert b.delete(f"/v1/contexts/{id_b}").status_code == 200
+        assert a.get(f"/v1/contexts/{id_a}").json()["cached"] is True
+    with httpx.Client(base_url=srv.url, headers={"Authorization": "Bearer not-a-key-at-all"}, timeout=120) as nobody:
+        assert nobody.get(f"/v1/contexts/{id_a}").status_code == 401
