@@ -72,6 +72,10 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
         detail = next((e.get("ctx", {}).get("error") for e in errors if e.get("type") == "json_invalid"), None)
         return f"the request body is not valid JSON ({detail or 'parse error'}); send a JSON object", None
     if errors and all(not _loc(e.get("loc", ())) for e in errors):
+        checks = [e for e in errors if e.get("type") == "value_error"]  # a whole-body check (schemas._Strict) names its field first
+        if checks:
+            msg = checks[0].get("msg", "invalid").removeprefix("Value error, ")
+            return msg, msg.split(":")[0] if ":" in msg else None
         return "the request body must be a JSON object", None
     seen, lines = set(), []
     for e in errors:
@@ -96,6 +100,25 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
 _ROUTES = "/v1/completions, /v1/chat/completions, /v1/contexts, /v1/models, /health, /ready, /metrics"
 
 
+def _allowed_methods(request) -> list[str]:
+    """The methods the app's routes take on ``request``'s path."""
+    from starlette.routing import Match
+
+    def routes(items):
+        for route in items:
+            inner = getattr(route, "original_router", None) or (route if hasattr(route, "routes") and not hasattr(route, "methods") else None)
+            if inner is not None:
+                yield from routes(inner.routes)
+            else:
+                yield route
+
+    methods = set()
+    for route in routes(request.app.routes):
+        if getattr(route, "methods", None) and hasattr(route, "matches") and route.matches({**request.scope, "method": "GET"})[0] != Match.NONE:
+            methods |= set(route.methods)
+    return sorted(methods)
+
+
 def register_error_handlers(app, timeout_s: float) -> None:
     """Answer every exception ``app`` raises as an OpenAI error body: an :class:`ApiError` as
     itself, a client gone as 499, a body that fails validation as 400, an unknown route or
@@ -118,9 +141,14 @@ def register_error_handlers(app, timeout_s: float) -> None:
         return JSONResponse(ApiError(400, message, param=param).body(), 400)
 
     async def on_http(request, exc: HTTPException):
+        headers = dict(exc.headers or {})
+        allowed = _allowed_methods(request)
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed)  # RFC 9110: a 405 lists what the path takes
         message = {404: f"no route {request.method} {request.url.path}; the API is {_ROUTES}",
-                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
-        return JSONResponse(ApiError(exc.status_code, message, code="not_found" if exc.status_code == 404 else None).body(), exc.status_code)
+                   405: f"{request.method} is not allowed on {request.url.path}; it takes {', '.join(allowed)}"}.get(exc.status_code, str(exc.detail))
+        return JSONResponse(ApiError(exc.status_code, message, code="not_found" if exc.status_code == 404 else None).body(), exc.status_code,
+                            headers=headers)
 
     async def on_error(request, exc: Exception):
         error = api_error(exc, timeout_s)

@@ -13,6 +13,8 @@ methods registered at import.
 
 from __future__ import annotations
 
+import functools
+import typing
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
@@ -22,7 +24,64 @@ __all__ = ["SteerOptions", "SteerRequest", "ContextRequest", "CompletionRequest"
 
 
 class _Strict(BaseModel):
+    """Strict types (no strings for numbers, no numbers for strings), unknown fields refused, and
+    one allowance JSON Schema makes: an integer field takes a float with no fraction (``3.0``), as
+    the published schema's ``integer`` does."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_floats(cls, data):
+        if not isinstance(data, dict):
+            return data
+        ints, bools = _int_fields(cls), _bool_fields(cls)
+        for k, v in data.items():  # Python's True == 1 and 0 == False: a Literal would take either for the other
+            if isinstance(v, bool) and k not in bools and k in _fields(cls):
+                raise ValueError(f"{k}: expected a number or string, got {v!r}")
+            if k in bools and not isinstance(v, bool) and v is not None and _leaves(cls.model_fields[k].annotation) <= {bool, type(None)}:
+                raise ValueError(f"{k}: expected true or false, got {v!r}")
+        return {k: _intify(v) if k in ints else v for k, v in data.items()}
+
+
+def _leaves(annotation) -> set:
+    """The plain types an annotation is made of (through Annotated, unions, lists and tuples)."""
+    args = typing.get_args(annotation)
+    if not args:
+        return {annotation}
+    if typing.get_origin(annotation) is Literal:
+        return {type(a) for a in args}
+    return set().union(*(_leaves(a) for a in args if a is not Ellipsis))
+
+
+@functools.cache
+def _int_fields(model: type) -> frozenset[str]:
+    """The fields of ``model`` that hold integers (or lists of them) and no floats."""
+    out = set()
+    for name, field in model.model_fields.items():
+        leaves = _leaves(field.annotation)
+        if int in leaves and float not in leaves:
+            out.add(field.alias or name)
+    return frozenset(out)
+
+
+@functools.cache
+def _fields(model: type) -> frozenset[str]:
+    return frozenset(field.alias or name for name, field in model.model_fields.items())
+
+
+@functools.cache
+def _bool_fields(model: type) -> frozenset[str]:
+    """The fields of ``model`` that may hold a boolean."""
+    return frozenset(field.alias or name for name, field in model.model_fields.items() if bool in _leaves(field.annotation))
+
+
+def _intify(value):
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_intify(v) for v in value]
+    return value
 
 
 def _annotation(spec) -> Any:

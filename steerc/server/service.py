@@ -169,7 +169,8 @@ class Service:
         return max_tokens
 
     def _sampling(self, req) -> SamplingParams:
-        return SamplingParams(temperature=float(req.temperature), top_p=float(req.top_p), seed=req.seed)
+        seed = None if req.seed is None else req.seed % (1 << 64)  # any integer, as OpenAI takes it; numpy's generator wants 0 .. 2**64-1
+        return SamplingParams(temperature=float(req.temperature), top_p=float(req.top_p), seed=seed)
 
     def _steered(self, steer: SteerRequest, query: str, max_tokens: int | None, req, tenant: str | None) -> Plan:
         if not query.strip():

@@ -17,7 +17,8 @@ async def health(state: State):
     return {"status": "ok", "model": state.service.model_name, "running": admission.active, "queued": admission.waiting}
 
 
-@router.get("/ready")
+@router.get("/ready", responses={503: {"description": "the engine is not loaded or the store does not answer (reason)",
+                                         "content": {"application/json": {"schema": {"type": "object"}}}}})
 async def ready(state: State):
     service = state.service
     problems = await run_in_threadpool(service.not_ready)

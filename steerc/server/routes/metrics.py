@@ -11,6 +11,6 @@ __all__ = ["router"]
 router = APIRouter()
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}})
 async def prometheus(state: State):
     return Response(state.metrics.render(), media_type=CONTENT_TYPE)
