@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 from steerc.errors import SteercError
 
-__all__ = ["UserFileError", "read_text", "read_json", "read_jsonl", "json_type"]
+__all__ = ["UserFileError", "read_text", "read_json", "read_jsonl", "json_type", "utf8_problem"]
 
 # UTF-32 LE's mark begins with UTF-16 LE's: test it first.
 _MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
@@ -110,6 +110,17 @@ def read_text(path: str | Path, what: str, *, encoding: str | None = None, flag:
     path = Path(path)
     text = _decode(_read_bytes(path, what), path, what, encoding, flag, fix)
     return text.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n")
+
+
+def utf8_problem(data: bytes) -> str | None:
+    """Why bytes that arrive without a file (a request body) are not UTF-8 text; None when they are."""
+    if b"\0" in data:  # JSON has no raw NUL; UTF-16 without a mark has many
+        return f"NUL byte at offset {data.index(0)}"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"byte 0x{data[exc.start]:02x} at offset {exc.start} is not valid UTF-8"
+    return None
 
 
 def json_type(value: Any) -> str:
