@@ -14,6 +14,7 @@ from typing import Any
 
 from steerc.atomic import write_text_atomic
 from steerc.errors import EngineError
+from steerc.user_files import UserFileError, read_json
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "file_hashes", "write_json_atomic", "write_manifest", "read_manifest", "verify_files"]
 
@@ -77,11 +78,11 @@ def read_manifest(folder: Path, check_files: bool = True) -> dict[str, Any]:
     if not path.is_file():
         raise EngineError(f"{folder} is not a steerc engine (no {MANIFEST_FILE}); create one with `steerc compile MODEL -o {folder}`")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EngineError(f"{path} is not valid JSON ({exc}); the engine is corrupt: recompile it with --force") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise EngineError(f"{path} is not a steerc engine manifest (format {data.get('format') if isinstance(data, dict) else None!r})")
+        data = read_json(path, "engine manifest", "the JSON object steerc compile writes", fix="the engine is corrupt: recompile it with --force")
+    except UserFileError as exc:
+        raise EngineError(str(exc)) from None
+    if data.get("format") != FORMAT:
+        raise EngineError(f"{path} is not a steerc engine manifest (format {data.get('format')!r})")
     if data.get("format_version") != FORMAT_VERSION:
         raise EngineError(
             f"engine {folder} has format version {data.get('format_version')!r}; this steerc reads version {FORMAT_VERSION}: recompile it"

@@ -7,7 +7,7 @@ from pathlib import Path
 from steerc.backends import BACKENDS, backend_choices, backend_help, backend_names
 from steerc.settings import DEVICES
 
-__all__ = ["DEVICES", "add_backend_option", "add_kv_store_dtype_option", "analysis_line", "deploy_lines", "rich_console", "verify_line"]
+__all__ = ["DEVICES", "add_backend_option", "add_encoding_option", "add_kv_store_dtype_option", "analysis_line", "deploy_lines", "rich_console", "verify_line"]
 
 
 def add_kv_store_dtype_option(parser) -> None:
@@ -24,6 +24,14 @@ def add_backend_option(parser, what: str) -> None:
     old names (``torch-tensorrt``) are accepted but not listed."""
     parser.add_argument("--backend", default="onnx", choices=backend_choices(), metavar="{" + ",".join(backend_names()) + "}",
                         help=backend_help(what))
+
+
+def add_encoding_option(parser, files: str) -> None:
+    """``--encoding``: the text encoding of the command's input files (steerc/user_files.py reads
+    them; without it UTF-8, or UTF-16 with a byte-order mark)."""
+    parser.add_argument("--encoding", default=None, metavar="NAME",
+                        help=f"text encoding of {files} when it is not UTF-8 (a Python codec name: cp1252, latin-1, utf-16-le, ...); "
+                             "default: UTF-8, or UTF-16 with a byte-order mark")
 
 
 def rich_console(stderr: bool = False):

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from steerc.atomic import write_text_atomic
-from steerc.cli.common import DEVICES, add_backend_option, add_kv_store_dtype_option
+from steerc.cli.common import DEVICES, add_backend_option, add_encoding_option, add_kv_store_dtype_option
 from steerc.errors import SteercError
 
 __all__ = ["add_eval_parser", "cmd_eval"]
@@ -27,7 +27,8 @@ def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate steering methods on a dataset (scores with bootstrap intervals)", epilog=FORMAT_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("engine")
-    p.add_argument("--dataset", required=True, help="squad, nq-multidoc, kv-retrieval, or a .jsonl file")
+    p.add_argument("--dataset", required=True, help="squad, nq-multidoc, kv-retrieval, or a .jsonl file (UTF-8, or see --encoding)")
+    add_encoding_option(p, "a --dataset file")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N examples of the split (seeded order; default all)")
     p.add_argument("--methods", default="none,query,llmsteer,pasta,autopasta", help=f"comma-separated, of: {method_help()}")
     p.add_argument("--split", default=None, choices=SPLITS, help="default: dev for shipped datasets, all for a file")
@@ -64,7 +65,7 @@ def cmd_eval(args) -> int:
     builtin = args.dataset in PRIMARY
     split = args.split or ("dev" if builtin else "all")
     examples = load_dataset(args.dataset, split=split, seed=args.seed, limit=args.limit, num_docs=args.num_docs, gold_position=args.gold_position,
-                            num_keys=args.num_keys)
+                            num_keys=args.num_keys, encoding=args.encoding)
     variants = method_variants([m.strip() for m in args.methods.split(",") if m.strip()], steer_config(args, "none"), steer_values(args))
     name = args.dataset if builtin else Path(args.dataset).name.split(".")[0]
     out = Path(args.out or f"runs/eval/{name}-{split}")

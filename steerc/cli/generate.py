@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from steerc.cli.common import DEVICES, add_backend_option, rich_console
+from steerc.cli.common import DEVICES, add_backend_option, add_encoding_option, rich_console
 from steerc.errors import SteercError
+from steerc.user_files import read_text
 
 __all__ = ["add_generate_parser", "cmd_generate"]
 
@@ -16,10 +16,9 @@ def cmd_generate(args) -> int:
     from steerc.runtime.generate import DEFAULT_PREFILL_CHUNK as PREFILL_CHUNK
 
     if args.prompt_file:
-        try:
-            prompt = Path(args.prompt_file).read_text()
-        except OSError as exc:
-            raise SteercError(f"cannot read --prompt-file {args.prompt_file}: {exc.strerror}") from None
+        prompt = read_text(args.prompt_file, "--prompt-file", encoding=args.encoding, flag="--encoding")
+        if not prompt.strip():
+            raise SteercError(f"--prompt-file {args.prompt_file} is empty; give a file with the prompt")
     else:
         prompt = args.prompt
     try:
@@ -66,7 +65,8 @@ def add_generate_parser(sub) -> None:
     p.add_argument("engine")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the user message (the chat template is applied unless --no-chat)")
-    src.add_argument("--prompt-file", help="read the prompt from a file")
+    src.add_argument("--prompt-file", help="read the prompt from a text file: UTF-8, or see --encoding")
+    add_encoding_option(p, "--prompt-file")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from steerc.cli.common import add_encoding_option
 from steerc.errors import SteercError
 
 __all__ = ["add_profile_parser", "cmd_profile"]
@@ -13,6 +14,7 @@ def add_profile_parser(sub) -> None:
     p = sub.add_parser("profile", help="choose the heads that select evidence and the heads to steer, on dev data (writes a profile JSON)")
     p.add_argument("engine")
     p.add_argument("--dataset", action="append", required=True, help="squad, nq-multidoc, kv-retrieval or a .jsonl file with evidence; repeat to mix")
+    add_encoding_option(p, "--dataset files")
     p.add_argument("--split", default="dev", choices=["dev", "test", "all"], help="profile on dev only (the default) unless you know why")
     p.add_argument("--limit", type=int, default=60, help="examples per dataset (default 60)")
     p.add_argument("--seed", type=int, default=0)
@@ -45,7 +47,8 @@ def cmd_profile(args) -> int:
         raise SteercError(f"invalid option: {exc}") from None
     if args.limit < 1:
         raise SteercError(f"--limit must be at least 1, got {args.limit}")
-    per_set = [load_dataset(name, split=args.split, seed=args.seed, limit=args.limit, gold_position=args.gold_position if name != "squad" else None) for name in args.dataset]
+    per_set = [load_dataset(name, split=args.split, seed=args.seed, limit=args.limit, gold_position=args.gold_position if name != "squad" else None,
+                            encoding=args.encoding) for name in args.dataset]
     examples = [e for group in zip(*per_set) for e in group] + [e for group in per_set for e in group[min(map(len, per_set)) :]]  # interleaved
     out = Path(args.out)
     work = out.with_name(out.name + ".partial.jsonl")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from steerc.cli.common import DEVICES, add_backend_option, add_kv_store_dtype_option
+from steerc.cli.common import DEVICES, add_backend_option, add_encoding_option, add_kv_store_dtype_option
 from steerc.cli.steer_options import add_steer_options, check_profile, steer_config
 from steerc.errors import SteercError
+from steerc.user_files import read_text
 
 __all__ = ["add_run_parser", "cmd_run"]
 
@@ -21,10 +21,9 @@ def cmd_run(args) -> int:
     from steerc.steering.methods import get_method
     from steerc.stores import open_store
 
-    try:
-        context = Path(args.context).read_text()
-    except OSError as exc:
-        raise SteercError(f"cannot read --context {args.context}: {exc.strerror}") from None
+    context = read_text(args.context, "--context", encoding=args.encoding, flag="--encoding")
+    if not context.strip():
+        raise SteercError(f"--context {args.context} is empty; give a file with the passages to answer from")
     config = steer_config(args)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     engine = Engine.load(args.engine, device=args.device, threads=args.threads, backend=args.backend)
@@ -116,7 +115,8 @@ def add_run_parser(sub) -> None:
     p = sub.add_parser("run", help="answer a question over a context with LLMSteer (or a baseline), reusing stored contexts",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("engine")
-    p.add_argument("--context", required=True, help="text file with the context (passages)")
+    p.add_argument("--context", required=True, help="text file with the context (passages): UTF-8, or see --encoding")
+    add_encoding_option(p, "--context")
     p.add_argument("--query", required=True, help="the question")
     add_method_option(p, "default: SteerConfig's")
     add_steer_options(p)  # --highlight included (pasta's)

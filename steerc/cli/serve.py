@@ -19,6 +19,16 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _key_file(path: str) -> str:
+    """The API key in ``path``: one line, read as every user file is (steerc/user_files.py)."""
+    from steerc.user_files import read_text
+
+    lines = [line.strip() for line in read_text(path, "--api-key-file").split("\n") if line.strip()]
+    if len(lines) != 1:
+        raise SteercError(f"--api-key-file {path} holds {len(lines)} non-empty lines; it must hold the key alone on one line")
+    return lines[0]
+
+
 def cmd_serve(args) -> int:
     from steerc.errors import require
     from steerc.server import ServerSettings
@@ -30,16 +40,17 @@ def cmd_serve(args) -> int:
     from steerc.server import create_app
     from steerc.stores import default_root, open_store
 
+    api_key = _key_file(args.api_key_file) if args.api_key_file else args.api_key or (None if args.api_keys else os.environ.get("STEERC_API_KEY")) or None
     try:
-        settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key or (None if args.api_keys else os.environ.get("STEERC_API_KEY")) or None,
-                                  api_keys_file=args.api_keys, share_contexts=args.share_contexts,
+        settings = ServerSettings(host=args.host, port=args.port, api_key=api_key, api_keys_file=args.api_keys, share_contexts=args.share_contexts,
                                   max_concurrency=args.max_concurrency, max_queue=args.max_queue, max_batch=args.max_batch, prefill_chunk=args.prefill_chunk, request_timeout_s=args.request_timeout, store_timeout_s=args.store_timeout,
                                   max_body_bytes=args.max_body_bytes, kv_store=args.kv_store, memory_store_bytes=args.memory_store_mb << 20,
                                   kv_store_max_bytes=None if args.kv_store_max_gb is None else int(args.kv_store_max_gb * (1 << 30)),
                                   kv_store_dtype=args.kv_store_dtype,
                                   model_name=args.model_name, chat=not args.no_chat)
     except ValueError as exc:
-        raise SteercError(f"invalid option: {exc}") from None
+        where = f" (the key in --api-key-file {args.api_key_file})" if args.api_key_file and "api_key" in str(exc) else ""
+        raise SteercError(f"invalid option: {exc}{where}") from None
     steer_defaults = steer_config(args)
     engine = Engine.load(args.engine, device=args.device, threads=args.threads, backend=args.backend)
     check_profile(args, engine)
@@ -62,9 +73,11 @@ def add_serve_parser(sub) -> None:
     p.add_argument("engine", help="engine folder (from steerc compile)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health (or set STEERC_API_KEY)")
-    p.add_argument("--api-keys", default=None, metavar="FILE", help="one 'TENANT KEY' per line: each tenant's contexts are kept apart "
-                                                                     "(ids, entries, reads and deletes), and another tenant's id answers 404")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health (or set STEERC_API_KEY)")
+    key.add_argument("--api-key-file", default=None, metavar="FILE", help="as --api-key, the key read from FILE (one line, UTF-8): kept out of the process list")
+    key.add_argument("--api-keys", default=None, metavar="FILE", help="one 'TENANT KEY' per line: each tenant's contexts are kept apart "
+                                                                       "(ids, entries, reads and deletes), and another tenant's id answers 404")
     p.add_argument("--share-contexts", action="store_true", help="with --api-keys: all tenants share one store namespace")
     p.add_argument("--kv-store", default=None, help="prepared-context store: 'memory', a folder, or redis://host:port/db "
                                                     "(shared by servers); default: memory + ~/.cache/steerc/contexts")

@@ -32,6 +32,7 @@ from pathlib import Path
 from steerc.errors import SteercError
 from steerc.eval.metrics import normalize_answer
 from steerc.steering.spans import split_sentences
+from steerc.user_files import UserFileError, read_jsonl
 
 __all__ = ["Example", "DatasetError", "DATASETS", "GOLD_POSITIONS", "SPLITS", "DEV_FRACTION", "load_dataset", "load_jsonl",
            "load_squad", "load_nq_multidoc", "load_kv_retrieval", "split_examples", "format_documents", "data_dir"]
@@ -143,22 +144,22 @@ def _parse_row(path: Path, line: int, row) -> Example:
     return Example(str(rid), context, question.strip(), tuple(answers), evidence, context, {"line": line})
 
 
-def load_jsonl(path: str | Path) -> list[Example]:
-    """Read a JSONL dataset; a malformed row raises :class:`DatasetError` naming its line."""
+def load_jsonl(path: str | Path, encoding: str | None = None) -> list[Example]:
+    """Read a JSONL dataset (:func:`steerc.user_files.read_jsonl`: UTF-8 unless ``encoding``); a
+    malformed row raises :class:`DatasetError` naming its line."""
     path, examples, seen = Path(path), [], {}
-    with _open(path) as fh:
-        for line, text in enumerate(fh, 1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise _row_error(path, line, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not path.is_file() and not path.is_dir():
+        raise DatasetError(f"dataset file {path} not found")
+    try:
+        for line, row in read_jsonl(path, "dataset", "one JSON object per line (see `steerc eval --help` for the JSONL format)",
+                                    encoding=encoding, flag="--encoding"):
             example = _parse_row(path, line, row)
             if example.id in seen:
                 raise _row_error(path, line, f"duplicate id {example.id!r} (first on line {seen[example.id]})")
             seen[example.id] = line
             examples.append(example)
+    except UserFileError as exc:
+        raise DatasetError(str(exc)) from None
     if not examples:
         raise DatasetError(f"{path} holds no examples")
     return examples
@@ -259,8 +260,9 @@ def split_examples(examples: list[Example], split: str, seed: int = 0) -> list[E
 
 
 def load_dataset(name: str, *, split: str = "dev", seed: int = 0, limit: int | None = None, num_docs: int = 10,
-                 gold_position: str | None = None, num_keys: int = 25) -> list[Example]:
-    """A shipped dataset by name, or a JSONL file by path; split, then the first ``limit``."""
+                 gold_position: str | None = None, num_keys: int = 25, encoding: str | None = None) -> list[Example]:
+    """A shipped dataset by name, or a JSONL file by path (``encoding``: its text encoding, default
+    UTF-8); split, then the first ``limit``."""
     if name == "squad":
         examples = load_squad()
     elif name == "nq-multidoc":
@@ -268,7 +270,7 @@ def load_dataset(name: str, *, split: str = "dev", seed: int = 0, limit: int | N
     elif name == "kv-retrieval":
         examples = load_kv_retrieval(num_keys=num_keys, gold_position=gold_position or "random", seed=seed)
     elif name.endswith((".jsonl", ".jsonl.gz")) or Path(name).is_file():
-        examples = load_jsonl(name)
+        examples = load_jsonl(name, encoding)
     else:
         raise DatasetError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} or a path to a .jsonl file")
     examples = split_examples(examples, split, seed)

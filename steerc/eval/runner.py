@@ -29,10 +29,13 @@ from steerc.steering.answer import Steerer
 from steerc.steering.config import SteerConfig
 from steerc.steering.methods import METHODS, get_method
 from steerc.stores import ContextStore, MemoryStore
+from steerc.user_files import UserFileError, read_json, read_text
 
 __all__ = ["Variant", "method_variants", "read_predictions", "run_eval", "PREDICTIONS", "RUN_FILE"]
 
 log = logging.getLogger(__name__)
+
+_REDO = "remove the folder, choose another --out or pass --fresh"
 
 PREDICTIONS, RUN_FILE = "predictions.jsonl", "run.json"
 Progress = Callable[[int, int, str], None]  # (examples done, total, latest example id)
@@ -95,7 +98,7 @@ def _skipped(example: Example, variant: Variant, why: str) -> dict:
 def read_predictions(path: str | Path) -> list[dict]:
     """The rows of a ``predictions.jsonl``, up to a truncated last line (a run that stopped)."""
     rows = []
-    for text in Path(path).read_text().splitlines():
+    for text in read_text(path, "earlier predictions", fix=_REDO).split("\n"):
         try:
             rows.append(json.loads(text))
         except json.JSONDecodeError:
@@ -110,9 +113,9 @@ def _resume(out: Path, run: dict) -> list[dict]:
     if not run_file.exists():
         return []
     try:
-        earlier = json.loads(run_file.read_text())
-    except json.JSONDecodeError:
-        raise SteercError(f"{run_file} is not valid JSON; remove the folder or choose another --out") from None
+        earlier = read_json(run_file, "earlier run", "the run.json of an earlier steerc eval", fix=_REDO)
+    except UserFileError as exc:
+        raise SteercError(str(exc)) from None
     if isinstance(earlier.get("variants"), dict):  # configs written before methods had their own options list every method's fields
         earlier["variants"] = {name: _config_json(config) for name, config in earlier["variants"].items()}
     changed = sorted(k for k in set(run) | set(earlier) if k != "examples" and run.get(k) != earlier.get(k))

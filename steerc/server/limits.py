@@ -7,6 +7,7 @@ import json
 import time
 
 from steerc.server.errors import ApiError
+from steerc.user_files import utf8_problem
 
 __all__ = ["Admission", "BodyLimit"]
 
@@ -44,8 +45,8 @@ class Admission:
 
 class BodyLimit:
     """ASGI middleware: a body over ``max_bytes`` gets 413 before any handler sees it. The body
-    is read here (it is at most ``max_bytes``) and replayed to the app; later ``receive`` calls
-    (disconnect detection) go to the server as usual."""
+    is read here (it is at most ``max_bytes``), refused with 400 unless it is UTF-8 text, and
+    replayed to the app; later ``receive`` calls (disconnect detection) go to the server as usual."""
 
     def __init__(self, app, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -56,7 +57,7 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await self._refuse(send)
+            return await self._refuse(send, self._too_large())
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -65,9 +66,11 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
-                return await self._refuse(send)
+                return await self._refuse(send, self._too_large())
             more = message.get("more_body", False)
         body, replayed = b"".join(chunks), False
+        if (problem := utf8_problem(body)) is not None:  # read as the CLI reads a file (steerc/user_files.py), not guessed as UTF-16/32
+            return await self._refuse(send, ApiError(400, f"the request body is not UTF-8 ({problem}); send JSON encoded as UTF-8"))
 
         async def replay():
             nonlocal replayed
@@ -78,10 +81,13 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send) -> None:
-        error = ApiError(413, f"the request body is larger than the server's limit of {self.max_bytes} bytes (steerc serve --max-body-bytes)",
-                         code="request_too_large")
+    def _too_large(self) -> ApiError:
+        return ApiError(413, f"the request body is larger than the server's limit of {self.max_bytes} bytes (steerc serve --max-body-bytes)",
+                        code="request_too_large")
+
+    @staticmethod
+    async def _refuse(send, error: ApiError) -> None:
         payload = json.dumps(error.body()).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+        await send({"type": "http.response.start", "status": error.status, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
                                                                               (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": payload})

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from steerc.errors import SteercError
 from steerc.server.errors import ApiError
+from steerc.user_files import read_text
 
 __all__ = ["Tenants", "load_key_file"]
 
@@ -28,12 +29,7 @@ _TENANT = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 def load_key_file(path: str | Path) -> dict[str, str]:
     """``{key: tenant}`` from a key file; raises :class:`SteercError` (one line) on any mistake."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as exc:
-        raise SteercError(f"--api-keys {path}: cannot read it ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise SteercError(f"--api-keys {path}: not UTF-8 text (byte {exc.start}); write one 'TENANT KEY' per line") from None
+    text = read_text(path, "--api-keys", fix="write one 'TENANT KEY' per line, as UTF-8")
     keys: dict[str, tuple[str, int]] = {}
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split("#", 1)[0].split()

@@ -91,13 +91,11 @@ class HeadProfile:
 
 
 def load_profile(path: str | Path) -> HeadProfile:
-    """Read a profile file; ``ValueError`` with a one-line reason otherwise."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ValueError(f"cannot read the profile {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"profile {path} is not valid JSON: {exc}") from None
+    """Read a profile file (:func:`steerc.user_files.read_json`); ``ValueError`` with a one-line reason otherwise."""
+    from steerc.user_files import read_json
+
+    data = read_json(path, "profile", 'a JSON object {"steerc_profile": 1, "selector_heads": [[layer, head], ...], "steered_heads": [...]} '
+                                      "from steerc profile")
     return HeadProfile.from_dict(data, str(path))
 
 

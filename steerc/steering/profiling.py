@@ -31,6 +31,7 @@ from steerc.steering.evidence import Units, evidence_bias
 from steerc.steering.methods import get_method
 from steerc.steering.methods.query import question_attention
 from steerc.steering.profiles import HeadProfile
+from steerc.user_files import read_text
 
 __all__ = ["ProfileSettings", "profile_heads", "selector_shares", "answer_logprob"]
 
@@ -88,11 +89,13 @@ def answer_logprob(engine, kv, query_ids: np.ndarray, answer_ids: np.ndarray, bi
 def _read(path: Path) -> dict[tuple[str, str], dict]:
     rows = {}
     if path.is_file():
-        for line in path.read_text().splitlines():
+        for line in read_text(path, "profile work file").split("\n"):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 break  # a line cut short by an interruption
+            if not isinstance(row, dict) or not isinstance(row.get("stage"), str) or not isinstance(row.get("id"), str):
+                raise ValueError(f"{path} holds a line that steerc profile did not write; remove it (the profile restarts)")
             rows[(row["stage"], row["id"])] = row
     return rows
 

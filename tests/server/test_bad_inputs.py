@@ -12,6 +12,9 @@ LONG = " ".join(["word"] * 600)  # about 600 tokens; the tiny engine allows 384
 CASES = [
     ("malformed JSON", "POST", "/v1/completions", b'{"prompt": "x",', 400, None, "not valid JSON"),
     ("body not an object", "POST", "/v1/completions", b'["x"]', 400, None, "JSON object"),
+    ("Latin-1 body", "POST", "/v1/completions", '{"prompt": "café"}'.encode("latin-1"), 400, None, "byte 0xe9 at offset 15 is not valid UTF-8"),
+    ("UTF-16 body", "POST", "/v1/completions", '{"prompt": "x"}'.encode("utf-16-le"), 400, None, "not UTF-8 (NUL byte at offset 1)"),
+    ("binary body", "POST", "/v1/completions", bytes(range(256)), 400, None, "send JSON encoded as UTF-8"),
     ("missing prompt", "POST", "/v1/completions", {"max_tokens": 3}, 400, None, "prompt: Field required"),
     ("max_tokens wrong type", "POST", "/v1/completions", {"prompt": "x", "max_tokens": "ten"}, 400, None, "max_tokens: Input should be a valid integer"),
     ("negative max_tokens", "POST", "/v1/completions", {"prompt": "x", "max_tokens": -5}, 400, None, "max_tokens: Input should be greater than or equal to 1"),
