@@ -16,6 +16,7 @@ from steerc.server.routes import build_router
 from steerc.server.scheduling import Scheduler
 from steerc.server.schemas import ChatCompletionRequest, CompletionRequest, ContextRequest
 from steerc.server.settings import ServerSettings
+from steerc.server.tenants import Tenants
 
 KEY = "k" * 12
 
@@ -31,7 +32,8 @@ def test_request_bodies_default_to_the_schemas_and_refuse_non_models():
 
 def _app(bodies: RequestBodies = None) -> FastAPI:
     app = FastAPI()
-    app.state.steerc = SimpleNamespace(settings=ServerSettings(api_key=KEY), metrics=Metrics(lambda: 0, lambda: 0))
+    app.state.steerc = SimpleNamespace(settings=ServerSettings(api_key=KEY), metrics=Metrics(lambda: 0, lambda: 0),
+                                       service=SimpleNamespace(tenants=Tenants(api_key=KEY)))
     app.include_router(build_router(bodies or request_bodies()))
     register_error_handlers(app, 7.0)
     return app
@@ -87,7 +89,7 @@ def test_error_handlers_answer_in_the_openai_shape():
         assert status == 500 and err["message"] == "internal error: RuntimeError: boom" and err["type"] == "server_error"
         status, err, _ = error("GET", "/nowhere")
         assert status == 404 and err["code"] == "not_found" and err["message"].startswith("no route GET /nowhere; the API is /v1/completions")
-        assert error("PUT", "/body")[:2] == (405, {"message": "PUT is not allowed on /body", "type": "invalid_request_error", "param": None, "code": None})
+        assert error("PUT", "/body")[:2] == (405, {"message": "PUT is not allowed on /body; it takes POST", "type": "invalid_request_error", "param": None, "code": None})
         status, err, _ = error("POST", "/body", json={"prompt": "x", "max_tokens": 0})
         assert status == 400 and err["param"] == "max_tokens"
         status, err, _ = error("POST", "/body", content=b"{}", headers={"content-type": "text/plain"})

@@ -59,7 +59,7 @@ for i in range(10_000):  # the order of steerc.steering.prepared.save_prepared: 
 
 def test_garbage_collection_after_kills_removes_every_orphan_and_no_live_kv(tmp_path):
     root = tmp_path / "store"
-    removed = {"temp_files": 0, "stale_marks": 0, "orphans": 0}
+    removed = {"temp_files": 0, "stale_marks": 0, "orphans": 0, "expired_pins": 0}
     for n, delay in enumerate(np.linspace(0.3, 1.2, 6)):
         proc = subprocess.Popen([sys.executable, "-c", PREPARER, str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(float(delay) + 0.03 * n)
