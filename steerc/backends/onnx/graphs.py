@@ -117,8 +117,7 @@ def export_graphs(sp, folder: Path, settings) -> dict:
     kv = reports["kv_in_place"].entry if "kv_in_place" in reports else {"layout": "concat"}
     ready = reports.get("make_tensorrt_ready")
     return {
-        "backend": {"name": "onnx", "opset": kv.get("opset", settings.opset), "model": MODEL_FILE, "data": DATA_FILE, "op_counts": op_counts(graph.path),
-                    **({"attention_layout": reports["fuse_attention_layout"].entry} if "fuse_attention_layout" in reports else {})},
+        "backend": {"name": "onnx", "opset": kv.get("opset", settings.opset), "model": MODEL_FILE, "data": DATA_FILE, "op_counts": op_counts(graph.path)},
         "weights": _weights_entry(reports, settings) if quantize else {"scheme": "full", "dtype": settings.dtype},
         "kv": kv,
         "tensorrt": _tensorrt_target(graph, folder, sp, settings, ready.entry, analysis_fixes) if ready is not None else None,

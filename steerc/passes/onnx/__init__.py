@@ -17,25 +17,21 @@ order the ONNX backend applies them in (:mod:`steerc.backends.onnx.graphs`):
    up to the last one holding a selector head, cut after its attention, emitting only their
    attention per key (what the ``query`` method's selection reads); raises ``NotDerivableError``
    where the analysis graph cannot be derived either, and the engine has no selector graph;
-5. ``fuse_attention_layout``: the step graph's per-layer head reshapes/transposes and KV concats
-   folded into each ``Attention`` on 3-D inputs (concat KV layout, after the analysis and
-   selector graphs are derived);
-6. ``kv_in_place``: ``--kv in-place``: the step graph writes into preallocated KV buffers
+5. ``kv_in_place``: ``--kv in-place``: the step graph writes into preallocated KV buffers
    (after the analysis and selector graphs are derived: they keep the concat layout);
-7. ``make_tensorrt_ready``: ``--target tensorrt``: the step graph rewritten to TensorRT's ONNX
+6. ``make_tensorrt_ready``: ``--target tensorrt``: the step graph rewritten to TensorRT's ONNX
    parser rules (a no-op report when it already meets them).
 """
 
 from steerc.passes.onnx.contract import OnnxGraph, OnnxPassReport, onnx_pass
 from steerc.passes.onnx.derive_analysis import NotDerivableError, derive_analysis
 from steerc.passes.onnx.derive_selector import derive_selector
-from steerc.passes.onnx.fuse_attention_layout import fuse_attention_layout
 from steerc.passes.onnx.kv_in_place import kv_in_place
 from steerc.passes.onnx.make_tensorrt_ready import make_tensorrt_ready
 from steerc.passes.onnx.quantize_embedding import quantize_embedding
 from steerc.passes.onnx.quantize_weights import quantize_weights
 
-ONNX_PASSES = (quantize_weights, quantize_embedding, derive_analysis, derive_selector, fuse_attention_layout, kv_in_place, make_tensorrt_ready)
+ONNX_PASSES = (quantize_weights, quantize_embedding, derive_analysis, derive_selector, kv_in_place, make_tensorrt_ready)
 
 
 def onnx_passes(settings) -> tuple:
@@ -43,5 +39,5 @@ def onnx_passes(settings) -> tuple:
     return tuple(p for p in ONNX_PASSES if p.wanted(settings))
 
 
-__all__ = ["ONNX_PASSES", "NotDerivableError", "OnnxGraph", "OnnxPassReport", "derive_analysis", "derive_selector", "fuse_attention_layout", "kv_in_place", "make_tensorrt_ready",
+__all__ = ["ONNX_PASSES", "NotDerivableError", "OnnxGraph", "OnnxPassReport", "derive_analysis", "derive_selector", "kv_in_place", "make_tensorrt_ready",
            "onnx_pass", "onnx_passes", "quantize_embedding", "quantize_weights"]
