@@ -21,7 +21,8 @@ from steerc.atomic import write_text_atomic
 from steerc.backends.onnx.export import ANALYSIS_FILE, DATA_FILE, MODEL_FILE, SELECTOR_FILE, export_onnx, op_counts, share_weights
 from steerc.backends.onnx.forked import ForkedCall, can_fork
 from steerc.errors import EngineError
-from steerc.passes.onnx import ONNX_PASSES, NotDerivableError, OnnxGraph, derive_analysis, derive_selector, make_tensorrt_ready, onnx_passes, quantize_weights
+from steerc.passes.onnx import (ONNX_PASSES, NotDerivableError, OnnxGraph, derive_analysis, derive_selector, make_tensorrt_ready, onnx_passes, quantize_embedding,
+                               quantize_weights)
 from steerc.passes.onnx.make_tensorrt_ready import tensorrt_ready_file
 
 __all__ = ["TRTEXEC_FILE", "export_graphs"]
@@ -35,6 +36,8 @@ def _export_analysis(sp, folder: Path, settings, quantize: bool) -> Path:
     path = export_onnx(sp.analysis, folder, sp.inputs, sp.analysis_outputs, settings.opset, model_file=ANALYSIS_FILE)
     if quantize:  # deterministic: the same quantized bytes as the step graph's, shared below
         quantize_weights(OnnxGraph(path), settings)
+        if quantize_embedding.wanted(settings):
+            quantize_embedding(OnnxGraph(path), settings)
     return path
 
 
@@ -115,12 +118,22 @@ def export_graphs(sp, folder: Path, settings) -> dict:
     ready = reports.get("make_tensorrt_ready")
     return {
         "backend": {"name": "onnx", "opset": kv.get("opset", settings.opset), "model": MODEL_FILE, "data": DATA_FILE, "op_counts": op_counts(graph.path)},
-        "weights": reports["quantize_weights"].entry if quantize else {"scheme": "full", "dtype": settings.dtype},
+        "weights": _weights_entry(reports, settings) if quantize else {"scheme": "full", "dtype": settings.dtype},
         "kv": kv,
         "tensorrt": _tensorrt_target(graph, folder, sp, settings, ready.entry, analysis_fixes) if ready is not None else None,
         "selector": reports["derive_selector"].entry if "derive_selector" in reports else None,
         "export_seconds": seconds,
     }
+
+
+def _weights_entry(reports: dict, settings) -> dict:
+    """The manifest's ``weights``: the ``quantize_weights`` entry, with ``embedding`` (the
+    ``quantize_embedding`` entry) and the weight file's final size where the token table was quantized."""
+    entry = dict(reports["quantize_weights"].entry)
+    if "quantize_embedding" in reports:
+        entry["embedding"] = reports["quantize_embedding"].entry
+        entry["data_bytes_after"] = entry["embedding"]["data_bytes_after"]
+    return entry
 
 
 def _analysis_graph(sp, graph: OnnxGraph, folder: Path, settings, derive: bool, quantize: bool, child, seconds: dict) -> None:

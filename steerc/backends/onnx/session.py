@@ -9,11 +9,16 @@ from pathlib import Path
 from steerc.backends.onnx.export import external_data
 from steerc.errors import require
 
-__all__ = ["create_session", "SharedWeights", "PREPACK_ONLY_OPS"]
+__all__ = ["create_session", "session_config", "SharedWeights", "PREPACK_ONLY_OPS", "SESSION_CONFIG"]
 
 # Ops (as ``op_counts`` names them) whose CPU kernels need their weights pre-packed: unpacked,
 # MatMulNBits dequantizes its weights on every call (a decode step ~7x slower on SmolLM2 int4).
 PREPACK_ONLY_OPS = ("com.microsoft::MatMulNBits",)
+# Session config entries of every session. Spinning off: ONNX Runtime's worker threads otherwise
+# busy-wait between parallel sections, which on a machine with other work running costs far more
+# than the wake-up it saves (SmolLM2-135M int4 decode, 2 threads on 2 busy cores: 1.74x tokens/s at
+# 512 tokens of context, 1.52x at 2016; docs/BENCHMARKS.md, "A leaner int4 decode step").
+SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
 
 
 class SharedWeights:
@@ -78,6 +83,18 @@ def _use_shared_arena(ort, options) -> None:
     options.add_session_config_entry("session.use_env_allocators", "1")
 
 
+def session_config() -> dict[str, str]:
+    """ONNX Runtime session config entries every steerc session gets: :data:`SESSION_CONFIG`,
+    then ``$STEERC_ORT_CONFIG`` (``key=value;key=value``, for measuring other settings)."""
+    entries = dict(SESSION_CONFIG)
+    for item in filter(None, os.environ.get("STEERC_ORT_CONFIG", "").split(";")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"STEERC_ORT_CONFIG entries are key=value, got {item!r}")
+        entries[key.strip()] = value.strip()
+    return entries
+
+
 def create_session(path: Path, device: str = "cpu", threads: int | None = None, weights: SharedWeights | None = None,
                    shared_arena: bool = False, prepack: bool = True):
     """An ONNX Runtime session on ``device`` ("cpu" or "cuda"). ``weights``: run from those
@@ -88,6 +105,11 @@ def create_session(path: Path, device: str = "cpu", threads: int | None = None, 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or int(os.environ.get("STEERC_THREADS", "0"))
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    for key, value in session_config().items():
+        options.add_session_config_entry(key, value)
+    if os.environ.get("STEERC_ORT_PROFILE"):
+        options.enable_profiling = True  # tools/profile_step.py: per-node times, aggregated per op type
+        options.profile_file_prefix = os.environ["STEERC_ORT_PROFILE"]
     if not prepack or weights is not None:
         options.add_session_config_entry("session.disable_prepacking", "1")
     if weights is not None:

@@ -7,17 +7,19 @@ order the ONNX backend applies them in (:mod:`steerc.backends.onnx.graphs`):
 1. ``quantize_weights``: ``--weights int8|int4``: MatMul weights to MatMulNBits (the step
    graph, and an analysis graph exported on its own; :mod:`~steerc.passes.onnx.nbits_minmax` is
    its block min/max method, not a pass);
-2. ``derive_analysis``: the analysis graph written from the (quantized) step graph, where every
+2. ``quantize_embedding``: with minmax weights, the token table to an 8-bit
+   GatherBlockQuantized (sharing a tied head's bytes);
+3. ``derive_analysis``: the analysis graph written from the (quantized) step graph, where every
    layer has its own fused Attention (sdpa, no shared attention); raises
    :class:`~steerc.passes.onnx.derive_analysis.NotDerivableError` otherwise, and the
    compile exports the analysis program instead;
-3. ``derive_selector``: the selector graph written from the (quantized) step graph: the layers
+4. ``derive_selector``: the selector graph written from the (quantized) step graph: the layers
    up to the last one holding a selector head, cut after its attention, emitting only their
    attention per key (what the ``query`` method's selection reads); raises ``NotDerivableError``
    where the analysis graph cannot be derived either, and the engine has no selector graph;
-4. ``kv_in_place``: ``--kv in-place``: the step graph writes into preallocated KV buffers
+5. ``kv_in_place``: ``--kv in-place``: the step graph writes into preallocated KV buffers
    (after the analysis and selector graphs are derived: they keep the concat layout);
-5. ``make_tensorrt_ready``: ``--target tensorrt``: the step graph rewritten to TensorRT's ONNX
+6. ``make_tensorrt_ready``: ``--target tensorrt``: the step graph rewritten to TensorRT's ONNX
    parser rules (a no-op report when it already meets them).
 """
 
@@ -26,9 +28,10 @@ from steerc.passes.onnx.derive_analysis import NotDerivableError, derive_analysi
 from steerc.passes.onnx.derive_selector import derive_selector
 from steerc.passes.onnx.kv_in_place import kv_in_place
 from steerc.passes.onnx.make_tensorrt_ready import make_tensorrt_ready
+from steerc.passes.onnx.quantize_embedding import quantize_embedding
 from steerc.passes.onnx.quantize_weights import quantize_weights
 
-ONNX_PASSES = (quantize_weights, derive_analysis, derive_selector, kv_in_place, make_tensorrt_ready)
+ONNX_PASSES = (quantize_weights, quantize_embedding, derive_analysis, derive_selector, kv_in_place, make_tensorrt_ready)
 
 
 def onnx_passes(settings) -> tuple:
@@ -37,4 +40,4 @@ def onnx_passes(settings) -> tuple:
 
 
 __all__ = ["ONNX_PASSES", "NotDerivableError", "OnnxGraph", "OnnxPassReport", "derive_analysis", "derive_selector", "kv_in_place", "make_tensorrt_ready",
-           "onnx_pass", "onnx_passes", "quantize_weights"]
+           "onnx_pass", "onnx_passes", "quantize_embedding", "quantize_weights"]

@@ -16,6 +16,10 @@ offset is thus exact, where an integer zero point rounds it by up to half a step
 element of the block. Weights that are already on such a grid (a model converted from a Q4_1
 GGUF file, dequantized on load) come back bit for bit up to float rounding.
 
+The LM head at ``head_bits`` (8) is quantized symmetrically instead (``d = absmax / 127``, the
+kernel's default zero point 128, no correction: llama.cpp's ``Q8_0``, which GGUF files use for the
+token table a tied head reads, so it too comes back up to float rounding), one kernel alone.
+
 Inputs ``A`` must have a known rank (shape inference or value_info); ``K`` must be a multiple
 of ``block_size``. Matmuls that do not qualify are left in full precision and counted.
 """
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["minmax_blocks", "quantize_matmuls_minmax"]
+__all__ = ["minmax_blocks", "quantize_matmuls_minmax", "symmetric_blocks"]
 
 
 def minmax_blocks(w: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -42,15 +46,31 @@ def minmax_blocks(w: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray
     return q, d.astype(np.float32), lo.astype(np.float32)
 
 
+def symmetric_blocks(w: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``w [K, N]`` -> ``q [N, K/block, block] uint8``, ``d [N, K/block]`` with ``w.T`` blockwise equal to
+    ``d * (q - 2**(bits-1))``, ``d = absmax / (2**(bits-1) - 1)``: llama.cpp's ``Q8_0`` at 8 bits, so a
+    table stored as Q8_0 (SmolLM2's tied embedding) comes back up to float rounding."""
+    k, n = w.shape
+    if k % block_size:
+        raise ValueError(f"K={k} is not a multiple of the block size {block_size}")
+    blocks = w.T.reshape(n, k // block_size, block_size).astype(np.float32)  # [N, nb, bs]
+    half = 1 << (bits - 1)
+    d = np.abs(blocks).max(-1) / (half - 1)
+    safe = np.where(d > 0, d, 1.0).astype(np.float32)
+    q = np.clip(np.rint(blocks / safe[..., None]), 1 - half, half - 1) + half
+    return q.astype(np.uint8), d.astype(np.float32)
+
+
 # Output channels quantized at a time: the float temporaries of one weight stay a slice of it
 # (an LM head of 128256 x 2048 would otherwise hold several 1 GiB copies at once).
 ROW_CHUNK = 4096
 
 
-def _quantize_rows(wt: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+def _quantize_rows(wt: np.ndarray, bits: int, block_size: int, symmetric: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
     """``wt [N, K]`` (any float dtype, any strides) -> ``q [N, nb, bs]``, ``d``, ``z``, ``r [N, nb]``
-    (:func:`minmax_blocks` then :func:`_centre`) and the largest absolute rebuild error, computed
-    :data:`ROW_CHUNK` output channels at a time; each row's result is that of the whole matrix."""
+    (:func:`minmax_blocks` then :func:`_centre`, or :func:`symmetric_blocks` with a centred zero
+    point and no offset) and the largest absolute rebuild error, computed :data:`ROW_CHUNK`
+    output channels at a time; each row's result is that of the whole matrix."""
     n, k = wt.shape
     if k % block_size:
         raise ValueError(f"K={k} is not a multiple of the block size {block_size}")
@@ -62,8 +82,12 @@ def _quantize_rows(wt: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarr
     for start in range(0, n, ROW_CHUNK):
         rows = np.ascontiguousarray(wt[start:start + ROW_CHUNK], dtype=np.float32)  # [c, K]
         end = start + rows.shape[0]
-        qc, dc, mc = minmax_blocks(rows.T, bits, block_size)
-        zc, rc = _centre(dc, mc, bits)
+        if symmetric:
+            qc, dc = symmetric_blocks(rows.T, bits, block_size)
+            zc, rc = np.full(dc.shape, 1 << (bits - 1), np.uint8), np.zeros_like(dc)
+        else:
+            qc, dc, mc = minmax_blocks(rows.T, bits, block_size)
+            zc, rc = _centre(dc, mc, bits)
         rebuilt = dc[..., None] * (qc.astype(np.float32) - zc[..., None]) + rc[..., None]  # [c, nb, bs]
         error = max(error, float(np.abs(rebuilt - rows.reshape(-1, nb, block_size)).max()))
         q[start:end], d[start:end], z[start:end], r[start:end] = qc, dc, zc, rc
@@ -137,7 +161,8 @@ def quantize_matmuls_minmax(model, bits: int, block_size: int, accuracy_level: i
     MatMuls that read the same input with weights of the same ``K`` (q/k/v, gate/up) become
     one MatMulNBits over the concatenated weights, one offset MatMul and one Split: fewer,
     larger kernel calls for a decode step. ``head_bits``: bits of the MatMul that writes the
-    ``logits`` output (the LM head; llama.cpp's Q4 files keep it at 8 bits too). Returns ``matmuls`` (rewritten), ``kernels``
+    ``logits`` output (the LM head; llama.cpp's Q4 files keep it at 8 bits too), quantized symmetrically
+    (:func:`symmetric_blocks`, no offset correction). Returns ``matmuls`` (rewritten), ``kernels``
     (MatMulNBits nodes), ``skipped`` (name -> why), ``max_error`` (largest absolute
     difference between a rebuilt weight and the original) and, with a head at ``head_bits``,
     ``head_bits`` and ``head_max_error``."""
@@ -181,11 +206,12 @@ def quantize_matmuls_minmax(model, bits: int, block_size: int, accuracy_level: i
             continue  # emitted with its group
         (a, k, group_bits), members = first[id(node)], groups[first[id(node)]]
         nb = k // block_size
+        symmetric = group_bits != bits  # the head: symmetric, no offset correction
         parts = []
         for member in members:
             name, transposed = weight[id(member)]
             w = numpy_helper.to_array(inits[name])  # stored [N, K] when transposed, else [K, N]
-            q, d, z, r, error = _quantize_rows(w if transposed else w.T, group_bits, block_size)
+            q, d, z, r, error = _quantize_rows(w if transposed else w.T, group_bits, block_size, symmetric)
             del w
             errors[group_bits] = max(errors.get(group_bits, 0.0), error)
             parts.append((q, d, z, r))
@@ -200,20 +226,14 @@ def quantize_matmuls_minmax(model, bits: int, block_size: int, accuracy_level: i
         new_inits += [
             numpy_helper.from_array(np.concatenate([_pack(p[0], group_bits) for p in parts]), f"{stem}.q"),  # [N, nb, blob]
             numpy_helper.from_array(np.concatenate([p[1].reshape(-1) for p in parts]).astype(dtype), f"{stem}.scale"),  # [N * nb]
-            numpy_helper.from_array(np.concatenate([_pack_zero_points(p[2], group_bits) for p in parts]), f"{stem}.zero"),
-            numpy_helper.from_array(np.concatenate([p[3].T for p in parts], axis=1).astype(dtype), f"{stem}.offset"),  # [nb, N]
-            numpy_helper.from_array(np.array([0] * (rank - 1) + [nb, block_size], np.int64), f"{stem}.blocks.shape"),
-            numpy_helper.from_array(np.array([-1], np.int64), f"{stem}.blocks.axis"),
         ]
         fused = f"{stem}.out" if len(members) > 1 else members[0].output[0]
-        new_nodes += [
-            helper.make_node("MatMulNBits", [a, f"{stem}.q", f"{stem}.scale", f"{stem}.zero"], [f"{stem}.int"], name=f"{stem}",
-                             domain="com.microsoft", K=k, N=n, bits=group_bits, block_size=block_size, accuracy_level=accuracy_level),
-            helper.make_node("Reshape", [a, f"{stem}.blocks.shape"], [f"{stem}.blocks"], name=f"{stem}.blocks"),  # [.., nb, block]
-            helper.make_node("ReduceSum", [f"{stem}.blocks", f"{stem}.blocks.axis"], [f"{stem}.blocksum"], name=f"{stem}.blocksum", keepdims=0),
-            helper.make_node("MatMul", [f"{stem}.blocksum", f"{stem}.offset"], [f"{stem}.correction"], name=f"{stem}.correction"),  # [.., N]
-            helper.make_node("Add", [f"{stem}.int", f"{stem}.correction"], [fused], name=f"{stem}.add"),
-        ]
+        if symmetric:  # MatMulNBits' default zero point, 2**(bits-1): the kernel alone
+            new_nodes.append(helper.make_node("MatMulNBits", [a, f"{stem}.q", f"{stem}.scale"], [fused], name=f"{stem}", domain="com.microsoft",
+                                              K=k, N=n, bits=group_bits, block_size=block_size, accuracy_level=accuracy_level))
+        else:
+            new_inits += _offset_inits(stem, parts, group_bits, dtype, rank, nb, block_size)
+            new_nodes += _offset_nodes(stem, a, fused, k, n, group_bits, block_size, accuracy_level)
         if len(members) > 1:
             sizes = f"{stem}.split"
             new_inits.append(numpy_helper.from_array(np.array([p[0].shape[0] for p in parts], np.int64), sizes))
@@ -230,3 +250,29 @@ def quantize_matmuls_minmax(model, bits: int, block_size: int, accuracy_level: i
     if head:
         report.update(head_bits=head_bits, head_max_error=errors[head_bits])
     return report
+
+
+def _offset_inits(stem: str, parts: list, bits: int, dtype, rank: int, nb: int, block_size: int) -> list:
+    """The zero points, the offsets ``r [nb, N]`` and the block Reshape/ReduceSum constants of one minmax kernel."""
+    from onnx import numpy_helper
+
+    return [
+        numpy_helper.from_array(np.concatenate([_pack_zero_points(p[2], bits) for p in parts]), f"{stem}.zero"),
+        numpy_helper.from_array(np.concatenate([p[3].T for p in parts], axis=1).astype(dtype), f"{stem}.offset"),  # [nb, N]
+        numpy_helper.from_array(np.array([0] * (rank - 1) + [nb, block_size], np.int64), f"{stem}.blocks.shape"),
+        numpy_helper.from_array(np.array([-1], np.int64), f"{stem}.blocks.axis"),
+    ]
+
+
+def _offset_nodes(stem: str, a: str, out: str, k: int, n: int, bits: int, block_size: int, accuracy_level: int) -> list:
+    """MatMulNBits with integer zero points plus ``blocksum(a) @ r``: ``out = a @ W`` with each block's minimum exact."""
+    from onnx import helper
+
+    return [
+        helper.make_node("MatMulNBits", [a, f"{stem}.q", f"{stem}.scale", f"{stem}.zero"], [f"{stem}.int"], name=f"{stem}",
+                         domain="com.microsoft", K=k, N=n, bits=bits, block_size=block_size, accuracy_level=accuracy_level),
+        helper.make_node("Reshape", [a, f"{stem}.blocks.shape"], [f"{stem}.blocks"], name=f"{stem}.blocks"),  # [.., nb, block]
+        helper.make_node("ReduceSum", [f"{stem}.blocks", f"{stem}.blocks.axis"], [f"{stem}.blocksum"], name=f"{stem}.blocksum", keepdims=0),
+        helper.make_node("MatMul", [f"{stem}.blocksum", f"{stem}.offset"], [f"{stem}.correction"], name=f"{stem}.correction"),  # [.., N]
+        helper.make_node("Add", [f"{stem}.int", f"{stem}.correction"], [out], name=f"{stem}.add"),
+    ]

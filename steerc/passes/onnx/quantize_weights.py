@@ -7,7 +7,8 @@ channels, one scale per block), by one of two methods:
 * ``minmax`` (default for int4, :mod:`steerc.passes.onnx.nbits_minmax`): each block spans its own
   minimum to maximum and keeps its minimum exactly (an integer zero point plus a float
   correction); weights from a Q4_1 GGUF file come back bit for bit. The LM head (also a tied
-  one, read through a Transpose of the embedding table) is quantized at 8 bits.
+  one, read through a Transpose of the embedding table) is quantized at 8 bits, symmetrically
+  (llama.cpp's Q8_0, exact for a GGUF's Q8_0 token table; no correction ops).
 * ``rtn`` (default for int8): ``onnxruntime.quantization.matmul_nbits_quantizer``'s
   round-to-nearest, symmetric or with an integer zero point per block.
 

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from steerc.passes.onnx.nbits_minmax import minmax_blocks, quantize_matmuls_minmax
+from steerc.passes.onnx.nbits_minmax import minmax_blocks, quantize_matmuls_minmax, symmetric_blocks
 from steerc.passes.onnx.quantize_weights import quantize_file
 
 K, BLOCK = 64, 32
@@ -64,6 +64,23 @@ def test_fused_rewrite_equals_the_matmuls(bits):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
+def q8_0_grid(k: int, n: int, seed: int = 0) -> np.ndarray:
+    """Weights as a Q8_0 GGUF table dequantizes: per block of 32, ``d * q``, ``|q| <= 127`` with 127 reached."""
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-127, 128, (n, k // BLOCK, BLOCK)).astype(np.float32)
+    q[..., 0] = np.where(rng.random(q.shape[:2]) < 0.5, 127, -127)  # llama.cpp's d = absmax / 127
+    d = rng.uniform(1e-3, 5e-3, (n, k // BLOCK, 1)).astype(np.float16).astype(np.float32)
+    return (d * q).reshape(n, k).T.copy()  # [K, N]
+
+
+def test_q8_0_weights_are_rebuilt_by_the_symmetric_scheme():
+    w = q8_0_grid(K, 24)
+    q, d = symmetric_blocks(w, 8, BLOCK)
+    assert q.dtype == np.uint8 and q.min() >= 1 and q.max() == 255
+    rebuilt = (d[..., None] * (q.astype(np.float32) - 128)).reshape(24, K).T
+    np.testing.assert_allclose(rebuilt, w, rtol=1e-6, atol=0)  # up to float rounding of d
+
+
 def test_offgrid_weights_keep_the_block_minimum():
     """Any weights: the rebuilt block spans min..max and the minimum itself is exact."""
     w = np.random.default_rng(0).standard_normal((K, 8)).astype(np.float32)
@@ -111,7 +128,8 @@ def test_second_run_finds_nothing(tmp_path):
 
 def test_tied_head_is_quantized_at_head_bits():
     """A tied LM head reads the embedding table [V, K] through a Transpose: quantized at 8 bits,
-    the Transpose dropped, the table kept for the token lookup."""
+    symmetric (one MatMulNBits, no offset correction), the Transpose dropped, the table kept for
+    the token lookup."""
     rng = np.random.default_rng(0)
     table = rng.standard_normal((48, K)).astype(np.float32)  # [V, K]
     nodes = [helper.make_node("Gather", ["table", "ids"], ["x"]),
@@ -128,9 +146,10 @@ def test_tied_head_is_quantized_at_head_bits():
     ops = [n.op_type for n in model.graph.node]
     assert "Transpose" not in ops and "Gather" in ops and "table" in {t.name for t in model.graph.initializer}
     assert [a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"] == [8]
+    assert sorted(ops) == ["Gather", "MatMulNBits"]  # no zero points, no Reshape/ReduceSum/MatMul/Add correction
     (got,) = run(model, feed)
-    q, d, m = minmax_blocks(table.T, 8, BLOCK)  # the 8-bit weights the kernel holds
-    rebuilt = (d[..., None] * q + m[..., None]).reshape(table.shape)  # [V, K]
+    q, d = symmetric_blocks(table.T, 8, BLOCK)  # the 8-bit weights the kernel holds
+    rebuilt = (d[..., None] * (q.astype(np.float32) - 128)).reshape(table.shape)  # [V, K]
     np.testing.assert_allclose(got, table[feed["ids"]] @ rebuilt.T, atol=1e-4)
     assert np.abs(got - expected).max() > 0  # quantized, not the full-precision head
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from steerc.passes.onnx import ONNX_PASSES, OnnxGraph, OnnxPassReport, derive_analysis, derive_selector, kv_in_place, make_tensorrt_ready, onnx_passes, quantize_weights
+from steerc.passes.onnx import (ONNX_PASSES, OnnxGraph, OnnxPassReport, derive_analysis, derive_selector, kv_in_place, make_tensorrt_ready, onnx_passes, quantize_embedding,
+                              quantize_weights)
 from steerc.settings import CompileSettings
 
 
@@ -11,7 +12,7 @@ def _names(**settings) -> list[str]:
 
 
 def test_the_order_is_one_list():
-    assert ONNX_PASSES == (quantize_weights, derive_analysis, derive_selector, kv_in_place, make_tensorrt_ready)
+    assert ONNX_PASSES == (quantize_weights, quantize_embedding, derive_analysis, derive_selector, kv_in_place, make_tensorrt_ready)
     assert all(callable(p.wanted) for p in ONNX_PASSES)
 
 
@@ -20,7 +21,11 @@ def test_only_the_passes_the_settings_ask_for():
     assert _names(importance=False) == []
     assert _names(attn_implementation="eager") == []
     assert _names(share_attention=((0, 1),)) == []
-    assert _names(weights="int4") == ["quantize_weights", "derive_analysis", "derive_selector"]
+    assert _names(weights="int4") == ["quantize_weights", "quantize_embedding", "derive_analysis", "derive_selector"]
+    # the head stays fp32 under rtn: so does the table
+    assert _names(weights="int4", weight_method="rtn") == ["quantize_weights", "derive_analysis", "derive_selector"]
+    assert _names(weights="int8") == ["quantize_weights", "derive_analysis", "derive_selector"]  # int8 is rtn by default
+    assert _names(weights="int4", kv="in-place") == ["quantize_weights", "quantize_embedding", "derive_analysis", "derive_selector", "kv_in_place"]
     assert _names(kv="in-place") == ["derive_analysis", "derive_selector", "kv_in_place"]
     assert _names(target="tensorrt", dtype="fp16", importance=False) == ["make_tensorrt_ready"]
     # TensorRT refuses Attention's probabilities output: the analysis program is exported instead, no selector graph.
