@@ -41,7 +41,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 64 for kv-retrieval (the model repeats the 36-character key first), else 32")
     add_steer_options(p, omit=("highlights",))  # an oracle's highlights are each example's evidence
     p.add_argument("--store", default="memory", help="context store: 'memory' (default) or a folder to keep prepared contexts across runs")
-    add_kv_store_dtype_option(p)
+    add_kv_store_dtype_option(p, default="engine")
     p.add_argument("--no-chat", action="store_true", help="completion-style prompts (base models)")
     p.add_argument("--device", default="cpu", choices=DEVICES)
     add_backend_option(p, "what runs the step graph (the engine must have been compiled with that --backend)")

@@ -46,7 +46,7 @@ class ServerSettings(JsonDataclass):
     memory_store_bytes: int = 1 << 30
     kv_store_max_bytes: int | None = None  # a disk store's budget (None: unbounded); least recently read entries are evicted
     gc_interval_s: float = 600.0  # the store's garbage collector runs at start-up and this often
-    kv_store_dtype: str = "engine"  # how stored KVs are kept at rest (steerc.stores.KV_SCHEMES)
+    kv_store_dtype: str = "int8"  # how stored KVs are kept at rest (steerc.stores.KV_SCHEMES; int8 loses no significant quality, docs/BENCHMARKS.md)
     store_timeout_s: float = 10.0
     model_name: str | None = None
     chat: bool = True

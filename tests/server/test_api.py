@@ -131,15 +131,19 @@ def test_other_steering_of_a_registered_context_costs_no_prefill(server):
 
 
 def test_steered_answer_equals_the_runtime(server, tiny_text_engine):
-    """The server answers through the same Steerer as `steerc run`: identical greedy text."""
+    """The server answers through the same Steerer as `steerc run` (and its default store, int8
+    KVs at rest): identical greedy text."""
     from steerc.runtime import Engine
     from steerc.steering.answer import Steerer
     from steerc.steering.config import SteerConfig
+    from steerc.stores import MemoryStore
 
     engine = Engine.load(tiny_text_engine)
     for method, extra in (("llmsteer", {}), ("none", {}), ("pasta", {"highlights": [[0, 120]]}), ("query", {"selector": [[1, 0], [1, 3]]})):
         config = SteerConfig(method=method, **{k: tuple(map(tuple, v)) for k, v in extra.items()})
-        expected = Steerer(engine, config).answer(CONTEXT, QUESTION, max_new_tokens=8)
+        store = MemoryStore()
+        store.kv_scheme = "int8"
+        expected = Steerer(engine, config, store).answer(CONTEXT, QUESTION, max_new_tokens=8)
         with server.client() as c:
             r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 8, "temperature": 0,
                                                      "steer": {"context": CONTEXT, "method": method, **extra}}).json()

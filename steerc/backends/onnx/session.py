@@ -14,11 +14,12 @@ __all__ = ["create_session", "session_config", "SharedWeights", "PREPACK_ONLY_OP
 # Ops (as ``op_counts`` names them) whose CPU kernels need their weights pre-packed: unpacked,
 # MatMulNBits dequantizes its weights on every call (a decode step ~7x slower on SmolLM2 int4).
 PREPACK_ONLY_OPS = ("com.microsoft::MatMulNBits",)
-# Session config entries of every session. Spinning off: ONNX Runtime's worker threads otherwise
-# busy-wait between parallel sections, which on a machine with other work running costs far more
-# than the wake-up it saves (SmolLM2-135M int4 decode, 2 threads on 2 busy cores: 1.74x tokens/s at
-# 512 tokens of context, 1.52x at 2016; docs/BENCHMARKS.md, "A leaner int4 decode step").
-SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
+# Session config entries of every session: ONNX Runtime's own defaults. Spinning (worker threads
+# busy-wait between parallel sections) is left on: on an idle machine it decodes SmolLM2-135M int4
+# 1.46x faster than with it off (67.0 against 45.9 tok/s at 512 tokens, 2 threads, same run), while
+# on cores other jobs share, off is faster (1.5-1.7x); there, set
+# STEERC_ORT_CONFIG=session.intra_op.allow_spinning=0 (docs/BENCHMARKS.md, "A leaner int4 decode step").
+SESSION_CONFIG: dict[str, str] = {}
 
 
 class SharedWeights:
