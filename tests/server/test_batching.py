@@ -6,7 +6,6 @@ The HTTP tests run a real server on the tiny text engine (compiled with max_batc
 """
 
 import concurrent.futures as cf
-import json
 import threading
 import time
 
@@ -19,6 +18,7 @@ from steerc.runtime.decode_batch import BatchRow
 from steerc.runtime.kv_cache import KVCache
 from steerc.server.batching import Batcher, FairLock
 from test_api import CONTEXT
+from test_concurrency import _answer as _text
 
 LONG_PROMPT = " ".join(f"item {i}," for i in range(60))  # ~240 tokens: several prefill chunks of 32
 
@@ -32,25 +32,16 @@ def batched(tiny_text_engine, tmp_path_factory):
 
 
 def _answer(client, path: str, body: dict, leave_after_first: bool = False) -> str:
-    if leave_after_first:
-        with client.stream("POST", path, json=body) as r:
-            assert r.status_code == 200
-            for line in r.iter_lines():
-                if line.startswith("data: {") and ('"text":"' in line or '"content":"' in line):
-                    return "left"
-        return "left"
-    r = client.post(path, json=body)
-    assert r.status_code == 200, r.text
-    if not body.get("stream"):
-        choice = r.json()["choices"][0]
-        return choice["message"]["content"] if "message" in choice else choice["text"]
-    text = ""
-    for block in r.text.strip().split("\n\n"):
-        data = block.removeprefix("data: ")
-        if data != "[DONE]":
-            choice = json.loads(data)["choices"][0]
-            text += choice.get("text") or choice.get("delta", {}).get("content") or ""
-    return text
+    """The answer's text (streamed or not, as test_concurrency reads it); ``leave_after_first``: read
+    a stream up to its first text and leave."""
+    if not leave_after_first:
+        return _text(client, path, body)
+    with client.stream("POST", path, json=body) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {") and ('"text":"' in line or '"content":"' in line):
+                break
+    return "left"
 
 
 def _mixed(context_id: str) -> list[tuple[str, dict]]:
@@ -90,9 +81,11 @@ def test_8_concurrent_mixed_requests_equal_their_sequential_answers(batched):
 
     steps_before, multi_before = _batch_steps(batched)
 
+    barrier = threading.Barrier(len(requests))
+
     def one(i):
-        time.sleep(0.05 * i)  # staggered: rows join while others decode
         with batched.client() as client:
+            barrier.wait()  # all at once: their prefills take turns with the decode steps, so rows join while others decode
             return _answer(client, *requests[i])
 
     with cf.ThreadPoolExecutor(len(requests)) as pool:
