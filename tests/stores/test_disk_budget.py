@@ -134,3 +134,35 @@ def test_a_pin_with_a_time_ends_then(tmp_path):
     store.put(key("e1"), entry())
     assert key("ttl") not in store and key("forever") in store
     assert store.collect_garbage(("kv",), grace_s=600)["expired_pins"] == 1 and store.pinned() == {key("forever")}
+
+
+EVICTOR = """
+import hashlib, sys, numpy as np
+from steerc.stores import DiskStore, StoredContext
+store = DiskStore(sys.argv[1], max_bytes=int(sys.argv[2]))
+for i in range(int(sys.argv[3])):
+    key = hashlib.sha256(f"{sys.argv[4]}-{i}".encode()).hexdigest()
+    store.put(key, StoredContext({"x": np.full(4000, i, np.float32)}, {"kind": "prepared", "i": i, "writer": sys.argv[4]}))
+    store.get(hashlib.sha256(f"{sys.argv[4]}-{i // 2}".encode()).hexdigest())  # reads among the writes
+"""
+
+
+def test_two_processes_evicting_one_folder_never_show_a_torn_or_foreign_entry(tmp_path):
+    import subprocess
+    import sys
+
+    size = len(__import__("steerc.stores.base", fromlist=["entry_to_bytes"]).entry_to_bytes(key("a"), StoredContext({"x": np.zeros(4000, np.float32)},
+                                                                                                                     {"kind": "prepared", "i": 0, "writer": "a"})))
+    budget = 6 * size
+    procs = [subprocess.Popen([sys.executable, "-c", EVICTOR, str(tmp_path), str(budget), "300", name]) for name in ("a", "b")]
+    reader, seen = DiskStore(tmp_path), 0
+    while any(p.poll() is None for p in procs):
+        for path in tmp_path.glob("*/*.safetensors"):
+            got = reader.get(path.stem)  # may be evicted between the glob and the read: a miss
+            if got is not None:
+                seen += 1
+                i, writer = got.meta["i"], got.meta["writer"]
+                assert path.stem == hashlib.sha256(f"{writer}-{i}".encode()).hexdigest() and np.all(got.tensors["x"] == i)
+    assert [p.wait(60) for p in procs] == [0, 0]
+    assert reader.stats.corrupt == 0 and seen > 0
+    assert reader.bytes_used <= budget + size  # each writer keeps its own within the budget; two racing writers overshoot by one entry at most
