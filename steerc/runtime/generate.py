@@ -27,7 +27,7 @@ from steerc.runtime.steer_bias import SteerBias
 # [B, H, S, P+S] masks (a 4 x 2048-token prefill in one call was OOM-killed at 24 GiB).
 DEFAULT_PREFILL_CHUNK = 512
 
-__all__ = ["DEFAULT_PREFILL_CHUNK", "SamplingParams", "prefill", "decode_one_token", "generate", "sample", "positions_for"]
+__all__ = ["DEFAULT_PREFILL_CHUNK", "SamplingParams", "prefill", "prefill_prompt", "decode_one_token", "generate", "sample", "positions_for"]
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,31 @@ def decode_one_token(engine: Engine, tokens: np.ndarray, attention_mask: np.ndar
     return logits[:, -1], cache
 
 
+def prefill_prompt(engine: Engine, input_ids: np.ndarray, attention_mask: np.ndarray | None, cache: KVCache | None, steering: SteerBias | None, *,
+                   prefill_chunk: int = DEFAULT_PREFILL_CHUNK, progress: Callable[[int, int], None] | None = None, position_offset: int = 0,
+                   prefilled: tuple[np.ndarray, KVCache] | None = None, buffers: bool = False) -> tuple[np.ndarray, KVCache | KVBuffers, np.ndarray]:
+    """What :func:`generate` does before its first token (the server's decode batch too):
+    ``(logits [B, V], the cache after the prompt, attention_mask [B, P+S])``. ``input_ids [B, S]``
+    go after ``cache`` (default empty), or ``prefilled`` holds their prefill already. ``buffers``:
+    on an in-place engine, the cache becomes :class:`KVBuffers` (the prompt and the decode steps
+    then write into them)."""
+    B, S = input_ids.shape
+    cache = cache if cache is not None else engine.new_cache(B)
+    new_mask = np.ones((B, S), np.int64) if attention_mask is None else np.asarray(attention_mask, np.int64)
+    mask = np.concatenate([np.ones((B, cache.length), np.int64), new_mask], axis=1)  # [B, P+S]
+    if prefilled is not None:
+        logits, cache = prefilled
+        if cache.length != mask.shape[1]:
+            raise ValueError(f"the prefilled cache holds {cache.length} positions, not the {mask.shape[1]} of the cache plus the input")
+    if buffers and isinstance(cache, KVCache) and getattr(engine, "kv_in_place", False):
+        cache = engine.buffers_for(cache, mask.shape[1])  # decode steps then write into the buffers (growing by chunks)
+    if steering is not None:
+        steering.check(engine.geometry.num_layers, engine.geometry.num_heads, B)
+    if prefilled is None:
+        logits, cache = prefill(engine, input_ids, mask, cache, steering, chunk=prefill_chunk, progress=progress, position_offset=position_offset)
+    return logits, cache, mask
+
+
 def generate(
     engine: Engine,
     input_ids: np.ndarray,
@@ -151,26 +176,15 @@ def generate(
     ``prefilled``: ``(logits [B, V], cache)`` of :func:`prefill` already run on ``input_ids``
     after ``cache`` with the same ``steering``; decoding starts from it (no second prefill)."""
     input_ids = np.asarray(input_ids, np.int64)
-    B, S = input_ids.shape
+    B = input_ids.shape[0]
     if B > engine.max_batch:
         raise ValueError(f"batch of {B} exceeds the engine's maximum batch {engine.max_batch}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    cache = cache if cache is not None else engine.new_cache(B)
-    new_mask = np.ones((B, S), np.int64) if attention_mask is None else np.asarray(attention_mask, np.int64)
-    mask = np.concatenate([np.ones((B, cache.length), np.int64), new_mask], axis=1)  # [B, P+S]
-    if prefilled is not None:
-        logits, cache = prefilled
-        if cache.length != mask.shape[1]:
-            raise ValueError(f"the prefilled cache holds {cache.length} positions, not the {mask.shape[1]} of the cache plus the input")
-    if isinstance(cache, KVCache) and getattr(engine, "kv_in_place", False):
-        cache = engine.buffers_for(cache, mask.shape[1])  # decode steps then write into the buffers (growing by chunks)
-    if steering is not None:
-        steering.check(engine.geometry.num_layers, engine.geometry.num_heads, B)
+    logits, cache, mask = prefill_prompt(engine, input_ids, attention_mask, cache, steering, prefill_chunk=prefill_chunk, progress=progress,
+                                         position_offset=position_offset, prefilled=prefilled, buffers=True)
     stop = stop_token_ids if stop_token_ids is not None else engine.eos_token_ids
     rng = np.random.default_rng(sampling.seed)
-    if prefilled is None:
-        logits, cache = prefill(engine, input_ids, mask, cache, steering, chunk=prefill_chunk, progress=progress, position_offset=position_offset)
     done = np.zeros(B, bool)
     last = np.zeros(B, np.int64)
     for step in range(max_new_tokens):

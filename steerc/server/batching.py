@@ -28,7 +28,7 @@ import numpy as np
 
 from steerc.runtime.decode_batch import BatchRow, DecodeBatch
 from steerc.runtime.engine import Engine
-from steerc.runtime.generate import DEFAULT_PREFILL_CHUNK, SamplingParams, generate, prefill
+from steerc.runtime.generate import DEFAULT_PREFILL_CHUNK, SamplingParams, generate, prefill_prompt
 from steerc.runtime.kv_cache import KVCache
 from steerc.runtime.steer_bias import SteerBias
 
@@ -168,20 +168,10 @@ class Batcher:
             return
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        cache = cache if cache is not None else engine.new_cache(1)
-        S = input_ids.shape[1]
-        new_mask = np.ones((1, S), np.int64) if attention_mask is None else np.asarray(attention_mask, np.int64)
-        mask = np.concatenate([np.ones((1, cache.length), np.int64), new_mask], axis=1)  # [1, P+S]
-        if int(new_mask.sum()) != S:
+        if attention_mask is not None and not np.all(np.asarray(attention_mask)):
             raise ValueError("a batched row takes an unpadded prompt (attention_mask all ones)")
-        if steering is not None:
-            steering.check(engine.geometry.num_layers, engine.geometry.num_heads, 1)
-        if prefilled is None:
-            logits, cache = prefill(engine, input_ids, mask, cache, steering, chunk=prefill_chunk, progress=progress, position_offset=position_offset)
-        else:
-            logits, cache = prefilled
-            if cache.length != mask.shape[1]:
-                raise ValueError(f"the prefilled cache holds {cache.length} positions, not the {mask.shape[1]} of the cache plus the input")
+        logits, cache, _ = prefill_prompt(engine, input_ids, attention_mask, cache, steering, prefill_chunk=prefill_chunk, progress=progress,
+                                          position_offset=position_offset, prefilled=prefilled)
         tokens: queue.SimpleQueue = queue.SimpleQueue()
         row = BatchRow(logits[0], cache, emit=tokens.put, finish=lambda reason: tokens.put(_Done(reason)),
                        fail=lambda exc: tokens.put(_Done("error", exc)), max_new_tokens=max_new_tokens, sampling=sampling, steering=steering,
