@@ -123,20 +123,22 @@ class DecodeBatch:
         row.cache = None  # the batch holds it now; the caller's arrays are not referenced (or changed)
         self._set(arrays)
 
-    def remove(self, rows) -> None:
-        """Drop ``rows`` from the batch and trim the padding every remaining row has."""
+    def remove(self, rows) -> list[int]:
+        """Drop ``rows`` from the batch and trim the padding every remaining row has; returns
+        the indices (before the removal) of the rows kept."""
         gone = {id(r) for r in rows}
         keep = [i for i, r in enumerate(self.rows) if id(r) not in gone]
         if len(keep) == len(self.rows):
-            return
+            return keep
         self.rows = [self.rows[i] for i in keep]
         if not keep:
             self.cache, self.pads = None, np.zeros(0, np.int64)
-            return
+            return keep
         pads = self.pads[keep]
         trim = int(pads.min())
         self._set([np.ascontiguousarray(a[keep, :, trim:]) for a in self._flat()])
         self.pads = pads - trim
+        return keep
 
     def _flat(self) -> list[np.ndarray]:
         if self.cache is None:
@@ -169,9 +171,7 @@ class DecodeBatch:
             elif row.generated >= row.max_new_tokens or row.length + row.position_offset + 1 > self.engine.max_seq_len:
                 finished.append((row, "length"))
         if finished:
-            keep = [i for i, r in enumerate(self.rows) if all(r is not f for f, _ in finished)]
-            tokens = tokens[keep]
-            self.remove([r for r, _ in finished])
+            tokens = tokens[self.remove([r for r, _ in finished])]
             for row, reason in finished:
                 row.finish(reason)
         if not self.rows:
