@@ -76,7 +76,11 @@ def save_kv(store: ContextStore, key: str, kv: KVCache) -> KVCache:
     (content-addressed: same key, same KV). Returns the KV as a reader gets it back (``kv`` itself
     when kept as it is), so the request that prepared it answers as every later one will."""
     scheme = getattr(store, "kv_scheme", "engine")
-    entry = kv_entry(kv, scheme) if scheme != "engine" or key not in store else None
-    if entry is not None and key not in store:
+    if scheme == "engine":
+        if key not in store:
+            store.put(key, kv_entry(kv))
+        return kv
+    entry = kv_entry(kv, scheme)  # encoded even when stored already: the caller answers with what a reader gets
+    if key not in store:
         store.put(key, entry)
-    return kv if scheme == "engine" else kv_from_entry(key, entry)
+    return kv_from_entry(key, entry)
