@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from steerc.settings_base import JsonDataclass
-from steerc.stores import KV_SCHEMES
+from steerc.stores import check_kv_scheme
 
 __all__ = ["ServerSettings"]
 
@@ -63,8 +63,10 @@ class ServerSettings(JsonDataclass):
         _positive_int("max_queue", self.max_queue, 0)
         _positive_int("max_batch", self.max_batch)
         _positive_int("prefill_chunk", self.prefill_chunk, 16)
-        if self.kv_store_dtype not in KV_SCHEMES:
-            raise ValueError(f"kv_store_dtype must be one of {', '.join(KV_SCHEMES)}, got {self.kv_store_dtype!r}")
+        try:
+            check_kv_scheme(self.kv_store_dtype)
+        except ValueError as exc:
+            raise ValueError(f"kv_store_dtype: {exc}") from None
         if self.kv_store_max_bytes is not None:
             _positive_int("kv_store_max_bytes", self.kv_store_max_bytes, 1 << 20)
         for name in ("request_timeout_s", "store_timeout_s", "gc_interval_s"):

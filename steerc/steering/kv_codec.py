@@ -16,20 +16,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from steerc.stores import KV_SCHEMES
+from steerc.stores import KV_SCHEMES, check_kv_scheme
 
-__all__ = ["KV_SCHEMES", "encode", "decode", "check_scheme"]
-
-
-def check_scheme(scheme: str) -> str:
-    if scheme not in KV_SCHEMES:
-        raise ValueError(f"the stored KV dtype must be one of {', '.join(KV_SCHEMES)}, got {scheme!r}")
-    return scheme
+__all__ = ["KV_SCHEMES", "encode", "decode"]
 
 
 def encode(arrays: list[np.ndarray], scheme: str) -> tuple[dict[str, np.ndarray], dict]:
     """The tensors (``kv.i``, and ``kv.i.scale`` for int8) and the record of ``scheme``."""
-    check_scheme(scheme)
+    check_kv_scheme(scheme)
     dtype = str(arrays[0].dtype) if arrays else "float32"
     if scheme == "fp16" and any(a.size and np.abs(a).max() > 6.0e4 for a in arrays):
         scheme = "engine"  # past fp16's range: kept as it is (the record says so)
@@ -53,7 +47,7 @@ def decode(tensors: dict[str, np.ndarray], record: dict | None) -> list[np.ndarr
     arrays = [tensors[f"kv.{i}"] for i in range(count)]
     if not record or record.get("scheme", "engine") == "engine":
         return arrays
-    scheme, dtype = check_scheme(record["scheme"]), np.dtype(record.get("dtype", "float32"))
+    scheme, dtype = check_kv_scheme(record["scheme"]), np.dtype(record.get("dtype", "float32"))
     if scheme == "fp16":
         return [a.astype(dtype) for a in arrays]
     return [(a.astype(np.float32) * tensors[f"kv.{i}.scale"].astype(np.float32)).astype(dtype) for i, a in enumerate(arrays)]

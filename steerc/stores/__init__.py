@@ -37,11 +37,18 @@ from steerc.stores.tiered import TieredStore
 
 __all__ = [
     "StoredContext", "StoreStats", "CorruptEntryError", "StoreUnavailableError", "check_key", "context_key", "entry_to_bytes", "entry_from_bytes",
-    "ContextStore", "KeyLocks", "MemoryStore", "NullStore", "DiskStore", "TieredStore", "BACKING_STORES", "KV_SCHEMES", "default_root", "open_store",
+    "ContextStore", "KeyLocks", "MemoryStore", "NullStore", "DiskStore", "TieredStore", "BACKING_STORES", "KV_SCHEMES", "check_kv_scheme", "default_root", "open_store",
 ]  # fmt: skip
 
 
 KV_SCHEMES = ("engine", "fp16", "int8")  # steerc.steering.kv_codec implements them; the store only records the choice
+
+
+def check_kv_scheme(scheme: str) -> str:
+    """``scheme`` if it is one of :data:`KV_SCHEMES`; ValueError otherwise."""
+    if scheme not in KV_SCHEMES:
+        raise ValueError(f"the stored KV dtype must be one of {', '.join(KV_SCHEMES)}, got {scheme!r}")
+    return scheme
 
 
 def default_root() -> Path:
@@ -56,8 +63,10 @@ def open_store(spec: str | None, memory_bytes: int = 1 << 30, timeout: float = 6
     after ``timeout`` seconds. ``disk_bytes``: the budget of a disk store (None: unbounded; a
     Redis store is bounded by Redis's own ``maxmemory``). ``kv_scheme``: how KVs are kept at rest,
     one of :data:`KV_SCHEMES` (``engine``: as computed; ``fp16``; ``int8`` with per-vector scales)."""
-    if kv_scheme not in KV_SCHEMES:
-        raise SteercError(f"the stored KV dtype must be one of {', '.join(KV_SCHEMES)}, got {kv_scheme!r}")
+    try:
+        check_kv_scheme(kv_scheme)
+    except ValueError as exc:
+        raise SteercError(str(exc)) from None
     store = _open_store(spec, memory_bytes, timeout, disk_bytes)
     store.kv_scheme = kv_scheme
     return store
@@ -74,5 +83,5 @@ def _open_store(spec: str | None, memory_bytes: int, timeout: float, disk_bytes:
         raise SteercError(f"a disk budget applies to a folder store, not {spec!r}; bound Redis with its maxmemory setting (see the README)")
     backing = backing_store(spec, timeout)
     if disk_bytes is not None:
-        backing.max_bytes = DiskStore(backing.root, disk_bytes).max_bytes  # checked as the constructor checks it
+        backing = DiskStore(backing.root, disk_bytes)  # the folder the spec names, with its budget
     return TieredStore(MemoryStore(memory_bytes), backing)
