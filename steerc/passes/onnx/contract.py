@@ -15,7 +15,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OnnxGraph", "OnnxPassReport", "onnx_pass"]
+__all__ = ["OnnxGraph", "OnnxPassReport", "onnx_pass", "save_with_weights"]
+
+
+def save_with_weights(model, path: Path, tag: str) -> int:
+    """Write ``model`` over ``path`` and its external data file (``path.name + '.data'``), both
+    written in a hidden temporary folder beside them (named after ``tag``) and moved into place;
+    check the result. Returns the new data file's size in bytes."""
+    import os
+    import tempfile
+
+    import onnx
+
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.{tag}-") as tmp:
+        out = Path(tmp) / path.name
+        onnx.save_model(model, str(out), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
+        os.replace(Path(tmp) / data.name, data)
+        os.replace(out, path)
+    onnx.checker.check_model(str(path))
+    return data.stat().st_size
 
 
 @dataclass(frozen=True)

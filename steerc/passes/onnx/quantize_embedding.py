@@ -18,13 +18,11 @@ this buys memory, not speed. Raises when the graph has no such Gather.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from steerc.passes.onnx.contract import OnnxGraph, OnnxPassReport, onnx_pass
+from steerc.passes.onnx.contract import OnnxGraph, OnnxPassReport, onnx_pass, save_with_weights
 
 __all__ = ["EMBEDDING_BITS", "quantize_embedding", "quantize_embedding_model"]
 
@@ -125,13 +123,7 @@ def quantize_embedding_file(path: Path, block_size: int) -> dict:
     before = data.stat().st_size if data.is_file() else 0
     model = onnx.load(str(path))
     report = quantize_embedding_model(model, block_size)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.embed-") as tmp:
-        out = Path(tmp) / path.name
-        onnx.save_model(model, str(out), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
-        os.replace(Path(tmp) / data.name, data)
-        os.replace(out, path)
-    onnx.checker.check_model(str(path))
-    after = data.stat().st_size
+    after = save_with_weights(model, path, "embed")
     log.info("%s: token table to GatherBlockQuantized (%d-bit, block %d%s): %.1f -> %.1f MiB", path.name, EMBEDDING_BITS, block_size,
              ", sharing the head's bytes" if report["shared"] else "", before / 2**20, after / 2**20)
     return {**report, "op": "com.microsoft::GatherBlockQuantized", "data_bytes_before": before, "data_bytes_after": after}

@@ -25,12 +25,10 @@ quantizer is deterministic, so their quantized weights are byte-identical and
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from steerc.errors import require
-from steerc.passes.onnx.contract import OnnxGraph, OnnxPassReport, onnx_pass
+from steerc.passes.onnx.contract import OnnxGraph, OnnxPassReport, onnx_pass, save_with_weights
 
 __all__ = ["WEIGHT_METHODS", "WEIGHT_SCHEMES", "quantize_file", "quantize_weights"]
 
@@ -84,13 +82,7 @@ def quantize_file(path: Path, scheme: str, block_size: int = 32, symmetric: bool
         quantized, counts = _rtn(model, WEIGHT_SCHEMES[scheme], block_size, symmetric)
     if counts["matmuls"] == 0:
         raise RuntimeError(f"{path.name}: no MatMul with a constant weight to quantize")
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.quant-") as tmp:
-        out = Path(tmp) / path.name
-        onnx.save_model(quantized, str(out), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
-        os.replace(Path(tmp) / data.name, data)
-        os.replace(out, path)
-    onnx.checker.check_model(str(path))
-    after = data.stat().st_size
+    after = save_with_weights(quantized, path, "quant")
     symmetric = symmetric and method == "rtn"
     log.info("%s: %d MatMul weights quantized to %s by %s (block %d, %s): %.1f -> %.1f MiB", path.name, counts["matmuls"], scheme, method, block_size,
              "symmetric" if symmetric else "asymmetric", before / 2**20, after / 2**20)
