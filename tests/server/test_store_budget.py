@@ -27,7 +27,9 @@ def test_a_budgeted_store_stays_within_it_and_keeps_what_is_pinned(tiny_text_eng
     old = time.time() - 7200
     os.utime(planted.path(orphan), (old, old))
 
-    srv = Server(tiny_text_engine, tmp_path, "--kv-store", str(root), "--kv-store-max-gb", str(BUDGET_GB), "--memory-store-mb", "0")
+    # KVs at the engine's dtype: the budget holds about ten contexts (int8, the default, would fit 24 and leave nothing evicted)
+    srv = Server(tiny_text_engine, tmp_path, "--kv-store", str(root), "--kv-store-max-gb", str(BUDGET_GB), "--memory-store-mb", "0",
+                 "--kv-store-dtype", "engine")
     try:
         assert srv.metric("steerc_store_gc_removed_total", kind="orphans") == 1 and orphan not in planted  # at start-up
         with srv.client() as c:
