@@ -11,7 +11,7 @@ import dataclasses
 import json
 from typing import Any, TypeVar
 
-__all__ = ["JsonDataclass", "check_choice", "check_int"]
+__all__ = ["Flag", "JsonDataclass", "check_choice", "check_int", "flag_of", "setting"]
 
 T = TypeVar("T", bound="JsonDataclass")
 
@@ -36,6 +36,33 @@ class JsonDataclass:
     @classmethod
     def from_json(cls: type[T], text: str) -> T:
         return cls.from_dict(json.loads(text))
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """How a setting appears on the command line, declared beside the setting (:func:`setting`);
+    ``steerc.cli.settings_flags`` makes the argparse flags and reads them back.
+
+    ``name``: the flag (default ``--field-name``); ``scale``: the setting is the flag's value times
+    this (a MiB flag for a bytes setting), with ``type`` the flag's own type; ``negate``: a setting
+    that is on by default is turned off by ``--no-NAME``; ``choices``: the allowed values."""
+
+    help: str
+    name: str | None = None
+    type: type | None = None
+    scale: int | None = None
+    negate: bool = False
+    choices: tuple | None = None
+    metavar: str | None = None
+
+
+def setting(default: Any, help: str, **flag: Any) -> Any:
+    """A settings field with its command-line :class:`Flag` (``flag``: the Flag's other fields)."""
+    return dataclasses.field(default=default, metadata={"flag": Flag(help, **flag)})
+
+
+def flag_of(field: dataclasses.Field) -> Flag | None:
+    return field.metadata.get("flag")
 
 
 def check_choice(name: str, value: Any, choices: tuple) -> None:

@@ -13,7 +13,7 @@ __all__ = ["DEVICES", "add_backend_option", "add_encoding_option", "add_kv_store
 def add_kv_store_dtype_option(parser, default: str = "int8") -> None:
     """``--kv-store-dtype``: how the context store keeps KVs at rest (:data:`steerc.stores.KV_SCHEMES`).
     int8 is the default of the stores that last (``serve``, ``run``): on SQuAD test (200) and NQ
-    gold-middle (100) it moved query steering by -0.2 F1 and -1 subspan EM point, neither
+    gold-middle (200) it moved query steering by -0.2 F1 and -1 subspan EM point, neither
     significant (docs/BENCHMARKS.md); ``eval`` keeps ``engine`` so its scores measure the methods alone."""
     from steerc.stores import KV_SCHEMES
 

@@ -6,8 +6,10 @@ import ipaddress
 import os
 import sys
 
-from steerc.cli.common import DEVICES, add_backend_option, add_kv_store_dtype_option
+from steerc.cli.common import DEVICES, add_backend_option
+from steerc.cli.settings_flags import add_settings_flags, settings_from_args
 from steerc.errors import SteercError
+from steerc.server.settings import ServerSettings
 
 __all__ = ["add_serve_parser", "cmd_serve"]
 
@@ -31,7 +33,6 @@ def _key_file(path: str) -> str:
 
 def cmd_serve(args) -> int:
     from steerc.errors import require
-    from steerc.server import ServerSettings
 
     require("fastapi", "steerc serve", "pip install 'steerc[serve]'")
     uvicorn = require("uvicorn", "steerc serve", "pip install 'steerc[serve]'")
@@ -42,12 +43,7 @@ def cmd_serve(args) -> int:
 
     api_key = _key_file(args.api_key_file) if args.api_key_file else args.api_key or (None if args.api_keys else os.environ.get("STEERC_API_KEY")) or None
     try:
-        settings = ServerSettings(host=args.host, port=args.port, api_key=api_key, api_keys_file=args.api_keys, share_contexts=args.share_contexts,
-                                  max_concurrency=args.max_concurrency, max_queue=args.max_queue, max_batch=args.max_batch, prefill_chunk=args.prefill_chunk, request_timeout_s=args.request_timeout, store_timeout_s=args.store_timeout,
-                                  max_body_bytes=args.max_body_bytes, kv_store=args.kv_store, memory_store_bytes=args.memory_store_mb << 20,
-                                  kv_store_max_bytes=None if args.kv_store_max_gb is None else int(args.kv_store_max_gb * (1 << 30)),
-                                  kv_store_dtype=args.kv_store_dtype,
-                                  model_name=args.model_name, chat=not args.no_chat, ui=not args.no_ui)
+        settings = settings_from_args(ServerSettings, args, api_key=api_key, api_keys_file=args.api_keys)
     except ValueError as exc:
         where = f" (the key in --api-key-file {args.api_key_file})" if args.api_key_file and "api_key" in str(exc) else ""
         raise SteercError(f"invalid option: {exc}{where}") from None
@@ -73,31 +69,12 @@ def add_serve_parser(sub) -> None:
 
     p = sub.add_parser("serve", help="serve an engine over HTTP: OpenAI-compatible completions with steered, reusable contexts")
     p.add_argument("engine", help="engine folder (from steerc compile)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
     key = p.add_mutually_exclusive_group()
     key.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health (or set STEERC_API_KEY)")
     key.add_argument("--api-key-file", default=None, metavar="FILE", help="as --api-key, the key read from FILE (one line, UTF-8): kept out of the process list")
     key.add_argument("--api-keys", default=None, metavar="FILE", help="one 'TENANT KEY' per line: each tenant's contexts are kept apart "
                                                                        "(ids, entries, reads and deletes), and another tenant's id answers 404")
-    p.add_argument("--share-contexts", action="store_true", help="with --api-keys: all tenants share one store namespace")
-    p.add_argument("--kv-store", default=None, help="prepared-context store: 'memory', a folder, or redis://host:port/db "
-                                                    "(shared by servers); default: memory + ~/.cache/steerc/contexts")
-    p.add_argument("--store-timeout", type=float, default=10.0, help="seconds a Redis command may take; past it the request is answered without the store (default 10)")
-    p.add_argument("--memory-store-mb", type=int, default=1024, help="in-memory store budget (MiB)")
-    p.add_argument("--kv-store-max-gb", type=float, default=None, help="disk store budget (GiB): a write first evicts the least recently read "
-                                                                       "entries; pinned contexts and KVs still in use are kept (default: unbounded)")
-    add_kv_store_dtype_option(p)
-    p.add_argument("--max-concurrency", type=int, default=8, help="requests worked on at once: planning, context preparation, prefill and decode (default 8)")
-    p.add_argument("--max-batch", type=int, default=8, help="running generations whose decode steps share one engine call (continuous batching; "
-                                                            "at most the engine's compiled --max-batch; 1: one at a time; default 8)")
-    p.add_argument("--prefill-chunk", type=int, default=256, help="prefill in calls of at most this many tokens, taking turns with the decode steps (default 256)")
-    p.add_argument("--max-queue", type=int, default=32, help="requests that may wait for a slot; more get 429 (default 32)")
-    p.add_argument("--request-timeout", type=float, default=300.0, help="seconds from arrival to last token (default 300)")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
-    p.add_argument("--model-name", default=None, help="the model id clients send (default: the engine folder's name)")
-    p.add_argument("--no-chat", action="store_true", help="do not use the chat template (base models)")
-    p.add_argument("--no-ui", action="store_true", help="do not serve the playground page at / (the API is unchanged)")
+    add_settings_flags(p, ServerSettings)  # every other server setting, declared once in steerc/server/settings.py
     p.add_argument("--device", default="cpu", choices=DEVICES)
     add_backend_option(p, "what runs the step graph (the engine must have been compiled with that --backend)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from steerc.settings_base import JsonDataclass
-from steerc.stores import check_kv_scheme
+from steerc.settings_base import JsonDataclass, setting
+from steerc.stores import KV_SCHEMES, check_kv_scheme
 
 __all__ = ["ServerSettings"]
 
@@ -30,28 +30,36 @@ class ServerSettings(JsonDataclass):
     None (memory + disk at the default folder), ``memory``, a folder, or ``redis://host:port/db``.
     ``store_timeout_s``: how long one Redis command may take before the request goes on without the store.
     ``chat``: steered prompts and ``/v1/chat/completions`` use the engine's chat template.
-    ``ui``: ``GET /`` serves the playground, a page that uses only the public API."""
+    ``ui``: ``GET /`` serves the playground, a page that uses only the public API.
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
-    api_keys_file: str | None = None  # TENANT KEY per line (steerc.server.tenants); each tenant's contexts apart
-    share_contexts: bool = False  # tenants share one store namespace (off: each tenant's keys are its own)
-    max_concurrency: int = 8
-    max_queue: int = 32
-    max_batch: int = 8
-    prefill_chunk: int = 256
-    request_timeout_s: float = 300.0
-    max_body_bytes: int = 1 << 20
-    kv_store: str | None = None
-    memory_store_bytes: int = 1 << 30
-    kv_store_max_bytes: int | None = None  # a disk store's budget (None: unbounded); least recently read entries are evicted
-    gc_interval_s: float = 600.0  # the store's garbage collector runs at start-up and this often
-    kv_store_dtype: str = "int8"  # how stored KVs are kept at rest (steerc.stores.KV_SCHEMES; int8 loses no significant quality, docs/BENCHMARKS.md)
-    store_timeout_s: float = 10.0
-    model_name: str | None = None
-    chat: bool = True
-    ui: bool = True  # GET / serves the playground page (steerc/server/ui); off: --no-ui
+    Each field's command-line flag is declared with it (:func:`~steerc.settings_base.setting`);
+    ``steerc serve`` makes its flags from them (:mod:`steerc.cli.settings_flags`)."""
+
+    host: str = setting("127.0.0.1", "address to bind (default 127.0.0.1: this machine only)")
+    port: int = setting(8000, "port to listen on")
+    api_key: str | None = None  # --api-key / --api-key-file / STEERC_API_KEY (steerc.cli.serve: one of three sources)
+    api_keys_file: str | None = None  # --api-keys: TENANT KEY per line (steerc.server.tenants); each tenant's contexts apart
+    share_contexts: bool = setting(False, "with --api-keys: all tenants share one store namespace")
+    max_concurrency: int = setting(8, "requests worked on at once: planning, context preparation, prefill and decode")
+    max_queue: int = setting(32, "requests that may wait for a slot; more get 429")
+    max_batch: int = setting(8, "running generations whose decode steps share one engine call (continuous batching; at most the engine's "
+                                "compiled --max-batch; 1: one at a time)")
+    prefill_chunk: int = setting(256, "prefill in calls of at most this many tokens, taking turns with the decode steps")
+    request_timeout_s: float = setting(300.0, "seconds from arrival to last token", name="--request-timeout")
+    max_body_bytes: int = setting(1 << 20, "largest request body in bytes")
+    kv_store: str | None = setting(None, "prepared-context store: 'memory', a folder, or redis://host:port/db (shared by servers); "
+                                         "default: memory + ~/.cache/steerc/contexts")
+    memory_store_bytes: int = setting(1 << 30, "in-memory store budget (MiB)", name="--memory-store-mb", type=int, scale=1 << 20)
+    kv_store_max_bytes: int | None = setting(None, "disk store budget (GiB): a write first evicts the least recently read entries; pinned "
+                                                   "contexts and KVs still in use are kept (default: unbounded)", name="--kv-store-max-gb", type=float, scale=1 << 30)
+    gc_interval_s: float = setting(600.0, "seconds between runs of the store's garbage collector (it also runs at start-up)", name="--gc-interval")
+    kv_store_dtype: str = setting("int8", "how stored KVs are kept: engine (as computed), fp16 (half the bytes), int8 (a quarter, one fp16 scale "
+                                          "per head and position; loses no significant quality, docs/BENCHMARKS.md); the engine runs at its own dtype "
+                                          "either way", choices=KV_SCHEMES)
+    store_timeout_s: float = setting(10.0, "seconds a Redis command may take; past it the request is answered without the store", name="--store-timeout")
+    model_name: str | None = setting(None, "the model id clients send (default: the engine folder's name)")
+    chat: bool = setting(True, "do not use the chat template (base models)", negate=True)
+    ui: bool = setting(True, "do not serve the playground page at / (the API is unchanged)", negate=True)
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
