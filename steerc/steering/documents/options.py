@@ -1,0 +1,27 @@
+"""The settings of an assembled context, declared once (:func:`~steerc.steering.options.option`):
+the ``steerc run`` / ``eval`` flags are made from these fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from steerc.steering.options import check_options, option
+
+__all__ = ["DocumentOptions", "DEFAULT_RECOMPUTE"]
+
+# The fraction of each document's tokens re-prefilled over the assembled cache. Chosen on NQ dev
+# (10 documents, gold in the middle) as the smallest measured R whose subspan EM stayed within
+# the paired interval of the full prefill (docs/RESULTS.md, "Documents as reusable units").
+DEFAULT_RECOMPUTE = 0.15
+
+
+@dataclass(frozen=True)
+class DocumentOptions:
+    """How cached documents are assembled into one context."""
+
+    recompute: float = option(DEFAULT_RECOMPUTE, "number", "assembled documents: the fraction of each document's tokens (its first ones) "
+                                                        "re-prefilled over the documents before it, restoring cross-document attention "
+                                                        "(0: plain concatenation of the cached KVs; 1: the same as a full prefill)", ge=0, le=1)
+
+    def __post_init__(self) -> None:
+        check_options(self)
