@@ -13,7 +13,7 @@ import numpy as np
 
 from steerc.eval.data import Example
 from steerc.runtime.engine import Engine
-from steerc.steering.documents import document_texts, head_kv, register_document
+from steerc.steering.documents import document_ids, head_kv, register_document
 from steerc.steering.layout import PromptLayout
 from steerc.stores import ContextStore
 
@@ -30,7 +30,7 @@ def register_documents(engine: Engine, examples: list[Example], store: ContextSt
     head_kv(engine, head, store)
     keys, computed = [], 0
     for i, text in enumerate(distinct):
-        key, tier = register_document(engine, head, document_texts(layout, [text]).ids[0], store)
+        key, tier = register_document(engine, head, document_ids(layout, text), store)
         keys.append(key)
         computed += tier == "miss"
         if progress:

@@ -114,6 +114,7 @@ def test_shipped_splits_sizes():
     assert len(load_dataset("kv-retrieval", split="dev", limit=7)) == 7
 
 
+@needs_data
 def test_nq_distractors_from_a_pool_repeat_across_questions():
     from steerc.eval.data import DatasetError, load_nq_multidoc
 

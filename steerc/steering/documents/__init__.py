@@ -19,7 +19,7 @@ _WHERE = {
     "AssembledContext": "assembly", "AssemblyReport": "assembly", "assemble": "assembly", "recompute_counts": "assembly",
     "document_kv": "cached", "head_kv": "cached", "register_document": "cached",
     "DEFAULT_RECOMPUTE": "options", "DocumentOptions": "options",
-    "DocumentTexts": "text", "document_texts": "text",
+    "DocumentTexts": "text", "document_ids": "text", "document_texts": "text",
 }
 __all__ = sorted(_WHERE)
 

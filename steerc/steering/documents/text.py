@@ -15,7 +15,7 @@ import numpy as np
 
 from steerc.steering.layout import PromptLayout
 
-__all__ = ["DocumentTexts", "document_texts"]
+__all__ = ["DocumentTexts", "document_ids", "document_texts"]
 
 Span = tuple[int, int]
 
@@ -58,3 +58,8 @@ def document_texts(layout: PromptLayout, documents: list[str]) -> DocumentTexts:
         parts.append(line)
         at += len(line)
     return DocumentTexts("".join(parts), tuple(spans), tuple(ids), tuple(offsets))
+
+
+def document_ids(layout: PromptLayout, text: str) -> np.ndarray:
+    """One document's token ids, as every context it joins holds them (``[n]`` int64)."""
+    return document_texts(layout, [text]).ids[0]
