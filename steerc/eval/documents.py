@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from steerc.eval.data import Example
-from steerc.runtime.engine import Engine
+from steerc.runtime.engine import ContextTooLongError, Engine
 from steerc.steering.documents import document_ids, head_kv, register_document
 from steerc.steering.layout import PromptLayout
 from steerc.stores import ContextStore
@@ -28,14 +28,18 @@ def register_documents(engine: Engine, examples: list[Example], store: ContextSt
         distinct.update(dict.fromkeys(example.documents))
     head = np.asarray(layout.head_ids(prefix), np.int64)
     head_kv(engine, head, store)
-    keys, computed = [], 0
+    keys, computed, too_long = [], 0, 0
     for i, text in enumerate(distinct):
-        key, tier = register_document(engine, head, document_ids(layout, text), store)
+        try:
+            key, tier = register_document(engine, head, document_ids(layout, text), store)
+        except ContextTooLongError:
+            too_long += 1  # its examples are skipped when answered
+            continue
         keys.append(key)
         computed += tier == "miss"
         if progress:
             progress(i + 1, len(distinct))
     entries = [store.get(k) for k in keys]
     return {"distinct_documents": len(distinct), "document_slots": sum(len(e.documents) for e in examples), "computed": computed,
-            "held": sum(e is not None for e in entries), "store_bytes": sum(e.nbytes for e in entries if e is not None),
+            "held": sum(e is not None for e in entries), "too_long": too_long, "store_bytes": sum(e.nbytes for e in entries if e is not None),
             "kv_scheme": getattr(store, "kv_scheme", "engine")}
