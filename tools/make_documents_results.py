@@ -25,7 +25,7 @@ def section(summary: dict, bench: dict | None, run_name: str) -> list[str]:
              f"{run.get('doc_pool', 'all')} passages (`steerc eval --documents`, run `{run_name}`). Every variant answers over the same document "
              "tokens: `METHOD` over a full prefill, `METHOD+docs@R` assembled from the store with recompute R. Δ is paired (95% bootstrap "
              "interval; * = excludes 0).", "",
-             f"| variant | subspan EM | Δ vs the same method, full prefill | same answer | Δ vs `none`, full prefill | median TTFT s | TTFT speedup vs full |",
+             "| variant | subspan EM | Δ vs the same method, full prefill | same answer | Δ vs `none`, full prefill | median TTFT s | TTFT speedup vs full |",
              "|---|---|---|---|---|---|---|"]
     for name, e in v.items():
         ref, base = e.get("vs_reference"), e.get("vs_baseline", {}).get(p)
