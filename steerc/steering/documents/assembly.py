@@ -58,24 +58,18 @@ class AssemblyReport:
     seconds: float = 0.0  # the whole assembly
     tiers: list[str] = field(default_factory=list)  # per document: where its KV came from ("memory", "disk", …, "miss")
 
-    @property
-    def estimated_full_prefill_s(self) -> float | None:
-        """A full prefill of the context at this assembly's recompute rate (None when nothing was recomputed)."""
-        if not self.recomputed_tokens or self.recompute_s <= 0:
-            return None
-        return self.recompute_s / self.recomputed_tokens * self.context_tokens
-
-    @property
-    def estimated_saved_s(self) -> float | None:
-        full = self.estimated_full_prefill_s
-        return None if full is None else full - self.seconds
+    def saved_s(self, prefill_tokens_per_s: float) -> float:
+        """Seconds saved against a full prefill of the context at ``prefill_tokens_per_s`` (a rate the
+        caller measured on full prefills: one recompute chunk per document costs more per token
+        than a long prefill, so this assembly's own rate would overstate it)."""
+        if prefill_tokens_per_s <= 0:
+            raise ValueError(f"prefill_tokens_per_s must be > 0, got {prefill_tokens_per_s!r}")
+        return self.context_tokens / prefill_tokens_per_s - self.seconds
 
     def to_dict(self) -> dict:
         out = {"documents": self.documents, "context_tokens": self.context_tokens, "reused_tokens": self.reused_tokens,
                "recomputed_tokens": self.recomputed_tokens, "computed_documents": self.computed_documents, "computed_tokens": self.computed_tokens,
-               "assembly_s": round(self.seconds, 4)}
-        if self.estimated_saved_s is not None:
-            out["estimated_saved_s"] = round(self.estimated_saved_s, 4)
+               "recompute_s": round(self.recompute_s, 4), "assembly_s": round(self.seconds, 4), "tiers": list(self.tiers)}
         return out
 
 

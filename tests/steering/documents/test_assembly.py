@@ -113,3 +113,13 @@ def test_recompute_counts():
     assert recompute_counts([10, 10, 7], 0.15) == [0, 2, 2]
     assert recompute_counts([10, 10], 0.0) == [0, 0]
     assert recompute_counts([10, 9], 1.0) == [0, 9]
+
+
+def test_report_time_saved_against_a_measured_prefill_rate():
+    from steerc.steering.documents import AssemblyReport
+
+    report = AssemblyReport(documents=2, context_tokens=300, seconds=0.5)
+    assert report.saved_s(100.0) == pytest.approx(2.5)
+    with pytest.raises(ValueError, match="prefill_tokens_per_s must be > 0"):
+        report.saved_s(0)
+    assert report.to_dict()["assembly_s"] == 0.5
