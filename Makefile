@@ -3,8 +3,9 @@
 #               questions over one context with query-aware steering (the second reuses the stored
 #               context and shows the evidence each question picked), then evaluates none vs query
 #               vs LLMSteer on 5 SQuAD dev questions
-#   make test   installs into .venv (and Debian's redis-server, which the Redis store tests start)
-#               and runs the whole test suite (includes the default model)
+#   make test   installs into .venv (and Debian's redis-server, which the Redis store tests start, and
+#               chromium, which the playground's browser tests drive) and runs the whole test suite
+#               (includes the default model)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -14,7 +15,7 @@ ENGINE ?= engines/smollm2-135m-instruct
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install redis demo test test-fast clean
+.PHONY: install redis chromium demo test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +35,12 @@ redis:
 		{ $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q redis-server >/dev/null; }; }
 	@command -v redis-server >/dev/null || { echo "redis-server is missing and could not be installed (apt-get install redis-server)"; exit 1; }
 
+# The playground's browser tests drive Debian's chromium through Playwright (a browser download is not reachable here).
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }; }
+	@command -v chromium >/dev/null || { echo "chromium is missing and could not be installed (apt-get install chromium)"; exit 1; }
+
 demo: install
 	$(VENV)/bin/steerc compile -o $(ENGINE) --force
 	$(VENV)/bin/steerc inspect $(ENGINE)
@@ -42,8 +49,8 @@ demo: install
 	# A first look at quality: 5 SQuAD dev questions, unsteered vs query-aware steering vs LLMSteer (docs/RESULTS.md has the full runs).
 	$(VENV)/bin/steerc eval $(ENGINE) --dataset squad --limit 5 --methods none,query,llmsteer --out $(ENGINE)-eval --fresh
 
-test: install redis
-	STEERC_REQUIRE_REDIS=1 $(PY) -m pytest -q -p no:cacheprovider
+test: install redis chromium
+	STEERC_REQUIRE_REDIS=1 STEERC_REQUIRE_BROWSER=1 $(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

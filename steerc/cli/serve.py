@@ -47,7 +47,7 @@ def cmd_serve(args) -> int:
                                   max_body_bytes=args.max_body_bytes, kv_store=args.kv_store, memory_store_bytes=args.memory_store_mb << 20,
                                   kv_store_max_bytes=None if args.kv_store_max_gb is None else int(args.kv_store_max_gb * (1 << 30)),
                                   kv_store_dtype=args.kv_store_dtype,
-                                  model_name=args.model_name, chat=not args.no_chat)
+                                  model_name=args.model_name, chat=not args.no_chat, ui=not args.no_ui)
     except ValueError as exc:
         where = f" (the key in --api-key-file {args.api_key_file})" if args.api_key_file and "api_key" in str(exc) else ""
         raise SteercError(f"invalid option: {exc}{where}") from None
@@ -60,6 +60,8 @@ def cmd_serve(args) -> int:
     print(f"steerc serve: {name} ({engine.max_seq_len} tokens) on http://{settings.host}:{settings.port}/v1  "
           f"[{settings.max_concurrency} concurrent, batch {app.state.steerc.service.batcher.max_batch}, queue {settings.max_queue}, timeout {settings.request_timeout_s:g} s, "
           f"KV store {settings.kv_store or 'memory + ' + str(default_root())}, API key {'required' if settings.api_key else ('per tenant' if settings.api_keys_file else 'off')}]", file=sys.stderr, flush=True)
+    if settings.ui:
+        print(f"steerc serve: playground on http://{settings.host}:{settings.port}/ (--no-ui turns it off)", file=sys.stderr, flush=True)
     if not _loopback(settings.host) and not settings.api_key and not settings.api_keys_file:
         print(f"steerc serve: warning: listening on {settings.host} without an API key; anyone who can reach it can use it (set --api-key)", file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=5)
@@ -95,6 +97,7 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the engine folder's name)")
     p.add_argument("--no-chat", action="store_true", help="do not use the chat template (base models)")
+    p.add_argument("--no-ui", action="store_true", help="do not serve the playground page at / (the API is unchanged)")
     p.add_argument("--device", default="cpu", choices=DEVICES)
     add_backend_option(p, "what runs the step graph (the engine must have been compiled with that --backend)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session (default: all cores)")

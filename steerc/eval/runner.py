@@ -97,10 +97,10 @@ def _answer_row(steerer: Steerer, example: Example, variant: Variant, max_new_to
 
 def _distribution(answer) -> dict:
     """A query-aware method's evidence distribution (every unit's share and strength, the alpha
-    applied), for the analysis of hedging; ``top`` is left out (the shares hold it)."""
+    applied), for the analysis of hedging; ``top`` (the shares hold it) and ``spans`` (the dataset holds the text) are left out."""
     if answer.distribution is None:
         return {}
-    return {"distribution": {k: v for k, v in answer.distribution.to_dict().items() if k != "top"}}
+    return {"distribution": {k: v for k, v in answer.distribution.to_dict().items() if k not in ("top", "spans")}}
 
 
 def _evidence_hit(example: Example, answer) -> dict:

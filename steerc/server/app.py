@@ -45,7 +45,7 @@ def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), stor
     state = ServerState.open(engine, settings, store, steer_defaults, steer_presets)
     app = FastAPI(title="steerc", summary="OpenAI-compatible server for steered steerc engines", lifespan=_lifespan)
     app.state.steerc = state
-    app.include_router(build_router(request_bodies()))
+    app.include_router(build_router(request_bodies(), ui=settings.ui))
     register_error_handlers(app, settings.request_timeout_s)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=state.metrics)  # outermost: counts the body limit's 413s too

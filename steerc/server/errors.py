@@ -62,7 +62,7 @@ def api_error(exc: BaseException, timeout_s: float | None = None) -> ApiError:
 
 
 def _loc(loc) -> str:
-    parts = [str(p) for p in loc if p != "body"]
+    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path") else [str(p) for p in loc]
     return ".".join(parts)
 
 
@@ -136,7 +136,8 @@ def register_error_handlers(app, timeout_s: float) -> None:
 
     async def on_invalid(request, exc: RequestValidationError):
         message, param = validation_message(list(exc.errors()))
-        if "json" not in request.headers.get("content-type", ""):
+        in_body = any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors())
+        if in_body and "json" not in request.headers.get("content-type", ""):
             message, param = f"send the body as a JSON object with 'Content-Type: application/json' (got {request.headers.get('content-type') or 'no content type'!r})", None
         return JSONResponse(ApiError(400, message, param=param).body(), 400)
 

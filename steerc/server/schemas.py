@@ -123,12 +123,17 @@ def steer_options_model() -> type[_SteerFields]:
     from steerc.steering.options import option_of, options_fields
     from steerc.steering.registry import method_names, options_class
 
-    fields: dict[str, Any] = {"method": (Literal[method_names()] | None, None)}
-    declared = [(f, option_of(f)) for f in dataclasses.fields(SteerConfig) if option_of(f) is not None and f.name != "method"]
-    declared += [entry for method in method_names() for entry in options_fields(options_class(method))]
-    for f, spec in declared:
+    fields: dict[str, Any] = {"method": (Literal[method_names()] | None, Field(None, description="steering method"))}
+    declared = [(f, option_of(f), None) for f in dataclasses.fields(SteerConfig) if option_of(f) is not None and f.name != "method"]
+    declared += [(f, spec, method) for method in method_names() for f, spec in options_fields(options_class(method))]
+    owners: dict[str, list[str]] = {}  # a method's own option -> the methods that have it (x-methods in the schema; shared settings have none)
+    for f, spec, method in declared:
+        if spec.http and method is not None:
+            owners.setdefault(f.name, []).append(method)
+    for f, spec, method in declared:
         if spec.http and f.name not in fields:
-            fields[f.name] = (_annotation(spec) | None, Field(None, description=spec.help))
+            extra = {"x-methods": owners[f.name]} if f.name in owners else None
+            fields[f.name] = (_annotation(spec) | None, Field(None, description=spec.help, json_schema_extra=extra))
     model = create_model("SteerOptions", __base__=_SteerFields, __module__=__name__, **fields)
     model.__doc__ = "How a context is steered; anything left out takes the registered (or default) value."
     return model

@@ -34,7 +34,7 @@ from steerc.runtime.generate import SamplingParams
 from steerc.runtime.text import TextStream, chat_ids
 from steerc.server.batching import Batcher
 from steerc.server.errors import ApiError
-from steerc.server.registry import ContextRegistry
+from steerc.server.registry import ContextRegistry, stored_bytes
 from steerc.server.scheduling import Job
 from steerc.server.tenants import Tenants
 from steerc.server.schemas import ChatCompletionRequest, CompletionRequest, ContextRequest, SteerRequest
@@ -177,7 +177,9 @@ class Service:
             raise ApiError(400, "the question is empty", param="prompt")
         context_id, base = None, None
         if steer.context_id is not None:
-            record = self.view(tenant)[1].get(steer.context_id)
+            registry = self.view(tenant)[1]
+            record = registry.get(steer.context_id)
+            registry.touch(steer.context_id, record)
             context_id, text, base = steer.context_id, record["context"], SteerConfig.from_dict(record["config"])
         else:
             text = steer.context
@@ -281,7 +283,7 @@ class Service:
         job.check()
         entries = [prepared.key] if prepared.positions is not None else method.store_keys(steerer.method_context, prepared, config)  # a compacted context is one entry
         record = registry.save(prepared, req.context, self.layout.chat, entries, {"prepare_s": round(prepared.meta.get("prepare_seconds", 0.0), 4)},
-                                    pin=req.pin, ttl_s=req.ttl_s)
+                               pin=req.pin, ttl_s=req.ttl_s, nbytes=stored_bytes(store, entries))
         out = registry.public(record)
         out.update(cache=tier, store=used.state, context_prefill_tokens=prefilled.tokens, seconds=round(time.perf_counter() - start, 4))
         return out

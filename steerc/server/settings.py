@@ -29,7 +29,8 @@ class ServerSettings(JsonDataclass):
     set, every route but ``/health`` needs ``Authorization: Bearer <key>``. ``kv_store``:
     None (memory + disk at the default folder), ``memory``, a folder, or ``redis://host:port/db``.
     ``store_timeout_s``: how long one Redis command may take before the request goes on without the store.
-    ``chat``: steered prompts and ``/v1/chat/completions`` use the engine's chat template."""
+    ``chat``: steered prompts and ``/v1/chat/completions`` use the engine's chat template.
+    ``ui``: ``GET /`` serves the playground, a page that uses only the public API."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -50,6 +51,7 @@ class ServerSettings(JsonDataclass):
     store_timeout_s: float = 10.0
     model_name: str | None = None
     chat: bool = True
+    ui: bool = True  # GET / serves the playground page (steerc/server/ui); off: --no-ui
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
@@ -77,6 +79,9 @@ class ServerSettings(JsonDataclass):
         _positive_int("memory_store_bytes", self.memory_store_bytes, 0)
         if self.kv_store is not None and (not isinstance(self.kv_store, str) or not self.kv_store.strip()):
             raise ValueError("kv_store must be 'memory', a folder, redis://host:port/db, or null for the default")
+        for name in ("share_contexts", "chat", "ui"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.model_name is not None and (not isinstance(self.model_name, str) or not self.model_name.strip()):
             raise ValueError("model_name must be a non-empty string")
 

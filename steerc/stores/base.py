@@ -211,6 +211,21 @@ class ContextStore(abc.ABC):
         the counts removed by kind. Stores that leave nothing behind remove nothing."""
         return {}
 
+    # -- indexes: named sets of keys (the contexts a tenant registered, say) ---------------------
+    def index_add(self, index: str, member: str) -> None:
+        """Add the key ``member`` to the set named by the key ``index``, shared like the store's
+        entries. Members are bookkeeping for listing only: a reader checks that what a member
+        names still exists, and drops it (:meth:`index_drop`) when it does not."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no indexes, so it cannot list what it holds")
+
+    def index_drop(self, index: str, member: str) -> None:
+        """Remove ``member`` from the set ``index`` (absent: nothing to do)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no indexes, so it cannot list what it holds")
+
+    def index_members(self, index: str) -> set[str]:
+        """The keys in the set ``index`` (empty when there is none)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no indexes, so it cannot list what it holds")
+
     @abc.abstractmethod
     def add_ref(self, target: str, holder: str) -> None:
         """Record that entry ``holder`` uses entry ``target`` (where the entries are: a store

@@ -2,7 +2,8 @@
 
 Reference marks (``add_ref``) are empty files, ``refs/<target[:2]>/<target>/<holder>``: made
 and removed atomically, shared by every process using the folder. Pins (``pin``) are empty
-files ``pins/<key[:2]>/<key>``.
+files ``pins/<key[:2]>/<key>``, and index members (``index_add``) empty files
+``index/<index[:2]>/<index>/<member>``.
 
 Under a byte budget (``max_bytes``) a write first makes room: least-recently-used entries go
 first, where an entry's file time is bumped on every read. An entry that another entry holds
@@ -281,6 +282,28 @@ class DiskStore(ContextStore):
                 pass  # another process marked it meanwhile: the target stays
         return left
 
+    def _index_folder(self, index: str) -> Path:
+        return self.root / "index" / check_key(index)[:2] / index
+
+    def index_add(self, index: str, member: str) -> None:
+        folder = self._index_folder(index)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / check_key(member)).touch()
+        except OSError as exc:
+            raise self._failed("write an index entry", exc) from None
+
+    def index_drop(self, index: str, member: str) -> None:
+        self._unlink(self._index_folder(index) / check_key(member))
+
+    def index_members(self, index: str) -> set[str]:
+        try:
+            return {name for name in os.listdir(self._index_folder(index)) if not name.startswith(".")}
+        except FileNotFoundError:
+            return set()
+        except OSError as exc:
+            raise self._failed("read an index", exc) from None
+
     def __contains__(self, key: str) -> bool:
         try:
             return self.path(key).is_file()
@@ -294,6 +317,7 @@ class DiskStore(ContextStore):
                 self._unlink(path)
         shutil.rmtree(self.root / "refs", ignore_errors=True)
         shutil.rmtree(self.root / "pins", ignore_errors=True)
+        shutil.rmtree(self.root / "index", ignore_errors=True)
 
 
 def _pin_until(path: Path) -> float | None:

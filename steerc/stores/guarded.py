@@ -231,6 +231,15 @@ class GuardedStore(ContextStore):
     def __contains__(self, key: str) -> bool:
         return self._call("contains", lambda: key in self.inner, lambda: self._fallback("__contains__", key, default=False))
 
+    def index_add(self, index: str, member: str) -> None:
+        self._call("put", lambda: self.inner.index_add(index, member), lambda: None)
+
+    def index_drop(self, index: str, member: str) -> None:
+        self._call("delete", lambda: self.inner.index_drop(index, member), lambda: None)
+
+    def index_members(self, index: str) -> set[str]:
+        return self._call("get", lambda: self.inner.index_members(index), set)
+
     def clear(self) -> None:
         self._call("clear", self.inner.clear, lambda: None)
 
@@ -294,6 +303,15 @@ class RaisingStore(ContextStore):
 
     def drop_ref(self, target: str, holder: str) -> int:
         return self._run("delete", lambda: self.guard.inner.drop_ref(target, holder))
+
+    def index_add(self, index: str, member: str) -> None:
+        self._run("put", lambda: self.guard.inner.index_add(index, member))
+
+    def index_drop(self, index: str, member: str) -> None:
+        self._run("delete", lambda: self.guard.inner.index_drop(index, member))
+
+    def index_members(self, index: str) -> set[str]:
+        return self._run("get", lambda: self.guard.inner.index_members(index))
 
     def clear(self) -> None:
         self._run("clear", self.guard.inner.clear)

@@ -25,6 +25,7 @@ class MemoryStore(ContextStore):
         self.max_bytes = max_bytes
         self._entries: OrderedDict[str, tuple[StoredContext, int]] = OrderedDict()
         self._refs: dict[str, set[str]] = {}  # target -> holders (add_ref)
+        self._indexes: dict[str, set[str]] = {}  # index -> members (index_add)
         self._used = 0
         self._lock = threading.Lock()
 
@@ -80,6 +81,22 @@ class MemoryStore(ContextStore):
                 self._refs.pop(target, None)
             return len(holders)
 
+    def index_add(self, index: str, member: str) -> None:
+        check_key(index), check_key(member)
+        with self._lock:
+            self._indexes.setdefault(index, set()).add(member)
+
+    def index_drop(self, index: str, member: str) -> None:
+        with self._lock:
+            members = self._indexes.get(check_key(index), set())
+            members.discard(member)
+            if not members:
+                self._indexes.pop(index, None)
+
+    def index_members(self, index: str) -> set[str]:
+        with self._lock:
+            return set(self._indexes.get(check_key(index), ()))
+
     def __contains__(self, key: str) -> bool:
         with self._lock:
             return key in self._entries
@@ -88,4 +105,5 @@ class MemoryStore(ContextStore):
         with self._lock:
             self._entries.clear()
             self._refs.clear()
+            self._indexes.clear()
             self._used = 0

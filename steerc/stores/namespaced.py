@@ -61,6 +61,17 @@ class NamespacedStore(ContextStore):
     def drop_ref(self, target: str, holder: str) -> int:
         return self.inner.drop_ref(self._k(target), self._k(holder))
 
+    def index_add(self, index: str, member: str) -> None:
+        """The index is this namespace's; its members are kept as given (they name this
+        namespace's keys, and only this namespace can reach the index)."""
+        self.inner.index_add(self._k(index), check_key(member))
+
+    def index_drop(self, index: str, member: str) -> None:
+        self.inner.index_drop(self._k(index), member)
+
+    def index_members(self, index: str) -> set[str]:
+        return self.inner.index_members(self._k(index))
+
     def pin(self, key: str, until: float | None = None) -> None:
         self.inner.pin(self._k(key), until)
 

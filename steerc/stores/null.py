@@ -43,6 +43,16 @@ class NullStore(ContextStore):
         check_key(target), check_key(holder)
         return 0
 
+    def index_add(self, index: str, member: str) -> None:
+        check_key(index), check_key(member)
+
+    def index_drop(self, index: str, member: str) -> None:
+        check_key(index)
+
+    def index_members(self, index: str) -> set[str]:
+        check_key(index)
+        return set()
+
     def __contains__(self, key: str) -> bool:
         return False
 

@@ -6,8 +6,12 @@ writes (nothing is unpickled), one Redis string per entry under ``steerc:ctx:<ke
 Redis lock (``SET NX`` with an expiry, via redis-py) taken after the process-local one:
 two servers asked for the same new context prepare it once, and a holder that dies frees the
 lock when it expires. Evictions are Redis's business (``maxmemory`` and its policy). Reference
-marks (``add_ref``) are a Redis set per target, ``steerc:ctx:refs:<target>``, so every server
-sharing the Redis sees them.
+marks (``add_ref``) are a Redis set per target, ``steerc:ctx:refs:<target>``, and indexes
+(``index_add``) a set per index, ``steerc:ctx:index:<index>``, so every server sharing the Redis
+sees them. A pin with an end time (a registration's TTL) is an ``EXPIREAT`` on the entry, so
+Redis itself removes it then; a pin without one clears any expiry (``PERSIST``). Redis cannot
+exempt a key from ``maxmemory`` eviction, so a pin is otherwise not enforced here (see the
+README on ``maxmemory-policy``).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class RedisStore(ContextStore):
             self.client = redis.Redis.from_url(url, socket_connect_timeout=min(connect_timeout, timeout), socket_timeout=timeout, retry=retry)
         except ValueError as exc:
             raise SteercError(f"invalid Redis URL {self.url!r}: {exc}; expected redis://host:port/db") from None
+        self._oom = redis.exceptions.OutOfMemoryError  # maxmemory reached under noeviction: an outage for the writes, reads still work
         self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ResponseError)
         self.ping()  # fail at start-up, not on the first request
 
@@ -66,6 +71,9 @@ class RedisStore(ContextStore):
     def _call(self, fn, *args):
         try:
             return fn(*args)
+        except self._oom as exc:
+            raise StoreUnavailableError(f"the Redis context store at {self.url} is out of memory ({exc}); raise its maxmemory, or let it evict: "
+                                        "maxmemory-policy allkeys-lru (see the README)") from None
         except self._errors as exc:
             raise StoreUnavailableError(f"the Redis context store at {self.url} failed: {exc}; check that redis-server is running there") from None
 
@@ -109,6 +117,24 @@ class RedisStore(ContextStore):
             return int(pipe.execute()[1])
 
         return self._call(srem_scard)
+
+    def pin(self, key: str, until: float | None = None) -> None:
+        if until is None:
+            self._call(self.client.persist, self._name(key))
+        else:
+            self._call(self.client.pexpireat, self._name(key), int(until * 1000))
+
+    def _index_name(self, index: str) -> str:
+        return f"{self.prefix}index:{check_key(index)}"
+
+    def index_add(self, index: str, member: str) -> None:
+        self._call(self.client.sadd, self._index_name(index), check_key(member))
+
+    def index_drop(self, index: str, member: str) -> None:
+        self._call(self.client.srem, self._index_name(index), member)
+
+    def index_members(self, index: str) -> set[str]:
+        return {m.decode() for m in self._call(self.client.smembers, self._index_name(index))}
 
     def __contains__(self, key: str) -> bool:
         return bool(self._call(self.client.exists, self._name(key)))

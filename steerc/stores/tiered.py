@@ -63,6 +63,15 @@ class TieredStore(ContextStore):
     def drop_ref(self, target: str, holder: str) -> int:
         return self.backing.drop_ref(target, holder)
 
+    def index_add(self, index: str, member: str) -> None:
+        self.backing.index_add(index, member)
+
+    def index_drop(self, index: str, member: str) -> None:
+        self.backing.index_drop(index, member)
+
+    def index_members(self, index: str) -> set[str]:
+        return self.backing.index_members(index)
+
     def pin(self, key: str, until: float | None = None) -> None:
         self.backing.pin(key, until)
 

@@ -155,14 +155,15 @@ def test_steered_answer_equals_the_runtime(server, tiny_text_engine):
 
 
 def _check_distribution(steer: dict, hedge: str) -> None:
-    """``steer.distribution``: every unit's share (summing to 1) and strength, the top shares, the alpha applied."""
+    """``steer.distribution``: every unit's share (summing to 1), strength and character range, the top shares, the alpha applied."""
     d = steer["distribution"]
-    assert set(d) == {"kind", "shares", "strength", "top", "alpha_applied", "hedge", "backed_off"} and d["hedge"] == hedge and d["backed_off"] is False
+    assert set(d) == {"kind", "shares", "strength", "top", "alpha_applied", "hedge", "backed_off", "spans"} and d["hedge"] == hedge and d["backed_off"] is False
+    assert len(d["spans"]) == len(d["shares"]) and all(0 <= a < b for a, b in d["spans"]) and d["spans"] == sorted(d["spans"])
     assert len(d["shares"]) == len(d["strength"]) >= 2 and sum(d["shares"]) == pytest.approx(1, abs=1e-3) and all(0 <= x <= 1 for x in d["strength"])
     assert d["top"][0]["share"] == max(d["shares"]) and d["kind"] == "sentence"
     assert 0 < d["alpha_applied"] <= 1 and (d["alpha_applied"] < 1) == (bool(steer["evidence"]) and max(d["strength"]) > 0)  # steered towards a pick
     for e in steer["evidence"]:
-        assert d["shares"][e["unit"]] == e["score"]
+        assert d["shares"][e["unit"]] == e["score"] and d["spans"][e["unit"]] == [e["start"], e["end"]]
 
 
 def test_query_steering_of_a_registered_context_reports_its_evidence(server):

@@ -100,3 +100,68 @@ def test_two_servers_share_the_one_kv_of_a_context_and_delete_it_with_its_last_h
     with b.client() as c:
         assert c.delete(f"/v1/contexts/{on_b['id']}").json()["deleted"]
     assert not new & _stored_kvs(redis_server.url)  # the last holder is gone, and so is the KV
+
+
+KEY_A, KEY_B = "redis-team-a-key-01", "redis-team-b-key-02"
+
+
+@pytest.fixture(scope="module")
+def tenant_pair(tiny_text_engine, redis_server, tmp_path_factory):
+    """Two servers on one Redis, each with the same key file of two tenants."""
+    tmp = tmp_path_factory.mktemp("redis-tenants")
+    keys = tmp / "keys.txt"
+    keys.write_text(f"team-a {KEY_A}\nteam-b {KEY_B}\n")
+    servers = [Server(tiny_text_engine, tmp_path_factory.mktemp(f"redis-tenant-{i}"), "--kv-store", redis_server.url, "--api-keys", str(keys), api_key=None)
+               for i in range(2)]
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+def _as(server, key):
+    import httpx
+
+    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+
+
+def test_tenants_stay_apart_across_two_servers_on_one_redis(tenant_pair):
+    one, two = tenant_pair
+    text = CONTEXT + " (tenants on Redis)"
+    with _as(one, KEY_A) as a1, _as(two, KEY_A) as a2, _as(two, KEY_B) as b2:
+        made = a1.post("/v1/contexts", json={"context": text}).json()
+        assert made["cache"] == "miss"
+        assert a2.get(f"/v1/contexts/{made['id']}").json()["context_tokens"] == made["context_tokens"]  # the same tenant on the other server
+        assert made["id"] in [c["id"] for c in a2.get("/v1/contexts").json()["data"]]
+        assert b2.get(f"/v1/contexts/{made['id']}").status_code == 404  # the other tenant, on either server
+        assert b2.delete(f"/v1/contexts/{made['id']}").status_code == 404
+        assert made["id"] not in [c["id"] for c in b2.get("/v1/contexts").json()["data"]]
+        ask = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4, "temperature": 0}
+        assert b2.post("/v1/chat/completions", json={**ask, "steer": {"context_id": made["id"]}}).status_code == 404
+        own_b = b2.post("/v1/contexts", json={"context": text}).json()
+        assert own_b["id"] != made["id"] and own_b["cache"] == "miss"  # b's own copy: nothing of a's is hit
+        reused = a2.post("/v1/chat/completions", json={**ask, "steer": {"context_id": made["id"]}}).json()
+        assert reused["steer"]["cache"] == "redis" and reused["steer"]["context_prefill_tokens"] == 0
+        assert a1.delete(f"/v1/contexts/{made['id']}").status_code == 200
+        assert a2.get(f"/v1/contexts/{made['id']}").status_code == 404
+        assert b2.get(f"/v1/contexts/{own_b['id']}").status_code == 200  # b's copy outlives a's delete
+
+
+def test_a_registration_ttl_is_a_redis_expiry(tenant_pair, redis_server):
+    """ttl_s maps to EXPIREAT on the record (and on the entries it pins): Redis removes them on
+    time even if no server ever reads them again; the id is then 404 and leaves the listing."""
+    import time
+
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    expiring_before = {n for n in client.scan_iter(match="steerc:ctx:*") if client.pttl(n) > 0}
+    one, two = tenant_pair
+    with _as(one, KEY_A) as a1, _as(two, KEY_A) as a2:
+        made = a1.post("/v1/contexts", json={"context": CONTEXT + " (ttl on Redis)", "ttl_s": 2, "pin": True}).json()
+        expiring = {n for n in client.scan_iter(match="steerc:ctx:*") if client.pttl(n) > 0} - expiring_before
+        assert len(expiring) >= 2 and all(0 < client.pttl(n) <= 2000 for n in expiring)  # the record and its pinned entry
+        assert made["id"] in [c["id"] for c in a2.get("/v1/contexts").json()["data"]]
+        time.sleep(2.5)
+        assert not any(client.exists(n) for n in expiring)  # Redis removed them by itself
+        assert a2.get(f"/v1/contexts/{made['id']}").status_code == 404
+        assert made["id"] not in [c["id"] for c in a2.get("/v1/contexts").json()["data"]]

@@ -78,3 +78,39 @@ def test_tenants_get_their_own_ids_and_cannot_read_or_delete_each_others(two_ten
         assert a.get(f"/v1/contexts/{id_a}").json()["cached"] is True
     with httpx.Client(base_url=srv.url, headers={"Authorization": "Bearer not-a-key-at-all"}, timeout=120) as nobody:
         assert nobody.get(f"/v1/contexts/{id_a}").status_code == 401
+
+
+def test_each_tenant_lists_only_its_own_contexts_page_by_page(two_tenants):
+    srv = two_tenants
+    a = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {KEY_A}"}, timeout=120)
+    b = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {KEY_B}"}, timeout=120)
+    with a, b:
+        before = {c["id"] for c in a.get("/v1/contexts", params={"limit": 100}).json()["data"]}
+        made = [a.post("/v1/contexts", json={"context": f"{CONTEXT} (listed {i})", **({"pin": True, "ttl_s": 3600} if i == 0 else {})}).json() for i in range(3)]
+        b_id = b.post("/v1/contexts", json={"context": f"{CONTEXT} (b's own)"}).json()["id"]
+        pages, after = [], None
+        while True:
+            page = a.get("/v1/contexts", params={"limit": 2, **({"after": after} if after else {})}).json()
+            assert page["object"] == "list" and len(page["data"]) <= 2
+            pages.append(page)
+            if not page["has_more"]:
+                break
+            after = page["last_id"]
+        listed = [c for p in pages for c in p["data"]]
+        ids = [c["id"] for c in listed]
+        assert len(ids) == len(set(ids)) and set(ids) == before | {m["id"] for m in made}  # every one of a's, once; none of b's
+        assert b_id not in ids
+        created = [c["created"] for c in listed]
+        assert created == sorted(created, reverse=True)  # newest first
+        first = next(c for c in listed if c["id"] == made[0]["id"])
+        assert first["pinned"] is True and 3500 <= first["ttl_left_s"] <= 3600 and first["cached"] is True
+        assert first["bytes"] > 0 and first["last_used"] >= first["created"]
+        assert {"id", "created", "last_used", "bytes", "pinned", "ttl_left_s", "cached"} <= set(first)
+        assert [c["id"] for c in b.get("/v1/contexts").json()["data"]] == [b_id]
+        assert a.delete(f"/v1/contexts/{made[1]['id']}").status_code == 200
+        assert made[1]["id"] not in {c["id"] for c in a.get("/v1/contexts", params={"limit": 100}).json()["data"]}
+        r = a.get("/v1/contexts", params={"after": b_id})  # another tenant's id is no cursor of a's
+        assert r.status_code == 404 and r.json()["error"]["param"] == "after"
+        for bad in ({"limit": 0}, {"limit": 101}, {"limit": "x"}):
+            r = a.get("/v1/contexts", params=bad)
+            assert r.status_code in (400, 422) and "limit" in r.text

@@ -136,3 +136,58 @@ def test_reference_marks_are_shared_by_clients_and_cleared(store, redis_server):
     store.add_ref(target, a)
     store.clear()  # the marks are under the store's prefix
     assert other.drop_ref(target, b) == 0
+
+
+def test_indexes_are_shared_by_clients_and_cleared(store, redis_server):
+    other = RedisStore(redis_server.url, prefix=store.prefix)
+    index, a, b = "1" * 64, "2" * 64, "3" * 64
+    store.index_add(index, a)
+    other.index_add(index, b)
+    assert store.index_members(index) == {a, b}
+    other.index_drop(index, a)
+    assert store.index_members(index) == {b} and store.index_members(a) == set()
+    store.clear()
+    assert other.index_members(index) == set()
+
+
+def test_a_pin_with_an_end_is_a_redis_expiry_and_one_without_clears_it(store):
+    store.put(KEY, _entry())
+    store.pin(KEY, time.time() + 100)
+    left = store.client.pttl(store._name(KEY))
+    assert 90_000 < left <= 100_000
+    store.pin(KEY, None)
+    assert store.client.pttl(store._name(KEY)) == -1  # no expiry
+    store.pin(KEY, time.time() + 0.2)
+    time.sleep(0.4)
+    assert store.get(KEY) is None and KEY not in store  # Redis removed it: a miss
+
+
+def test_an_out_of_memory_redis_is_an_outage_that_degrades(tmp_path):
+    """A Redis at its maxmemory under noeviction refuses writes (OOM): the store raises
+    StoreUnavailableError, which GuardedStore degrades like an outage (the answer goes on)."""
+    from redis_server import Redis
+
+    from steerc.stores.guarded import GuardedStore
+
+    import redis
+
+    r = Redis(tmp_path)
+    try:
+        admin = redis.Redis.from_url(r.url)
+        admin.config_set("maxmemory", "1mb")
+        admin.config_set("maxmemory-policy", "noeviction")
+        big = StoredContext({"kv.0": np.zeros((1, 4, 512, 128), np.float32)}, {})  # 1 MiB: over the limit
+        plain = RedisStore(r.url)
+        for i in range(3):  # fill to the limit
+            try:
+                plain.put(f"{i:064x}", big)
+            except StoreUnavailableError as exc:
+                assert "out of memory" in str(exc) and "allkeys-lru" in str(exc)
+                break
+        else:
+            pytest.fail("Redis took 3 MiB under a 1 MiB maxmemory")
+        guarded = GuardedStore(TieredStore(MemoryStore(1 << 24), RedisStore(r.url)))
+        guarded.put(OTHER, big)  # no raise: degraded to the fallback
+        assert guarded.get(OTHER) is not None and guarded.get(OTHER).tensors["kv.0"].shape == (1, 4, 512, 128)
+    finally:
+        r.stop()

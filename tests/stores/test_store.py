@@ -263,6 +263,34 @@ def test_reference_marks_count_holders_per_target(tmp_path, kind):
         assert not (tmp_path / "refs").exists() and DiskStore(tmp_path).drop_ref(target, b) == 0
 
 
+@pytest.mark.parametrize("kind", ["memory", "disk", "tiered", "namespaced"])
+def test_indexes_are_sets_of_keys_kept_apart_by_name_and_namespace(tmp_path, kind):
+    from steerc.stores.namespaced import NamespacedStore
+
+    make = {"memory": lambda: MemoryStore(1 << 20), "disk": lambda: DiskStore(tmp_path), "tiered": lambda: TieredStore(MemoryStore(1 << 20), DiskStore(tmp_path)),
+            "namespaced": lambda: NamespacedStore(DiskStore(tmp_path), "team-a")}
+    store = make[kind]()
+    index, other, a, b = _key(1), _key(2), _key(3), _key(4)
+    assert store.index_members(index) == set()
+    store.index_add(index, a)
+    store.index_add(index, a)  # a set: adding twice is one member
+    store.index_add(index, b)
+    store.index_add(other, a)
+    assert store.index_members(index) == {a, b} and store.index_members(other) == {a}
+    store.index_drop(index, a)
+    store.index_drop(index, a)  # dropping what is gone is nothing
+    assert store.index_members(index) == {b} and store.index_members(other) == {a}
+    with pytest.raises(ValueError, match="64 lowercase hex"):
+        store.index_add(index, "../x")
+    if kind == "namespaced":  # another namespace's index of the same name is another index
+        assert NamespacedStore(DiskStore(tmp_path), "team-b").index_members(index) == set()
+        assert NamespacedStore(DiskStore(tmp_path), "team-a").index_members(index) == {b}
+    elif kind != "memory":  # shared through the folder, and cleared with it
+        assert DiskStore(tmp_path).index_members(index) == {b}
+        store.clear()
+        assert DiskStore(tmp_path).index_members(index) == set()
+
+
 def test_a_store_spec_names_its_backing_store_by_scheme(tmp_path, monkeypatch):
     from steerc.stores import registry
 

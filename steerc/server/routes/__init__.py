@@ -2,7 +2,7 @@
 
 ``health``: ``/health`` and ``/ready`` (open); ``metrics``: ``/metrics``; ``completions``:
 ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``; ``contexts``:
-``/v1/contexts``. All but the open ones need the API key (:func:`~steerc.server.routes.deps.authorized`).
+``/v1/contexts``; ``ui``: ``/``, the playground page (left out of the OpenAPI schema). All but the open ones need the API key (:func:`~steerc.server.routes.deps.authorized`).
 Routes reach the server through the ``State`` dependency (``app.state.steerc``).
 """
 
@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from steerc.server.bodies import RequestBodies
 from steerc.server.routes import completions, contexts, health, metrics
+from steerc.server.routes import ui as playground
 from steerc.server.routes.deps import authorized
 
 __all__ = ["build_router"]
@@ -40,13 +41,16 @@ def _errors(*codes: int) -> dict:
 API_ERRORS = _errors(400, 401, 404, 405, 413, 429, 500, 503, 504)  # what any authorized route may answer
 
 
-def build_router(bodies: RequestBodies) -> APIRouter:
-    """Every route, in the OpenAPI schema's order; ``bodies``: the request models to validate with."""
+def build_router(bodies: RequestBodies, ui: bool = True) -> APIRouter:
+    """Every route, in the OpenAPI schema's order; ``bodies``: the request models to validate with;
+    ``ui``: serve the playground page at ``/`` (open, like the probes: the page asks for the key)."""
     api = APIRouter(dependencies=[Depends(authorized)], responses=API_ERRORS)
     api.include_router(metrics.router)
     api.include_router(completions.build(bodies))
     api.include_router(contexts.build(bodies))
     router = APIRouter(responses=_errors(405, 500))
     router.include_router(health.router)
+    if ui:
+        router.include_router(playground.build())
     router.include_router(api)
     return router

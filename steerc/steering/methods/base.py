@@ -72,7 +72,8 @@ class Evidence:
 class EvidenceDistribution:
     """How sure a query-aware pick was, and what it applied: every unit's share of the selector's
     score and the fraction of ``log(alpha)`` its tokens got (0: emphasised, 1: fully
-    down-weighted), the strongest alpha applied anywhere, and whether a self-check backed off."""
+    down-weighted), the strongest alpha applied anywhere, whether a self-check backed off, and
+    where each unit is in the context (so a reader can shade the text by share)."""
 
     kind: str  # "sentence", "paragraph" or "document"
     shares: tuple[float, ...]  # [U], summing to 1 (all 0: no score)
@@ -80,6 +81,7 @@ class EvidenceDistribution:
     alpha_applied: float  # alpha ** (largest strength): 1.0 when nothing was steered
     hedge: str  # the hedging mode
     backed_off: bool = False  # the self-check answered unsteered
+    spans: tuple[tuple[int, int], ...] = ()  # [U] each unit's [start, end) character range in the context (empty: not known)
 
     def top(self, count: int = 3) -> list[tuple[int, float]]:
         """The ``count`` largest shares, ``(unit, share)`` best first."""
@@ -96,7 +98,7 @@ class EvidenceDistribution:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "shares": [round(x, 4) for x in self.shares], "strength": [round(x, 4) for x in self.strength],
                 "top": [{"unit": u, "share": round(x, 4)} for u, x in self.top()], "alpha_applied": round(self.alpha_applied, 4),
-                "hedge": self.hedge, "backed_off": self.backed_off}
+                "hedge": self.hedge, "backed_off": self.backed_off, "spans": [list(span) for span in self.spans]}
 
 
 @dataclass

@@ -255,7 +255,8 @@ class QueryEvidence(SteeringMethod):
         pairs = config.steered_pairs(g.num_layers, g.num_heads)
         strongest = min((float(log_alpha[p]) for p in pairs), default=0.0)
         distribution = EvidenceDistribution(units.kind, tuple(map(float, hedged.shares)), tuple(map(float, hedged.strength)),
-                                            float(np.exp(strongest * hedged.confidence)), opts.hedge)
+                                            float(np.exp(strongest * hedged.confidence)), opts.hedge,
+                                            spans=tuple((int(a), int(b)) for a, b in units.chars))
         if not chosen or hedged.confidence <= 0:  # not confident enough (min_share), or a flat distribution: answer unsteered
             return QueryPlan(prepared.kv, None, unselected, evidence, distribution=distribution, seconds=time.perf_counter() - start)
         strength = token_strength(units, hedged, N)  # [N] fraction of log(alpha) per context token
