@@ -1,7 +1,9 @@
-"""Write docs/results/documents.md (included by tools/make_results.py in docs/RESULTS.md) from a
-``steerc eval --documents`` run and a ``tools/bench_documents.py`` result; copies both into docs/.
+"""Write docs/results/documents.md (included by tools/make_results.py in docs/RESULTS.md) from
+``steerc eval --documents`` runs over the same questions (their rows joined: the full-prefill
+variants are the same computation in each; e.g. one run per set of --recompute values) and a
+``tools/bench_documents.py`` result; copies them into docs/.
 
-    python tools/make_documents_results.py RUN_DIR BENCH_JSON [--docs docs]
+    python tools/make_documents_results.py RUN_DIR [RUN_DIR ...] --bench BENCH_JSON [--docs docs]
 """
 
 from __future__ import annotations
@@ -54,20 +56,33 @@ def section(summary: dict, bench: dict | None, run_name: str) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run")
-    ap.add_argument("bench", nargs="?")
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--bench", default=None)
     ap.add_argument("--docs", default="docs")
     args = ap.parse_args()
-    run, docs = Path(args.run), Path(args.docs)
-    target = docs / "results" / f"documents-{run.name}"
+    from steerc.eval.runner import read_predictions
+    from steerc.eval.summary import summarize, summary_markdown
+
+    runs, docs = [Path(r) for r in args.runs], Path(args.docs)
+    target = docs / "results" / f"documents-{runs[0].name}"
     target.mkdir(parents=True, exist_ok=True)
-    for f in ("summary.json", "summary.md", "run.json", "predictions.jsonl"):
-        if (run / f).exists():
-            shutil.copyfile(run / f, target / f)
+    rows: dict = {}
+    for run in runs:
+        for row in read_predictions(run / "predictions.jsonl"):
+            rows.setdefault((row["id"], row["variant"]), row)
+    first = json.loads((runs[0] / "summary.json").read_text())
+    order = sorted(rows.values(), key=lambda r: (r["variant"].split("+docs@")[0], r["variant"]))
+    references = {r["variant"]: r["variant"].split("+docs@")[0] for r in order if "+docs@" in r["variant"]}
+    summary = summarize(order, primary=first["primary"], references=references)
+    summary["run"], summary["documents"] = first["run"], first.get("documents", {})
+    (target / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in order))
+    (target / "summary.json").write_text(json.dumps(summary, indent=1))
+    (target / "summary.md").write_text(summary_markdown(summary, f"nq-multidoc --documents ({first['run']['split']})"))
     bench = json.loads(Path(args.bench).read_text()) if args.bench else None
     if args.bench:
+        (docs / "bench").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.bench, docs / "bench" / "documents.json")
-    text = section(json.loads((run / "summary.json").read_text()), bench, target.name)
+    text = section(summary, bench, target.name)
     (docs / "results" / "documents.md").write_text("\n".join(text))
     print("\n".join(text))
 
