@@ -382,6 +382,9 @@ def main() -> int:
     rewrites = out / "attention_rewrites.md"  # tools/make_attention_results.py: qllm, --keep, shared attention
     if rewrites.exists():
         text += ["", rewrites.read_text()]
+    documents = out / "documents.md"  # tools/make_documents_results.py: contexts assembled from cached documents
+    if documents.exists():
+        text += ["", documents.read_text()]
     (docs / "RESULTS.md").write_text("\n".join(text))
     print(f"wrote {docs / 'RESULTS.md'} and {out}/*.png", file=sys.stderr)
     return 0

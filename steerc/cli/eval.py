@@ -38,6 +38,12 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--num-docs", type=int, default=10, help="nq-multidoc: documents per question")
     p.add_argument("--gold-position", default=None, choices=GOLD_POSITIONS, help="nq-multidoc (default middle) / kv-retrieval (default random)")
     p.add_argument("--num-keys", type=int, default=25, help="kv-retrieval: key-value records per question (of 75)")
+    p.add_argument("--doc-pool", type=int, default=None, help="nq-multidoc: draw the distractors from a fixed pool of N passages, so documents "
+                                                              "repeat across questions (default: from every other question's passage)")
+    p.add_argument("--documents", action="store_true", help="answer over each example's documents assembled from the store (each document's KV "
+                                                            "computed once, registered before answering), every method also over a full prefill "
+                                                            "of the same documents (the variant METHOD) to pair against (METHOD+docs@R)")
+    p.add_argument("--recompute", default=None, help=f"with --documents, comma-separated values: {_recompute_help()}")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 64 for kv-retrieval (the model repeats the 36-character key first), else 32")
     add_steer_options(p, omit=("highlights",))  # an oracle's highlights are each example's evidence
     p.add_argument("--store", default="memory", help="context store: 'memory' (default) or a folder to keep prepared contexts across runs")
@@ -47,6 +53,38 @@ def add_eval_parser(sub) -> None:
     add_backend_option(p, "what runs the step graph (the engine must have been compiled with that --backend)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_eval)
+
+
+def _recompute_help() -> str:
+    from steerc.steering.documents.options import DocumentOptions
+    from steerc.steering.options import options_fields
+
+    field, spec = options_fields(DocumentOptions)[0]
+    return f"{spec.help} (default {field.default})".replace("%", "%%")
+
+
+def _recompute_values(args) -> list[float]:
+    from steerc.steering.documents import DocumentOptions
+
+    if args.recompute is None:
+        return [DocumentOptions().recompute]
+    if not args.documents:
+        raise SteercError("--recompute applies to --documents")
+    try:
+        return list(dict.fromkeys(DocumentOptions(recompute=float(v)).recompute for v in args.recompute.split(",") if v.strip()))
+    except ValueError as exc:
+        raise SteercError(f"invalid --recompute: {exc}") from None
+
+
+def _document_variants(variants, values: list[float]):
+    """Each method over a full prefill of the documents (its own name) and assembled at each recompute value."""
+    from dataclasses import replace
+
+    out = []
+    for v in variants:
+        out.append(replace(v, documents=True))
+        out += [replace(v, name=f"{v.name}+docs@{r:g}", documents=True, recompute=r) for r in values]
+    return out
 
 
 def cmd_eval(args) -> int:
@@ -65,30 +103,57 @@ def cmd_eval(args) -> int:
     builtin = args.dataset in PRIMARY
     split = args.split or ("dev" if builtin else "all")
     examples = load_dataset(args.dataset, split=split, seed=args.seed, limit=args.limit, num_docs=args.num_docs, gold_position=args.gold_position,
-                            num_keys=args.num_keys, encoding=args.encoding)
+                            num_keys=args.num_keys, encoding=args.encoding, doc_pool=args.doc_pool)
     variants = method_variants([m.strip() for m in args.methods.split(",") if m.strip()], steer_config(args, "none"), steer_values(args))
+    recompute = _recompute_values(args)
+    if args.documents:
+        if not any(e.documents for e in examples):
+            raise SteercError(f"--documents needs examples with documents (nq-multidoc, or a JSONL file with 'documents'); {args.dataset} has none")
+        variants = _document_variants(variants, recompute)
     name = args.dataset if builtin else Path(args.dataset).name.split(".")[0]
     out = Path(args.out or f"runs/eval/{name}-{split}")
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     engine = Engine.load(args.engine, device=args.device, threads=args.threads, backend=args.backend)
     info = {"dataset": args.dataset, "split": split, "seed": args.seed, "num_docs": args.num_docs, "gold_position": args.gold_position, "num_keys": args.num_keys}
+    if args.doc_pool is not None:
+        info["doc_pool"] = args.doc_pool
     profile = check_profile(args, engine)
     if profile is not None:
         info["profile"] = profile
     console.print(f"[dim]{len(examples)} examples of {args.dataset} ({split}) x {len(variants)} methods -> {out}[/]")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    store = open_store(args.store, 4 << 30, kv_scheme=args.kv_store_dtype)
+    registered = None
     with Progress(*columns, console=console, transient=False) as bar:
+        if args.documents:
+            registered = _register(engine, examples, store, variants[0].config, args, bar)
         task = bar.add_task("evaluating", total=len(examples))
         try:
-            rows = run_eval(engine, examples, variants, store=open_store(args.store, 4 << 30, kv_scheme=args.kv_store_dtype), max_new_tokens=args.max_new_tokens, chat=not args.no_chat,
+            rows = run_eval(engine, examples, variants, store=store, max_new_tokens=args.max_new_tokens, chat=not args.no_chat,
                             out=out, run_info=info, fresh=args.fresh, progress=lambda done, total, _id: bar.update(task, completed=done))
         except ValueError as exc:
             raise SteercError(str(exc)) from None
-    summary = summarize(rows, primary=PRIMARY.get(args.dataset, "f1"), seed=args.seed)
+    references = {v.name: v.name.split("+docs@")[0] for v in variants if v.recompute is not None}
+    summary = summarize(rows, primary=PRIMARY.get(args.dataset, "f1"), seed=args.seed, references=references)
     summary["run"] = info | {"engine": str(args.engine), "examples": len(examples)}
+    if registered is not None:
+        summary["documents"] = registered
     text = summary_markdown(summary, f"{args.dataset} ({split}, {len(examples)} examples)")
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
     write_text_atomic(out / "summary.md", text)
+    if registered is not None:
+        text += (f"\nDocuments: {registered['distinct_documents']} distinct of {registered['document_slots']} document slots; the store holds "
+                 f"{registered['held']} document KVs, {registered['store_bytes'] / 2**20:.1f} MiB ({registered['kv_scheme']}).\n")
     print(text, end="")
     console.print(f"[dim]wrote {out}/summary.md, summary.json and predictions.jsonl[/]")
     return 0
+
+
+def _register(engine, examples, store, config, args, bar) -> dict:
+    """Every distinct document's KV stored before answering (documents warm), with a progress bar."""
+    from steerc.eval.documents import register_documents
+    from steerc.steering.layout import PromptLayout
+
+    task = bar.add_task("registering documents", total=None)
+    layout = PromptLayout.for_tokenizer(engine.tokenizer, not args.no_chat)
+    return register_documents(engine, examples, store, layout, config.prefixes[0], lambda done, total: bar.update(task, completed=done, total=total))

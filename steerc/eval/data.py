@@ -35,7 +35,7 @@ from steerc.steering.spans import split_sentences
 from steerc.user_files import UserFileError, read_jsonl
 
 __all__ = ["Example", "DatasetError", "DATASETS", "GOLD_POSITIONS", "SPLITS", "DEV_FRACTION", "load_dataset", "load_jsonl",
-           "load_squad", "load_nq_multidoc", "load_kv_retrieval", "split_examples", "format_documents", "data_dir"]
+           "load_squad", "load_nq_multidoc", "load_kv_retrieval", "split_examples", "format_documents", "document_line", "data_dir"]
 
 DATASETS = ("squad", "nq-multidoc", "kv-retrieval")
 GOLD_POSITIONS = ("first", "middle", "last", "random")
@@ -60,6 +60,9 @@ class Example:
     evidence: tuple[Span, ...]  # character ranges of the context that hold the answer (may be empty)
     group: str  # examples with the same group share their context
     meta: dict = field(default_factory=dict, compare=False)
+    # The documents of a multi-document example, one line each without its position number, so a
+    # document's text (and stored KV) is the same in every question it appears in (`eval --documents`).
+    documents: tuple[str, ...] = ()
 
 
 def data_dir() -> Path:
@@ -74,6 +77,11 @@ def _open(path: Path):
     if not path.is_file():
         raise DatasetError(f"dataset file {path} not found (set STEERC_DATA to the folder holding {path.name})")
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+
+
+def document_line(doc: dict) -> str:
+    """A document as one position-free line, ``Document (Title: T) text``: what ``eval --documents`` stores and assembles."""
+    return f"Document (Title: {doc.get('title', '')}) {doc['text']}"
 
 
 def format_documents(documents: list[dict]) -> tuple[str, list[Span]]:
@@ -141,7 +149,9 @@ def _parse_row(path: Path, line: int, row) -> Example:
             if not ok:
                 raise fail(f"'highlights' must be a non-empty list of [start, end] character ranges within the {len(context)}-character context")
             evidence = tuple(tuple(s) for s in spans)
-    return Example(str(rid), context, question.strip(), tuple(answers), evidence, context, {"line": line})
+    meta = {"line": line} if "documents" not in row or row.get("gold_document") is None else {"line": line, "gold_index": row["gold_document"]}
+    docs = tuple(document_line(d) for d in row["documents"]) if "documents" in row else ()
+    return Example(str(rid), context, question.strip(), tuple(answers), evidence, context, meta, docs)
 
 
 def load_jsonl(path: str | Path, encoding: str | None = None) -> list[Example]:
@@ -198,19 +208,26 @@ def _builder_rows(name: str, path: Path | None, gold_position: str, count: int, 
         return [json.loads(t) for t in fh if t.strip()]
 
 
-def load_nq_multidoc(path: Path | None = None, *, num_docs: int = 10, gold_position: str = "middle", seed: int = 0) -> list[Example]:
+def load_nq_multidoc(path: Path | None = None, *, num_docs: int = 10, gold_position: str = "middle", seed: int = 0,
+                     doc_pool: int | None = None) -> list[Example]:
     """NaturalQuestions-Open with ``num_docs`` documents: the gold passage at ``gold_position``,
-    distractors drawn (seeded) from other questions' gold passages that contain no answer string."""
+    distractors drawn (seeded) from other questions' gold passages that contain no answer string:
+    from all of them, or with ``doc_pool`` from a fixed (seeded) pool of that many, so distractors
+    repeat across questions as retrieved documents do."""
     rows = _builder_rows("nq-multidoc", path, gold_position, num_docs, "--num-docs")
+    if doc_pool is not None and not num_docs <= doc_pool <= len(rows):
+        raise DatasetError(f"--doc-pool must be between --num-docs ({num_docs}) and the {len(rows)} passages, got {doc_pool}")
     passages = [r["ctxs"][0] for r in rows]
     norm = [normalize_answer(p["text"]) for p in passages]
+    pool = sorted(random.Random(f"pool/{seed}").sample(range(len(rows)), doc_pool)) if doc_pool is not None else None
     examples = []
     for i, row in enumerate(rows):
         rng = random.Random(f"{seed}/{i}")
         golds = [normalize_answer(a) for a in row["answers"]]
         distractors, tried = [], {i}
-        while len(distractors) < num_docs - 1 and len(tried) < len(rows):
-            j = rng.randrange(len(rows))
+        order = None if pool is None else rng.sample([j for j in pool if j != i], len([j for j in pool if j != i]))  # the pool, shuffled
+        while len(distractors) < num_docs - 1 and len(tried) < len(rows) and (order is None or order):
+            j = rng.randrange(len(rows)) if order is None else order.pop()
             if j in tried:
                 continue
             tried.add(j)
@@ -221,7 +238,8 @@ def load_nq_multidoc(path: Path | None = None, *, num_docs: int = 10, gold_posit
         at = _gold_index(gold_position, num_docs, rng)
         docs = distractors[:at] + [row["ctxs"][0]] + distractors[at:]
         context, spans = format_documents(docs)
-        examples.append(Example(f"nq-{i}", context, row["question"], tuple(row["answers"]), (spans[at],), f"nq-{i}", {"gold_index": at}))
+        examples.append(Example(f"nq-{i}", context, row["question"], tuple(row["answers"]), (spans[at],), f"nq-{i}", {"gold_index": at},
+                                tuple(document_line(d) for d in docs)))
     return examples
 
 
@@ -260,13 +278,13 @@ def split_examples(examples: list[Example], split: str, seed: int = 0) -> list[E
 
 
 def load_dataset(name: str, *, split: str = "dev", seed: int = 0, limit: int | None = None, num_docs: int = 10,
-                 gold_position: str | None = None, num_keys: int = 25, encoding: str | None = None) -> list[Example]:
+                 gold_position: str | None = None, num_keys: int = 25, encoding: str | None = None, doc_pool: int | None = None) -> list[Example]:
     """A shipped dataset by name, or a JSONL file by path (``encoding``: its text encoding, default
     UTF-8); split, then the first ``limit``."""
     if name == "squad":
         examples = load_squad()
     elif name == "nq-multidoc":
-        examples = load_nq_multidoc(num_docs=num_docs, gold_position=gold_position or "middle", seed=seed)
+        examples = load_nq_multidoc(num_docs=num_docs, gold_position=gold_position or "middle", seed=seed, doc_pool=doc_pool)
     elif name == "kv-retrieval":
         examples = load_kv_retrieval(num_keys=num_keys, gold_position=gold_position or "random", seed=seed)
     elif name.endswith((".jsonl", ".jsonl.gz")) or Path(name).is_file():

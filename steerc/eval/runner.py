@@ -45,6 +45,8 @@ Progress = Callable[[int, int, str], None]  # (examples done, total, latest exam
 class Variant:
     name: str
     config: SteerConfig
+    documents: bool = False  # answer over the example's documents (one line each, tokenized one by one: steerc.steering.documents)
+    recompute: float | None = None  # with documents: assembled from the store with this recompute fraction; None: a full prefill
 
     def for_example(self, example: Example) -> SteerConfig | None:
         """The config for one example (an oracle method takes the example's evidence); None when it cannot run."""
@@ -73,6 +75,24 @@ def _row(example: Example, variant: Variant, answer) -> dict:
         "key_sentence": answer.key_sentence, "evidence": [e.to_dict() for e in answer.evidence],
         **_evidence_hit(example, answer), **_distribution(answer), **{k: v for k, v in example.meta.items() if k != "line"},
     }
+
+
+def _answer_row(steerer: Steerer, example: Example, variant: Variant, max_new_tokens: int) -> dict:
+    """Answer ``example`` with ``variant`` (over its context, or its documents) and score it."""
+    if not variant.documents:
+        return _row(example, variant, steerer.answer(example.context, example.question, max_new_tokens=max_new_tokens))
+    from steerc.steering.documents import answer_documents
+
+    if not example.documents:
+        return _skipped(example, variant, "the example has no documents")
+    done = answer_documents(steerer, list(example.documents), example.question, recompute=variant.recompute, max_new_tokens=max_new_tokens)
+    gold = example.meta.get("gold_index")
+    evidence = (done.texts.spans[gold],) if gold is not None else ()
+    row = _row(replace(example, context=done.texts.context, evidence=evidence), variant, done.answer)
+    row["recompute"] = variant.recompute
+    if done.report is not None:
+        row["assembly"] = done.report.to_dict()
+    return row
 
 
 def _distribution(answer) -> dict:
@@ -126,6 +146,14 @@ def _resume(out: Path, run: dict) -> list[dict]:
     return read_predictions(pred_file) if pred_file.exists() else []
 
 
+def _variant_json(variant: Variant) -> dict:
+    """What run.json records of a variant: its config, and how a documents variant builds its context."""
+    out = variant.config.to_dict()
+    if variant.documents:
+        out = {**out, "documents": True, "recompute": variant.recompute}
+    return out
+
+
 def _config_json(config):
     """A stored variant's config in today's JSON form (as it was when it does not load)."""
     try:
@@ -148,7 +176,7 @@ def run_eval(engine: Engine, examples: list[Example], variants: list[Variant], *
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        run = {"engine": engine.engine_id, "examples": [e.id for e in examples], "variants": {v.name: v.config.to_dict() for v in variants},
+        run = {"engine": engine.engine_id, "examples": [e.id for e in examples], "variants": {v.name: _variant_json(v) for v in variants},
                "max_new_tokens": max_new_tokens, "chat": chat, **(run_info or {})}
         run = json.loads(json.dumps(run))
         if fresh:
@@ -175,7 +203,7 @@ def run_eval(engine: Engine, examples: list[Example], variants: list[Variant], *
                 else:
                     steerer.config = config
                     try:
-                        row = _row(example, variant, steerer.answer(example.context, example.question, max_new_tokens=max_new_tokens))
+                        row = _answer_row(steerer, example, variant, max_new_tokens)
                     except ContextTooLongError as exc:
                         row = _skipped(example, variant, str(exc))
                 rows.append(row)

@@ -17,7 +17,10 @@ PRIMARY = {"squad": "f1", "nq-multidoc": "subspan_em", "kv-retrieval": "subspan_
 RIGHT = "subspan_em"  # what "right" means for help and harm: the answer is in the reply
 
 
-def summarize(rows: list[dict], *, primary: str = "f1", baseline: str = "none", seed: int = 0) -> dict:
+def summarize(rows: list[dict], *, primary: str = "f1", baseline: str = "none", seed: int = 0, references: dict[str, str] | None = None) -> dict:
+    """``references``: variant -> the variant it approximates (``eval --documents``: an assembled
+    context -> the full prefill of the same documents), compared paired as ``vs_reference``, with
+    the median per-question time-to-first-token ratio (reference / variant)."""
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     scored = {v: {r["id"]: r for r in rows if r["variant"] == v and "skipped" not in r} for v in variants}
     out = {"primary": primary, "baseline": baseline if baseline in scored else None, "variants": {}}
@@ -41,8 +44,23 @@ def summarize(rows: list[dict], *, primary: str = "f1", baseline: str = "none", 
                     entry["vs_baseline"] = {m: paired_comparison([got[i][m] for i in both], [scored[baseline][i][m] for i in both], seed=seed).to_dict()
                                             for m in METRICS}
                     entry.update(_help_harm_and_split(got, scored[baseline], both, primary, seed))
+            ref = (references or {}).get(v)
+            if ref in scored and ref != v:
+                entry["vs_reference"] = _against(got, scored[ref], ref, primary, seed)
         out["variants"][v] = entry
     return out
+
+
+def _against(got: dict, ref: dict, name: str, primary: str, seed: int) -> dict:
+    """``got`` paired against the reference variant ``name``: every metric, help and harm, the TTFT ratio."""
+    both = [i for i in got if i in ref]
+    if not both:
+        return {"reference": name, "n": 0}
+    helped, harmed = help_and_harm([got[i][RIGHT] for i in both], [ref[i][RIGHT] for i in both], seed=seed)
+    ratios = [ref[i]["ttft_s"] / got[i]["ttft_s"] for i in both if got[i]["ttft_s"] > 0]
+    return {"reference": name, "n": len(both), primary: paired_comparison([got[i][primary] for i in both], [ref[i][primary] for i in both], seed=seed).to_dict(),
+            "same_prediction": statistics.fmean(got[i]["prediction"] == ref[i]["prediction"] for i in both), "help": helped.to_dict(), "harm": harmed.to_dict(),
+            "median_ttft_speedup": statistics.median(ratios) if ratios else None}
 
 
 def _help_harm_and_split(got: dict, base: dict, both: list, primary: str, seed: int) -> dict:
@@ -93,6 +111,14 @@ def summary_markdown(summary: dict, title: str = "") -> str:
             lines.append(f"| {name} | {_interval(e['help'])} | {_interval(e['harm'])} | {' | '.join(cells)} |")
         lines += ["", f"Help and harm: % of the paired questions that {summary['baseline']} gets wrong and the variant right, and the reverse "
                       "(right = subspan EM: the answer is in the reply)."]
+    refs = [(name, e["vs_reference"]) for name, e in summary["variants"].items() if e.get("vs_reference", {}).get("n")]
+    if refs:
+        lines += ["", f"| variant | vs | Δ {p} [95% CI] | same answer | help | harm | median TTFT speedup |", "|---|---|---|---|---|---|---|"]
+        for name, r in refs:
+            d = r[p]
+            lines.append(f"| {name} | {r['reference']} | {_interval(d['diff'], '+')}{' *' if d['significant'] else ''} | {100 * r['same_prediction']:.0f}% | "
+                         f"{_interval(r['help'])} | {_interval(r['harm'])} | {r['median_ttft_speedup']:.2f}x |")
+        lines += ["", "Paired against the full prefill of the same documents (per question: its TTFT / the variant's)."]
     picks = [(name, e) for name, e in summary["variants"].items() if "evidence_hit_rate" in e]
     if picks:
         lines.append("Evidence picked per question: " + "; ".join(f"{name} steered {100 * e['steered_share']:.0f}% of the questions, its pick held the gold "

@@ -20,7 +20,7 @@ from steerc.server.state import ServerState
 
 __all__ = ["generate", "record_answer", "record_context"]
 
-_HIT_TIERS = ("memory", "disk", "redis", "store")
+_HIT_TIERS = ("memory", "disk", "redis", "store", "documents")  # documents: assembled from stored document KVs
 
 
 def record_context(metrics: Metrics, stats: dict) -> None:

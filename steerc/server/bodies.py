@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from steerc.server.schemas import request_models
+from steerc.server.schemas import DocumentRequest, request_models
 
 __all__ = ["RequestBodies", "request_bodies"]
 
@@ -20,14 +20,15 @@ __all__ = ["RequestBodies", "request_bodies"]
 @dataclass(frozen=True)
 class RequestBodies:
     """``completion``: ``POST /v1/completions``; ``chat``: ``POST /v1/chat/completions``;
-    ``context``: ``POST /v1/contexts``."""
+    ``context``: ``POST /v1/contexts``; ``document``: ``POST /v1/documents``."""
 
     completion: type[BaseModel]
     chat: type[BaseModel]
     context: type[BaseModel]
+    document: type[BaseModel] = DocumentRequest
 
     def __post_init__(self) -> None:
-        for name in ("completion", "chat", "context"):
+        for name in ("completion", "chat", "context", "document"):
             model = getattr(self, name)
             if not (isinstance(model, type) and issubclass(model, BaseModel)):
                 raise ValueError(f"{name} must be a pydantic model class, got {model!r}")

@@ -97,7 +97,7 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     return "; ".join(lines[:5]) + (f" (and {len(lines) - 5} more)" if len(lines) > 5 else ""), (first.split(".")[0] if first else None)
 
 
-_ROUTES = "/v1/completions, /v1/chat/completions, /v1/contexts, /v1/models, /health, /ready, /metrics"
+_ROUTES = "/v1/completions, /v1/chat/completions, /v1/contexts, /v1/documents, /v1/models, /health, /ready, /metrics"
 
 
 def _allowed_methods(request) -> list[str]:

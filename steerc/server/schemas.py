@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-__all__ = ["SteerOptions", "SteerRequest", "ContextRequest", "CompletionRequest", "ChatMessage", "ChatCompletionRequest", "RequestModels",
+__all__ = ["SteerOptions", "SteerRequest", "ContextRequest", "DocumentRequest", "MAX_DOCUMENTS", "CompletionRequest", "ChatMessage", "ChatCompletionRequest", "RequestModels",
            "request_models", "steer_options_model"]
 
 
@@ -139,20 +139,52 @@ def steer_options_model() -> type[_SteerFields]:
     return model
 
 
+MAX_DOCUMENTS = 64  # documents one request may assemble
+
+
+def _document_option(name: str):
+    """The JSON type and help of a :class:`~steerc.steering.documents.DocumentOptions` field (declared once there)."""
+    import dataclasses
+
+    from steerc.steering.documents.options import DocumentOptions
+    from steerc.steering.options import option_of
+
+    spec = option_of(next(f for f in dataclasses.fields(DocumentOptions) if f.name == name))
+    return _annotation(spec) | None, Field(None, description=spec.help)
+
+
+_RECOMPUTE = _document_option("recompute")
+
+
 class _SteerSource(_Strict):
-    """``steer`` on a completion: a context inline (``context``) or registered (``context_id``)."""
+    """``steer`` on a completion: a context inline (``context``), registered (``context_id``), or
+    assembled from documents (``documents``: ids from POST /v1/documents or inline texts)."""
 
     context: Annotated[str, Field(min_length=1)] | None = None
     context_id: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    documents: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_DOCUMENTS,
+                                                                          description="the context as documents, in order: ids from POST /v1/documents "
+                                                                                      "('doc-' plus 64 hex characters) or inline texts; each one's KV is reused "
+                                                                                      "from the store and the context assembled from them")] | None = None
+    recompute: _RECOMPUTE[0] = _RECOMPUTE[1]
 
     @model_validator(mode="after")
     def _one_source(self):
-        if (self.context is None) == (self.context_id is None):
-            raise ValueError("give exactly one of steer.context (the text) or steer.context_id (from POST /v1/contexts)")
+        if sum(x is not None for x in (self.context, self.context_id, self.documents)) != 1:
+            raise ValueError("give exactly one of steer.context (the text), steer.context_id (from POST /v1/contexts) or steer.documents (a list)")
+        if self.recompute is not None and self.documents is None:
+            raise ValueError("steer.recompute applies to steer.documents only")
         return self
 
     def overrides(self) -> dict:
-        return {k: v for k, v in super().overrides().items() if k not in ("context", "context_id")}
+        return {k: v for k, v in super().overrides().items() if k not in ("context", "context_id", "documents", "recompute")}
+
+
+class DocumentRequest(_Strict):
+    """``POST /v1/documents``: store a document's KV once, to assemble contexts from."""
+
+    model: str | None = None
+    document: Annotated[str, Field(min_length=1)]
 
 
 MAX_TTL_S = 10 * 366 * 86400  # ten years: a longer TTL is a mistake, not a wish

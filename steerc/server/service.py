@@ -34,6 +34,7 @@ from steerc.runtime.generate import SamplingParams
 from steerc.runtime.text import TextStream, chat_ids
 from steerc.server.batching import Batcher
 from steerc.server.errors import ApiError
+from steerc.server.documents import DOCUMENT_ID, DocumentRegistry
 from steerc.server.registry import ContextRegistry, stored_bytes
 from steerc.server.scheduling import Job
 from steerc.server.tenants import Tenants
@@ -41,6 +42,7 @@ from steerc.server.schemas import ChatCompletionRequest, CompletionRequest, Cont
 from steerc.server.settings import ServerSettings
 from steerc.steering.answer import Steerer
 from steerc.steering.config import SteerConfig
+from steerc.steering.documents import DEFAULT_RECOMPUTE, document_texts, register_document, stream_documents
 from steerc.steering.layout import PromptLayout
 from steerc.steering.methods import METHODS, get_method
 from steerc.stores import ContextStore
@@ -95,6 +97,8 @@ class Plan:
     config: SteerConfig | None = None
     query: str | None = None
     context_id: str | None = None
+    documents: list[str] | None = None  # a context assembled from these documents' stored KVs (``context`` is their text)
+    recompute: float | None = None
     tenant: str | None = None  # whose store namespace a steered plan uses (None: the shared store)
     result: Generation | None = None  # set once the plan has run
 
@@ -112,6 +116,8 @@ class Service:
         self.registry = ContextRegistry(self.store.raising("registry"))  # a registered context's record lives only in the store: no degrading (failures counted)
         self.tenants = Tenants()  # who a request is (set by ServerState.open from the settings)
         self._views: dict[str, tuple[ContextStore, ContextRegistry]] = {}
+        self._documents: dict[str | None, DocumentRegistry] = {}
+        self.prefill_rate: float | None = None  # context tokens/s of the last full context prefill (what assembling documents saves is reckoned at it)
         self.model_name = settings.model_name or Path(engine.folder).name
         self.batcher = Batcher(engine, settings.max_batch)
         self.janitor = None  # the store's garbage collector (steerc.server.janitor), set by ServerState.open
@@ -136,6 +142,14 @@ class Service:
             self._views[namespace] = (NamespacedStore(self.store, namespace),
                                       ContextRegistry(NamespacedStore(self.store.raising("registry"), namespace), namespace))
         return self._views[namespace]
+
+    def documents(self, tenant: str | None) -> DocumentRegistry:
+        """The document records a tenant's requests use (its namespace, or the shared one)."""
+        namespace = self.tenants.namespace(tenant)
+        if namespace not in self._documents:
+            store = self.store.raising("registry")
+            self._documents[namespace] = DocumentRegistry(store if namespace is None else NamespacedStore(store, namespace), namespace)
+        return self._documents[namespace]
 
     def not_ready(self) -> dict[str, str]:
         """What keeps the server from answering well, by part (``engine``, ``store``); empty when ready."""
@@ -175,8 +189,11 @@ class Service:
     def _steered(self, steer: SteerRequest, query: str, max_tokens: int | None, req, tenant: str | None) -> Plan:
         if not query.strip():
             raise ApiError(400, "the question is empty", param="prompt")
-        context_id, base = None, None
-        if steer.context_id is not None:
+        context_id, base, documents = None, None, None
+        if steer.documents is not None:
+            documents = self._document_texts(steer.documents, tenant)
+            text = document_texts(self.layout, documents).context
+        elif steer.context_id is not None:
             registry = self.view(tenant)[1]
             record = registry.get(steer.context_id)
             registry.touch(steer.context_id, record)
@@ -192,7 +209,17 @@ class Service:
         used = head + context + question
         room = self._room(used, max_tokens, f"{head} instruction + {context} context + {question} question")
         return Plan(room, self._sampling(req), self.layout.stop + req.stops, used, context=text, config=config, query=query, context_id=context_id,
-                    tenant=tenant)
+                    documents=documents, recompute=None if documents is None else (DEFAULT_RECOMPUTE if steer.recompute is None else steer.recompute), tenant=tenant)
+
+    def _document_texts(self, items: list[str], tenant: str | None) -> list[str]:
+        """``steer.documents`` as texts: a registered id's text, an inline text as it is."""
+        registry = self.documents(tenant)
+        texts = [registry.get(item, "steer.documents")["document"] if DOCUMENT_ID.match(item) else item for item in items]
+        try:
+            document_texts(self.layout, texts)  # an empty document is refused here, before the request is admitted
+        except ValueError as exc:
+            raise ApiError(400, f"steer.documents: {exc}", param="steer.documents") from None
+        return texts
 
     def plan_completion(self, req: CompletionRequest, tenant: str | None = None) -> list[Plan]:
         self.check_model(req.model)
@@ -247,17 +274,29 @@ class Service:
         start = time.perf_counter()
         steerer = Steerer(self.engine, plan.config, self.view(plan.tenant)[0], chat=self.settings.chat, prefill_chunk=self.settings.prefill_chunk,
                           generate_fn=self._generate_fn(job))
-        prefilled, parts = _Prefilled(job), []
+        prefilled, parts, assembled = _Prefilled(job), [], []
         with self.store.track() as used:
-            for delta in steerer.stream(plan.context, plan.query, max_new_tokens=plan.max_tokens, sampling=plan.sampling, progress=prefilled, stop=plan.stop):
+            if plan.documents is not None:
+                deltas = stream_documents(steerer, plan.documents, plan.query, recompute=plan.recompute, max_new_tokens=plan.max_tokens, sampling=plan.sampling,
+                                          progress=prefilled, stop=plan.stop, result=assembled)
+            else:
+                deltas = steerer.stream(plan.context, plan.query, max_new_tokens=plan.max_tokens, sampling=plan.sampling, progress=prefilled, stop=plan.stop)
+            for delta in deltas:
                 job.check()
                 parts.append(delta)
                 yield delta
         job.check()
         a = steerer.last
+        if a.cache == "miss" and prefilled.tokens > 0 and a.prepare_s > 0:
+            self.prefill_rate = prefilled.tokens / a.prepare_s
         steer = {"context_id": plan.context_id, "method": a.method, "cache": a.cache, "store": used.state, "context_tokens": a.context_tokens, "selected_tokens": a.selected_tokens,
                  "context_prefill_tokens": prefilled.tokens, "prepare_s": round(a.prepare_s, 4),
                  "config": {k: v for k, v in plan.config.to_dict().items() if k != "prefixes"}}
+        if assembled and assembled[0].report is not None:
+            report = assembled[0].report
+            steer["context_prefill_tokens"] = report.recomputed_tokens + report.computed_tokens  # what was prefilled to assemble it
+            steer["documents"] = {**report.to_dict(), "recompute": plan.recompute,
+                                  "time_saved_s": None if self.prefill_rate is None else round(report.saved_s(self.prefill_rate), 4)}
         if a.key_sentence is not None:
             steer["key_sentence"] = a.key_sentence
         steer["evidence"] = [e.to_dict() for e in a.evidence]
@@ -287,6 +326,26 @@ class Service:
         out = registry.public(record)
         out.update(cache=tier, store=used.state, context_prefill_tokens=prefilled.tokens, seconds=round(time.perf_counter() - start, 4))
         return out
+
+
+    def register_document(self, job: Job, req, tenant: str | None = None) -> dict:
+        """Compute (or find) a document's KV behind the default instruction head and file its record."""
+        self.check_model(req.model)
+        try:
+            texts = document_texts(self.layout, [req.document])
+        except ValueError as exc:
+            raise ApiError(400, f"document: {exc}", param="document") from None
+        head = self.layout.head_ids(self.steer_defaults.prefixes[0])
+        tokens = len(texts.ids[0])
+        if len(head) + tokens >= self.engine.max_seq_len:
+            raise ApiError(400, f"this engine allows at most {self.engine.max_seq_len} tokens, but the document has {tokens} (after a {len(head)}-token "
+                                "instruction); split it, or recompile with a larger --max-seq-len", param="document", code="context_length_exceeded")
+        start = time.perf_counter()
+        with self.store.track() as used:
+            kv_key, tier = register_document(self.engine, head, texts.ids[0], self.view(tenant)[0], chunk=self.settings.prefill_chunk)
+        job.check()
+        record = self.documents(tenant).save(texts.context[slice(*texts.spans[0])], tokens, kv_key)
+        return {**self.documents(tenant).public(record), "cache": tier, "store": used.state, "seconds": round(time.perf_counter() - start, 4)}
 
 
 def _since(job: Job, start_perf: float) -> float:

@@ -68,11 +68,12 @@ class Steerer:
         self.last_context: tuple[PreparedContext, list[tuple[int, int]]] | None = None
         self.last_plan: QueryPlan | None = None
         self.context_tokens = ContextTokens(self.layout)  # context -> (ids, offsets), tokenized once per context text
+        self.document_spans: tuple[tuple[int, int], ...] = ()  # a context assembled from documents: their character ranges
 
     @property
     def method_context(self) -> MethodContext:
         """What the method hooks are given: this Steerer's engine, layout, store, prefill chunk and context tokens."""
-        return MethodContext(self.engine, self.layout, self.store, self.prefill_chunk, self.context_tokens)
+        return MethodContext(self.engine, self.layout, self.store, self.prefill_chunk, self.context_tokens, tuple(self.document_spans))
 
     def prepare(self, context: str, config: SteerConfig | None = None, progress: Progress | None = None) -> tuple[PreparedContext, str]:
         """The prepared context (from the store, or computed and stored) and its cache tier."""

@@ -94,15 +94,19 @@ def token_spans(offsets: Sequence[Span], spans: Sequence[Span]) -> np.ndarray:
     return out
 
 
-def context_units(text: str, offsets: Sequence[Span], unit: str = "auto") -> Units:
+def context_units(text: str, offsets: Sequence[Span], unit: str = "auto", documents: Sequence[Span] = ()) -> Units:
     """Cut ``text`` into units. ``paragraph``: its non-empty lines (a multi-document input puts one
     document per line, as ``steerc eval`` does); ``sentence``: :func:`split_sentences`; ``auto``:
-    paragraphs when there are at least three, else sentences."""
+    the ``documents`` (character spans) of a context assembled from documents, else paragraphs
+    when there are at least three, else sentences."""
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     lines = [m.span() for m in _LINE.finditer(text)]
-    kind = unit if unit != "auto" else ("paragraph" if len(lines) >= _MIN_PARAGRAPHS else "sentence")
-    spans = lines if kind == "paragraph" else split_sentences(text)
+    if unit == "auto" and len(documents):
+        kind, spans = "document", [tuple(s) for s in documents]
+    else:
+        kind = unit if unit != "auto" else ("paragraph" if len(lines) >= _MIN_PARAGRAPHS else "sentence")
+        spans = lines if kind == "paragraph" else split_sentences(text)
     tokens = token_spans(offsets, spans)
     keep = tokens[:, 1] > tokens[:, 0]
     return Units(kind, np.asarray(spans, np.int64).reshape(-1, 2)[keep], tokens[keep])

@@ -10,6 +10,8 @@ and the kept positions for a compacted KV):
 * :func:`kv_key`: the one stored copy of a KV (:mod:`steerc.steering.stored_kv`);
   :func:`compacted_kv_key`: a KV cut down to some of its positions; :func:`content_kv_key`: a
   KV addressed by its bytes (a prepared context built without a ``kv_key``).
+* :func:`document_kv_key`: a document's KV, computed alone behind an instruction head
+  (:mod:`steerc.steering.documents`); the head's own KV is :func:`kv_key` of an empty context.
 * :func:`intermediate_keys`: the shared entries a context's preparation leaves behind.
 
 Changing how any of these is derived orphans every stored entry.
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from steerc.runtime.engine import Engine
     from steerc.runtime.kv_cache import KVCache
 
-__all__ = ["store_key", "plain_key", "importance_key", "kv_key", "compacted_kv_key", "content_kv_key", "intermediate_keys"]
+__all__ = ["store_key", "plain_key", "importance_key", "kv_key", "compacted_kv_key", "content_kv_key", "document_kv_key", "intermediate_keys"]
 
 
 def _digest(array: np.ndarray) -> str:
@@ -58,6 +60,12 @@ def kv_key(engine_id: str, head_ids: np.ndarray, context_ids: np.ndarray, prefil
     steered = prefill_bias is not None and bool(np.any(prefill_bias))
     fields = {"kv": "prefill", "prefill_bias": _digest(np.asarray(prefill_bias, np.float32)) if steered else None}
     return context_key(engine_id, np.asarray(context_ids).tolist(), [int(t) for t in np.asarray(head_ids)], fields)
+
+
+def document_kv_key(engine_id: str, head_ids: np.ndarray, document_ids: np.ndarray) -> str:
+    """The store key of the KV of ``document_ids`` prefilled by ``engine_id`` right after ``head_ids``
+    (its positions only, starting at ``len(head_ids)``)."""
+    return context_key(engine_id, np.asarray(document_ids).tolist(), [int(t) for t in np.asarray(head_ids)], {"kv": "document"})
 
 
 def compacted_kv_key(full_kv_key: str, positions: np.ndarray) -> str:

@@ -45,13 +45,15 @@ class ContextTokens:
 @dataclass(frozen=True)
 class MethodContext:
     """The engine, layout, store and prefill chunk a method works with, and the context's tokens
-    (``context_tokens(text) -> (ids [N], offsets)``)."""
+    (``context_tokens(text) -> (ids [N], offsets)``); for a context assembled from documents
+    (:mod:`steerc.steering.documents`), the documents' character ranges."""
 
     engine: "Engine"
     layout: PromptLayout
     store: ContextStore  # a NullStore when nothing is kept
     prefill_chunk: int  # prompts are prefilled in calls of at most this many tokens (0: one call)
     context_tokens: Callable[[str], Tokens]
+    document_spans: tuple[tuple[int, int], ...] = ()  # a context assembled from documents: each one's character range (query's units)
 
     def __post_init__(self) -> None:
         if not isinstance(self.layout, PromptLayout):

@@ -96,3 +96,27 @@ def test_profile_end_to_end_then_used_by_run(tiny_text_engine, dataset, tmp_path
     assert run.returncode == 0 and "evidence: " in run.stderr, run.stderr
     bad = steerc("profile", tiny_text_engine, "--dataset", dataset, "--split", "all", "--num-selector", 0, "-o", out)
     assert bad.returncode == 2 and "num_selector must be a whole number >= 1" in bad.stderr
+
+
+def test_eval_documents_end_to_end(tiny_text_engine, dataset, tmp_path):
+    out = tmp_path / "docs"
+    result = steerc("eval", tiny_text_engine, "--dataset", dataset, "--out", out, "--max-new-tokens", 3, "--threads", 1, "--methods", "none",
+                    "--documents", "--recompute", "0,1")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    by = {(r["id"], r["variant"]): r for r in rows}
+    assert by[("fr", "none")]["skipped"] == "the example has no documents"
+    assert by[("it", "none+docs@1")]["prediction"] == by[("it", "none")]["prediction"]  # R = 1 answers as the full prefill
+    assert by[("it", "none+docs@0")]["assembly"]["computed_documents"] == 0  # registered before answering
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["documents"]["distinct_documents"] == 2 and summary["variants"]["none+docs@0"]["vs_reference"]["reference"] == "none"
+    assert "Documents: 2 distinct of 2 document slots" in result.stdout
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--recompute", "0.5"], "--recompute applies to --documents"),
+    (["--documents", "--recompute", "0.1,7"], "invalid --recompute: recompute must be a number >= 0 and <= 1, got 7.0"),
+])
+def test_eval_documents_bad_options(tiny_text_engine, dataset, extra, message):
+    result = steerc("eval", tiny_text_engine, "--dataset", dataset, *extra)
+    assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -112,3 +112,18 @@ def test_shipped_splits_sizes():
     dev, test = load_dataset("squad", split="dev"), load_dataset("squad", split="test")
     assert {e.id for e in dev}.isdisjoint({e.id for e in test}) and len(dev) + len(test) == 10565  # the README's count
     assert len(load_dataset("kv-retrieval", split="dev", limit=7)) == 7
+
+
+@needs_data
+def test_nq_distractors_from_a_pool_repeat_across_questions():
+    from steerc.eval.data import DatasetError, load_nq_multidoc
+
+    pooled = load_nq_multidoc(num_docs=10, seed=0, doc_pool=30)[:40]
+    assert all(len(e.documents) == 10 and e.documents[e.meta["gold_index"]] in e.context.replace(f"[{e.meta['gold_index'] + 1}]", "") for e in pooled)
+    distinct = {d for e in pooled for d in e.documents}
+    assert len(distinct) <= 40 + 30  # the golds and the pool: documents repeat
+    assert pooled == load_nq_multidoc(num_docs=10, seed=0, doc_pool=30)[:40]  # seeded
+    unpooled = load_nq_multidoc(num_docs=10, seed=0)[:40]
+    assert len({d for e in unpooled for d in e.documents}) > len(distinct)
+    with pytest.raises(DatasetError, match="--doc-pool must be between"):
+        load_nq_multidoc(num_docs=10, doc_pool=5)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from steerc.server.bodies import RequestBodies
-from steerc.server.routes import completions, contexts, health, metrics
+from steerc.server.routes import completions, contexts, documents, health, metrics
 from steerc.server.routes import ui as playground
 from steerc.server.routes.deps import authorized
 
@@ -48,6 +48,7 @@ def build_router(bodies: RequestBodies, ui: bool = True) -> APIRouter:
     api.include_router(metrics.router)
     api.include_router(completions.build(bodies))
     api.include_router(contexts.build(bodies))
+    api.include_router(documents.build(bodies))
     router = APIRouter(responses=_errors(405, 500))
     router.include_router(health.router)
     if ui:

@@ -53,7 +53,7 @@ class Evidence:
     """A unit of the context a method chose to emphasise for one query."""
 
     unit: int  # 0-based index among the context's units
-    kind: str  # "sentence", "paragraph" (a document of a multi-document input) or "block" (qllm: a block of tokens)
+    kind: str  # "sentence", "paragraph" (a line of a multi-document input), "document" (of an assembled context) or "block" (qllm: a block of tokens)
     start: int  # character range in the context
     end: int
     score: float  # the unit's share of the evidence score (calibrated attention, word overlap or their rank fusion, by rank_by); qllm: its standardised block score
@@ -75,7 +75,7 @@ class EvidenceDistribution:
     down-weighted), the strongest alpha applied anywhere, whether a self-check backed off, and
     where each unit is in the context (so a reader can shade the text by share)."""
 
-    kind: str  # "sentence" or "paragraph"
+    kind: str  # "sentence", "paragraph" or "document"
     shares: tuple[float, ...]  # [U], summing to 1 (all 0: no score)
     strength: tuple[float, ...]  # [U] in [0, 1]
     alpha_applied: float  # alpha ** (largest strength): 1.0 when nothing was steered

@@ -188,7 +188,10 @@ class QueryEvidence(SteeringMethod):
             raise ValueError(f"selector head {list(bad[0])} is outside the engine ({g.num_layers} layers x {g.num_heads} heads)")
         ids, offsets = ctx.context_tokens(context)
         head = np.asarray(ctx.layout.head_ids(config.prefixes[0]), np.int64)
-        key = store_key(engine, [head], ids, self.key_fields(config))
+        fields = self.key_fields(config)
+        if ctx.document_spans:  # units are the documents, not the lines
+            fields["documents"] = [list(map(int, span)) for span in ctx.document_spans]
+        key = store_key(engine, [head], ids, fields)
         start = time.perf_counter()
         built: list = []  # (plain, its tier) when this request built the index
 
@@ -213,7 +216,7 @@ class QueryEvidence(SteeringMethod):
     def _index(self, ctx, context: str, offsets, config: SteerConfig, plain: PreparedContext) -> StoredContext:
         """The evidence index: units and the content-free question's attention over the context."""
         Nh, N = len(plain.head_ids), len(plain.context_ids)
-        units = context_units(context, offsets, config.options.unit)
+        units = context_units(context, offsets, config.options.unit, ctx.document_spans)
         calibration_ids = ctx.layout.query_ids(config.prefixes[0], CALIBRATION_QUESTION)
         calibration = question_attention(ctx.engine, plain.kv, calibration_ids)[..., Nh : Nh + N]  # [L, H, N]
         return StoredContext({"calibration": calibration.astype(np.float32), "unit_chars": units.chars, "unit_tokens": units.tokens},

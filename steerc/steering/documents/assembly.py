@@ -1,0 +1,136 @@
+"""Assembling a context from cached documents, with selective recompute.
+
+A context of documents ``[d1 … dk]`` behind the instruction head is the head's KV followed by each
+document's cached KV (:mod:`steerc.steering.documents.cached`: computed alone, right after the
+head), its keys moved to where the document lands (:mod:`steerc.runtime.rope_shift`). Cached
+alone, a document never attended to the documents before it; ``recompute`` (R) restores part of
+that: the first ``ceil(R * n)`` tokens of each document are prefilled again, as an ordinary prefill
+chunk over the assembled cache of the head and the documents before it, and their new KV replaces
+the cached one. Documents are processed in order, so a recomputed token attends only to earlier
+positions (causality holds by construction: the engine's bias is per key, not per query row).
+
+* The first document sits where it was computed (right after the head, behind nothing else): its
+  cached KV is the full prefill's, so it is never recomputed.
+* ``R = 1`` recomputes every later document in full: the same computation as a full prefill in
+  chunks cut at the documents (equal to float rounding; identical greedy outputs).
+* ``R = 0`` is plain concatenation (llama.cpp's ``--cache-reuse``).
+* Why the first tokens (rather than CacheBlend's most-deviating ones): they are where a document
+  computed alone differs most, since they attended to the head alone and act as the document's
+  attention sinks for everything after them (EPIC, arXiv 2410.15332, recomputes the same); and
+  choosing them costs nothing, where choosing by deviation needs a first-layer pass over every
+  token. docs/RESULTS.md measures quality and time to first token against R.
+
+A missing or evicted document is computed (alone, behind the head) and stored on the way.
+Refused with a clear error: an empty list, an empty document, a context longer than the engine,
+an engine whose keys cannot be moved (:class:`~steerc.runtime.rope_shift.RopeShiftError`: no
+RoPE, dynamic scaling, a sliding window shorter than the context).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from steerc.runtime.engine import Engine
+from steerc.runtime.generate import DEFAULT_PREFILL_CHUNK, prefill
+from steerc.runtime.kv_cache import KVCache
+from steerc.runtime.rope_shift import rope_shift_for
+from steerc.steering.documents.cached import document_kv, head_kv
+from steerc.stores import ContextStore
+
+__all__ = ["AssemblyReport", "AssembledContext", "assemble", "recompute_counts"]
+
+
+@dataclass
+class AssemblyReport:
+    """What an assembly reused, recomputed and computed, and how long it took."""
+
+    documents: int
+    context_tokens: int
+    reused_tokens: int = 0  # cached KV placed as it was (keys moved)
+    recomputed_tokens: int = 0  # re-prefilled over the assembled cache
+    computed_documents: int = 0  # missing from the store: computed alone now (and stored)
+    computed_tokens: int = 0
+    recompute_s: float = 0.0
+    seconds: float = 0.0  # the whole assembly
+    tiers: list[str] = field(default_factory=list)  # per document: where its KV came from ("memory", "disk", …, "miss")
+
+    def saved_s(self, prefill_tokens_per_s: float) -> float:
+        """Seconds saved against a full prefill of the context at ``prefill_tokens_per_s`` (a rate the
+        caller measured on full prefills: one recompute chunk per document costs more per token
+        than a long prefill, so this assembly's own rate would overstate it)."""
+        if prefill_tokens_per_s <= 0:
+            raise ValueError(f"prefill_tokens_per_s must be > 0, got {prefill_tokens_per_s!r}")
+        return self.context_tokens / prefill_tokens_per_s - self.seconds
+
+    def to_dict(self) -> dict:
+        out = {"documents": self.documents, "context_tokens": self.context_tokens, "reused_tokens": self.reused_tokens,
+               "recomputed_tokens": self.recomputed_tokens, "computed_documents": self.computed_documents, "computed_tokens": self.computed_tokens,
+               "recompute_s": round(self.recompute_s, 4), "assembly_s": round(self.seconds, 4), "tiers": list(self.tiers)}
+        return out
+
+
+@dataclass
+class AssembledContext:
+    head_ids: np.ndarray  # [Nh] int64
+    context_ids: np.ndarray  # [N] int64: the documents' tokens, in order
+    spans: list[tuple[int, int]]  # each document's token range in context_ids
+    kv: KVCache  # batch 1, Nh + N positions
+    report: AssemblyReport
+
+
+def recompute_counts(lengths: list[int], recompute: float) -> list[int]:
+    """How many leading tokens of each document are re-prefilled: ``ceil(recompute * n)``, none of the first document's."""
+    if not 0 <= recompute <= 1:
+        raise ValueError(f"recompute must be in [0, 1], got {recompute!r}")
+    return [0 if i == 0 else min(n, math.ceil(recompute * n - 1e-9)) for i, n in enumerate(lengths)]
+
+
+def assemble(engine: Engine, head_ids: np.ndarray, documents: list[np.ndarray], store: ContextStore, recompute: float, *,
+             chunk: int = DEFAULT_PREFILL_CHUNK) -> AssembledContext:
+    """The context of ``documents`` (token ids each) behind ``head_ids``, assembled from their
+    cached KVs in ``store`` (computed and stored when missing) with the first ``ceil(recompute * n)``
+    tokens of every document but the first re-prefilled."""
+    start = time.perf_counter()
+    head_ids = np.asarray(head_ids, np.int64)
+    documents = [np.asarray(d, np.int64) for d in documents]
+    if not documents:
+        raise ValueError("no documents to assemble: give at least one")
+    empty = [i for i, d in enumerate(documents) if not len(d)]
+    if empty:
+        raise ValueError(f"document {empty[0] + 1} is empty (no tokens)")
+    lengths = [len(d) for d in documents]
+    Nh, N = len(head_ids), sum(lengths)
+    engine.check_length(Nh + N + 1, f"the {len(documents)} documents ({N} tokens behind a {Nh}-token instruction, plus one to generate)")
+    shift = rope_shift_for(engine)
+    shift.check_window(Nh + N, f"the {len(documents)} documents ({Nh + N} positions with the instruction)")
+    counts = recompute_counts(lengths, recompute)
+    report = AssemblyReport(len(documents), N)
+    head, _ = head_kv(engine, head_ids, store, chunk)
+    pieces: list[KVCache] = [head]
+    at = Nh  # where the next document starts
+    spans = []
+    for ids, r in zip(documents, counts):
+        cached, tier = document_kv(engine, head_ids, ids, store, head=head, chunk=chunk)
+        report.tiers.append(tier)
+        if tier == "miss":
+            report.computed_documents += 1
+            report.computed_tokens += len(ids)
+        if r:
+            cache = KVCache.concat(pieces) if len(pieces) > 1 else pieces[0]
+            t0 = time.perf_counter()
+            _, cache = prefill(engine, ids[None, :r], np.ones((1, at + r), np.int64), cache, chunk=chunk)
+            report.recompute_s += time.perf_counter() - t0
+            report.recomputed_tokens += r
+            pieces = [cache]
+        if r < len(ids):
+            pieces.append(shift.shift(cached.slice(r) if r else cached, at - Nh))
+            report.reused_tokens += len(ids) - r
+        spans.append((at - Nh, at - Nh + len(ids)))
+        at += len(ids)
+    kv = KVCache.concat(pieces) if len(pieces) > 1 else pieces[0]
+    report.seconds = time.perf_counter() - start
+    return AssembledContext(head_ids, np.concatenate(documents), spans, kv, report)
