@@ -180,6 +180,20 @@ def tiny_text_engine(tiny_text_folder, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def aoti_text_engine(tiny_text_folder, tmp_path_factory):
+    """``tiny_text_folder`` compiled with ``steerc compile --backend aoti``, run as a user runs it
+    (an AOTInductor compile takes tens of seconds, so the CLI test and the backend tests share
+    it): the engine folder and the compile's finished process (returncode, stdout, stderr)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("aoti-text") / "engine"
+    result = subprocess.run([sys.executable, "-m", "steerc.cli", "compile", str(tiny_text_folder), "-o", str(out), "--backend", "aoti",
+                             "--max-seq-len", "384", "--max-batch", "4"], capture_output=True, text=True, timeout=1200)
+    return out, result
+
+
+@pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A real redis-server on a free loopback port (tests/redis_server.py)."""
     from redis_server import Redis

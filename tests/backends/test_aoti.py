@@ -8,20 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from steerc.build import compile_engine
 from steerc.engine_format import MANIFEST_FILE
 from steerc.errors import EngineError
 from steerc.runtime.engine import Engine
 from steerc.runtime.generate import SamplingParams, decode_one_token, generate, prefill
 from steerc.runtime.steer_bias import SteerBias
-from steerc.settings import CompileSettings
 
 
 @pytest.fixture(scope="module")
-def aoti_engine(tiny_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("aoti") / "engine"
-    manifest = compile_engine(str(tiny_folder), out, CompileSettings(max_seq_len=64, max_batch=4, backend="aoti"))
-    return out, manifest
+def aoti_engine(aoti_text_engine):
+    out, result = aoti_text_engine  # compiled once per session (tests/conftest.py), also by the CLI test
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, json.loads((out / MANIFEST_FILE).read_text())
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -76,14 +74,14 @@ def test_prefill_and_steered_decode_match_onnx(aoti_engine, shape):
     assert np.abs(unsteered - s_aoti[0]).max() > 1e-3
 
 
-def test_greedy_tokens_equal_hf(aoti_engine, tiny_folder):
+def test_greedy_tokens_equal_hf(aoti_engine, tiny_text_folder):
     from transformers import AutoModelForCausalLM
 
     folder, _ = aoti_engine
     engine = Engine.load(folder, backend="aoti")
     prompt = np.array([[5, 17, 99, 3, 42, 7]])
     ours = [int(t[0]) for t in generate(engine, prompt, max_new_tokens=12, sampling=SamplingParams(temperature=0.0), stop_token_ids=set())]
-    model = AutoModelForCausalLM.from_pretrained(tiny_folder).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_text_folder).eval()
     with torch.no_grad():
         hf = model.generate(torch.tensor(prompt), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)[0, prompt.shape[1]:].tolist()
     assert ours == hf

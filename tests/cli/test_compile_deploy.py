@@ -29,9 +29,8 @@ def test_target_tensorrt_end_to_end(tiny_text_folder, tmp_path):
     assert gen.returncode == 0, gen.stderr
 
 
-def test_backend_aoti_end_to_end(tiny_text_folder, tmp_path):
-    out = tmp_path / "aoti"
-    result = steerc("compile", str(tiny_text_folder), "-o", str(out), "--backend", "aoti", "--max-seq-len", "384", "--max-batch", "2")
+def test_backend_aoti_end_to_end(aoti_text_engine, tmp_path):
+    out, result = aoti_text_engine  # `steerc compile TINY -o OUT --backend aoti --max-seq-len 384 --max-batch 4` (tests/conftest.py)
     assert result.returncode == 0, result.stderr
     assert "model.pt2" in result.stdout and "AOTInductor vs eager" in result.stdout
     context = tmp_path / "context.txt"
