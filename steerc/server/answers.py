@@ -18,7 +18,7 @@ from steerc.server.formats import EventStream, Reply, sse
 from steerc.server.metrics import Metrics
 from steerc.server.state import ServerState
 
-__all__ = ["generate", "record_answer", "record_context"]
+__all__ = ["generate", "record_answer", "record_context", "run_one"]
 
 _HIT_TIERS = ("memory", "disk", "redis", "store", "documents")  # documents: assembled from stored document KVs
 
@@ -39,6 +39,19 @@ def record_answer(metrics: Metrics, route: str, index: int, gen) -> None:
         metrics.decode_rate.observe(gen.decode_tokens_per_s)
     if gen.steer is not None:
         record_context(metrics, gen.steer)
+
+
+async def run_one(state: ServerState, request: Request, work):
+    """Run ``work(job)`` (one result, no stream: a registration) as an admitted job on a worker
+    thread; its result, or its failure as the HTTP error."""
+    scheduler = state.scheduler
+    job = await scheduler.start(lambda j: j.emit("done", 0, work(j)))
+    result = None
+    while (item := await scheduler.next_item(job, request))[0] != "end":
+        if item[0] == "error":
+            raise scheduler.failure(item[1])
+        result = item[2]
+    return result
 
 
 async def generate(state: ServerState, request: Request, body, route: str, plans_of, chat: bool, last: int):

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from steerc.server.answers import record_context
+from steerc.server.answers import record_context, run_one
 from steerc.server.bodies import RequestBodies
 from steerc.server.routes.deps import State
 
@@ -25,14 +25,9 @@ def build(bodies: RequestBodies) -> APIRouter:
 
     @router.post("/v1/contexts")
     async def register_context(request: Request, body: bodies.context, state: State):
-        scheduler, service = state.scheduler, state.service
         tenant = request.state.tenant
-        job = await scheduler.start(lambda j: j.emit("done", 0, service.register(j, body, tenant)))
-        while (item := await scheduler.next_item(job, request))[0] != "end":
-            if item[0] == "error":
-                raise scheduler.failure(item[1])
-            result = item[2]
-            record_context(state.metrics, result)
+        result = await run_one(state, request, lambda job: state.service.register(job, body, tenant))
+        record_context(state.metrics, result)
         return result
 
     @router.get("/v1/contexts")

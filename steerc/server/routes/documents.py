@@ -9,6 +9,7 @@ stored KVs (:mod:`steerc.steering.documents`).
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from steerc.server.answers import run_one
 from steerc.server.bodies import RequestBodies
 from steerc.server.routes.deps import State
 
@@ -20,13 +21,8 @@ def build(bodies: RequestBodies) -> APIRouter:
 
     @router.post("/v1/documents")
     async def register_document(request: Request, body: bodies.document, state: State):
-        scheduler, service = state.scheduler, state.service
         tenant = request.state.tenant
-        job = await scheduler.start(lambda j: j.emit("done", 0, service.register_document(j, body, tenant)))
-        while (item := await scheduler.next_item(job, request))[0] != "end":
-            if item[0] == "error":
-                raise scheduler.failure(item[1])
-            result = item[2]
+        result = await run_one(state, request, lambda job: state.service.register_document(job, body, tenant))
         return result
 
     @router.get("/v1/documents/{document_id}")
