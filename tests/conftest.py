@@ -8,6 +8,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A compile exports its analysis graph in a forked child (steerc/backends/onnx/forked.py). Forking
+# this test process, which by then holds other threads (ONNX Runtime pools, the browser driver,
+# store clients), can leave the child waiting forever on a lock one of them held (it hung a CI run),
+# so in-process compiles here export serially; tests/backends/onnx/test_forked.py tests the fork.
+os.environ.setdefault("STEERC_PARALLEL_EXPORT", "0")
 
 from steps import TEST_SETTINGS, assert_step_close, steerable, step_inputs  # noqa: E402,F401  (re-exported for the tests)
 from tiny_models import tiny_model  # noqa: E402

@@ -47,7 +47,7 @@ def test_routes_validate_with_the_models_given_at_build_time():
     body = schema["paths"]["/v1/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": "#/components/schemas/Custom"} and "flavour" in schema["components"]["schemas"]["Custom"]["properties"]
     assert list(schema["paths"]) == ["/health", "/ready", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/contexts",
-                                     "/v1/contexts/{context_id}"]
+                                     "/v1/contexts/{context_id}", "/v1/documents", "/v1/documents/{document_id}"]
 
 
 def test_every_route_but_health_and_ready_needs_the_key():

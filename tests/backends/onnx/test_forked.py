@@ -4,6 +4,7 @@ parent fails."""
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -12,7 +13,14 @@ from steerc.backends.onnx.forked import ForkedCall, can_fork
 from steerc.errors import EngineError
 from steerc.settings import CompileSettings
 
-pytestmark = pytest.mark.skipif(not can_fork(), reason="needs fork and two cores")
+# Not can_fork(): the suite sets STEERC_PARALLEL_EXPORT=0 (tests/conftest.py); this module turns it on.
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2, reason="needs fork and two cores")
+
+
+@pytest.fixture(autouse=True)
+def _parallel_export(monkeypatch):
+    monkeypatch.setenv("STEERC_PARALLEL_EXPORT", "1")
+    assert can_fork()
 
 
 def test_worker_reports_its_seconds(tmp_path):
