@@ -42,7 +42,7 @@ from steerc.server.schemas import ChatCompletionRequest, CompletionRequest, Cont
 from steerc.server.settings import ServerSettings
 from steerc.steering.answer import Steerer
 from steerc.steering.config import SteerConfig
-from steerc.steering.documents import DEFAULT_RECOMPUTE, document_texts, register_document, stream_documents
+from steerc.steering.documents import DEFAULT_RECOMPUTE, DocumentTexts, document_texts, register_document, stream_documents
 from steerc.steering.layout import PromptLayout
 from steerc.steering.methods import METHODS, get_method
 from steerc.stores import ContextStore
@@ -189,10 +189,10 @@ class Service:
     def _steered(self, steer: SteerRequest, query: str, max_tokens: int | None, req, tenant: str | None) -> Plan:
         if not query.strip():
             raise ApiError(400, "the question is empty", param="prompt")
-        context_id, base, documents = None, None, None
+        context_id, base, documents, context = None, None, None, None
         if steer.documents is not None:
-            documents = self._document_texts(steer.documents, tenant)
-            text = document_texts(self.layout, documents).context
+            documents, assembled = self._document_texts(steer.documents, tenant)
+            text, context = assembled.context, len(assembled.context_ids)  # the tokens assembly will place (each document tokenized alone)
         elif steer.context_id is not None:
             registry = self.view(tenant)[1]
             record = registry.get(steer.context_id)
@@ -204,22 +204,23 @@ class Service:
             raise ApiError(400, "steer.context is empty", param="steer.context")
         config = self._config(steer.overrides(), base)
         head = len(self.layout.head_ids(config.prefixes[0]))
-        context = len(self.layout.context_ids(text)[0])
+        if context is None:
+            context = len(self.layout.context_ids(text)[0])
         question = len(self.layout.query_ids(config.prefixes[0], query))
         used = head + context + question
         room = self._room(used, max_tokens, f"{head} instruction + {context} context + {question} question")
         return Plan(room, self._sampling(req), self.layout.stop + req.stops, used, context=text, config=config, query=query, context_id=context_id,
                     documents=documents, recompute=None if documents is None else (DEFAULT_RECOMPUTE if steer.recompute is None else steer.recompute), tenant=tenant)
 
-    def _document_texts(self, items: list[str], tenant: str | None) -> list[str]:
-        """``steer.documents`` as texts: a registered id's text, an inline text as it is."""
+    def _document_texts(self, items: list[str], tenant: str | None) -> tuple[list[str], DocumentTexts]:
+        """``steer.documents`` as texts (a registered id's text, an inline text as it is) and as
+        the context they make, tokenized once here; an empty document is refused before the request is admitted."""
         registry = self.documents(tenant)
         texts = [registry.get(item, "steer.documents")["document"] if DOCUMENT_ID.match(item) else item for item in items]
         try:
-            document_texts(self.layout, texts)  # an empty document is refused here, before the request is admitted
+            return texts, document_texts(self.layout, texts)
         except ValueError as exc:
             raise ApiError(400, f"steer.documents: {exc}", param="steer.documents") from None
-        return texts
 
     def plan_completion(self, req: CompletionRequest, tenant: str | None = None) -> list[Plan]:
         self.check_model(req.model)
@@ -326,7 +327,6 @@ class Service:
         out = registry.public(record)
         out.update(cache=tier, store=used.state, context_prefill_tokens=prefilled.tokens, seconds=round(time.perf_counter() - start, 4))
         return out
-
 
     def register_document(self, job: Job, req, tenant: str | None = None) -> dict:
         """Compute (or find) a document's KV behind the default instruction head and file its record."""
