@@ -258,13 +258,16 @@ class DiskStore(ContextStore):
     def _refs_folder(self, target: str) -> Path:
         return self.root / "refs" / check_key(target)[:2] / target
 
-    def add_ref(self, target: str, holder: str) -> None:
-        folder = self._refs_folder(target)
+    def _mark(self, folder: Path, name: str, what: str) -> None:
+        """The empty file ``folder/name`` (a reference mark, an index member), made atomically."""
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / check_key(holder)).touch()
+            (folder / check_key(name)).touch()
         except OSError as exc:
-            raise self._failed("write a reference mark", exc) from None
+            raise self._failed(f"write {what}", exc) from None
+
+    def add_ref(self, target: str, holder: str) -> None:
+        self._mark(self._refs_folder(target), holder, "a reference mark")
 
     def drop_ref(self, target: str, holder: str) -> int:
         folder = self._refs_folder(target)
@@ -286,12 +289,7 @@ class DiskStore(ContextStore):
         return self.root / "index" / check_key(index)[:2] / index
 
     def index_add(self, index: str, member: str) -> None:
-        folder = self._index_folder(index)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / check_key(member)).touch()
-        except OSError as exc:
-            raise self._failed("write an index entry", exc) from None
+        self._mark(self._index_folder(index), member, "an index entry")
 
     def index_drop(self, index: str, member: str) -> None:
         self._unlink(self._index_folder(index) / check_key(member))
