@@ -6,12 +6,15 @@ clients, with and without context reuse, all modes measured in one run.
     python tools/bench_serve.py ENGINE --servers batched unbatched ...           # server configurations in one run
 
 Servers (``--servers``; each is started in turn and runs every mode and client count):
-  batched    continuous batching, the default flags (--max-concurrency 8 --max-batch 8)
+  batched    continuous batching, the default flags (--max-concurrency 8 --max-batch 8, prefix cache on)
+  no-prefix-cache  batched, with the plain prompts' prefix cache off (--prefix-cache-mb 0): every
+             plain request prefills its whole prompt
   unbatched  one generation decoding at a time, two requests worked on at once (--max-concurrency 2
              --max-batch 1): the server before continuous batching
 
 Modes (each request asks one question about the same ~180-token passage, streamed, greedy):
   plain        the passage inside the chat message, no steering: a full prompt prefill per request
+               (with the prefix cache on, the passage's KV is reused and the question prefilled)
   steer-fresh  LLMSteer with the passage inline, made unique per request: every request prepares
                the context (two importance prefills), i.e. LLMSteer without reuse
   steer-reuse  LLMSteer on a context registered once (POST /v1/contexts): only the question is prefilled
@@ -40,7 +43,8 @@ QUESTIONS = ["Who won Super Bowl 50?", "Where was Super Bowl 50 played?", "Which
              "When was the game played?", "Which anniversary did the league emphasise?", "Which conference did Denver represent?",
              "What tradition was suspended?"]
 MODES = ("plain", "steer-fresh", "steer-reuse")
-SERVERS = {"batched": (8, ["--max-batch", "8"]), "unbatched": (2, ["--max-batch", "1"])}  # name: (--max-concurrency, other flags)
+SERVERS = {"batched": (8, ["--max-batch", "8"]), "no-prefix-cache": (8, ["--max-batch", "8", "--prefix-cache-mb", "0"]),
+           "unbatched": (2, ["--max-batch", "1", "--prefix-cache-mb", "0"])}  # name: (--max-concurrency, other flags)
 EXAMPLE_CONTEXT = ROOT / "examples" / "super_bowl_50.txt"
 
 
@@ -55,7 +59,7 @@ def _body(mode: str, i: int, context: str, context_id: str | None, max_tokens: i
 
 def one_request(client: httpx.Client, body: dict) -> dict:
     start = time.perf_counter()
-    first, tokens, prefill = None, 0, None
+    first, tokens, prefill, cached = None, 0, None, 0
     with client.stream("POST", "/v1/chat/completions", json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {r.read().decode()[:300]}")
@@ -69,10 +73,11 @@ def one_request(client: httpx.Client, body: dict) -> dict:
                 first = time.perf_counter()
             if event.get("usage"):
                 tokens = event["usage"]["completion_tokens"]
+                cached = (event["usage"].get("prompt_tokens_details") or {}).get("cached_tokens", 0)
             if "steer" in event:
                 prefill = event["steer"]["context_prefill_tokens"]
     end = time.perf_counter()
-    return {"ttft": (first or end) - start, "latency": end - start, "tokens": tokens, "context_prefill_tokens": prefill}
+    return {"ttft": (first or end) - start, "latency": end - start, "tokens": tokens, "context_prefill_tokens": prefill, "cached_tokens": cached}
 
 
 def run_mode(url: str, headers: dict, mode: str, clients: int, requests: int, max_seconds: float, context: str, context_id: str | None,
@@ -104,6 +109,7 @@ def run_mode(url: str, headers: dict, mode: str, clients: int, requests: int, ma
             "ttft_p50_s": round(statistics.median(ttfts), 3), "ttft_p95_s": round(q[18], 3),
             "latency_p50_s": round(statistics.median(r["latency"] for r in results), 3),
             "mean_completion_tokens": round(statistics.mean(r["tokens"] for r in results), 1),
+            "prompt_cached_tokens_per_request": round(statistics.mean(r["cached_tokens"] for r in results), 1),
             "context_prefill_tokens_per_request": None if mode == "plain" else round(statistics.mean(r["context_prefill_tokens"] or 0 for r in results), 1)}
 
 

@@ -35,6 +35,7 @@ def record_answer(metrics: Metrics, route: str, index: int, gen) -> None:
         metrics.ttft.labels(route).observe(gen.ttft_s)
     metrics.tokens.inc(gen.completion_tokens)
     metrics.prefill_tokens.labels("prompt").inc(gen.prompt_prefill_tokens)
+    metrics.prompt_cached_tokens.inc(gen.cached_tokens)
     if gen.decode_tokens_per_s > 0:
         metrics.decode_rate.observe(gen.decode_tokens_per_s)
     if gen.steer is not None:

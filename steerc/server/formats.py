@@ -47,7 +47,9 @@ def steer_summary(generations: list) -> dict | None:
 def _usage(generations: list) -> dict:
     prompt = sum(g.prompt_tokens for g in generations)
     completion = sum(g.completion_tokens for g in generations)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    cached = sum(g.cached_tokens for g in generations)  # OpenAI's field: prompt tokens served from the prefix cache
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 class Reply:

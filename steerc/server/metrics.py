@@ -31,6 +31,7 @@ class Metrics:
         self.decode_rate = Histogram("steerc_decode_tokens_per_second", "Decode speed of each answer (after its first token)",
                                      buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000), registry=r)
         self.prefill_tokens = Counter("steerc_prefill_tokens", "Tokens prefilled, by kind (context preparation or prompt)", ["kind"], registry=r)
+        self.prompt_cached_tokens = Counter("steerc_prompt_cached_tokens", "Plain prompt tokens whose KV the prefix cache held (not prefilled)", registry=r)
         self.cache = Counter("steerc_context_cache", "Steered-context lookups by result (hit: no context prefill)", ["result"], registry=r)
         self.store_errors = Counter("steerc_store_errors", "Context-store operations that failed (the request went on without the store), by backend and operation",
                                     ["backend", "operation"], registry=r)
@@ -62,6 +63,12 @@ class Metrics:
         gauge = Gauge("steerc_store_evicted_entries", "Entries evicted to stay within a store budget since start, by tier", ["tier"], registry=self.registry)
         for tier, part in tiers.items():
             gauge.labels(tier).set_function(lambda part=part: part.stats.evictions)
+
+    def watch_prefix_cache(self, cache) -> None:
+        """Export the plain-prompt prefix cache's size (:class:`~steerc.runtime.prefix_cache.PrefixCache`)."""
+        Gauge("steerc_prefix_cache_bytes", "Bytes of prompt KV the prefix cache holds", registry=self.registry).set_function(lambda: cache.nbytes)
+        Gauge("steerc_prefix_cache_entries", "Prompts the prefix cache holds", registry=self.registry).set_function(lambda: len(cache))
+        Gauge("steerc_prefix_cache_evicted_entries", "Prompts evicted from the prefix cache since start", registry=self.registry).set_function(lambda: cache.evictions)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

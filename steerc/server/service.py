@@ -30,7 +30,8 @@ import numpy as np
 
 from steerc.errors import EngineError
 from steerc.runtime.engine import Engine
-from steerc.runtime.generate import SamplingParams
+from steerc.runtime.generate import SamplingParams, prefill_prompt
+from steerc.runtime.prefix_cache import PrefixCache
 from steerc.runtime.text import TextStream, chat_ids
 from steerc.server.batching import Batcher
 from steerc.server.errors import ApiError
@@ -66,6 +67,7 @@ class Generation:
     decode_tokens_per_s: float
     prompt_prefill_tokens: int  # prefilled in this request (a steered prompt: the question only)
     steer: dict | None = None
+    cached_tokens: int = 0  # a plain prompt's first tokens whose KV the prefix cache held (not prefilled again)
 
 
 @dataclass
@@ -99,7 +101,8 @@ class Plan:
     context_id: str | None = None
     documents: list[str] | None = None  # a context assembled from these documents' stored KVs (``context`` is their text)
     recompute: float | None = None
-    tenant: str | None = None  # whose store namespace a steered plan uses (None: the shared store)
+    tenant: str | None = None  # whose store namespace a steered plan uses (None: the shared store); a plain plan: whose prefix cache
+    cached_tokens: int = 0  # a plain plan: prompt tokens the prefix cache held
     result: Generation | None = None  # set once the plan has run
 
 
@@ -120,6 +123,7 @@ class Service:
         self.prefill_rate: float | None = None  # context tokens/s of the last full context prefill (what assembling documents saves is reckoned at it)
         self.model_name = settings.model_name or Path(engine.folder).name
         self.batcher = Batcher(engine, settings.max_batch)
+        self.prefix_cache = PrefixCache(settings.prefix_cache_bytes)  # plain prompts' KV, reused by prompts that start the same way
         self.janitor = None  # the store's garbage collector (steerc.server.janitor), set by ServerState.open
 
     def close(self) -> None:
@@ -230,7 +234,7 @@ class Service:
         for i, prompt in enumerate(req.prompts):
             ids = np.asarray(self.engine.tokenizer(prompt)["input_ids"], np.int64)
             room = self._room(len(ids), req.max_tokens, f"{len(ids)} in prompt {i + 1}")
-            plans.append(Plan(room, self._sampling(req), req.stops, len(ids), ids=ids))
+            plans.append(Plan(room, self._sampling(req), req.stops, len(ids), ids=ids, tenant=tenant))
         return plans
 
     def plan_chat(self, req: ChatCompletionRequest, tenant: str | None = None) -> list[Plan]:
@@ -244,7 +248,7 @@ class Service:
             raise ApiError(400, "this engine has no chat template (or the server runs with --no-chat); use /v1/completions", code="chat_unsupported")
         ids = np.asarray(chat_ids(self.engine.tokenizer, [{"role": m.role, "content": m.text} for m in req.messages]), np.int64)
         room = self._room(len(ids), req.token_limit, f"{len(ids)} in the messages")
-        return [Plan(room, self._sampling(req), req.stops, len(ids), ids=ids)]
+        return [Plan(room, self._sampling(req), req.stops, len(ids), ids=ids, tenant=tenant)]
 
     # -- running ----------------------------------------------------------------------------
     def run(self, job: Job, plans_of) -> None:
@@ -257,11 +261,31 @@ class Service:
                 job.emit("delta", i, delta)
             job.emit("done", i, plan.result)
 
+    def _plain_generate_fn(self, plan: Plan, job: Job):
+        """The job's token generator for a plain prompt: the longest prefix the prefix cache holds
+        (of this tenant's prompts) is not prefilled again, and the prompt's KV is kept for later ones."""
+        if not self.prefix_cache.enabled:
+            return self._generate_fn(job)
+        scope = self.tenants.namespace(plan.tenant)
+
+        def generate(engine, input_ids, attention_mask, *, prefill_chunk, progress, **options):
+            row = input_ids[0]
+            hit = self.prefix_cache.lookup(row, scope)
+            reused = hit.tokens if hit is not None else 0
+            past, new = (hit.kv if hit is not None else None), input_ids[:, reused:]  # [1, S - reused]
+            logits, cache, _ = prefill_prompt(engine, new, None, past, None, prefill_chunk=prefill_chunk, progress=progress)
+            self.prefix_cache.put(row, cache.slice(0) if engine.kv_in_place else cache, scope)  # in-place decode writes into what it is given
+            plan.cached_tokens = reused
+            yield from self.batcher.generate(engine, new, None, cache=past, prefilled=(logits, cache), prefill_chunk=prefill_chunk,
+                                             check=job.check, **options)
+
+        return generate
+
     def _stream_plain(self, plan: Plan, job: Job) -> Iterator[str]:
         start = time.perf_counter()
         stream, parts = TextStream(self.engine, prompt_ids=plan.ids, max_new_tokens=plan.max_tokens, sampling=plan.sampling, stop=plan.stop,
                                    progress=lambda done, total: job.check(), prefill_chunk=self.settings.prefill_chunk,
-                                   generate_fn=self._generate_fn(job)), []
+                                   generate_fn=self._plain_generate_fn(plan, job)), []
         for delta in stream:
             job.check()
             parts.append(delta)
@@ -269,7 +293,7 @@ class Service:
         job.check()
         c = stream.completion
         plan.result = Generation("".join(parts), c.finish_reason, plan.prompt_tokens, len(c.token_ids), _since(job, start) + c.prefill_s,
-                                 c.decode_tokens_per_s, plan.prompt_tokens)
+                                 c.decode_tokens_per_s, plan.prompt_tokens - plan.cached_tokens, cached_tokens=plan.cached_tokens)
 
     def _stream_steered(self, plan: Plan, job: Job) -> Iterator[str]:
         start = time.perf_counter()

@@ -52,6 +52,9 @@ class ServerSettings(JsonDataclass):
     memory_store_bytes: int = setting(1 << 30, "in-memory store budget (MiB)", name="--memory-store-mb", type=int, scale=1 << 20)
     kv_store_max_bytes: int | None = setting(None, "disk store budget (GiB): a write first evicts the least recently read entries; pinned "
                                                    "contexts and KVs still in use are kept (default: unbounded)", name="--kv-store-max-gb", type=float, scale=1 << 30)
+    prefix_cache_bytes: int = setting(256 << 20, "memory for the KV of recent plain prompts (MiB): a prompt that starts like one of them (a system "
+                                                 "prompt, a passage, earlier turns) prefills only the rest; 0 turns it off", name="--prefix-cache-mb", type=int,
+                                      scale=1 << 20)
     gc_interval_s: float = setting(600.0, "seconds between runs of the store's garbage collector (it also runs at start-up)", name="--gc-interval")
     kv_store_dtype: str = setting("int8", "how stored KVs are kept: engine (as computed), fp16 (half the bytes), int8 (a quarter, one fp16 scale "
                                           "per head and position; loses no significant quality, docs/BENCHMARKS.md); the engine runs at its own dtype "
@@ -85,6 +88,7 @@ class ServerSettings(JsonDataclass):
                 raise ValueError(f"{name} must be a positive number of seconds, got {t!r}")
         _positive_int("max_body_bytes", self.max_body_bytes, 1024)
         _positive_int("memory_store_bytes", self.memory_store_bytes, 0)
+        _positive_int("prefix_cache_bytes", self.prefix_cache_bytes, 0)
         if self.kv_store is not None and (not isinstance(self.kv_store, str) or not self.kv_store.strip()):
             raise ValueError("kv_store must be 'memory', a folder, redis://host:port/db, or null for the default")
         for name in ("share_contexts", "chat", "ui"):

@@ -55,6 +55,7 @@ class ServerState:
         service.batcher.on_step = metrics.batch_size.observe
         service.janitor = Janitor(service.store, settings.gc_interval_s, lambda kind, n: metrics.gc_removed.labels(kind).inc(n))
         metrics.watch_store(service.store)
+        metrics.watch_prefix_cache(service.prefix_cache)
         service.janitor.start()
         service.store.on_error = lambda backend, operation: metrics.store_errors.labels(backend, operation).inc()
         return cls(settings, service, Scheduler(admission, metrics, settings.request_timeout_s), metrics)
