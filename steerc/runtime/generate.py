@@ -100,9 +100,10 @@ def prefill(
     B, S = input_ids.shape
     engine.check_length(cache.length + S + position_offset, f"a prompt of {S} tokens after {cache.length + position_offset} cached")
     step = chunk if chunk > 0 else S
-    given = cache
-    if isinstance(cache, KVCache) and S > step and getattr(engine, "kv_in_place", False):
-        cache = engine.buffers_for(cache, cache.length + S, exact=True)  # one copy of the past instead of one per chunk
+    # An in-place engine given a KVCache prefills each chunk through the concat contract (buffers of
+    # exactly past + chunk): buffers of the whole prompt's capacity would save a copy of the past per
+    # chunk but make every chunk attend over the whole capacity, masked (1.53x the time to first token
+    # of 2016 tokens in chunks of 256 against 1.10x this way; docs/BENCHMARKS.md, "KV update in place").
     logits = None
     for start in range(0, S, step):
         end = min(S, start + step)
@@ -113,8 +114,6 @@ def prefill(
         logits = out[:, -1]  # [B, V]
         if progress:
             progress(end, S)
-    if isinstance(given, KVCache) and isinstance(cache, KVBuffers):
-        cache = cache.to_cache()  # exactly full: the buffers themselves, no copy
     return logits, cache
 
 
@@ -144,12 +143,12 @@ def prefill_prompt(engine: Engine, input_ids: np.ndarray, attention_mask: np.nda
         logits, cache = prefilled
         if cache.length != mask.shape[1]:
             raise ValueError(f"the prefilled cache holds {cache.length} positions, not the {mask.shape[1]} of the cache plus the input")
-    if buffers and isinstance(cache, KVCache) and getattr(engine, "kv_in_place", False):
-        cache = engine.buffers_for(cache, mask.shape[1])  # decode steps then write into the buffers (growing by chunks)
     if steering is not None:
         steering.check(engine.geometry.num_layers, engine.geometry.num_heads, B)
-    if prefilled is None:
+    if prefilled is None:  # a KVCache prefills chunk by chunk at exactly its length (see prefill), buffers over their capacity
         logits, cache = prefill(engine, input_ids, mask, cache, steering, chunk=prefill_chunk, progress=progress, position_offset=position_offset)
+    if buffers and isinstance(cache, KVCache) and getattr(engine, "kv_in_place", False):
+        cache = engine.buffers_for(cache, mask.shape[1])  # decode steps then write into the buffers (growing by chunks)
     return logits, cache, mask
 
 
