@@ -29,10 +29,11 @@ Documents are processed in order, so a recomputed token attends only to earlier 
   dev split, 60 questions, paired against the full prefill, subspan EM): at R = 0.15 ``first``
   loses 5.0 points, ``last`` and ``suffix`` 6.7, ``question`` 10.0, as much as plain
   concatenation (R = 0). Giving the evidence document its cross-document attention back does
-  not restore the answers; what a document computed alone gets most wrong are its first tokens,
-  which saw only the head. The contiguous rules (``suffix``, ``question``) are cheaper per token
-  (one prefill chunk instead of one per document), but at the budget that keeps the first token
-  3x faster than a full prefill (R = 0.3 for them) they still lose more than ``first`` at 0.15.
+  not restore the answers; re-prefilling every document's first tokens (which, cached, saw only
+  the head) does best, though still not as well as the full prefill. The contiguous rules (``suffix``, ``question``) are cheaper per token
+  (one prefill chunk instead of one per document: a first token 5.0x sooner than the full
+  prefill's at R = 0.15, against 3.3x for ``first``), but spending that time on more recompute
+  does not help: at R = 0.3 (about 3x) ``suffix`` loses 8.3 points and ``question`` 15.0.
   CacheBlend's most-deviating tokens were not tried: choosing them needs a first-layer prefill of
   every token that returns that layer's KV, and the compiled engine has no graph that stops there
   (its selector graph stops early but returns attention only).
