@@ -17,7 +17,8 @@ DEFAULT_RECOMPUTE = 0.15
 
 # Which tokens are re-prefilled (steerc.steering.documents.assembly.recompute_ranges): the first or
 # last ones of each document, the context's last ones (suffix), or the documents the question's
-# calibrated attention over the plain concatenation ranks highest (question).
+# calibrated attention over the plain concatenation ranks highest (question). On the NQ dev split
+# ``first`` lost least at every budget tried; ``question`` lost as much as plain concatenation.
 RECOMPUTE_RULES = ("first", "last", "suffix", "question")
 DEFAULT_RULE = "first"
 
