@@ -7,12 +7,14 @@ document, against the document slots of those questions). Then, for each of the 
 ``--questions``, interleaved (A B C ... per question, after one unrecorded warm-up question):
 
 * ``full``    the method over a full prefill of the same document tokens (nothing stored);
-* ``R=r``     the method over the documents assembled from the store with ``--recompute r``.
+* ``R=r/RULE`` the method over the documents assembled from the store with ``--recompute r`` of
+  the tokens ``--rules`` RULE picks (``R=0``: plain concatenation, whatever the rule; the
+  ``question`` rule's ranking pass counts in its time).
 
 Time to first token is request (document texts and question) to first answer token, with
 ``max_new_tokens=1``; ratios are per question (full / assembled) in the same run, medians.
 
-    python tools/bench_documents.py [ENGINE_DIR] [--methods none,query] [--recompute 0 0.15 0.3 1] [--questions 10] [--store-questions 100] [--threads 1]
+    python tools/bench_documents.py [ENGINE_DIR] [--methods none,query] [--recompute 0 0.15 0.3 1] [--rules first question] [--questions 10] [--store-questions 100] [--threads 1]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main() -> None:
     add_engine_args(p)
     p.add_argument("--methods", default="none,query")
     p.add_argument("--recompute", type=float, nargs="+", default=[0.0, 0.15, 0.3, 1.0])
+    p.add_argument("--rules", nargs="+", default=None, help="recompute rules (default: DocumentOptions' default rule)")
     p.add_argument("--questions", type=int, default=10)
     p.add_argument("--store-questions", type=int, default=100)
     p.add_argument("--doc-pool", type=int, default=100)
@@ -39,7 +42,7 @@ def main() -> None:
     from steerc.eval.documents import register_documents
     from steerc.steering.answer import Steerer
     from steerc.steering.config import SteerConfig
-    from steerc.steering.documents import answer_documents
+    from steerc.steering.documents import DEFAULT_RULE, answer_documents
     from steerc.stores import MemoryStore
 
     engine = load_engine(args.engine, args.threads, args.backend)
@@ -53,13 +56,15 @@ def main() -> None:
     result = {"registered": registered, "methods": {}}
     for method in args.methods.split(","):
         steerer = Steerer(engine, SteerConfig(method=method), store)
-        variants = {"full": None, **{f"R={r:g}": r for r in args.recompute}}
+        variants = {"full": (None, DEFAULT_RULE)}
+        for rule in args.rules or [DEFAULT_RULE]:
+            variants.update({f"R={r:g}" if r == 0 else f"R={r:g}/{rule}": (r, rule) for r in args.recompute})
         times: dict[str, list[float]] = {name: [] for name in variants}
         recomputed: dict[str, list[int]] = {name: [] for name in variants}
         for i, ex in enumerate(examples[: args.questions + 1]):
-            for name, r in variants.items():
+            for name, (r, rule) in variants.items():
                 t0 = time.perf_counter()
-                done = answer_documents(steerer, list(ex.documents), ex.question, recompute=r, max_new_tokens=1)
+                done = answer_documents(steerer, list(ex.documents), ex.question, recompute=r, rule=rule, max_new_tokens=1)
                 if i:  # the first question warms up
                     times[name].append(time.perf_counter() - t0)
                     recomputed[name].append(done.report.recomputed_tokens if done.report else done.answer.context_tokens)

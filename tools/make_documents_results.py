@@ -3,7 +3,11 @@
 variants are the same computation in each; e.g. one run per set of --recompute values) and a
 ``tools/bench_documents.py`` result; copies them into docs/.
 
-    python tools/make_documents_results.py RUN_DIR [RUN_DIR ...] --bench BENCH_JSON [--docs docs]
+    python tools/make_documents_results.py RUN_DIR [RUN_DIR ...] --bench BENCH_JSON [--docs docs] [--name documents-test] [--no-section]
+
+The first run must be a ``steerc eval --documents`` run (its summary.json gives the run's settings);
+the others may be ``tools/sweep_documents.py`` runs (assembled variants only, ``METHOD+docs@R/RULE``).
+``--no-section`` writes only the joined folder (e.g. a dev sweep), not docs/results/documents.md.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ def section(summary: dict, bench: dict | None, run_name: str) -> list[str]:
     lines = ["## Documents as reusable units (`--documents`)", "",
              f"NQ, {run.get('num_docs', 10)} documents, gold in the middle, {run['split']} split, {n} questions, distractors from a pool of "
              f"{run.get('doc_pool', 'all')} passages (`steerc eval --documents`, run `{run_name}`). Every variant answers over the same document "
-             "tokens: `METHOD` over a full prefill, `METHOD+docs@R` assembled from the store with recompute R. Δ is paired (95% bootstrap "
+             "tokens: `METHOD` over a full prefill, `METHOD+docs@R` assembled from the store with recompute R (`/RULE`: the recompute rule). Δ is paired (95% bootstrap "
              "interval; * = excludes 0).", "",
              "| variant | subspan EM | Δ vs the same method, full prefill | same answer | Δ vs `none`, full prefill | median TTFT s | TTFT speedup vs full |",
              "|---|---|---|---|---|---|---|"]
@@ -59,12 +63,14 @@ def main() -> None:
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--bench", default=None)
     ap.add_argument("--docs", default="docs")
+    ap.add_argument("--name", default=None, help="the folder under docs/results (default documents-FIRST_RUN_NAME)")
+    ap.add_argument("--no-section", action="store_true")
     args = ap.parse_args()
     from steerc.eval.runner import read_predictions
     from steerc.eval.summary import summarize, summary_markdown
 
     runs, docs = [Path(r) for r in args.runs], Path(args.docs)
-    target = docs / "results" / f"documents-{runs[0].name}"
+    target = docs / "results" / (args.name or f"documents-{runs[0].name}")
     target.mkdir(parents=True, exist_ok=True)
     rows: dict = {}
     for run in runs:
@@ -78,6 +84,9 @@ def main() -> None:
     (target / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in order))
     (target / "summary.json").write_text(json.dumps(summary, indent=1))
     (target / "summary.md").write_text(summary_markdown(summary, f"nq-multidoc --documents ({first['run']['split']})"))
+    if args.no_section:
+        print(f"wrote {target}")
+        return
     bench = json.loads(Path(args.bench).read_text()) if args.bench else None
     if args.bench:
         (docs / "bench").mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,8 @@ def add_eval_parser(sub) -> None:
                                                             "computed once, registered before answering), every method also over a full prefill "
                                                             "of the same documents (the variant METHOD) to pair against (METHOD+docs@R)")
     p.add_argument("--recompute", default=None, help=f"with --documents, comma-separated values: {_recompute_help()}")
+    p.add_argument("--recompute-rule", default=None, help=f"with --documents, comma-separated values (each with each --recompute; "
+                                                         f"variants METHOD+docs@R/RULE): {_recompute_help('recompute_rule')}")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 64 for kv-retrieval (the model repeats the 36-character key first), else 32")
     add_steer_options(p, omit=("highlights",))  # an oracle's highlights are each example's evidence
     p.add_argument("--store", default="memory", help="context store: 'memory' (default) or a folder to keep prepared contexts across runs")
@@ -55,12 +57,26 @@ def add_eval_parser(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def _recompute_help() -> str:
+def _recompute_help(name: str = "recompute") -> str:
     from steerc.steering.documents.options import DocumentOptions
     from steerc.steering.options import options_fields
 
-    field, spec = options_fields(DocumentOptions)[0]
+    field, spec = next((f, s) for f, s in options_fields(DocumentOptions) if f.name == name)
     return f"{spec.help} (default {field.default})".replace("%", "%%")
+
+
+def _rule_values(args) -> list[str | None]:
+    """The --recompute-rule values ([None]: DocumentOptions' default, unnamed in the variants)."""
+    from steerc.steering.documents import DocumentOptions
+
+    if args.recompute_rule is None:
+        return [None]
+    if not args.documents:
+        raise SteercError("--recompute-rule applies to --documents")
+    try:
+        return list(dict.fromkeys(DocumentOptions(recompute_rule=v.strip()).recompute_rule for v in args.recompute_rule.split(",") if v.strip()))
+    except ValueError as exc:
+        raise SteercError(f"invalid --recompute-rule: {exc}") from None
 
 
 def _recompute_values(args) -> list[float]:
@@ -76,14 +92,16 @@ def _recompute_values(args) -> list[float]:
         raise SteercError(f"invalid --recompute: {exc}") from None
 
 
-def _document_variants(variants, values: list[float]):
-    """Each method over a full prefill of the documents (its own name) and assembled at each recompute value."""
+def _document_variants(variants, values: list[float], rules: tuple | list = (None,)):
+    """Each method over a full prefill of the documents (its own name) and assembled at each
+    recompute value with each rule (METHOD+docs@R, or METHOD+docs@R/RULE when the rule was named)."""
     from dataclasses import replace
 
     out = []
     for v in variants:
         out.append(replace(v, documents=True))
-        out += [replace(v, name=f"{v.name}+docs@{r:g}", documents=True, recompute=r) for r in values]
+        out += [replace(v, name=f"{v.name}+docs@{r:g}" + (f"/{rule}" if rule else ""), documents=True, recompute=r, recompute_rule=rule)
+                for rule in rules for r in values]
     return out
 
 
@@ -105,11 +123,11 @@ def cmd_eval(args) -> int:
     examples = load_dataset(args.dataset, split=split, seed=args.seed, limit=args.limit, num_docs=args.num_docs, gold_position=args.gold_position,
                             num_keys=args.num_keys, encoding=args.encoding, doc_pool=args.doc_pool)
     variants = method_variants([m.strip() for m in args.methods.split(",") if m.strip()], steer_config(args, "none"), steer_values(args))
-    recompute = _recompute_values(args)
+    recompute, rules = _recompute_values(args), _rule_values(args)
     if args.documents:
         if not any(e.documents for e in examples):
             raise SteercError(f"--documents needs examples with documents (nq-multidoc, or a JSONL file with 'documents'); {args.dataset} has none")
-        variants = _document_variants(variants, recompute)
+        variants = _document_variants(variants, recompute, rules)
     name = args.dataset if builtin else Path(args.dataset).name.split(".")[0]
     out = Path(args.out or f"runs/eval/{name}-{split}")
     console = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -23,8 +23,8 @@ def cmd_run(args) -> int:
 
     if args.documents:
         return _run_documents(args)
-    if args.recompute is not None or args.compare_full:
-        raise SteercError("--recompute and --compare-full apply to --documents")
+    if args.recompute is not None or args.recompute_rule is not None or args.compare_full:
+        raise SteercError("--recompute, --recompute-rule and --compare-full apply to --documents")
     context = read_text(args.context, "--context", encoding=args.encoding, flag="--encoding")
     if not context.strip():
         raise SteercError(f"--context {args.context} is empty; give a file with the passages to answer from")
@@ -88,7 +88,8 @@ def _run_documents(args) -> int:
         if not text.strip():
             raise SteercError(f"--documents {path} is empty; give files with the documents to answer from")
     try:
-        options = DocumentOptions() if args.recompute is None else DocumentOptions(recompute=args.recompute)
+        given = {k: v for k, v in (("recompute", args.recompute), ("recompute_rule", args.recompute_rule)) if v is not None}
+        options = DocumentOptions(**given)
     except ValueError as exc:
         raise SteercError(f"invalid option: {exc}") from None
     config = steer_config(args)
@@ -97,7 +98,8 @@ def _run_documents(args) -> int:
     check_profile(args, engine)
     steerer = Steerer(engine, config, open_store(args.store, kv_scheme=args.kv_store_dtype), chat=not args.no_chat)
     try:
-        done = answer_documents(steerer, documents, args.query, recompute=options.recompute, max_new_tokens=args.max_new_tokens, sampling=SamplingParams())
+        done = answer_documents(steerer, documents, args.query, recompute=options.recompute, rule=options.recompute_rule, max_new_tokens=args.max_new_tokens,
+                                sampling=SamplingParams())
     except ValueError as exc:
         raise SteercError(str(exc)) from None
     answer, report = done.answer, done.report
@@ -108,7 +110,7 @@ def _run_documents(args) -> int:
         console.print(f"[dim]distribution: {_escape(answer.distribution.describe())}[/]")
     tiers = ", ".join(f"{t}" for t in report.tiers)
     console.print(f"[dim]documents: {report.documents} ({report.context_tokens} tokens; stored KV from: {tiers}): {report.reused_tokens} tokens reused, "
-                  f"{report.recomputed_tokens} recomputed (--recompute {options.recompute:g}), {report.computed_tokens} computed for "
+                  f"{report.recomputed_tokens} recomputed (--recompute {options.recompute:g}, --recompute-rule {options.recompute_rule}), {report.computed_tokens} computed for "
                   f"{report.computed_documents} document(s) missing from the store; assembly {report.seconds:.2f} s[/]")
     if args.compare_full:
         ids = done.texts.context_ids
@@ -185,8 +187,11 @@ def add_run_parser(sub) -> None:
     from steerc.steering.documents.options import DocumentOptions
     from steerc.steering.options import options_fields
 
-    field, spec = options_fields(DocumentOptions)[0]
+    fields = {f.name: (f, spec) for f, spec in options_fields(DocumentOptions)}
+    field, spec = fields["recompute"]
     p.add_argument("--recompute", type=float, default=None, help=f"--documents: {spec.help} (default {field.default})".replace("%", "%%"))
+    field, spec = fields["recompute_rule"]
+    p.add_argument("--recompute-rule", default=None, choices=spec.choices, help=f"--documents: {spec.help} (default {field.default})".replace("%", "%%"))
     p.add_argument("--compare-full", action="store_true", help="--documents: also time a full prefill of the same tokens, to report the time saved")
     p.add_argument("--query", required=True, help="the question")
     add_method_option(p, "default: SteerConfig's")

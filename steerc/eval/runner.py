@@ -47,6 +47,7 @@ class Variant:
     config: SteerConfig
     documents: bool = False  # answer over the example's documents (one line each, tokenized one by one: steerc.steering.documents)
     recompute: float | None = None  # with documents: assembled from the store with this recompute fraction; None: a full prefill
+    recompute_rule: str | None = None  # with recompute: which tokens are re-prefilled (None: DocumentOptions' default)
 
     def for_example(self, example: Example) -> SteerConfig | None:
         """The config for one example (an oracle method takes the example's evidence); None when it cannot run."""
@@ -85,11 +86,14 @@ def _answer_row(steerer: Steerer, example: Example, variant: Variant, max_new_to
 
     if not example.documents:
         return _skipped(example, variant, "the example has no documents")
-    done = answer_documents(steerer, list(example.documents), example.question, recompute=variant.recompute, max_new_tokens=max_new_tokens)
+    rule = {} if variant.recompute_rule is None else {"rule": variant.recompute_rule}
+    done = answer_documents(steerer, list(example.documents), example.question, recompute=variant.recompute, max_new_tokens=max_new_tokens, **rule)
     gold = example.meta.get("gold_index")
     evidence = (done.texts.spans[gold],) if gold is not None else ()
     row = _row(replace(example, context=done.texts.context, evidence=evidence), variant, done.answer)
     row["recompute"] = variant.recompute
+    if variant.recompute is not None:
+        row["recompute_rule"] = done.report.rule
     if done.report is not None:
         row["assembly"] = done.report.to_dict()
     return row
@@ -151,6 +155,8 @@ def _variant_json(variant: Variant) -> dict:
     out = variant.config.to_dict()
     if variant.documents:
         out = {**out, "documents": True, "recompute": variant.recompute}
+        if variant.recompute is not None and variant.recompute_rule is not None:
+            out["recompute_rule"] = variant.recompute_rule
     return out
 
 

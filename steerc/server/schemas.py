@@ -154,6 +154,7 @@ def _document_option(name: str):
 
 
 _RECOMPUTE = _document_option("recompute")
+_RECOMPUTE_RULE = _document_option("recompute_rule")
 
 
 class _SteerSource(_Strict):
@@ -167,17 +168,18 @@ class _SteerSource(_Strict):
                                                                                       "('doc-' plus 64 hex characters) or inline texts; each one's KV is reused "
                                                                                       "from the store and the context assembled from them")] | None = None
     recompute: _RECOMPUTE[0] = _RECOMPUTE[1]
+    recompute_rule: _RECOMPUTE_RULE[0] = _RECOMPUTE_RULE[1]
 
     @model_validator(mode="after")
     def _one_source(self):
         if sum(x is not None for x in (self.context, self.context_id, self.documents)) != 1:
             raise ValueError("give exactly one of steer.context (the text), steer.context_id (from POST /v1/contexts) or steer.documents (a list)")
-        if self.recompute is not None and self.documents is None:
-            raise ValueError("steer.recompute applies to steer.documents only")
+        if (self.recompute is not None or self.recompute_rule is not None) and self.documents is None:
+            raise ValueError("steer.recompute and steer.recompute_rule apply to steer.documents only")
         return self
 
     def overrides(self) -> dict:
-        return {k: v for k, v in super().overrides().items() if k not in ("context", "context_id", "documents", "recompute")}
+        return {k: v for k, v in super().overrides().items() if k not in ("context", "context_id", "documents", "recompute", "recompute_rule")}
 
 
 class DocumentRequest(_Strict):

@@ -43,7 +43,7 @@ from steerc.server.schemas import ChatCompletionRequest, CompletionRequest, Cont
 from steerc.server.settings import ServerSettings
 from steerc.steering.answer import Steerer
 from steerc.steering.config import SteerConfig
-from steerc.steering.documents import DEFAULT_RECOMPUTE, DocumentTexts, document_texts, register_document, stream_documents
+from steerc.steering.documents import DEFAULT_RECOMPUTE, DEFAULT_RULE, DocumentTexts, document_texts, register_document, stream_documents
 from steerc.steering.layout import PromptLayout
 from steerc.steering.methods import METHODS, get_method
 from steerc.stores import ContextStore
@@ -101,6 +101,7 @@ class Plan:
     context_id: str | None = None
     documents: list[str] | None = None  # a context assembled from these documents' stored KVs (``context`` is their text)
     recompute: float | None = None
+    recompute_rule: str | None = None
     tenant: str | None = None  # whose store namespace a steered plan uses (None: the shared store); a plain plan: whose prefix cache
     cached_tokens: int = 0  # a plain plan: prompt tokens the prefix cache held
     result: Generation | None = None  # set once the plan has run
@@ -214,7 +215,8 @@ class Service:
         used = head + context + question
         room = self._room(used, max_tokens, f"{head} instruction + {context} context + {question} question")
         return Plan(room, self._sampling(req), self.layout.stop + req.stops, used, context=text, config=config, query=query, context_id=context_id,
-                    documents=documents, recompute=None if documents is None else (DEFAULT_RECOMPUTE if steer.recompute is None else steer.recompute), tenant=tenant)
+                    documents=documents, recompute=None if documents is None else (DEFAULT_RECOMPUTE if steer.recompute is None else steer.recompute),
+                    recompute_rule=None if documents is None else (DEFAULT_RULE if steer.recompute_rule is None else steer.recompute_rule), tenant=tenant)
 
     def _document_texts(self, items: list[str], tenant: str | None) -> tuple[list[str], DocumentTexts]:
         """``steer.documents`` as texts (a registered id's text, an inline text as it is) and as
@@ -302,7 +304,8 @@ class Service:
         prefilled, parts, assembled = _Prefilled(job), [], []
         with self.store.track() as used:
             if plan.documents is not None:
-                deltas = stream_documents(steerer, plan.documents, plan.query, recompute=plan.recompute, max_new_tokens=plan.max_tokens, sampling=plan.sampling,
+                deltas = stream_documents(steerer, plan.documents, plan.query, recompute=plan.recompute, rule=plan.recompute_rule,
+                                          max_new_tokens=plan.max_tokens, sampling=plan.sampling,
                                           progress=prefilled, stop=plan.stop, result=assembled)
             else:
                 deltas = steerer.stream(plan.context, plan.query, max_new_tokens=plan.max_tokens, sampling=plan.sampling, progress=prefilled, stop=plan.stop)

@@ -101,21 +101,26 @@ def test_profile_end_to_end_then_used_by_run(tiny_text_engine, dataset, tmp_path
 def test_eval_documents_end_to_end(tiny_text_engine, dataset, tmp_path):
     out = tmp_path / "docs"
     result = steerc("eval", tiny_text_engine, "--dataset", dataset, "--out", out, "--max-new-tokens", 3, "--threads", 1, "--methods", "none",
-                    "--documents", "--recompute", "0,1")
+                    "--documents", "--recompute", "0,1", "--recompute-rule", "first,question")
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     by = {(r["id"], r["variant"]): r for r in rows}
     assert by[("fr", "none")]["skipped"] == "the example has no documents"
-    assert by[("it", "none+docs@1")]["prediction"] == by[("it", "none")]["prediction"]  # R = 1 answers as the full prefill
-    assert by[("it", "none+docs@0")]["assembly"]["computed_documents"] == 0  # registered before answering
+    for rule in ("first", "question"):
+        assert by[("it", f"none+docs@1/{rule}")]["prediction"] == by[("it", "none")]["prediction"]  # R = 1 answers as the full prefill
+        assert by[("it", f"none+docs@0/{rule}")]["assembly"]["computed_documents"] == 0  # registered before answering
+        assert by[("it", f"none+docs@1/{rule}")]["recompute_rule"] == by[("it", f"none+docs@1/{rule}")]["assembly"]["recompute_rule"] == rule
+    assert json.loads((out / "run.json").read_text())["variants"]["none+docs@1/question"]["recompute_rule"] == "question"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["documents"]["distinct_documents"] == 2 and summary["variants"]["none+docs@0"]["vs_reference"]["reference"] == "none"
+    assert summary["documents"]["distinct_documents"] == 2 and summary["variants"]["none+docs@0/first"]["vs_reference"]["reference"] == "none"
     assert "Documents: 2 distinct of 2 document slots" in result.stdout
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--recompute", "0.5"], "--recompute applies to --documents"),
     (["--documents", "--recompute", "0.1,7"], "invalid --recompute: recompute must be a number >= 0 and <= 1, got 7.0"),
+    (["--recompute-rule", "first"], "--recompute-rule applies to --documents"),
+    (["--documents", "--recompute-rule", "first,middle"], "invalid --recompute-rule: recompute_rule must be one of"),
 ])
 def test_eval_documents_bad_options(tiny_text_engine, dataset, extra, message):
     result = steerc("eval", tiny_text_engine, "--dataset", dataset, *extra)

@@ -24,10 +24,15 @@ def test_run_documents_reuses_the_stored_documents(tiny_text_engine, documents, 
                    "--max-new-tokens", "4", "--recompute", "0")
     assert again.returncode == 0, again.stderr
     assert "documents: 2" in again.stderr and "stored KV from: disk, disk" in again.stderr and "0 recomputed" in again.stderr
+    ruled = steerc("run", str(tiny_text_engine), "--documents", *documents, "--query", "Where is the Nile?", "--store", store,
+                   "--max-new-tokens", "4", "--recompute", "0.5", "--recompute-rule", "question")
+    assert ruled.returncode == 0, ruled.stderr
+    assert "--recompute-rule question" in ruled.stderr and " 0 recomputed" not in ruled.stderr
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--recompute", "2"], "recompute must be a number >= 0 and <= 1, got 2.0"),
+    (["--recompute-rule", "middle"], "invalid choice: 'middle'"),
     (["--html", "x.html"], "--html shows one context file"),
 ])
 def test_run_documents_bad_options_fail_in_one_line(tiny_text_engine, documents, extra, message):
@@ -37,4 +42,4 @@ def test_run_documents_bad_options_fail_in_one_line(tiny_text_engine, documents,
 
 def test_run_recompute_needs_documents(tiny_engine, documents):
     result = steerc("run", str(tiny_engine), "--context", documents[0], "--query", "q", "--recompute", "0.5")
-    assert result.returncode == 2 and "--recompute and --compare-full apply to --documents" in result.stderr
+    assert result.returncode == 2 and "--recompute, --recompute-rule and --compare-full apply to --documents" in result.stderr

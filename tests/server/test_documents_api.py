@@ -54,6 +54,10 @@ def test_registered_documents_are_reused_in_any_mix_and_order(srv):
         exact = _ask(a, [made[0]["id"], made[1]["id"]], recompute=1)
         info = exact["steer"]["documents"]  # R = 1: every token but the first document's (exact as stored: right behind the head) is prefilled again
         assert info["reused_tokens"] == made[0]["tokens"] and info["recomputed_tokens"] == made[1]["tokens"]
+        for rule in ("suffix", "question"):  # steer.recompute_rule: which tokens (the same budget), reported back
+            ruled = _ask(a, [made[0]["id"], made[1]["id"], made[2]["id"]], recompute=0.5, recompute_rule=rule)["steer"]["documents"]
+            assert ruled["recompute_rule"] == rule and 0 < ruled["recomputed_tokens"] < made[1]["tokens"] + made[2]["tokens"]
+            assert (ruled["rank_s"] > 0) == (rule == "question")
         got = a.get(f"/v1/documents/{made[1]['id']}").json()
         assert got["tokens"] == made[1]["tokens"] and got["cached"] is True and got["document_preview"] == DOCS[1][:200]
         assert a.delete(f"/v1/documents/{made[1]['id']}").json()["deleted"] is True
@@ -80,6 +84,8 @@ def test_another_tenants_document_id_is_unknown(srv):
     ({"documents": ["a text"], "context": "another"}, 400, "exactly one"),
     ({"documents": ["a text"], "recompute": 1.5}, 400, "recompute"),
     ({"context": "a text", "recompute": 0.5}, 400, "steer.documents only"),
+    ({"context": "a text", "recompute_rule": "suffix"}, 400, "steer.documents only"),
+    ({"documents": ["a text"], "recompute_rule": "middle"}, 400, "recompute_rule"),
     ({"documents": ["doc-" + "0" * 64]}, 404, "unknown document id"),
 ])
 def test_bad_document_requests_are_refused_clearly(srv, steer, status, words):

@@ -15,16 +15,22 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from steerc.runtime.generate import SamplingParams
 from steerc.steering.answer import SteeredAnswer, Steerer
-from steerc.steering.documents.assembly import AssemblyReport, assemble
+from steerc.steering.documents.assembly import AssemblyReport, Ranking, assemble
+from steerc.steering.documents.options import DEFAULT_RULE
 from steerc.steering.documents.text import DocumentTexts, document_texts
+from steerc.steering.evidence import CALIBRATION_QUESTION, Units, fused_scores, token_scores, unit_scores
 from steerc.steering.keys import kv_key
 from steerc.steering.method_context import Progress
+from steerc.steering.methods.query import lexical_scores, question_attention
+from steerc.steering.profiles import selector_heads
 from steerc.steering.stored_kv import kv_entry
 from steerc.stores import MemoryStore
 
-__all__ = ["DocumentAnswer", "answer_documents", "stream_documents"]
+__all__ = ["DocumentAnswer", "answer_documents", "question_ranking", "stream_documents"]
 
 
 @dataclass
@@ -40,11 +46,33 @@ def _scratch() -> MemoryStore:
     return store
 
 
+def question_ranking(steerer: Steerer, texts: DocumentTexts, query: str) -> Ranking:
+    """The ``question`` recompute rule's ranking: ``query``'s document scores (its default
+    selector heads' attention of the question, minus a content-free question's, pooled per
+    document, fused with word overlap) over an assembled KV: two short selector passes."""
+    engine, layout, prefix = steerer.engine, steerer.layout, steerer.config.prefixes[0]
+    query_ids = layout.query_ids(prefix, query)
+    calibration_ids = layout.query_ids(prefix, CALIBRATION_QUESTION)
+    units = Units("document", np.asarray(texts.spans, np.int64).reshape(-1, 2), np.zeros((len(texts.ids), 2), np.int64))
+    lexical = lexical_scores(texts.context, units, query)  # [k]
+
+    def rank(kv, Nh: int, spans: list[tuple[int, int]]) -> np.ndarray:
+        selector = selector_heads(engine)
+        N = spans[-1][1]
+        asked = question_attention(engine, kv, query_ids, selector=selector)[..., Nh : Nh + N]  # [L, H, N]
+        calibration = question_attention(engine, kv, calibration_ids, selector=selector)[..., Nh : Nh + N]
+        tokens = Units("document", units.chars, np.asarray(spans, np.int64))
+        return fused_scores(unit_scores(token_scores(asked, calibration, selector), tokens), lexical)  # [k]
+
+    return rank
+
+
 def stream_documents(steerer: Steerer, documents: list[str], query: str, *, recompute: float | None, max_new_tokens: int = 64,
                      sampling: SamplingParams = SamplingParams(), progress: Progress | None = None, stop: tuple[str, ...] = (),
-                     result: list | None = None) -> Iterator[str]:
+                     result: list | None = None, rule: str = DEFAULT_RULE) -> Iterator[str]:
     """Yield the answer's text over ``documents`` assembled from ``steerer.store`` with ``recompute``
-    (None: a full prefill of the same tokens); ``result`` (a list) receives the :class:`DocumentAnswer`."""
+    of the tokens ``rule`` picks (None: a full prefill of the same tokens); ``result`` (a list)
+    receives the :class:`DocumentAnswer`."""
     start = time.perf_counter()
     if not query.strip():
         raise ValueError("the query is empty")
@@ -53,7 +81,8 @@ def stream_documents(steerer: Steerer, documents: list[str], query: str, *, reco
     scratch, report = _scratch(), None
     if recompute is not None:
         head = steerer.layout.head_ids(config.prefixes[0])
-        assembled = assemble(engine, head, list(texts.ids), steerer.store, recompute, chunk=steerer.prefill_chunk)
+        rank = question_ranking(steerer, texts, query) if rule == "question" else None
+        assembled = assemble(engine, head, list(texts.ids), steerer.store, recompute, rule=rule, rank=rank, chunk=steerer.prefill_chunk)
         scratch.put(kv_key(engine.engine_id, assembled.head_ids, assembled.context_ids), kv_entry(assembled.kv))
         report = assembled.report
     child = Steerer(engine, config, scratch, chat=steerer.layout.chat, prefill_chunk=steerer.prefill_chunk, generate_fn=steerer.generate_fn)

@@ -32,6 +32,18 @@ def test_recompute_one_answers_as_the_full_prefill_and_query_picks_documents(eng
     assert kinds.count("document") == 3  # one KV per distinct document, shared by both methods and every request
 
 
+def test_the_question_rule_ranks_the_documents_by_the_question(engine):
+    store = MemoryStore()
+    for method in ("none", "query"):
+        steerer = Steerer(engine, SteerConfig(method=method), store)
+        full = answer_documents(steerer, DOCS, "Which river is in Africa?", recompute=None, max_new_tokens=8)
+        exact = answer_documents(steerer, DOCS, "Which river is in Africa?", recompute=1.0, rule="question", max_new_tokens=8)
+        assert exact.answer.token_ids == full.answer.token_ids and exact.report.rank_s == 0  # nothing to rank at R = 1
+        part = answer_documents(steerer, DOCS, "Which river is in Africa?", recompute=0.4, rule="question", max_new_tokens=8)
+        assert part.report.rule == "question" and part.report.rank_s > 0 and part.report.recomputed_documents >= 1
+        assert part.report.recomputed_tokens == sum(-(-len(ids) * 4 // 10) for ids in part.texts.ids[1:])  # the first rule's budget
+
+
 def test_document_texts_and_refusals(engine):
     steerer = Steerer(engine, SteerConfig(method="none"), MemoryStore())
     texts = document_texts(steerer.layout, ["a\r\n", "b  "])

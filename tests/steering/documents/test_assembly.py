@@ -8,7 +8,7 @@ from steerc.runtime.engine import ContextTooLongError
 from steerc.runtime.generate import generate, prefill
 from steerc.runtime.kv_cache import KVCache
 from steerc.runtime.rope_shift import rope_shift_for
-from steerc.steering.documents import assemble, document_kv, document_texts, head_kv, recompute_counts
+from steerc.steering.documents import RECOMPUTE_RULES, assemble, document_kv, document_texts, head_kv, recompute_counts, recompute_ranges
 from steerc.steering.keys import document_kv_key
 from steerc.steering.layout import PromptLayout
 from steerc.stores import MemoryStore
@@ -49,9 +49,14 @@ def test_a_document_moved_to_an_offset_equals_computing_it_there(engine, pieces)
     assert np.abs(here.keys[0] - there.keys[0]).max() > 1e-2  # the positions matter (the test can fail)
 
 
-def test_recompute_one_equals_a_full_prefill(engine, pieces):
+def _rank_last_first(kv, Nh, spans):  # a ranking that prefers later documents (the question rule's scores)
+    return np.arange(len(spans), dtype=np.float64)
+
+
+@pytest.mark.parametrize("rule", RECOMPUTE_RULES)
+def test_recompute_one_equals_a_full_prefill(engine, pieces, rule):
     head, docs = pieces
-    assembled = assemble(engine, head, docs, MemoryStore(), 1.0)
+    assembled = assemble(engine, head, docs, MemoryStore(), 1.0, rule=rule, rank=_rank_last_first)
     full = _full(engine, head, docs)
     _close(assembled.kv, full)
     assert assembled.report.recomputed_tokens == len(docs[1]) + len(docs[2])  # the first document is exact as cached
@@ -61,10 +66,11 @@ def test_recompute_one_equals_a_full_prefill(engine, pieces):
     assert [t.tolist() for t in greedy[0]] == [t.tolist() for t in greedy[1]]
 
 
-def test_recompute_zero_is_plain_concatenation(engine, pieces):
+@pytest.mark.parametrize("rule", RECOMPUTE_RULES)
+def test_recompute_zero_is_plain_concatenation(engine, pieces, rule):
     head, docs = pieces
     store = MemoryStore()
-    assembled = assemble(engine, head, docs, store, 0.0)
+    assembled = assemble(engine, head, docs, store, 0.0, rule=rule)  # the question rule ranks nothing: no rank needed
     shift, Nh = rope_shift_for(engine), len(head)
     parts, at = [head_kv(engine, head, store)[0]], Nh
     for d in docs:
@@ -75,13 +81,33 @@ def test_recompute_zero_is_plain_concatenation(engine, pieces):
     assert np.abs(assembled.kv.keys[-1] - _full(engine, head, docs).keys[-1]).max() > 1e-3  # not a full prefill: layer 1 misses cross-document attention
 
 
-def test_a_recomputed_token_never_sees_a_later_document(engine, pieces):
+@pytest.mark.parametrize("rule", RECOMPUTE_RULES)
+def test_a_recomputed_token_never_sees_a_later_document(engine, pieces, rule):
     head, docs = pieces
-    end = len(head) + len(docs[0]) + len(docs[1])  # the recomputed tokens of document 2 lie before this
-    a = assemble(engine, head, docs, MemoryStore(), 0.5)
-    b = assemble(engine, head, [docs[0], docs[1], docs[2][::-1]], MemoryStore(), 0.5)
+    end = len(head) + len(docs[0]) + len(docs[1])  # every position of documents 1 and 2
+    third = [docs[2], docs[2][::-1]]
+    store = MemoryStore()
+    a, b = (assemble(engine, head, [docs[0], docs[1], d], store, 0.5, rule=rule, rank=lambda kv, Nh, spans: np.array([0.0, 2.0, 1.0]))
+            for d in third)
+    assert a.report.recomputed_tokens > 0 and a.report.recomputed_tokens == b.report.recomputed_tokens
     _close(a.kv.slice(0, end), b.kv.slice(0, end), atol=0)
     assert not np.array_equal(a.kv.slice(end).values[0], b.kv.slice(end).values[0])
+    if rule == "question":  # the ranking put document 2 first: it is recomputed whole, over the exact document 1
+        doc2 = slice(len(head) + len(docs[0]), end)
+        _close(a.kv.slice(doc2.start, doc2.stop), _full(engine, head, docs[:2]).slice(doc2.start, doc2.stop))
+
+
+def test_the_question_rule_needs_a_ranking_unless_nothing_or_everything_is_recomputed(engine, pieces):
+    head, docs = pieces
+    with pytest.raises(ValueError, match="question recompute rule needs"):
+        assemble(engine, head, docs, MemoryStore(), 0.3, rule="question")
+    with pytest.raises(ValueError, match="unknown recompute rule"):
+        assemble(engine, head, docs, MemoryStore(), 0.3, rule="deviation")
+    calls = []
+    done = assemble(engine, head, docs, MemoryStore(), 0.3, rule="question", rank=lambda kv, Nh, spans: calls.append((kv.length, Nh, spans)) or [0, 1, 2])
+    N = sum(map(len, docs))
+    assert calls == [(len(head) + N, len(head), [(0, len(docs[0])), (len(docs[0]), len(docs[0]) + len(docs[1])), (len(docs[0]) + len(docs[1]), N)])]
+    assert done.report.recomputed_tokens == sum(recompute_counts(list(map(len, docs)), 0.3)) and done.report.rule == "question"
 
 
 def test_a_missing_document_is_computed_and_stored_again(engine, pieces):
@@ -107,6 +133,26 @@ def test_refusals(engine, pieces):
         assemble(engine, head, [docs[0], np.tile(docs[1], 20)], MemoryStore(), 0.1)
     with pytest.raises(ValueError, match="recompute must be in"):
         recompute_counts([3], 1.5)
+
+
+def test_recompute_ranges_spend_one_budget():
+    lengths = [10, 10, 7, 20]  # budget at 0.25: 3 + 2 + 5 = 10 tokens, none of the first document's
+    assert recompute_ranges(lengths, 0.25, "first") == [(0, 0), (0, 3), (0, 2), (0, 5)]
+    assert recompute_ranges(lengths, 0.25, "last") == [(0, 0), (7, 10), (5, 7), (15, 20)]
+    assert recompute_ranges(lengths, 0.25, "suffix") == [(0, 0), (0, 0), (0, 0), (10, 20)]
+    assert recompute_ranges(lengths, 0.5, "suffix") == [(0, 0), (0, 0), (0, 0), (1, 20)]  # 5 + 4 + 10 = 19
+    assert recompute_ranges(lengths, 0.75, "suffix") == [(0, 0), (8, 10), (0, 7), (0, 20)]  # 8 + 6 + 15 = 29: across documents
+    scores = np.array([9.0, 1.0, 5.0, 3.0])  # the first document never counts: 2, then 3, then 1
+    assert recompute_ranges(lengths, 0.25, "question", scores) == [(0, 0), (0, 0), (0, 7), (0, 3)]
+    assert recompute_ranges(lengths, 0.5, "question", scores) == [(0, 0), (0, 0), (0, 7), (0, 12)]
+    assert recompute_ranges([10, 5, 5], 0.5, "question", np.array([0.0, 1.0, 1.0])) == [(0, 0), (0, 5), (0, 1)]  # ties: the earlier first
+    for rule in ("first", "last", "suffix", "question"):
+        assert recompute_ranges(lengths, 0.0, rule) == [(0, 0)] * 4
+        assert recompute_ranges(lengths, 1.0, rule) == [(0, 0), (0, 10), (0, 7), (0, 20)]
+    with pytest.raises(ValueError, match="one score per document"):
+        recompute_ranges(lengths, 0.25, "question")
+    with pytest.raises(ValueError, match="unknown recompute rule"):
+        recompute_ranges(lengths, 0.25, "middle")
 
 
 def test_recompute_counts():
