@@ -102,8 +102,8 @@ def prefill(
     step = chunk if chunk > 0 else S
     # An in-place engine given a KVCache prefills each chunk through the concat contract (buffers of
     # exactly past + chunk): buffers of the whole prompt's capacity would save a copy of the past per
-    # chunk but make every chunk attend over the whole capacity, masked (1.53x the time to first token
-    # of 2016 tokens in chunks of 256 against 1.10x this way; docs/BENCHMARKS.md, "KV update in place").
+    # chunk but make every chunk attend over the whole capacity, masked (1.52x the concat engine's time to
+    # first token of 2016 tokens in chunks of 256, against 1.09x this way; docs/BENCHMARKS.md, "KV update in place").
     logits = None
     for start in range(0, S, step):
         end = min(S, start + step)

@@ -276,7 +276,7 @@ class Service:
             reused = hit.tokens if hit is not None else 0
             past, new = (hit.kv if hit is not None else None), input_ids[:, reused:]  # [1, S - reused]
             logits, cache, _ = prefill_prompt(engine, new, None, past, None, prefill_chunk=prefill_chunk, progress=progress)
-            self.prefix_cache.put(row, cache.slice(0) if engine.kv_in_place else cache, scope)  # in-place decode writes into what it is given
+            self.prefix_cache.put(row, cache, scope)  # kept as is: the decode batch copies a row's KV in and never writes to it
             plan.cached_tokens = reused
             yield from self.batcher.generate(engine, new, None, cache=past, prefilled=(logits, cache), prefill_chunk=prefill_chunk,
                                              check=job.check, **options)

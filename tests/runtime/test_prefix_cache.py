@@ -109,3 +109,26 @@ def test_prefill_after_a_cached_prefix_equals_the_full_prefill(engine):
     from_prefix = [int(t[0]) for t in generate(engine, tail, cache=hit.kv, max_new_tokens=8)]
     from_scratch = [int(t[0]) for t in generate(engine, second[None], max_new_tokens=8)]
     assert from_prefix == from_scratch
+
+
+def test_a_kept_prompt_is_not_changed_by_its_decode_on_an_in_place_engine(tiny_folder, compiled_engine):
+    """The server keeps a prompt's KV as its prefill returned it and hands the same arrays to the
+    decode batch: the batch copies a row in, so decoding into in-place buffers leaves them as kept."""
+    from steerc.runtime.decode_batch import BatchRow, DecodeBatch
+
+    engine = Engine.load(compiled_engine(tiny_folder, max_seq_len=64, max_batch=4, kv="in-place"))
+    ids = np.random.default_rng(2).integers(3, engine.geometry.vocab_size, 24)
+    cache = PrefixCache(1 << 26, min_tokens=8)
+    logits, kv = prefill(engine, ids[None], np.ones((1, len(ids)), np.int64), engine.new_cache(1), chunk=8)
+    cache.put(ids, kv)
+    before = [a.copy() for a in kv.flat()]
+    batch, tokens = DecodeBatch(engine, 2), []
+    batch.add(BatchRow(logits[0], kv, emit=tokens.append, max_new_tokens=10))
+    while batch.rows:
+        batch.step()
+    assert len(tokens) == 10
+    hit = cache.lookup(np.concatenate([ids, [5]]))
+    assert hit.tokens == len(ids)
+    for kept, was, got in zip(kv.flat(), before, hit.kv.flat()):
+        np.testing.assert_array_equal(kept, was)
+        np.testing.assert_array_equal(got, was)
