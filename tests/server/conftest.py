@@ -14,6 +14,13 @@ from redis_server import free_port
 API_KEY = "test-key-0123456789"
 
 
+def tenant_key_file(folder: Path, tenants: dict[str, str]) -> str:
+    """A `--api-keys` file in ``folder`` with one ``TENANT KEY`` line per entry of ``tenants``; its path."""
+    path = folder / "keys.txt"
+    path.write_text("".join(f"{tenant} {key}\n" for tenant, key in tenants.items()))
+    return str(path)
+
+
 class Server:
     """`steerc serve ENGINE ...` in a subprocess; ``url`` once /health answers. ``module``: what
     ``python -m`` runs (a wrapper of ``steerc.cli`` that takes the same arguments, such as
@@ -44,8 +51,10 @@ class Server:
     def headers(self) -> dict:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def client(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=self.headers, timeout=kwargs.pop("timeout", 120), **kwargs)
+    def client(self, key: str | None = None, **kwargs) -> httpx.Client:
+        """A client with the server's key, or ``key`` (a tenant's, with ``--api-keys``)."""
+        headers = {"Authorization": f"Bearer {key}"} if key else self.headers
+        return httpx.Client(base_url=self.url, headers=headers, timeout=kwargs.pop("timeout", 120), **kwargs)
 
     def openai(self):
         from openai import OpenAI

@@ -1,9 +1,8 @@
 """Documents over HTTP: POST /v1/documents, and requests whose context is assembled from stored
 document KVs (`steer.documents`), per tenant, with bad input refused."""
 
-import httpx
 import pytest
-from conftest import Server
+from conftest import Server, tenant_key_file
 
 from test_api import CONTEXT
 
@@ -15,15 +14,10 @@ ASK = {"max_tokens": 4, "temperature": 0}
 @pytest.fixture(scope="module")
 def srv(tiny_text_engine, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("documents")
-    keys = tmp / "keys.txt"
-    keys.write_text(f"team-a {KEY_A}\nteam-b {KEY_B}\n")
-    s = Server(tiny_text_engine, tmp, "--api-keys", str(keys), "--kv-store", str(tmp / "store"), api_key=None)
+    s = Server(tiny_text_engine, tmp, "--api-keys", tenant_key_file(tmp, {"team-a": KEY_A, "team-b": KEY_B}), "--kv-store", str(tmp / "store"), api_key=None)
     yield s
     s.stop()
 
-
-def _as(s, key):
-    return httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
 
 
 def _ask(client, documents, **steer):
@@ -33,7 +27,7 @@ def _ask(client, documents, **steer):
 
 
 def test_registered_documents_are_reused_in_any_mix_and_order(srv):
-    with _as(srv, KEY_A) as a:
+    with srv.client(KEY_A) as a:
         made = [a.post("/v1/documents", json={"document": d}).json() for d in DOCS[:3]]
         assert all(m["object"] == "document" and m["id"].startswith("doc-") and m["cache"] == "miss" and m["tokens"] > 0 for m in made)
         again = a.post("/v1/documents", json={"document": DOCS[0]}).json()
@@ -67,7 +61,7 @@ def test_registered_documents_are_reused_in_any_mix_and_order(srv):
 
 
 def test_another_tenants_document_id_is_unknown(srv):
-    with _as(srv, KEY_A) as a, _as(srv, KEY_B) as b:
+    with srv.client(KEY_A) as a, srv.client(KEY_B) as b:
         mine = a.post("/v1/documents", json={"document": DOCS[2] + " (tenant)"}).json()
         theirs = b.post("/v1/documents", json={"document": DOCS[2] + " (tenant)"}).json()
         assert mine["id"] != theirs["id"] and theirs["cache"] == "miss"  # the same text: two ids, two KVs
@@ -89,13 +83,13 @@ def test_another_tenants_document_id_is_unknown(srv):
     ({"documents": ["doc-" + "0" * 64]}, 404, "unknown document id"),
 ])
 def test_bad_document_requests_are_refused_clearly(srv, steer, status, words):
-    with _as(srv, KEY_A) as a:
+    with srv.client(KEY_A) as a:
         r = a.post("/v1/chat/completions", json={**ASK, "messages": [{"role": "user", "content": "Who won?"}], "steer": steer})
     assert r.status_code == status and words in r.json()["error"]["message"], r.text
 
 
 def test_a_document_longer_than_the_engine_is_refused(srv):
-    with _as(srv, KEY_A) as a:
+    with srv.client(KEY_A) as a:
         r = a.post("/v1/documents", json={"document": "word " * 2000})
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
         assert a.post("/v1/documents", json={"document": ""}).status_code == 400

@@ -5,7 +5,7 @@ import re
 import threading
 
 import pytest
-from conftest import Server
+from conftest import Server, tenant_key_file
 
 from test_api import CONTEXT, QUESTION
 
@@ -109,25 +109,18 @@ KEY_A, KEY_B = "redis-team-a-key-01", "redis-team-b-key-02"
 def tenant_pair(tiny_text_engine, redis_server, tmp_path_factory):
     """Two servers on one Redis, each with the same key file of two tenants."""
     tmp = tmp_path_factory.mktemp("redis-tenants")
-    keys = tmp / "keys.txt"
-    keys.write_text(f"team-a {KEY_A}\nteam-b {KEY_B}\n")
-    servers = [Server(tiny_text_engine, tmp_path_factory.mktemp(f"redis-tenant-{i}"), "--kv-store", redis_server.url, "--api-keys", str(keys), api_key=None)
+    keys = tenant_key_file(tmp, {"team-a": KEY_A, "team-b": KEY_B})
+    servers = [Server(tiny_text_engine, tmp_path_factory.mktemp(f"redis-tenant-{i}"), "--kv-store", redis_server.url, "--api-keys", keys, api_key=None)
                for i in range(2)]
     yield servers
     for s in servers:
         s.stop()
 
 
-def _as(server, key):
-    import httpx
-
-    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
-
-
 def test_tenants_stay_apart_across_two_servers_on_one_redis(tenant_pair):
     one, two = tenant_pair
     text = CONTEXT + " (tenants on Redis)"
-    with _as(one, KEY_A) as a1, _as(two, KEY_A) as a2, _as(two, KEY_B) as b2:
+    with one.client(KEY_A) as a1, two.client(KEY_A) as a2, two.client(KEY_B) as b2:
         made = a1.post("/v1/contexts", json={"context": text}).json()
         assert made["cache"] == "miss"
         assert a2.get(f"/v1/contexts/{made['id']}").json()["context_tokens"] == made["context_tokens"]  # the same tenant on the other server
@@ -156,7 +149,7 @@ def test_a_registration_ttl_is_a_redis_expiry(tenant_pair, redis_server):
     client = redis.Redis.from_url(redis_server.url)
     expiring_before = {n for n in client.scan_iter(match="steerc:ctx:*") if client.pttl(n) > 0}
     one, two = tenant_pair
-    with _as(one, KEY_A) as a1, _as(two, KEY_A) as a2:
+    with one.client(KEY_A) as a1, two.client(KEY_A) as a2:
         made = a1.post("/v1/contexts", json={"context": CONTEXT + " (ttl on Redis)", "ttl_s": 2, "pin": True}).json()
         expiring = {n for n in client.scan_iter(match="steerc:ctx:*") if client.pttl(n) > 0} - expiring_before
         assert len(expiring) >= 2 and all(0 < client.pttl(n) <= 2000 for n in expiring)  # the record and its pinned entry

@@ -5,7 +5,7 @@ a server without the cache does, reports the reused tokens as OpenAI's
 
 import httpx
 import pytest
-from conftest import Server
+from conftest import Server, tenant_key_file
 
 from test_api import CONTEXT
 
@@ -76,12 +76,10 @@ def test_streamed_completions_report_cached_tokens(servers):
 
 
 def test_tenants_never_reuse_each_others_prompts(tiny_text_engine, tmp_path):
-    keys = tmp_path / "keys.txt"
-    keys.write_text(f"team-a {KEY_A}\nteam-b {KEY_B}\n")
-    srv = Server(tiny_text_engine, tmp_path, "--api-keys", str(keys), api_key=None)
+    srv = Server(tiny_text_engine, tmp_path, "--api-keys", tenant_key_file(tmp_path, {"team-a": KEY_A, "team-b": KEY_B}), api_key=None)
     try:
         body = _chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Who won?"}])
-        ask = lambda key, b: httpx.post(srv.url + "/v1/chat/completions", json=b, headers={"Authorization": f"Bearer {key}"}, timeout=120).json()  # noqa: E731
+        ask = lambda key, b: srv.client(key).post("/v1/chat/completions", json=b).json()  # noqa: E731
         ask(KEY_A, body)
         other = _chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Who lost?"}])
         assert ask(KEY_B, other)["usage"]["prompt_tokens_details"]["cached_tokens"] == 0  # B never gets A's prefix (nor learns it from TTFT)

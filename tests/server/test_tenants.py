@@ -1,9 +1,8 @@
 """Tenants (`steerc serve --api-keys FILE`): each tenant's contexts apart, another tenant's id a
 404, key-file mistakes one-line start-up errors."""
 
-import httpx
 import pytest
-from conftest import Server
+from conftest import Server, tenant_key_file
 
 from steerc.errors import SteercError
 from steerc.server.tenants import load_key_file
@@ -38,26 +37,22 @@ def test_key_file_reads_comments_and_several_keys_per_tenant(tmp_path):
 
 
 def test_a_bad_key_file_stops_the_server_with_one_line(tiny_text_engine, tmp_path):
-    keys = tmp_path / "keys.txt"
-    keys.write_text("team-a short\n")
     with pytest.raises(RuntimeError, match="shorter than 8 characters"):
-        Server(tiny_text_engine, tmp_path, "--api-keys", str(keys), api_key=None)
+        Server(tiny_text_engine, tmp_path, "--api-keys", tenant_key_file(tmp_path, {"team-a": "short"}), api_key=None)
 
 
 @pytest.fixture(scope="module")
 def two_tenants(tiny_text_engine, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tenants")
-    keys = tmp / "keys.txt"
-    keys.write_text(f"team-a {KEY_A}\nteam-b {KEY_B}\n")
-    srv = Server(tiny_text_engine, tmp, "--api-keys", str(keys), "--kv-store", str(tmp / "store"), api_key=None)
+    srv = Server(tiny_text_engine, tmp, "--api-keys", tenant_key_file(tmp, {"team-a": KEY_A, "team-b": KEY_B}), "--kv-store", str(tmp / "store"), api_key=None)
     yield srv
     srv.stop()
 
 
 def test_tenants_get_their_own_ids_and_cannot_read_or_delete_each_others(two_tenants):
     srv = two_tenants
-    a = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {KEY_A}"}, timeout=120)
-    b = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {KEY_B}"}, timeout=120)
+    a = srv.client(KEY_A)
+    b = srv.client(KEY_B)
     with a, b:
         id_a = a.post("/v1/contexts", json={"context": CONTEXT}).json()["id"]
         id_b = b.post("/v1/contexts", json={"context": CONTEXT}).json()["id"]
@@ -76,14 +71,14 @@ def test_tenants_get_their_own_ids_and_cannot_read_or_delete_each_others(two_ten
         assert first_a["choices"][0]["message"]["content"] == first_b["choices"][0]["message"]["content"]
         assert b.delete(f"/v1/contexts/{id_b}").status_code == 200
         assert a.get(f"/v1/contexts/{id_a}").json()["cached"] is True
-    with httpx.Client(base_url=srv.url, headers={"Authorization": "Bearer not-a-key-at-all"}, timeout=120) as nobody:
+    with srv.client("not-a-key-at-all") as nobody:
         assert nobody.get(f"/v1/contexts/{id_a}").status_code == 401
 
 
 def test_each_tenant_lists_only_its_own_contexts_page_by_page(two_tenants):
     srv = two_tenants
-    a = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {KEY_A}"}, timeout=120)
-    b = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {KEY_B}"}, timeout=120)
+    a = srv.client(KEY_A)
+    b = srv.client(KEY_B)
     with a, b:
         before = {c["id"] for c in a.get("/v1/contexts", params={"limit": 100}).json()["data"]}
         made = [a.post("/v1/contexts", json={"context": f"{CONTEXT} (listed {i})", **({"pin": True, "ttl_s": 3600} if i == 0 else {})}).json() for i in range(3)]
