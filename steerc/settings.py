@@ -8,7 +8,7 @@ from typing import Any
 from steerc.backends import canonical_name, get_backend
 from steerc.settings_base import JsonDataclass, check_choice, check_int
 
-__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS", "TARGETS", "DEVICES", "WEIGHTS", "KV_LAYOUTS", "check_layer_groups"]
+__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS", "TARGETS", "DEVICES", "WEIGHTS", "KV_LAYOUTS", "ATTENTION_OPS", "check_layer_groups"]
 
 DTYPES = ("fp32", "fp16", "bf16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -28,6 +28,10 @@ WEIGHT_METHODS = ("auto", "minmax", "rtn")
 # past per call); "in-place" takes preallocated buffers and writes the new positions into them
 # (steerc/passes/onnx/kv_in_place.py; the runtime binds one buffer as past and present).
 KV_LAYOUTS = ("concat", "in-place")
+# The op each layer of the step graph attends with: "standard" (ONNX Attention), or "group-query"
+# (ONNX Runtime's contrib GroupQueryAttention over the in-place buffers, one read of each KV head
+# for its query heads: steerc/passes/onnx/fuse_group_query_attention.py).
+ATTENTION_OPS = ("standard", "group-query")
 
 def check_layer_groups(groups: Any, num_layers: int | None = None) -> tuple[tuple[int, ...], ...]:
     """Validate layer groups (e.g. shared-attention groups) and return them as a tuple of tuples.
@@ -88,6 +92,7 @@ class CompileSettings(JsonDataclass):
     weight_symmetric: bool = True  # rtn only: no zero point (minmax always keeps the block minimum)
     weight_method: str = "auto"
     kv: str = "concat"
+    attention_op: str = "standard"
 
     def __post_init__(self) -> None:
         check_choice("opset", self.opset, SUPPORTED_OPSETS)
@@ -129,6 +134,13 @@ class CompileSettings(JsonDataclass):
                 raise ValueError("kv in-place is an ONNX Runtime step graph: use --target onnx and --backend onnx")
             if self.share_attention:
                 raise ValueError("kv in-place does not support shared attention (shared layers read the values outside the fused Attention)")
+        check_choice("attention_op", self.attention_op, ATTENTION_OPS)
+        if self.attention_op == "group-query":
+            if self.kv != "in-place":
+                raise ValueError("attention_op group-query runs ONNX Runtime's GroupQueryAttention over the in-place KV buffers: add --kv in-place")
+            if self.dtype != "fp32":
+                raise ValueError(f"attention_op group-query is checked in fp32 only (ONNX Runtime's CPU kernel); got dtype {self.dtype}: use --dtype fp32 "
+                                 "(int4/int8 weights keep fp32 activations)")
         if self.target == "tensorrt" and self.dtype == "bf16":
             raise ValueError("target 'tensorrt' is written in fp16 (default) or fp32; bf16 engines cannot be self-checked on CPU")
 

@@ -61,3 +61,18 @@ def test_deployment_settings_round_trip():
 def test_weight_settings_round_trip():
     s = CompileSettings(weights="int4", weight_block=64, weight_symmetric=False)
     assert CompileSettings.from_json(s.to_json()) == s and CompileSettings().weights == "full"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"attention_op": "flash"}, "attention_op must be one of"),
+    ({"attention_op": "group-query"}, "add --kv in-place"),
+    ({"attention_op": "group-query", "kv": "in-place", "dtype": "fp16"}, "fp32 only"),
+])
+def test_attention_op_is_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CompileSettings(**kwargs)
+
+
+def test_attention_op_round_trip():
+    s = CompileSettings(weights="int4", kv="in-place", attention_op="group-query")
+    assert CompileSettings.from_json(s.to_json()) == s and CompileSettings().attention_op == "standard"

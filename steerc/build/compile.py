@@ -65,7 +65,7 @@ def _verify_session(model_path: Path, settings: CompileSettings):
         if settings.kv == "in-place":
             from steerc.runtime.kv_buffers import InPlaceSession
 
-            session = InPlaceSession(session)
+            session = InPlaceSession(session, rows_apart=settings.attention_op == "group-query")
         return session
     except Exception as exc:
         if "onnxruntime" not in type(exc).__module__ and "ONNXRuntime" not in str(exc):
@@ -191,6 +191,7 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                     "the query method's selection runs it when its selector heads lie in the score layers",
                 },
                 "kv": onnx["kv"],
+                "attention": onnx["attention"],
                 "inputs": [s.to_dict() for s in _step_specs(sp.inputs, settings)],
                 "outputs": [s.to_dict() for s in _step_specs(sp.outputs, settings)],
                 "steering": {

@@ -9,6 +9,7 @@ from pathlib import Path
 from steerc.cli.common import DEVICES, add_backend_option, analysis_line, deploy_lines, rich_console, verify_line
 from steerc.build.memory_estimate import SKIP_ENV, SKIP_FLAG
 from steerc.errors import SteercError
+from steerc.settings import ATTENTION_OPS
 
 __all__ = ["STAGES", "add_compile_parser", "cmd_compile"]
 
@@ -38,7 +39,8 @@ def cmd_compile(args) -> int:
             dtype, weights = weights, "full"
         settings = CompileSettings(opset=args.opset, dtype=dtype, max_seq_len=args.max_seq_len, max_batch=args.max_batch, attn_implementation=args.attn, verify=not args.no_verify,
                                    importance=not args.no_importance, share_attention=groups, target=args.target, backend=args.backend, device=args.device,
-                                   weights=weights, weight_block=args.weight_block, weight_symmetric=not args.weight_asymmetric, weight_method=args.weight_method, kv=args.kv)
+                                   weights=weights, weight_block=args.weight_block, weight_symmetric=not args.weight_asymmetric, weight_method=args.weight_method, kv=args.kv,
+                                   attention_op=args.attention_op)
     except ValueError as exc:
         raise SteercError(f"invalid option: {exc}") from None
     console = rich_console()
@@ -47,6 +49,7 @@ def cmd_compile(args) -> int:
     extra += f", weights {settings.weights} {settings.resolved_weight_method} (block {settings.weight_block})" if settings.weights != "full" else ""
     extra += f", backend {settings.backend} ({settings.device})" if settings.backend != ENGINE_BACKEND else ""
     extra += ", kv in-place" if settings.kv == "in-place" else ""
+    extra += f", attention {settings.attention_op}" if settings.attention_op != "standard" else ""
     console.print(f"[bold]steerc compile[/] {model} -> {args.output}  (opset {settings.opset}, {settings.dtype}, max {settings.max_seq_len} tokens{extra})")
     stages = _stages(settings)
     index = {name: i + 1 for i, name in enumerate(stages)}
@@ -79,7 +82,8 @@ def cmd_compile(args) -> int:
         f"  analysis  {analysis_line(manifest)}\n"
         + (f"  shared    attention groups {', '.join(f'{grp[0]}-{grp[-1]}' for grp in manifest['share_attention']['groups'])} "
            f"({len(manifest['share_attention']['shared_layers'])} layers without Q/K and key cache; no genai_config.json)\n" if manifest.get("share_attention") else "")
-        + (f"  kv        in place: {manifest['kv']['buffers']} buffers written by TensorScatter (opset {manifest['kv']['opset']}); no genai_config.json\n"
+        + (f"  kv        in place: {manifest['kv']['buffers']} buffers written by "
+           f"{'GroupQueryAttention' if manifest['attention']['op'] == 'GroupQueryAttention' else 'TensorScatter'} (opset {manifest['kv']['opset']}); no genai_config.json\n"
            if (manifest.get("kv") or {}).get("layout") == "in-place" else "")
         + deploy_lines(manifest, Path(args.output))
         + f"  verify    {verify_line(manifest['verify'])}\n"
@@ -125,6 +129,9 @@ def add_compile_parser(sub) -> None:
     p.add_argument("--kv", default="concat", choices=["concat", "in-place"],
                    help="KV update of the step graph: concat (present = past + new, a copy per call; default) or in-place "
                    "(preallocated buffers the graph writes into: no copy of the past per decode step)")
+    p.add_argument("--attention-op", default="standard", choices=ATTENTION_OPS,
+                   help="the op each layer attends with: standard (ONNX Attention; default) or group-query (ONNX Runtime's "
+                   "GroupQueryAttention over the in-place KV buffers, needs --kv in-place: faster decode on long contexts)")
     p.add_argument("--force", action="store_true", help="replace an existing engine folder")
     p.add_argument(SKIP_FLAG, dest="skip_memory_check", action="store_true",
                    help=f"compile even when the peak memory estimated from the config exceeds the memory available (also {SKIP_ENV}=1)")

@@ -26,7 +26,8 @@ def cmd_inspect(args) -> int:
     console.print(f"  geometry  {g['num_layers']} layers, {g['num_heads']} heads, {g['num_kv_heads']} kv heads, head dim {g['head_dim']}, vocab {g['vocab_size']}")
     console.print(f"  backend   {manifest['backend']['name']} opset {manifest['backend']['opset']}: {sum(manifest['backend']['op_counts'].values())} nodes")
     if (manifest.get("kv") or {}).get("layout") == "in-place":
-        console.print(f"  kv        in place: {manifest['kv']['buffers']} buffers [B, Hkv, {manifest['kv']['capacity_dim']}, D] written by TensorScatter")
+        writer = "GroupQueryAttention" if (manifest.get("attention") or {}).get("op") == "GroupQueryAttention" else "TensorScatter"
+        console.print(f"  kv        in place: {manifest['kv']['buffers']} buffers [B, Hkv, {manifest['kv']['capacity_dim']}, D] written by {writer}")
     console.print(deploy_lines(manifest, args.engine), end="")
     console.print(f"  verify    {verify_line(manifest['verify'])}")
     console.print(f"  analysis  {analysis_line(manifest)}")

@@ -119,7 +119,8 @@ class Engine:
         weights = SharedWeights() if share == "weights" else None
         session = open_session(folder, manifest, backend, device, threads, weights=weights, shared_arena=share != "off")
         if in_place:
-            session = InPlaceSession(session)  # run(...) keeps the concat contract; step(...) updates KVBuffers in place
+            # run(...) keeps the concat contract; step(...) updates KVBuffers in place
+            session = InPlaceSession(session, rows_apart=(manifest.get("attention") or {}).get("op") == "GroupQueryAttention")
         tokenizer = None
         if manifest.get("tokenizer"):
             from transformers import AutoTokenizer

@@ -119,6 +119,11 @@ class KVBuffers:
             grown.append(buf)
         self.__init__(grown, self.length, self.chunk)
 
+    def row(self, i: int) -> "KVBuffers":
+        """Row ``i`` as buffers ``[1, Hkv, C, D]`` sharing this batch's memory (a step on it writes
+        here; this object's ``length`` is not advanced)."""
+        return KVBuffers([a[i:i + 1] for a in self.arrays], self.length, self.chunk)
+
 
 class InPlaceSession:
     """An in-place step graph's ONNX Runtime session, run through IO binding.
@@ -129,8 +134,12 @@ class InPlaceSession:
     one copy the concat graph makes too), so the compile's self-check and callers that hold a
     :class:`KVCache` work unchanged."""
 
-    def __init__(self, session):
+    def __init__(self, session, rows_apart: bool = False):
         self.session = session
+        # GroupQueryAttention graphs (``--attention-op group-query``): ONNX Runtime's CPU kernel
+        # takes several new tokens after a past for one row at a time ("batch_size must be 1 when
+        # sequence_length > 1 and past context is given"), so such calls run row by row.
+        self.rows_apart = rows_apart
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
         self.past_names = [n for n in self.input_names if n.startswith(_PAST)]
@@ -154,6 +163,12 @@ class InPlaceSession:
         import onnxruntime as ort
 
         B, S = inputs["input_ids"].shape
+        if self.rows_apart and B > 1 and S > 1 and buffers.length > 0:
+            if buffers.length + S > buffers.capacity:
+                raise EngineError(f"KV buffers of capacity {buffers.capacity} cannot take {S} new positions after {buffers.length}; reserve them first")
+            logits = [self.step({name: x[i:i + 1] for name, x in inputs.items()}, buffers.row(i)) for i in range(B)]  # [1, S, V] each
+            buffers.length += S
+            return np.concatenate(logits)
         if len(buffers.values) != len(self.past_names):
             raise EngineError(f"KV buffers hold {len(buffers.values)} arrays but the engine takes {len(self.past_names)} past inputs")
         if buffers.length + S > buffers.capacity:

@@ -22,10 +22,12 @@ from steerc.settings import CompileSettings
 ATOL = 1e-6
 
 
-@pytest.fixture(scope="module")
-def in_place_folder(tiny_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny-in-place") / "engine"
-    compile_engine(str(tiny_folder), out, CompileSettings(max_seq_len=64, max_batch=4, kv="in-place"))
+@pytest.fixture(scope="module", params=["standard", "group-query"])
+def in_place_folder(request, tiny_folder, tmp_path_factory):
+    """Both in-place step graphs: the standard Attention over the padded buffer, and ONNX Runtime's
+    GroupQueryAttention (``--attention-op group-query``), which reads only the P+S written keys."""
+    out = tmp_path_factory.mktemp(f"tiny-in-place-{request.param}") / "engine"
+    compile_engine(str(tiny_folder), out, CompileSettings(max_seq_len=64, max_batch=4, kv="in-place", attention_op=request.param))
     return out
 
 
@@ -67,7 +69,13 @@ def test_manifest_and_graph(in_place, concat):
     assert in_place.manifest["settings"]["kv"] == "in-place" and in_place.manifest["inputs"][3]["dims"][2] == "kv_capacity"
     assert concat.kv_layout == "concat" and not concat.kv_in_place
     counts = in_place.manifest["backend"]["op_counts"]
-    assert counts["TensorScatter"] == 4 and counts["Attention"] == 2
+    if in_place.manifest["settings"]["attention_op"] == "group-query":  # the op writes the buffers itself
+        assert counts["com.microsoft::GroupQueryAttention"] == 2 and "Attention" not in counts and "TensorScatter" not in counts
+        assert in_place.manifest["attention"]["op"] == "GroupQueryAttention" and in_place.manifest["attention"]["sites"] == 2
+        assert in_place.session.rows_apart
+    else:
+        assert counts["TensorScatter"] == 4 and counts["Attention"] == 2
+        assert in_place.manifest["attention"] == {"op": "Attention"} and not in_place.session.rows_apart
     assert not (in_place.folder / "genai_config.json").exists()  # onnxruntime-genai expects the concat contract
 
 

@@ -73,7 +73,7 @@ def export_graphs(sp, folder: Path, settings) -> dict:
     """Write ``model.onnx`` (and ``analysis.onnx`` when ``sp`` has an analysis program) into
     ``folder`` and run the ONNX passes in :data:`~steerc.passes.onnx.ONNX_PASSES` order; the
     analysis graph is made where ``derive_analysis`` stands in it, derived or exported. Returns
-    the manifest sections ``backend``, ``weights``, ``kv``, ``tensorrt`` and ``selector`` (the
+    the manifest sections ``backend``, ``weights``, ``kv``, ``attention``, ``tensorrt`` and ``selector`` (the
     ``derive_selector`` report's entry, or None), and the seconds taken (``export_seconds``)."""
     passes = onnx_passes(settings)
     quantize = quantize_weights in passes
@@ -120,6 +120,7 @@ def export_graphs(sp, folder: Path, settings) -> dict:
         "backend": {"name": "onnx", "opset": kv.get("opset", settings.opset), "model": MODEL_FILE, "data": DATA_FILE, "op_counts": op_counts(graph.path)},
         "weights": _weights_entry(reports, settings) if quantize else {"scheme": "full", "dtype": settings.dtype},
         "kv": kv,
+        "attention": reports["fuse_group_query_attention"].entry if "fuse_group_query_attention" in reports else {"op": "Attention"},
         "tensorrt": _tensorrt_target(graph, folder, sp, settings, ready.entry, analysis_fixes) if ready is not None else None,
         "selector": reports["derive_selector"].entry if "derive_selector" in reports else None,
         "export_seconds": seconds,

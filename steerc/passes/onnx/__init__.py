@@ -19,19 +19,22 @@ order the ONNX backend applies them in (:mod:`steerc.backends.onnx.graphs`):
    where the analysis graph cannot be derived either, and the engine has no selector graph;
 5. ``kv_in_place``: ``--kv in-place``: the step graph writes into preallocated KV buffers
    (after the analysis and selector graphs are derived: they keep the concat layout);
-6. ``make_tensorrt_ready``: ``--target tensorrt``: the step graph rewritten to TensorRT's ONNX
+6. ``fuse_group_query_attention``: ``--attention-op group-query``: each layer's attention of the
+   in-place step graph as ONNX Runtime's contrib ``GroupQueryAttention`` (after ``kv_in_place``);
+7. ``make_tensorrt_ready``: ``--target tensorrt``: the step graph rewritten to TensorRT's ONNX
    parser rules (a no-op report when it already meets them).
 """
 
 from steerc.passes.onnx.contract import OnnxGraph, OnnxPassReport, onnx_pass
 from steerc.passes.onnx.derive_analysis import NotDerivableError, derive_analysis
 from steerc.passes.onnx.derive_selector import derive_selector
+from steerc.passes.onnx.fuse_group_query_attention import fuse_group_query_attention
 from steerc.passes.onnx.kv_in_place import kv_in_place
 from steerc.passes.onnx.make_tensorrt_ready import make_tensorrt_ready
 from steerc.passes.onnx.quantize_embedding import quantize_embedding
 from steerc.passes.onnx.quantize_weights import quantize_weights
 
-ONNX_PASSES = (quantize_weights, quantize_embedding, derive_analysis, derive_selector, kv_in_place, make_tensorrt_ready)
+ONNX_PASSES = (quantize_weights, quantize_embedding, derive_analysis, derive_selector, kv_in_place, fuse_group_query_attention, make_tensorrt_ready)
 
 
 def onnx_passes(settings) -> tuple:
@@ -39,5 +42,5 @@ def onnx_passes(settings) -> tuple:
     return tuple(p for p in ONNX_PASSES if p.wanted(settings))
 
 
-__all__ = ["ONNX_PASSES", "NotDerivableError", "OnnxGraph", "OnnxPassReport", "derive_analysis", "derive_selector", "kv_in_place", "make_tensorrt_ready",
+__all__ = ["ONNX_PASSES", "NotDerivableError", "OnnxGraph", "OnnxPassReport", "derive_analysis", "derive_selector", "fuse_group_query_attention", "kv_in_place", "make_tensorrt_ready",
            "onnx_pass", "onnx_passes", "quantize_embedding", "quantize_weights"]
