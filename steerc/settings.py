@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from steerc.backends import canonical_name, get_backend
-from steerc.settings_base import JsonDataclass, check_choice, check_int
+from steerc.settings_base import JsonDataclass, check_choice, check_int, setting
 
-__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS", "TARGETS", "DEVICES", "WEIGHTS", "KV_LAYOUTS", "ATTENTION_OPS", "check_layer_groups"]
+__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS", "TARGETS", "DEVICES", "WEIGHTS", "FULL_WEIGHT_DTYPES", "WEIGHT_METHODS", "KV_LAYOUTS", "ATTENTION_OPS",
+           "check_layer_groups"]
 
 DTYPES = ("fp32", "fp16", "bf16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -21,6 +22,8 @@ TARGETS = ("onnx", "tensorrt")
 DEVICES = ("cpu", "cuda")
 # Weights: "full" (in --dtype) or weight-only quantized to ONNX Runtime's MatMulNBits.
 WEIGHTS = ("full", "int8", "int4")
+# --weights also takes these dtypes: full-precision weights in that dtype (weights "full", dtype it).
+FULL_WEIGHT_DTYPES = ("fp32", "fp16")
 # How blocks are quantized: "minmax" (steerc: exact block minimum), "rtn" (ONNX Runtime's
 # round-to-nearest quantizer), "auto" (minmax for int4, rtn for int8: what measured best).
 WEIGHT_METHODS = ("auto", "minmax", "rtn")
@@ -68,31 +71,51 @@ class CompileSettings(JsonDataclass):
     ``max_seq_len`` bounds past + new tokens of one call (the engine's context limit);
     ``max_batch`` bounds the batch dimension. Both become explicit ranges of the exported
     graph's dynamic dimensions.
+
+    Each field's command-line flag is declared with it (:func:`~steerc.settings_base.setting`);
+    ``steerc compile`` makes its flags from them (:mod:`steerc.cli.settings_flags`), the special
+    cases (``--weights`` fp32/fp16, the ``--dtype`` default of ``--target tensorrt``,
+    ``--share-attention``'s syntax, ``--backend``) in :func:`steerc.cli.compile.compile_settings`.
     """
 
-    opset: int = 23
-    dtype: str = "fp32"
-    max_seq_len: int = 2048
-    max_batch: int = 16
-    attn_implementation: str = "sdpa"
-    verify: bool = True
-    importance: bool = True  # also build the analysis graph (attn_importance) that LLMSteer's selection needs
+    opset: int = setting(23, "ONNX opset (default 23: fused Attention; 20: decomposed)")
+    dtype: str = setting("fp32", "weights and KV dtype (default fp32; fp16 with --target tensorrt)", choices=DTYPES)
+    max_seq_len: int = setting(2048, "most tokens (past + new) one call may see")
+    max_batch: int = setting(16, "most sequences one call may batch")
+    attn_implementation: str = setting("sdpa", "attention implementation to capture", name="--attn", choices=ATTN_IMPLEMENTATIONS)
+    verify: bool = setting(True, "skip the ONNX Runtime self-check", negate=True)
+    # also build the analysis graph (attn_importance) that LLMSteer's selection needs
+    importance: bool = setting(True, "do not build the analysis graph (attn_importance) LLMSteer selects tokens with", negate=True)
     # Shared Attention (arXiv 2407.12866): groups of contiguous layers, e.g. ((20, ..., 29),); the
     # later layers of a group reuse the first one's attention probabilities. () = no sharing.
-    share_attention: tuple[tuple[int, ...], ...] = ()
-    target: str = "onnx"
+    # The flag's text ("20-24,25-29") is parsed by steerc.cli.compile (parse_share_groups).
+    share_attention: tuple[tuple[int, ...], ...] = setting(
+        (), "Shared Attention: layer groups FIRST-LAST, comma-separated (e.g. 20-29 or 20-24,25-29); the later layers of a group "
+            "reuse the first layer's attention probabilities and keep no key cache (default: none)", type=str, metavar="GROUPS")
+    target: str = setting("onnx", "tensorrt: write the step graph to the TensorRT ONNX parser's rules (checked), with optimization "
+                                  "profiles and a trtexec command", choices=TARGETS)
     # A name of steerc.backends.BACKENDS: "aoti": also an AOTInductor package (model.pt2) for
     # ``device``; "tensorrt" (formerly "torch-tensorrt", still accepted): also a serialized
     # TensorRT plan (model.plan; CUDA only). The ONNX engine is always written.
+    # No declared flag: --backend's choices and help are the registry's when the parser is built (cli.common.add_backend_option).
     backend: str = "onnx"
-    device: str = "cpu"
+    device: str = setting("cpu", "device the compiled backend is built for (default cpu; tensorrt: cuda)", choices=DEVICES)
     # Weight-only quantization of the ONNX graphs' MatMul weights (activations stay in dtype).
-    weights: str = "full"
-    weight_block: int = 32
-    weight_symmetric: bool = True  # rtn only: no zero point (minmax always keeps the block minimum)
-    weight_method: str = "auto"
-    kv: str = "concat"
-    attention_op: str = "standard"
+    weights: str = setting("full", "int8/int4: weight-only quantization of every MatMul weight to ONNX Runtime's MatMulNBits (activations "
+                                   "stay in --dtype); fp32/fp16: full-precision weights in that dtype (default: full precision, in --dtype)",
+                           choices=FULL_WEIGHT_DTYPES + tuple(w for w in WEIGHTS if w != "full"))
+    weight_block: int = setting(32, "input channels per quantization block (power of two >= 16; default 32)")
+    # rtn only: no zero point (minmax always keeps the block minimum)
+    weight_symmetric: bool = setting(True, "rtn: quantize with an integer zero point per block (default: symmetric)", name="--weight-asymmetric",
+                                     negate=True)
+    weight_method: str = setting("auto", "minmax: each block from its minimum to its maximum, the minimum kept exactly (exact for weights "
+                                         "from a Q4_1 GGUF); rtn: ONNX Runtime's round-to-nearest quantizer; auto (default): minmax for "
+                                         "int4, rtn for int8", choices=WEIGHT_METHODS)
+    kv: str = setting("concat", "KV update of the step graph: concat (present = past + new, a copy per call; default) or in-place "
+                                "(preallocated buffers the graph writes into: no copy of the past per decode step)", choices=KV_LAYOUTS)
+    attention_op: str = setting("standard", "the op each layer attends with: standard (ONNX Attention; default) or group-query (ONNX Runtime's "
+                                            "GroupQueryAttention over the in-place KV buffers, needs --kv in-place: faster decode on long contexts)",
+                                choices=ATTENTION_OPS)
 
     def __post_init__(self) -> None:
         check_choice("opset", self.opset, SUPPORTED_OPSETS)

@@ -6,12 +6,13 @@ import resource
 import time
 from pathlib import Path
 
-from steerc.cli.common import DEVICES, add_backend_option, analysis_line, deploy_lines, rich_console, verify_line
+from steerc.cli.common import add_backend_option, analysis_line, deploy_lines, rich_console, verify_line
+from steerc.cli.settings_flags import add_settings_flags, settings_from_args
 from steerc.build.memory_estimate import SKIP_ENV, SKIP_FLAG
 from steerc.errors import SteercError
-from steerc.settings import ATTENTION_OPS
+from steerc.settings import FULL_WEIGHT_DTYPES, CompileSettings
 
-__all__ = ["STAGES", "add_compile_parser", "cmd_compile"]
+__all__ = ["STAGES", "add_compile_parser", "cmd_compile", "compile_settings"]
 
 STAGES = ("load", "capture", "rewrite", "export", "verify", "write")
 
@@ -20,27 +21,33 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def compile_settings(args) -> CompileSettings:
+    """CompileSettings from ``steerc compile``'s parsed flags: a flag given is its setting, one not
+    given keeps the declared default (:mod:`steerc.cli.settings_flags`), but for these special
+    cases. Raises ValueError from the flags' syntax and the settings' checks."""
+    from steerc.passes.share_attention import parse_share_groups
+
+    given = {"backend": args.backend}  # --backend is not generated (add_backend_option: the registry's choices)
+    if hasattr(args, "share_attention"):  # "20-24,25-29" -> ((20, ..., 24), (25, ..., 29))
+        given["share_attention"] = parse_share_groups(args.share_attention)
+    dtype, weights = getattr(args, "dtype", None), getattr(args, "weights", None)
+    if weights in FULL_WEIGHT_DTYPES:  # --weights fp16: full-precision weights in that dtype
+        if dtype and dtype != weights:
+            raise ValueError(f"--weights {weights} contradicts --dtype {dtype}; give one of them")
+        given.update(dtype=weights, weights="full")
+    elif dtype is None and getattr(args, "target", None) == "tensorrt":
+        given["dtype"] = "fp16"  # TensorRT deployments run fp16
+    return settings_from_args(CompileSettings, args, **given)
+
+
 def cmd_compile(args) -> int:
     from steerc.backends import ENGINE_BACKEND
     from steerc.build import compile_engine
     from steerc.models import DEFAULT_MODEL
     from steerc.progress import StageTracker
-    from steerc.settings import CompileSettings
-
-    from steerc.passes.share_attention import parse_share_groups
 
     try:
-        groups = parse_share_groups(args.share_attention) if args.share_attention else ()
-        dtype = args.dtype or ("fp16" if args.target == "tensorrt" else "fp32")  # TensorRT deployments run fp16
-        weights = args.weights or "full"
-        if weights in ("fp32", "fp16"):  # full-precision weights in that dtype
-            if args.dtype and args.dtype != weights:
-                raise ValueError(f"--weights {weights} contradicts --dtype {args.dtype}; give one of them")
-            dtype, weights = weights, "full"
-        settings = CompileSettings(opset=args.opset, dtype=dtype, max_seq_len=args.max_seq_len, max_batch=args.max_batch, attn_implementation=args.attn, verify=not args.no_verify,
-                                   importance=not args.no_importance, share_attention=groups, target=args.target, backend=args.backend, device=args.device,
-                                   weights=weights, weight_block=args.weight_block, weight_symmetric=not args.weight_asymmetric, weight_method=args.weight_method, kv=args.kv,
-                                   attention_op=args.attention_op)
+        settings = compile_settings(args)
     except ValueError as exc:
         raise SteercError(f"invalid option: {exc}") from None
     console = rich_console()
@@ -104,34 +111,9 @@ def add_compile_parser(sub) -> None:
     p = sub.add_parser("compile", help="compile a model into a steerable engine folder")
     p.add_argument("model", nargs="?", help="hub id (local cache only), local folder, .gguf file, or smollm2-135m-instruct (default)")
     p.add_argument("-o", "--output", required=True, help="engine folder to create")
-    p.add_argument("--opset", type=int, default=23, help="ONNX opset (default 23: fused Attention; 20: decomposed)")
-    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="weights and KV dtype (default fp32; fp16 with --target tensorrt)")
-    p.add_argument("--max-seq-len", type=int, default=2048, help="most tokens (past + new) one call may see")
-    p.add_argument("--max-batch", type=int, default=16)
-    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation to capture")
-    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime self-check")
-    p.add_argument("--no-importance", action="store_true", help="do not build the analysis graph (attn_importance) LLMSteer selects tokens with")
-    p.add_argument("--share-attention", metavar="GROUPS", default=None,
-                   help="Shared Attention: layer groups FIRST-LAST, comma-separated (e.g. 20-29 or 20-24,25-29); the later layers of a group "
-                   "reuse the first layer's attention probabilities and keep no key cache")
-    p.add_argument("--target", default="onnx", choices=["onnx", "tensorrt"],
-                   help="tensorrt: write the step graph to the TensorRT ONNX parser's rules (checked), with optimization profiles and a trtexec command")
+    add_settings_flags(p, CompileSettings)  # every compile setting's flag, declared once in steerc/settings.py; special cases: compile_settings
+    # Hand-written: its choices and help are the backend registry's at the time the parser is built (a backend added later is listed).
     add_backend_option(p, "also build a compiled form of the same program beside the ONNX engine")
-    p.add_argument("--device", default="cpu", choices=DEVICES, help="device the compiled backend is built for (tensorrt: cuda)")
-    p.add_argument("--weights", default=None, choices=["fp32", "fp16", "int8", "int4"],
-                   help="int8/int4: weight-only quantization of every MatMul weight to ONNX Runtime's MatMulNBits (activations stay in --dtype); "
-                   "fp32/fp16: full-precision weights in that dtype")
-    p.add_argument("--weight-block", type=int, default=32, help="input channels per quantization block (power of two >= 16; default 32)")
-    p.add_argument("--weight-method", default="auto", choices=["auto", "minmax", "rtn"],
-                   help="minmax: each block from its minimum to its maximum, the minimum kept exactly (exact for weights from a Q4_1 GGUF); "
-                   "rtn: ONNX Runtime's round-to-nearest quantizer; auto (default): minmax for int4, rtn for int8")
-    p.add_argument("--weight-asymmetric", action="store_true", help="rtn: quantize with an integer zero point per block (default: symmetric)")
-    p.add_argument("--kv", default="concat", choices=["concat", "in-place"],
-                   help="KV update of the step graph: concat (present = past + new, a copy per call; default) or in-place "
-                   "(preallocated buffers the graph writes into: no copy of the past per decode step)")
-    p.add_argument("--attention-op", default="standard", choices=ATTENTION_OPS,
-                   help="the op each layer attends with: standard (ONNX Attention; default) or group-query (ONNX Runtime's "
-                   "GroupQueryAttention over the in-place KV buffers, needs --kv in-place: faster decode on long contexts)")
     p.add_argument("--force", action="store_true", help="replace an existing engine folder")
     p.add_argument(SKIP_FLAG, dest="skip_memory_check", action="store_true",
                    help=f"compile even when the peak memory estimated from the config exceeds the memory available (also {SKIP_ENV}=1)")
