@@ -5,8 +5,19 @@ and stored content-addressed (:func:`steerc.steering.documents.register_document
 record keeps its text, so a request can name it by id in ``steer.documents`` and have its KV
 reused wherever it lands in the assembled context. A document id is ``doc-`` plus a hash of
 its text, mapped into the tenant's namespace when there is one (so another tenant can neither
-compute nor use it: 404). Records are pinned (never evicted by a budget), the KV is not: an
-evicted document KV is computed again on its next use.
+compute nor use it: 404).
+
+The KV is one content-addressed entry (kind ``document``), and the record is one of its holders
+(``store.add_ref``), as a registered context's entries hold their KV: registering the same text
+again marks it once; ``DELETE`` drops the mark and deletes the KV only when nothing else holds it
+(another record whose text has the same tokens). Keys are per namespace, so two tenants
+registering one text hold two KVs, each deleted with its own record. Records are pinned, like every registration record, so a
+registered document's KV is held by a kept entry: a store with a budget does not evict it (the
+rule of a context registered with ``pin``) until its ``DELETE``, and garbage collection leaves
+it. A document KV nobody holds (what an inline ``steer.documents`` text stored) is evicted by
+the budget like any unheld entry. A document KV that is missing anyway (deleted behind the
+server's back, evicted by Redis's ``maxmemory``, which no mark stops) is computed again on its
+next use, and the mark then holds the new copy.
 """
 
 from __future__ import annotations
@@ -46,14 +57,22 @@ class DocumentRegistry:
         self.store, self.namespace = store, namespace
 
     def save(self, text: str, tokens: int, kv_key: str) -> dict:
-        """File the record of ``text`` (its KV stored under ``kv_key``); registering again keeps its ``created``."""
+        """File the record of ``text`` (its KV stored under ``kv_key``), marked as a holder of that KV
+        before it is written (one mark however often it is registered); registering again keeps
+        its ``created``. A record that named another KV (registered behind another instruction head,
+        by a server with other defaults sharing the store) lets go of that one: nothing deletes it,
+        it is evictable again."""
         document_id = document_id_of(text, self.namespace)
         key = _record_key(document_id)
         old = self.store.get(key)
         record = {"kind": "document", "id": document_id, "created": old.meta["created"] if old else int(time.time()), "document": text,
                   "tokens": int(tokens), "kv_key": kv_key}
+        self.store.add_ref(kv_key, key)
         self.store.put(key, StoredContext({}, record))
         self.store.pin(key)
+        previous = old.meta.get("kv_key") if old else None
+        if previous is not None and previous != kv_key:
+            self.store.drop_ref(previous, key)
         return record
 
     def get(self, document_id: str, param: str = "document_id") -> dict:
@@ -64,11 +83,14 @@ class DocumentRegistry:
         return entry.meta
 
     def delete(self, document_id: str) -> dict:
-        """Remove the record and the document's stored KV (a later use of the text computes it again)."""
+        """Remove the record, then its mark on the document's KV, and the KV when that was its last
+        holder (a later use of the text computes it again)."""
         record = self.get(document_id)
-        self.store.delete(record["kv_key"])
-        self.store.delete(_record_key(document_id))
-        self.store.unpin(_record_key(document_id))
+        key = _record_key(document_id)
+        self.store.delete(key)
+        self.store.unpin(key)
+        if self.store.drop_ref(record["kv_key"], key) == 0:
+            self.store.delete(record["kv_key"])
         return {"id": document_id, "object": "document", "deleted": True}
 
     def public(self, record: dict) -> dict:

@@ -180,7 +180,7 @@ class DiskStore(ContextStore):
                 break
         if used + need > self.max_bytes:
             log.warning("the disk context store at %s holds %d bytes of pinned or referenced entries; a %d-byte write would pass its budget of %d "
-                        "bytes and is dropped (raise --kv-store-max-gb, or unpin contexts)", self.root, used, need, self.max_bytes)
+                        "bytes and is dropped (raise --kv-store-max-gb, unpin contexts or delete documents)", self.root, used, need, self.max_bytes)
             return False
         return True
 

@@ -1,9 +1,19 @@
-"""``MemoryStore``: prepared contexts in this process's memory, LRU under a byte budget."""
+"""``MemoryStore``: prepared contexts in this process's memory, LRU under a byte budget.
+
+Eviction follows the disk store's rule (:mod:`steerc.stores.disk`): an entry that is pinned
+(``pin``: a registration record, a context registered with ``pin``) or held by an entry still
+here (``add_ref``: a KV its prepared entry uses, a document KV its record uses) is never
+evicted; evicting a holder drops its marks, so what it held can go after it. A write that
+cannot fit beside what is kept is dropped with a warning (a miss later). As the memory tier of
+a :class:`~steerc.stores.tiered.TieredStore` it gets no pins or marks (those go to the backing
+store) and is plain LRU.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 
 from steerc.stores.base import ContextStore, StoredContext, check_key
@@ -14,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class MemoryStore(ContextStore):
-    """LRU of entries under a byte budget (``entry.nbytes``); thread-safe. Entries are not copied."""
+    """LRU of entries under a byte budget (``entry.nbytes``), pinned and held entries kept (see
+    the module doc); thread-safe. Entries are not copied."""
 
     tier = "memory"
 
@@ -26,6 +37,7 @@ class MemoryStore(ContextStore):
         self._entries: OrderedDict[str, tuple[StoredContext, int]] = OrderedDict()
         self._refs: dict[str, set[str]] = {}  # target -> holders (add_ref)
         self._indexes: dict[str, set[str]] = {}  # index -> members (index_add)
+        self._pins: dict[str, float | None] = {}  # key -> until (pin; None: until unpin)
         self._used = 0
         self._lock = threading.Lock()
 
@@ -51,12 +63,36 @@ class MemoryStore(ContextStore):
                 if self.max_bytes:  # a zero budget means no memory tier: not worth a warning per entry
                     log.warning("context %s (%d bytes) exceeds the memory store budget of %d bytes; not cached", key, size, self.max_bytes)
                 return
-            while self._used + size > self.max_bytes:
-                self._pop(next(iter(self._entries)))
-                self.stats.evictions += 1
+            if not self._make_room(size, key):
+                log.warning("the memory context store holds %d bytes of pinned or referenced entries; a %d-byte write would pass its budget of %d bytes "
+                            "and is dropped (raise --memory-store-mb, unpin contexts or delete documents)", self._used, size, self.max_bytes)
+                return
             self._entries[key] = (entry, size)
             self._used += size
             self.stats.puts += 1
+
+    def _make_room(self, need: int, writing: str) -> bool:
+        """Evict least-recently-used entries, never a pinned one nor one held by an entry here (or by
+        ``writing``, the entry being written), until ``need`` more bytes fit; False when they cannot."""
+        if self._used + need <= self.max_bytes:
+            return True
+        now = time.time()
+        pinned = {k for k, until in self._pins.items() if until is None or until > now}
+
+        def kept(k: str) -> bool:
+            return k in pinned or any(h == writing or h in self._entries for h in self._refs.get(k, ()))
+
+        while self._used + need > self.max_bytes:
+            victim = next((k for k in self._entries if not kept(k)), None)
+            if victim is None:
+                return False
+            self._pop(victim)
+            self.stats.evictions += 1
+            for target in [t for t, holders in self._refs.items() if victim in holders]:  # its marks go with it
+                self._refs[target].discard(victim)
+                if not self._refs[target]:
+                    del self._refs[target]
+        return True
 
     def _pop(self, key: str) -> bool:
         item = self._entries.pop(key, None)
@@ -80,6 +116,15 @@ class MemoryStore(ContextStore):
             if not holders:
                 self._refs.pop(target, None)
             return len(holders)
+
+    def pin(self, key: str, until: float | None = None) -> None:
+        """Never evict ``key`` until :meth:`unpin`, or until the Unix time ``until``."""
+        with self._lock:
+            self._pins[check_key(key)] = None if until is None else float(until)
+
+    def unpin(self, key: str) -> None:
+        with self._lock:
+            self._pins.pop(key, None)
 
     def index_add(self, index: str, member: str) -> None:
         check_key(index), check_key(member)
@@ -106,4 +151,5 @@ class MemoryStore(ContextStore):
             self._entries.clear()
             self._refs.clear()
             self._indexes.clear()
+            self._pins.clear()
             self._used = 0

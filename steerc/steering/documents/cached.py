@@ -8,9 +8,13 @@ head with an empty context (:func:`~steerc.steering.keys.kv_key`). Assembly
 (:mod:`steerc.steering.documents.assembly`) moves a document's keys to where it lands.
 
 Entries are of kind ``document`` (not ``kv``): a store's garbage collection removes unreferenced
-``kv`` entries (a killed writer's leftovers), while a document is kept until the store's budget
-evicts it; a missing or evicted document is computed again when next assembled. The KV is kept
-at the store's ``kv_scheme`` (:mod:`steerc.steering.kv_codec`).
+``kv`` entries (a killed writer's leftovers), never a document. A document entry is
+reference-counted like a context's KV: whoever keeps it names itself a holder
+(``store.add_ref``: the server's document record, :mod:`steerc.server.documents`), and whoever
+lets go deletes it when no holder is left (``store.drop_ref``). A budgeted disk or memory store
+never evicts a held one; one nobody holds (an inline document's) stays until the budget evicts
+it. A missing or evicted document is computed again when next assembled. The KV is kept at the
+store's ``kv_scheme`` (:mod:`steerc.steering.kv_codec`).
 """
 
 from __future__ import annotations
@@ -109,6 +113,6 @@ def document_kv(engine: Engine, head_ids: np.ndarray, document_ids: np.ndarray, 
 
 def register_document(engine: Engine, head_ids: np.ndarray, document_ids: np.ndarray, store: ContextStore,
                       chunk: int = DEFAULT_PREFILL_CHUNK) -> tuple[str, str]:
-    """Compute and store a document's KV unless the store holds it; ``(its key, tier)`` (``"miss"``: computed now)."""
+    """Compute and store a document's KV unless the store has it; ``(its key, tier)`` (``"miss"``: computed now)."""
     _, tier = document_kv(engine, head_ids, document_ids, store, chunk=chunk)
     return document_kv_key(engine.engine_id, np.asarray(head_ids, np.int64), np.asarray(document_ids, np.int64)), tier
