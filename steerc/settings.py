@@ -8,7 +8,7 @@ from typing import Any
 from steerc.backends import canonical_name, get_backend
 from steerc.settings_base import JsonDataclass, check_choice, check_int, setting
 
-__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS", "TARGETS", "DEVICES", "WEIGHTS", "FULL_WEIGHT_DTYPES", "WEIGHT_METHODS", "KV_LAYOUTS", "ATTENTION_OPS",
+__all__ = ["CompileSettings", "DTYPES", "ATTN_IMPLEMENTATIONS", "TARGETS", "DEVICES", "WEIGHTS", "FULL_WEIGHT_DTYPES", "WEIGHT_METHODS", "KV_LAYOUTS", "ATTENTION_OPS", "KV_CACHE_DTYPES",
            "check_layer_groups"]
 
 DTYPES = ("fp32", "fp16", "bf16")
@@ -35,6 +35,10 @@ KV_LAYOUTS = ("concat", "in-place")
 # (ONNX Runtime's contrib GroupQueryAttention over the in-place buffers, one read of each KV head
 # for its query heads: steerc/passes/onnx/fuse_group_query_attention.py).
 ATTENTION_OPS = ("standard", "group-query")
+# The KV buffers' element type: "fp32" (the activations' dtype), or "int8" (GroupQueryAttention's
+# quantized cache, static per-channel scales calibrated at compile time:
+# steerc/passes/onnx/quantize_kv_cache.py).
+KV_CACHE_DTYPES = ("fp32", "int8")
 
 def check_layer_groups(groups: Any, num_layers: int | None = None) -> tuple[tuple[int, ...], ...]:
     """Validate layer groups (e.g. shared-attention groups) and return them as a tuple of tuples.
@@ -116,6 +120,9 @@ class CompileSettings(JsonDataclass):
     attention_op: str = setting("standard", "the op each layer attends with: standard (ONNX Attention; default) or group-query (ONNX Runtime's "
                                             "GroupQueryAttention over the in-place KV buffers, needs --kv in-place: faster decode on long contexts)",
                                 choices=ATTENTION_OPS)
+    kv_cache: str = setting("fp32", "element type of the KV buffers: fp32 (default) or int8 (GroupQueryAttention's int8 cache, per-channel "
+                                    "scales calibrated at compile time; lossy; needs --attention-op group-query: faster decode on long contexts)",
+                            choices=KV_CACHE_DTYPES)
 
     def __post_init__(self) -> None:
         check_choice("opset", self.opset, SUPPORTED_OPSETS)
@@ -164,6 +171,9 @@ class CompileSettings(JsonDataclass):
             if self.dtype != "fp32":
                 raise ValueError(f"attention_op group-query is checked in fp32 only (ONNX Runtime's CPU kernel); got dtype {self.dtype}: use --dtype fp32 "
                                  "(int4/int8 weights keep fp32 activations)")
+        check_choice("kv_cache", self.kv_cache, KV_CACHE_DTYPES)
+        if self.kv_cache == "int8" and self.attention_op != "group-query":
+            raise ValueError("kv_cache int8 is GroupQueryAttention's quantized cache: add --kv in-place --attention-op group-query")
         if self.target == "tensorrt" and self.dtype == "bf16":
             raise ValueError("target 'tensorrt' is written in fp16 (default) or fp32; bf16 engines cannot be self-checked on CPU")
 

@@ -67,6 +67,8 @@ def test_weight_settings_round_trip():
     ({"attention_op": "flash"}, "attention_op must be one of"),
     ({"attention_op": "group-query"}, "add --kv in-place"),
     ({"attention_op": "group-query", "kv": "in-place", "dtype": "fp16"}, "fp32 only"),
+    ({"kv_cache": "int4"}, "kv_cache must be one of"),
+    ({"kv_cache": "int8", "kv": "in-place"}, "add --kv in-place --attention-op group-query"),
 ])
 def test_attention_op_is_validated(kwargs, message):
     with pytest.raises(ValueError, match=message):

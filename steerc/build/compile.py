@@ -21,7 +21,7 @@ from steerc.backends import ENGINE_BACKEND, get_backend
 from steerc.backends.onnx import ANALYSIS_FILE, MODEL_FILE, SELECTOR_FILE, create_session
 from steerc.build.genai_config import genai_config
 from steerc.build.steerable import capture_steerable
-from steerc.build.verify import WEIGHT_TOLERANCE, importance_check, queries_check, selector_check, self_check
+from steerc.build.verify import KV_CACHE_TOLERANCE, WEIGHT_TOLERANCE, importance_check, queries_check, selector_check, self_check
 from steerc.engine_format import FORMAT, FORMAT_VERSION, MANIFEST_FILE, write_json_atomic, write_manifest
 from steerc.errors import EngineError, MissingDependencyError, require
 from steerc.build.memory_estimate import check_compile_memory, skip_requested
@@ -52,9 +52,13 @@ def _backend_session(folder: Path, name: str, entry: dict, sp):
 def _step_specs(specs, settings: CompileSettings) -> list:
     if settings.kv == "concat":
         return specs
+    from steerc.capture.io_spec import TensorSpec
     from steerc.passes.onnx.kv_in_place import in_place_specs
 
-    return in_place_specs(specs)
+    specs = in_place_specs(specs)
+    if settings.kv_cache == "int8":  # the buffers' element type (the runtime's KVCache stays float32)
+        specs = [TensorSpec(s.name, "int8", s.dims) if s.name.startswith(("past_key_values.", "present.")) else s for s in specs]
+    return specs
 
 
 def _verify_session(model_path: Path, settings: CompileSettings):
@@ -65,7 +69,12 @@ def _verify_session(model_path: Path, settings: CompileSettings):
         if settings.kv == "in-place":
             from steerc.runtime.kv_buffers import InPlaceSession
 
-            session = InPlaceSession(session, rows_apart=settings.attention_op == "group-query")
+            scales = None
+            if settings.kv_cache == "int8":
+                from steerc.passes.onnx.quantize_kv_cache import load_kv_scales
+
+                scales = load_kv_scales(model_path.parent, len([i for i in session.get_inputs() if i.name.startswith("past_key_values.")]) // 2)
+            session = InPlaceSession(session, rows_apart=settings.attention_op == "group-query", scales=scales)
         return session
     except Exception as exc:
         if "onnxruntime" not in type(exc).__module__ and "ONNXRuntime" not in str(exc):
@@ -109,6 +118,10 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
         sp.selector_layers = max(layer for layer, _ in pairs) + 1
         sp.selector_score_layers = tuple(sorted({layer for layer, _ in pairs}))
 
+    if settings.kv_cache == "int8":  # the int8 KV cache's scales are calibrated on a prefill of these tokens (quantize_kv_cache)
+        from steerc.passes.onnx.quantize_kv_cache import calibration_ids
+
+        sp.calibration_ids = calibration_ids(loaded.tokenizer, sp.geometry.vocab_size)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     os.chmod(tmp, 0o755)
     try:
@@ -132,6 +145,8 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
             else:
                 groups = settings.share_attention  # shared attention: checked against reference_shared_step
                 tol = WEIGHT_TOLERANCE.get(settings.weights)  # a quantized engine against the full-precision reference
+                if settings.kv_cache == "int8":  # and an int8 KV cache: its rounding on top
+                    tol = (tol or 0.0) + KV_CACHE_TOLERANCE
                 check = self_check(_verify_session(model_path, settings), loaded.model, sp.geometry, sp.inputs, settings.dtype, groups=groups, tolerance=tol)
                 if analysis_path is not None:
                     analysis_session = create_session(analysis_path)
@@ -192,6 +207,7 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                 },
                 "kv": onnx["kv"],
                 "attention": onnx["attention"],
+                "kv_cache": onnx["kv_cache"],
                 "inputs": [s.to_dict() for s in _step_specs(sp.inputs, settings)],
                 "outputs": [s.to_dict() for s in _step_specs(sp.outputs, settings)],
                 "steering": {

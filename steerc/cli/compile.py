@@ -57,6 +57,7 @@ def cmd_compile(args) -> int:
     extra += f", backend {settings.backend} ({settings.device})" if settings.backend != ENGINE_BACKEND else ""
     extra += ", kv in-place" if settings.kv == "in-place" else ""
     extra += f", attention {settings.attention_op}" if settings.attention_op != "standard" else ""
+    extra += f", kv cache {settings.kv_cache}" if settings.kv_cache != "fp32" else ""
     console.print(f"[bold]steerc compile[/] {model} -> {args.output}  (opset {settings.opset}, {settings.dtype}, max {settings.max_seq_len} tokens{extra})")
     stages = _stages(settings)
     index = {name: i + 1 for i, name in enumerate(stages)}
@@ -90,7 +91,9 @@ def cmd_compile(args) -> int:
         + (f"  shared    attention groups {', '.join(f'{grp[0]}-{grp[-1]}' for grp in manifest['share_attention']['groups'])} "
            f"({len(manifest['share_attention']['shared_layers'])} layers without Q/K and key cache; no genai_config.json)\n" if manifest.get("share_attention") else "")
         + (f"  kv        in place: {manifest['kv']['buffers']} buffers written by "
-           f"{'GroupQueryAttention' if manifest['attention']['op'] == 'GroupQueryAttention' else 'TensorScatter'} (opset {manifest['kv']['opset']}); no genai_config.json\n"
+           f"{'GroupQueryAttention' if manifest['attention']['op'] == 'GroupQueryAttention' else 'TensorScatter'} (opset {manifest['kv']['opset']})"
+           f"{', int8 (per-channel scales calibrated on ' + str(manifest['kv_cache']['calibration_tokens']) + ' tokens)' if manifest['kv_cache']['dtype'] == 'int8' else ''}"
+           "; no genai_config.json\n"
            if (manifest.get("kv") or {}).get("layout") == "in-place" else "")
         + deploy_lines(manifest, Path(args.output))
         + f"  verify    {verify_line(manifest['verify'])}\n"

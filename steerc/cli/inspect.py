@@ -27,7 +27,9 @@ def cmd_inspect(args) -> int:
     console.print(f"  backend   {manifest['backend']['name']} opset {manifest['backend']['opset']}: {sum(manifest['backend']['op_counts'].values())} nodes")
     if (manifest.get("kv") or {}).get("layout") == "in-place":
         writer = "GroupQueryAttention" if (manifest.get("attention") or {}).get("op") == "GroupQueryAttention" else "TensorScatter"
-        console.print(f"  kv        in place: {manifest['kv']['buffers']} buffers [B, Hkv, {manifest['kv']['capacity_dim']}, D] written by {writer}")
+        int8 = (manifest.get("kv_cache") or {}).get("dtype") == "int8"
+        console.print(f"  kv        in place: {manifest['kv']['buffers']} buffers [B, Hkv, {manifest['kv']['capacity_dim']}, D] written by {writer}"
+                      + (f", int8 (per-channel scales in {manifest['kv_cache']['scales']})" if int8 else ""))
     console.print(deploy_lines(manifest, args.engine), end="")
     console.print(f"  verify    {verify_line(manifest['verify'])}")
     console.print(f"  analysis  {analysis_line(manifest)}")

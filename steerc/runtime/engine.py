@@ -120,7 +120,8 @@ class Engine:
         session = open_session(folder, manifest, backend, device, threads, weights=weights, shared_arena=share != "off")
         if in_place:
             # run(...) keeps the concat contract; step(...) updates KVBuffers in place
-            session = InPlaceSession(session, rows_apart=(manifest.get("attention") or {}).get("op") == "GroupQueryAttention")
+            session = InPlaceSession(session, rows_apart=(manifest.get("attention") or {}).get("op") == "GroupQueryAttention",
+                                     scales=_kv_scales(folder, manifest))
         tokenizer = None
         if manifest.get("tokenizer"):
             from transformers import AutoTokenizer
@@ -149,7 +150,7 @@ class Engine:
         cache = cache if cache is not None else self.new_cache(1)
         cache.check_layout(self.keyless_layers, f"engine {self.folder}")
         self._check_cache_geometry(cache.values[0].shape[1], cache.values[0].shape[3], cache.values[0].dtype)
-        return KVBuffers.from_cache(cache, total if exact else round_capacity(total, self.kv_chunk, self.max_seq_len), self.kv_chunk)
+        return KVBuffers.from_cache(cache, total if exact else round_capacity(total, self.kv_chunk, self.max_seq_len), self.kv_chunk, self.session.scales)
 
     def _check_cache_geometry(self, kv_heads: int, head_dim: int, dtype) -> None:
         g = self.geometry
@@ -201,6 +202,9 @@ class Engine:
             raise EngineError(f"KV buffers of {buffers.num_layers} layers do not fit engine {self.folder} ({self.geometry.num_layers} layers)")
         _, H, _, D = buffers.arrays[0].shape
         self._check_cache_geometry(H, D, buffers.dtype)
+        if (buffers.scales is None) != (self.session.scales is None):
+            raise EngineError(f"engine {self.folder} keeps {'an int8' if self.session.scales is not None else 'a float'} KV cache; these buffers are "
+                              f"{'int8' if buffers.scales is not None else 'float'}: make them with engine.buffers_for(cache, total)")
         self._check_step(input_ids, attention_mask, bias, buffers.batch, buffers.length)
         total = buffers.length + input_ids.shape[1]
         self.check_length(total)
@@ -294,9 +298,21 @@ def _share_mode(share: str | None, manifest: dict, backend: str, device: str) ->
     return share
 
 
+def _kv_scales(folder: Path, manifest: dict) -> list[np.ndarray] | None:
+    """An int8 KV cache's scales (``--kv-cache int8``), None for a float cache."""
+    if (manifest.get("kv_cache") or {}).get("dtype") != "int8":
+        return None
+    from steerc.passes.onnx.quantize_kv_cache import load_kv_scales
+
+    return load_kv_scales(folder, manifest["geometry"]["num_layers"])
+
+
 def _kv_dtype(folder: Path, manifest: dict):
-    """The numpy dtype the runtime feeds the KV cache in; bf16 engines have none (numpy has no
-    bfloat16, and ONNX Runtime's CPU provider has no bf16 kernels)."""
+    """The numpy dtype the runtime feeds the KV cache in (float32 for an int8 cache, which its
+    buffers hold quantized); bf16 engines have none (numpy has no bfloat16, and ONNX Runtime's CPU
+    provider has no bf16 kernels)."""
+    if (manifest.get("kv_cache") or {}).get("dtype") == "int8":
+        return np.float32
     kv_dtype = manifest["inputs"][3]["dtype"]
     if kv_dtype not in _NP_DTYPES:
         raise EngineError(

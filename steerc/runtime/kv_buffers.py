@@ -26,7 +26,7 @@ import numpy as np
 from steerc.errors import EngineError
 from steerc.runtime.kv_cache import KVCache
 
-__all__ = ["KVBuffers", "InPlaceSession", "KV_CHUNK", "round_capacity"]
+__all__ = ["KVBuffers", "InPlaceSession", "KV_CHUNK", "quantize", "round_capacity"]
 
 KV_CHUNK = 128  # capacity grows by multiples of this many positions (measured: 64 and 256 decode alike)
 _PAST, _PRESENT = "past_key_values.", "present."
@@ -38,11 +38,18 @@ def round_capacity(total: int, chunk: int = KV_CHUNK, limit: int | None = None) 
     return max(total, min(capacity, limit)) if limit else capacity
 
 
+def quantize(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``x [B, Hkv, P, D]`` as int8 with ``scale [Hkv, D]``: ``round(x / scale)`` saturated to
+    [-128, 127], as ONNX Runtime's GroupQueryAttention writes its int8 cache (so a value it wrote
+    comes back to the same int8 after ``q * scale``)."""
+    return np.clip(np.rint(x / scale[None, :, None, :]), -128, 127).astype(np.int8)
+
+
 class KVBuffers:
     """A batch's KV cache as buffers ``[B, Hkv, C, D]`` (``flat`` order: ``k0, v0, k1, v1, ...``),
     of which the first ``length`` positions hold the cache. A step updates it in place."""
 
-    def __init__(self, arrays: list[np.ndarray], length: int, chunk: int = KV_CHUNK):
+    def __init__(self, arrays: list[np.ndarray], length: int, chunk: int = KV_CHUNK, scales: list[np.ndarray] | None = None):
         import onnxruntime as ort
 
         if not arrays or len(arrays) % 2:
@@ -53,10 +60,14 @@ class KVBuffers:
                 raise ValueError(f"KVBuffers arrays must be C-contiguous [B, Hkv, C, D] of one shape and dtype; got {a.shape} {a.dtype} and {shape} {dtype}")
         if not 0 <= length <= shape[2]:
             raise ValueError(f"KVBuffers length {length} is outside the capacity {shape[2]}")
+        if scales is not None and (dtype != np.int8 or len(scales) != len(arrays) or any(np.shape(sc) != (shape[1], shape[3]) for sc in scales)):
+            raise ValueError(f"int8 KV buffers need int8 arrays and one [Hkv, D] = [{shape[1]}, {shape[3]}] scale per array")
         self.arrays = list(arrays)
         self.values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.arrays]  # same memory as the arrays
         self.length = length
         self.chunk = chunk
+        # An int8 cache (--kv-cache int8): x = q * scale, one [Hkv, D] scale per array (flat order).
+        self.scales = None if scales is None else [np.asarray(sc, np.float32) for sc in scales]
 
     @classmethod
     def empty(cls, num_layers: int, batch: int, num_kv_heads: int, head_dim: int, dtype=np.float32, capacity: int = KV_CHUNK,
@@ -64,22 +75,25 @@ class KVBuffers:
         return cls([np.zeros((batch, num_kv_heads, capacity, head_dim), dtype) for _ in range(2 * num_layers)], 0, chunk)
 
     @classmethod
-    def from_cache(cls, cache: KVCache, capacity: int = 0, chunk: int = KV_CHUNK) -> "KVBuffers":
-        """Buffers of capacity ``max(capacity, cache.length)`` holding ``cache`` (one copy; ``cache`` is not modified)."""
+    def from_cache(cls, cache: KVCache, capacity: int = 0, chunk: int = KV_CHUNK, scales: list[np.ndarray] | None = None) -> "KVBuffers":
+        """Buffers of capacity ``max(capacity, cache.length)`` holding ``cache`` (one copy; ``cache``
+        is not modified); with ``scales``, int8 buffers holding it quantized (:func:`quantize`)."""
         if cache.keyless:
             raise EngineError(f"KV buffers hold a key and a value cache for every layer; this cache is {cache.layout}")
         capacity = max(capacity, cache.length)
         arrays = []
-        for a in cache.flat():
+        for i, a in enumerate(cache.flat()):
             B, H, P, D = a.shape
-            buf = np.zeros((B, H, capacity, D), a.dtype)
-            buf[:, :, :P] = a
+            buf = np.zeros((B, H, capacity, D), a.dtype if scales is None else np.int8)
+            buf[:, :, :P] = a if scales is None else quantize(a, scales[i])
             arrays.append(buf)
-        return cls(arrays, cache.length, chunk)
+        return cls(arrays, cache.length, chunk, scales)
 
     def to_cache(self) -> KVCache:
         """The first ``length`` positions as a :class:`KVCache`: the arrays themselves when the
-        buffers are exactly full, otherwise a copy."""
+        buffers are exactly full, otherwise a copy; an int8 cache dequantized (float32)."""
+        if self.scales is not None:
+            return KVCache.from_flat([a[:, :, : self.length] * sc[None, :, None, :] for a, sc in zip(self.arrays, self.scales)])
         if self.length == self.capacity:
             return KVCache.from_flat(self.arrays)
         return KVCache.from_flat([a[:, :, : self.length].copy() for a in self.arrays])
@@ -98,7 +112,8 @@ class KVBuffers:
 
     @property
     def dtype(self):
-        return self.arrays[0].dtype
+        """The dtype of the KV these buffers hold (float32 for an int8 cache, which they store quantized)."""
+        return np.dtype(np.float32) if self.scales is not None else self.arrays[0].dtype
 
     @property
     def nbytes(self) -> int:
@@ -117,12 +132,12 @@ class KVBuffers:
             buf = np.zeros((B, H, capacity, D), a.dtype)
             buf[:, :, : self.length] = a[:, :, : self.length]
             grown.append(buf)
-        self.__init__(grown, self.length, self.chunk)
+        self.__init__(grown, self.length, self.chunk, self.scales)
 
     def row(self, i: int) -> "KVBuffers":
         """Row ``i`` as buffers ``[1, Hkv, C, D]`` sharing this batch's memory (a step on it writes
         here; this object's ``length`` is not advanced)."""
-        return KVBuffers([a[i:i + 1] for a in self.arrays], self.length, self.chunk)
+        return KVBuffers([a[i:i + 1] for a in self.arrays], self.length, self.chunk, self.scales)
 
 
 class InPlaceSession:
@@ -134,8 +149,9 @@ class InPlaceSession:
     one copy the concat graph makes too), so the compile's self-check and callers that hold a
     :class:`KVCache` work unchanged."""
 
-    def __init__(self, session, rows_apart: bool = False):
+    def __init__(self, session, rows_apart: bool = False, scales: list[np.ndarray] | None = None):
         self.session = session
+        self.scales = scales  # an int8 cache's scales (--kv-cache int8): run() quantizes the pasts and dequantizes the presents
         # GroupQueryAttention graphs (``--attention-op group-query``): ONNX Runtime's CPU kernel
         # takes several new tokens after a past for one row at a time ("batch_size must be 1 when
         # sequence_length > 1 and past context is given"), so such calls run row by row.
@@ -194,9 +210,10 @@ class InPlaceSession:
         (``logits`` and/or ``present.*``, the latter ``[B, Hkv, P+S, D]``)."""
         pasts = [np.asarray(feed[n]) for n in self.past_names]
         S = feed["input_ids"].shape[1]
-        buffers = KVBuffers.from_cache(KVCache.from_flat(pasts), capacity=pasts[0].shape[2] + S)
+        buffers = KVBuffers.from_cache(KVCache.from_flat(pasts), capacity=pasts[0].shape[2] + S, scales=self.scales)
         logits = self.step(feed, buffers)
-        by_name = {self.logits_name: logits, **dict(zip(self.present_names, buffers.arrays))}
+        presents = buffers.to_cache().flat() if self.scales is not None else buffers.arrays
+        by_name = {self.logits_name: logits, **dict(zip(self.present_names, presents))}
         unknown = [n for n in output_names if n not in by_name]
         if unknown:
             raise ValueError(f"the in-place step graph has no output(s) {unknown}")

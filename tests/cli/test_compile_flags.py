@@ -91,7 +91,9 @@ CASES = [
 
 
 # Flags valid only together with another: field -> (argv, the settings they give).
-PAIRED = {"attention_op": (["--attention-op", "group-query", "--kv", "in-place"], CompileSettings(kv="in-place", attention_op="group-query"))}
+PAIRED = {"attention_op": (["--attention-op", "group-query", "--kv", "in-place"], CompileSettings(kv="in-place", attention_op="group-query")),
+          "kv_cache": (["--kv-cache", "int8", "--kv", "in-place", "--attention-op", "group-query"],
+                       CompileSettings(kv="in-place", attention_op="group-query", kv_cache="int8"))}
 
 
 def test_every_flag_has_a_case():
@@ -103,7 +105,7 @@ def test_paired_flags_read_back(field):
     argv, want = PAIRED[field]
     assert _settings(*argv) == want
     with pytest.raises(ValueError, match="add --kv in-place"):
-        _settings(*argv[:2])
+        _settings(*argv[:2])  # alone
 
 
 @pytest.mark.parametrize("argv, field, value", CASES)

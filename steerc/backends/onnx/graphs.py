@@ -73,7 +73,7 @@ def export_graphs(sp, folder: Path, settings) -> dict:
     """Write ``model.onnx`` (and ``analysis.onnx`` when ``sp`` has an analysis program) into
     ``folder`` and run the ONNX passes in :data:`~steerc.passes.onnx.ONNX_PASSES` order; the
     analysis graph is made where ``derive_analysis`` stands in it, derived or exported. Returns
-    the manifest sections ``backend``, ``weights``, ``kv``, ``attention``, ``tensorrt`` and ``selector`` (the
+    the manifest sections ``backend``, ``weights``, ``kv``, ``attention``, ``kv_cache``, ``tensorrt`` and ``selector`` (the
     ``derive_selector`` report's entry, or None), and the seconds taken (``export_seconds``)."""
     passes = onnx_passes(settings)
     quantize = quantize_weights in passes
@@ -85,7 +85,7 @@ def export_graphs(sp, folder: Path, settings) -> dict:
     selector_layers = getattr(sp, "selector_layers", 0) if derive_selector in passes else 0
     graph = OnnxGraph(folder / MODEL_FILE, sp.geometry.num_layers, sp.analysis_outputs, folder / ANALYSIS_FILE if sp.analysis is not None else None,
                       selector_layers, folder / SELECTOR_FILE if selector_layers else None,
-                      tuple(getattr(sp, "selector_score_layers", ())) if selector_layers else ())
+                      tuple(getattr(sp, "selector_score_layers", ())) if selector_layers else (), getattr(sp, "calibration_ids", ()))
     reports, analysis_fixes = {}, None
     try:
         start = time.perf_counter()
@@ -121,6 +121,7 @@ def export_graphs(sp, folder: Path, settings) -> dict:
         "weights": _weights_entry(reports, settings) if quantize else {"scheme": "full", "dtype": settings.dtype},
         "kv": kv,
         "attention": reports["fuse_group_query_attention"].entry if "fuse_group_query_attention" in reports else {"op": "Attention"},
+        "kv_cache": reports["quantize_kv_cache"].entry if "quantize_kv_cache" in reports else {"dtype": settings.dtype},
         "tensorrt": _tensorrt_target(graph, folder, sp, settings, ready.entry, analysis_fixes) if ready is not None else None,
         "selector": reports["derive_selector"].entry if "derive_selector" in reports else None,
         "export_seconds": seconds,

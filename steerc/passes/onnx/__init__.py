@@ -21,7 +21,9 @@ order the ONNX backend applies them in (:mod:`steerc.backends.onnx.graphs`):
    (after the analysis and selector graphs are derived: they keep the concat layout);
 6. ``fuse_group_query_attention``: ``--attention-op group-query``: each layer's attention of the
    in-place step graph as ONNX Runtime's contrib ``GroupQueryAttention`` (after ``kv_in_place``);
-7. ``make_tensorrt_ready``: ``--target tensorrt``: the step graph rewritten to TensorRT's ONNX
+7. ``quantize_kv_cache``: ``--kv-cache int8``: the GroupQueryAttention buffers in int8, per-channel
+   scales calibrated on the graph (``kv_scales.safetensors`` beside it);
+8. ``make_tensorrt_ready``: ``--target tensorrt``: the step graph rewritten to TensorRT's ONNX
    parser rules (a no-op report when it already meets them).
 """
 
@@ -32,9 +34,11 @@ from steerc.passes.onnx.fuse_group_query_attention import fuse_group_query_atten
 from steerc.passes.onnx.kv_in_place import kv_in_place
 from steerc.passes.onnx.make_tensorrt_ready import make_tensorrt_ready
 from steerc.passes.onnx.quantize_embedding import quantize_embedding
+from steerc.passes.onnx.quantize_kv_cache import quantize_kv_cache
 from steerc.passes.onnx.quantize_weights import quantize_weights
 
-ONNX_PASSES = (quantize_weights, quantize_embedding, derive_analysis, derive_selector, kv_in_place, fuse_group_query_attention, make_tensorrt_ready)
+ONNX_PASSES = (quantize_weights, quantize_embedding, derive_analysis, derive_selector, kv_in_place, fuse_group_query_attention, quantize_kv_cache,
+               make_tensorrt_ready)
 
 
 def onnx_passes(settings) -> tuple:
@@ -43,4 +47,4 @@ def onnx_passes(settings) -> tuple:
 
 
 __all__ = ["ONNX_PASSES", "NotDerivableError", "OnnxGraph", "OnnxPassReport", "derive_analysis", "derive_selector", "fuse_group_query_attention", "kv_in_place", "make_tensorrt_ready",
-           "onnx_pass", "onnx_passes", "quantize_embedding", "quantize_weights"]
+           "onnx_pass", "onnx_passes", "quantize_embedding", "quantize_kv_cache", "quantize_weights"]

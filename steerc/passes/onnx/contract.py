@@ -44,7 +44,7 @@ class OnnxGraph:
     and what the passes that need more than the file read: the model's ``num_layers``, the
     analysis graph's ``analysis_outputs`` (TensorSpecs) and where it is written (``analysis_path``),
     the selector graph's leading layers (``selector_layers``, 0: none), the layers of those whose
-    attention it outputs (``selector_score_layers``, empty: all) and its path (``selector_path``)."""
+    attention it outputs (``selector_score_layers``, empty: all) and its path (``selector_path``), and the token ids a calibrating pass prefills (``calibration_ids``)."""
 
     path: Path
     num_layers: int = 0
@@ -53,6 +53,7 @@ class OnnxGraph:
     selector_layers: int = 0
     selector_path: Path | None = None
     selector_score_layers: tuple[int, ...] = ()
+    calibration_ids: tuple[int, ...] = ()  # token ids a calibrating pass (quantize_kv_cache) prefills
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -62,6 +63,7 @@ class OnnxGraph:
         if isinstance(self.selector_layers, bool) or not isinstance(self.selector_layers, int) or not 0 <= self.selector_layers <= max(self.num_layers, 0):
             raise ValueError(f"selector_layers must be an integer in [0, num_layers], got {self.selector_layers!r}")
         object.__setattr__(self, "selector_score_layers", tuple(self.selector_score_layers))
+        object.__setattr__(self, "calibration_ids", tuple(int(t) for t in self.calibration_ids))
         if any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < self.selector_layers for x in self.selector_score_layers):
             raise ValueError(f"selector_score_layers must be layers below selector_layers ({self.selector_layers}), got {list(self.selector_score_layers)}")
 

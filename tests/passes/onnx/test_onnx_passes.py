@@ -2,7 +2,7 @@
 
 import pytest
 
-from steerc.passes.onnx import (ONNX_PASSES, OnnxGraph, OnnxPassReport, derive_analysis, derive_selector, fuse_group_query_attention, kv_in_place, make_tensorrt_ready, onnx_passes, quantize_embedding,
+from steerc.passes.onnx import (ONNX_PASSES, OnnxGraph, OnnxPassReport, derive_analysis, derive_selector, fuse_group_query_attention, kv_in_place, make_tensorrt_ready, onnx_passes, quantize_embedding, quantize_kv_cache,
                               quantize_weights)
 from steerc.settings import CompileSettings
 
@@ -12,7 +12,8 @@ def _names(**settings) -> list[str]:
 
 
 def test_the_order_is_one_list():
-    assert ONNX_PASSES == (quantize_weights, quantize_embedding, derive_analysis, derive_selector, kv_in_place, fuse_group_query_attention, make_tensorrt_ready)
+    assert ONNX_PASSES == (quantize_weights, quantize_embedding, derive_analysis, derive_selector, kv_in_place, fuse_group_query_attention, quantize_kv_cache,
+                           make_tensorrt_ready)
     assert all(callable(p.wanted) for p in ONNX_PASSES)
 
 
@@ -28,6 +29,7 @@ def test_only_the_passes_the_settings_ask_for():
     assert _names(weights="int4", kv="in-place") == ["quantize_weights", "quantize_embedding", "derive_analysis", "derive_selector", "kv_in_place"]
     assert _names(kv="in-place") == ["derive_analysis", "derive_selector", "kv_in_place"]
     assert _names(weights="int4", kv="in-place", attention_op="group-query")[-2:] == ["kv_in_place", "fuse_group_query_attention"]
+    assert _names(kv="in-place", attention_op="group-query", kv_cache="int8")[-3:] == ["kv_in_place", "fuse_group_query_attention", "quantize_kv_cache"]
     assert _names(target="tensorrt", dtype="fp16", importance=False) == ["make_tensorrt_ready"]
     # TensorRT refuses Attention's probabilities output: the analysis program is exported instead, no selector graph.
     assert _names(target="tensorrt", dtype="fp16") == ["make_tensorrt_ready"]
