@@ -17,7 +17,9 @@ to the capacity ``C``. ONNX Runtime's CPU ``Attention`` runs one GEMM per query 
                                                         past.key, past.value, seqlens_k, total, attention_bias=mask)
 
 * the rotary embeddings run on the 3-D projections (``num_heads`` set), as the standard
-  ``RotaryEmbedding`` allows, with the same cos/sin caches, positions and attributes;
+  ``RotaryEmbedding`` allows, with the same cos/sin caches, positions and attributes; a norm over
+  each head's channels between projection and rotary (``RMSNormalization``, Gemma 3 and Qwen 3's
+  query/key norms) runs on ``[B, S, heads, D]`` and is flattened back;
 * ``past`` and ``present`` are the same buffer (the runtime binds one ``OrtValue`` as both, as
   for ``TensorScatter``): the op writes the ``S`` new positions at ``P`` itself;
 * ``total = P + S`` (``attention_mask.shape[1]``) and ``seqlens_k = total - 1`` for every row:
@@ -31,8 +33,7 @@ to the capacity ``C``. ONNX Runtime's CPU ``Attention`` runs one GEMM per query 
 Measured (docs/BENCHMARKS.md, "A leaner int4 decode step"): one decode step's attention of
 SmolLM2-135M, 45 µs against ``Attention``'s 82 at 512 keys. Refused with a clear error
 (:class:`EngineError`): a graph without the in-place layout, an ``Attention`` with a softcap,
-``is_causal`` or extra outputs, and query/key paths other than the ones above (e.g. a norm on
-the heads between projection and rotary, as Gemma 3 and Qwen 3 have).
+``is_causal`` or extra outputs, and query/key paths other than the ones above.
 """
 
 from __future__ import annotations
@@ -85,18 +86,36 @@ class _Graph:
         return readers[0]
 
 
-def _heads_first_source(g: _Graph, tensor: str, where: str) -> tuple[str, object | None]:
-    """For ``tensor [B, heads, S, D]`` made as ``[RotaryEmbedding](Transpose(Reshape(X)))``, the
-    projection ``X [B, S, heads*D]`` and the RotaryEmbedding node (None without one)."""
-    rotary = None
+def _heads_first_source(g: _Graph, tensor: str, where: str) -> tuple[str, object | None, object | None, str]:
+    """For ``tensor [B, heads, S, D]`` made as ``[RotaryEmbedding]([RMSNormalization](Transpose(Reshape(X))))``:
+    the projection ``X [B, S, heads*D]``, the RotaryEmbedding node and the per-head norm node (None
+    without them), and the Reshape's output ``[B, S, heads, D]``."""
+    rotary = norm = None
     node = g.producer.get(tensor)
     if node is not None and node.op_type == "RotaryEmbedding":
         rotary, tensor = node, node.input[0]
+    node = g.producer.get(tensor)
+    if node is not None and node.op_type == "RMSNormalization":  # a norm over each head's D channels (Gemma 3, Qwen 3)
+        if _attr(node, "axis", -1) not in (-1, 3):
+            raise EngineError(f"group-query attention: {where} is normalized over axis {_attr(node, 'axis', -1)}, expected the head's channels (-1)")
+        norm, tensor = node, node.input[0]
     transpose = g.made_by(tensor, "Transpose", where)
     if list(_attr(transpose, "perm", [])) != _HEADS_FIRST:
         raise EngineError(f"group-query attention: {where} is transposed by {list(_attr(transpose, 'perm', []))}, expected {_HEADS_FIRST}")
     reshape = g.made_by(transpose.input[0], "Reshape", where)
-    return reshape.input[0], rotary
+    return reshape.input[0], rotary, norm, reshape.output[0]
+
+
+def _normed_3d(norm, heads_last: str, out: str) -> list:
+    """``norm`` over each head's channels of ``heads_last [B, S, heads, D]`` (the same weight and
+    attributes; the channels are the last axis either way), flattened back to ``[B, S, heads*D]``."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in norm.attribute}
+    return [helper.make_node("RMSNormalization", [heads_last, *norm.input[1:]], [out + "/4d"], name=out + "/norm", **attrs),
+            helper.make_node("Constant", [], [out + "/shape"], value=numpy_helper.from_array(np.array([0, 0, -1], np.int64), out + "/shape")),
+            helper.make_node("Reshape", [out + "/4d", out + "/shape"], [out], name=out + "/flat")]
 
 
 def _rotary_3d(rotary, source: str, heads: int, out: str):
@@ -168,9 +187,9 @@ def rewrite_group_query_attention(model, ids_input: str = "input_ids", mask_inpu
         for scatter in (k_scatter, v_scatter):
             if scatter.input[0] not in {v.name for v in graph.input} or g.readers.get(scatter.output[0]) != [att]:
                 raise EngineError(f"group-query attention: {where}: {scatter.output[0]} must be written into a past buffer and read by this Attention only")
-        q_source, q_rotary = _heads_first_source(g, att.input[0], f"{where}'s queries")
-        k_source, k_rotary = _heads_first_source(g, k_scatter.input[1], f"{where}'s keys")
-        v_source, v_rotary = _heads_first_source(g, v_scatter.input[1], f"{where}'s values")
+        q_source, q_rotary, q_norm, q_4d = _heads_first_source(g, att.input[0], f"{where}'s queries")
+        k_source, k_rotary, k_norm, k_4d = _heads_first_source(g, k_scatter.input[1], f"{where}'s keys")
+        v_source, v_rotary, v_norm, v_4d = _heads_first_source(g, v_scatter.input[1], f"{where}'s values")
         if v_rotary is not None or (q_rotary is None) != (k_rotary is None):
             raise EngineError(f"group-query attention: {where} rotates {'values' if v_rotary is not None else 'only one of queries and keys'}")
         num_heads, q_dim = heads.get(att.input[0], (None, None))
@@ -189,6 +208,12 @@ def rewrite_group_query_attention(model, ids_input: str = "input_ids", mask_inpu
         out_reshape = g.only_reader(out_transpose.output[0], "Reshape", f"{where}'s transposed output")
         stem = f"{_PREFIX}{i}/"
         nodes = []
+        for kind, norm, heads_last in (("q", q_norm, q_4d), ("k", k_norm, k_4d), ("v", v_norm, v_4d)):
+            if norm is not None:
+                nodes += _normed_3d(norm, heads_last, f"{stem}{kind}_normed")
+        q_source = f"{stem}q_normed" if q_norm is not None else q_source
+        k_source = f"{stem}k_normed" if k_norm is not None else k_source
+        v_source = f"{stem}v_normed" if v_norm is not None else v_source
         if q_rotary is not None:
             nodes += [_rotary_3d(q_rotary, q_source, num_heads, stem + "q"), _rotary_3d(k_rotary, k_source, kv_heads, stem + "k")]
             q_source, k_source = stem + "q", stem + "k"

@@ -26,11 +26,7 @@ from steerc.reference import reference_step
 # Decomposed attention (eager capture, GPT-2): no fused Attention, so no in-place graph to start from
 # (kv_in_place refuses them; checked below so the list cannot go stale).
 NOT_IN_PLACE = ("llama-eager", "gemma2", "gpt2")
-# What the pass refuses, and why (each is checked to raise with that reason).
-REFUSED = {
-    "gemma3": "RMSNormalization",  # a norm on the query/key heads between projection and rotary
-}
-FUSED = [a for a in TINY_MODELS if a not in REFUSED and a not in NOT_IN_PLACE]
+FUSED = [a for a in TINY_MODELS if a not in NOT_IN_PLACE]  # gemma3: with its query/key head norms
 
 
 def _ops(path) -> collections.Counter:
@@ -153,10 +149,22 @@ def test_equals_the_in_place_graph_it_rewrote(gqa_graphs, in_place_graphs):
     np.testing.assert_allclose(got[0], want[0], atol=2e-5, rtol=0)
 
 
-@pytest.mark.parametrize("arch", sorted(REFUSED))
-def test_refuses_what_it_cannot_keep_exact(arch, in_place_graphs):
-    proto = onnx.load(str(in_place_graphs(arch)), load_external_data=False)
-    with pytest.raises(EngineError, match=REFUSED[arch]):
+def test_head_norms_stay_before_the_rotary(gqa_graphs, in_place_graphs):
+    before, after = _ops(in_place_graphs("gemma3")), _ops(gqa_graphs("gemma3")[0])
+    assert after["GroupQueryAttention"] == 2 and after["RMSNormalization"] == before["RMSNormalization"]  # the q/k norms are kept, rewired
+
+
+def test_refuses_a_norm_over_another_axis(in_place_graphs):
+    from onnx import helper
+
+    proto = onnx.load(str(in_place_graphs("gemma3")), load_external_data=False)
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    rotary = producers[next(n for n in proto.graph.node if n.op_type == "Attention").input[0]]
+    norm = producers[rotary.input[0]]
+    kept = [a for a in norm.attribute if a.name != "axis"]
+    del norm.attribute[:]
+    norm.attribute.extend([*kept, helper.make_attribute("axis", 1)])
+    with pytest.raises(EngineError, match="normalized over axis 1"):
         rewrite_group_query_attention(proto)
 
 
