@@ -7,8 +7,8 @@ A prompt's KV after its prefill is kept in memory, least recently used first out
 budget. A new prompt looks for the longest common token prefix with any kept prompt (of a
 ``scope``: a tenant's prompts never serve another's) and prefills only what follows it. Causal
 attention makes the first ``p`` positions of a cache depend on the first ``p`` tokens alone, so
-a cached prefix equals the one this prompt would compute (to float rounding: chunks are cut at
-other places). Only unsteered prompts at position offset 0 use it: a steering bias or a compacted
+a cached prefix equals the one this prompt would compute (bit for bit where the chunks the
+prompt would be cut in are of two tokens or more: :data:`MIN_PREFILL_TOKENS`). Only unsteered prompts at position offset 0 use it: a steering bias or a compacted
 cache changes what the same tokens' KV holds.
 
 The cache holds :class:`~steerc.runtime.kv_cache.KVCache` arrays and never changes them; a
@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 
 # Shorter common prefixes are not worth a lookup's copy (a chat template's first few tokens match every prompt).
 MIN_PREFIX_TOKENS = 16
+# At least this many of a prompt's last tokens are prefilled after a cached prefix. One would
+# give its logits, but a one-token call takes ONNX Runtime's decode paths, which round otherwise
+# than a prompt call: the last logits of a 300-token prompt moved 0.37 on the int4 engine (its
+# int8 activations amplify the difference) and 2.4e-5 on the fp32 one, enough to flip a greedy
+# token, while a remainder of 2, 3 or 8 tokens gave the full prefill's logits bit for bit.
+MIN_PREFILL_TOKENS = 2
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,8 @@ class PrefixCache:
         return len(self._entries)
 
     def lookup(self, ids: np.ndarray, scope: str | None = None) -> PrefixHit | None:
-        """The longest cached prefix of ``ids [S]`` (at least ``min_tokens``, and at most ``S - 1``:
-        the last token is always prefilled, for its logits), or None."""
+        """The longest cached prefix of ``ids [S]`` (at least ``min_tokens``, and at most
+        ``S - MIN_PREFILL_TOKENS``: the last tokens are always prefilled, the last for its logits), or None."""
         ids = np.asarray(ids, np.int64).reshape(-1)
         if not self.enabled:
             return None
@@ -75,7 +81,7 @@ class PrefixCache:
             for key, (cached, _) in self._entries.items():
                 if key[0] != scope:
                     continue
-                n = min(len(cached), len(ids) - 1)  # the last token is prefilled: its logits start the answer
+                n = min(len(cached), len(ids) - MIN_PREFILL_TOKENS)  # the last tokens are prefilled: the answer starts from their logits
                 if n <= best:
                     continue
                 differ = np.flatnonzero(cached[:n] != ids[:n])

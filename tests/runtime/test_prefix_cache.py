@@ -30,18 +30,19 @@ def test_longest_common_prefix_is_returned_as_a_copy():
     assert hit.tokens == 42  # BASE + [1, 2]
     assert hit.kv.length == 42 and np.array_equal(hit.kv.values[0][0, 0, :, 0], np.arange(42))
     hit.kv.keys[0][...] = -1  # the caller may write into it
-    again = cache.lookup(_ids(BASE, [1, 2, 3, 4]))
+    again = cache.lookup(_ids(BASE, [1, 2, 3, 4, 5]))
     assert again.tokens == 43 and again.kv.keys[0].min() == 0
-    other = cache.lookup(_ids(BASE[:10], [9] * 5, [4]))
+    other = cache.lookup(_ids(BASE[:10], [9] * 5, [4, 4]))
     assert other.tokens == 15 and other.kv.values[1][0, 0, 0, 0] == 1000.0
     assert (cache.hits, cache.misses, cache.reused_tokens) == (3, 0, 42 + 43 + 15)
 
 
-def test_the_last_token_is_always_prefilled_and_short_prefixes_miss():
+def test_the_last_two_tokens_are_always_prefilled_and_short_prefixes_miss():
     cache = PrefixCache(1 << 20, min_tokens=8)
     ids = _ids(BASE)
     cache.put(ids, _kv(len(ids)))
-    assert cache.lookup(ids).tokens == len(ids) - 1  # the same prompt again: its last token gives the logits
+    assert cache.lookup(ids).tokens == len(ids) - 2  # the same prompt again: its last two tokens are prefilled (one-token calls round otherwise)
+    assert cache.lookup(_ids(BASE[:-1], [7])).tokens == len(ids) - 2  # only the last token differs
     assert cache.lookup(_ids(BASE[:7], [5] * 20)) is None  # 7 common tokens < min_tokens
     assert cache.lookup(BASE[:8]) is None  # no longer than min_tokens: not worth a lookup
     assert cache.misses == 2
@@ -50,9 +51,9 @@ def test_the_last_token_is_always_prefilled_and_short_prefixes_miss():
 def test_scopes_never_share():
     cache = PrefixCache(1 << 20, min_tokens=4)
     cache.put(_ids(BASE), _kv(40), scope="tenant-a")
-    assert cache.lookup(_ids(BASE, [1]), scope="tenant-b") is None
-    assert cache.lookup(_ids(BASE, [1])) is None  # the shared scope is a scope too
-    assert cache.lookup(_ids(BASE, [1]), scope="tenant-a").tokens == 40
+    assert cache.lookup(_ids(BASE, [1, 2]), scope="tenant-b") is None
+    assert cache.lookup(_ids(BASE, [1, 2])) is None  # the shared scope is a scope too
+    assert cache.lookup(_ids(BASE, [1, 2]), scope="tenant-a").tokens == 40
 
 
 def test_budget_evicts_least_recently_used():
@@ -74,7 +75,7 @@ def test_extended_prompts_replace_their_prefixes():
     cache.put(_ids(BASE), _kv(40))  # a conversation's next turn: covers the first
     assert len(cache) == 1 and cache.nbytes == _kv(40).nbytes
     cache.put(_ids(BASE[:30]), _kv(30))  # a prefix of a kept prompt: nothing new to keep
-    assert len(cache) == 1 and cache.lookup(_ids(BASE, [1])).tokens == 40
+    assert len(cache) == 1 and cache.lookup(_ids(BASE, [1, 2])).tokens == 40
 
 
 def test_bad_input_is_refused():
@@ -111,6 +112,20 @@ def test_prefill_after_a_cached_prefix_equals_the_full_prefill(engine):
     assert from_prefix == from_scratch
 
 
+def test_the_same_prompt_again_gives_the_full_prefills_logits_bit_for_bit(engine):
+    """Its last two tokens are prefilled as one call of the prompt kind (a one-token call would take
+    the decode kind, which rounds otherwise: on int4 engines enough to flip a greedy token)."""
+    ids = np.random.default_rng(4).integers(3, engine.geometry.vocab_size, 33)
+    mask = np.ones((1, len(ids)), np.int64)
+    cache = PrefixCache(1 << 26, min_tokens=8)
+    full_logits, kv = prefill(engine, ids[None], mask, engine.new_cache(1))
+    cache.put(ids, kv)
+    hit = cache.lookup(ids)
+    assert hit.tokens == len(ids) - 2
+    logits, _ = prefill(engine, ids[None, hit.tokens:], mask, hit.kv)
+    assert np.array_equal(logits, full_logits)
+
+
 def test_a_kept_prompt_is_not_changed_by_its_decode_on_an_in_place_engine(tiny_folder, compiled_engine):
     """The server keeps a prompt's KV as its prefill returned it and hands the same arrays to the
     decode batch: the batch copies a row in, so decoding into in-place buffers leaves them as kept."""
@@ -127,7 +142,7 @@ def test_a_kept_prompt_is_not_changed_by_its_decode_on_an_in_place_engine(tiny_f
     while batch.rows:
         batch.step()
     assert len(tokens) == 10
-    hit = cache.lookup(np.concatenate([ids, [5]]))
+    hit = cache.lookup(np.concatenate([ids, [5, 6]]))
     assert hit.tokens == len(ids)
     for kept, was, got in zip(kv.flat(), before, hit.kv.flat()):
         np.testing.assert_array_equal(kept, was)
