@@ -59,33 +59,29 @@ def calibration_ids(tokenizer, vocab_size: int, length: int = 1024) -> tuple[int
     return tuple(int(t) for t in tokenizer(text)["input_ids"][:length])
 
 
-def calibrate(path: Path, ids: tuple[int, ...], num_layers: int, num_heads: int) -> list[np.ndarray]:
-    """Per layer, keys then values: the per-channel absmax ``[Hkv, D]`` over one prefill of
-    ``ids`` through the in-place graph at ``path`` (fp32 buffers, one ``OrtValue`` as past and present)."""
-    import onnxruntime as ort
-
+def calibrate(path: Path, ids: tuple[int, ...]) -> list[np.ndarray]:
+    """Per layer, keys then values: the per-channel absmax ``[Hkv, D]`` over one unsteered prefill
+    of ``ids`` through the in-place graph at ``path`` (run as the runtime runs it:
+    :class:`~steerc.runtime.kv_buffers.InPlaceSession`, float buffers)."""
     from steerc.backends.onnx import create_session
+    from steerc.runtime.kv_buffers import InPlaceSession
 
-    session = create_session(path)
+    session = InPlaceSession(create_session(path))
+    specs = {i.name: i.shape for i in session.get_inputs()}
     S = len(ids)
-    binding = session.io_binding()
-    binding.bind_output("logits", "cpu")
-    buffers = []
-    for spec in session.get_inputs():
-        if spec.name.startswith(_PAST):
-            _, kv_heads, _, head_dim = spec.shape
-            buf = np.zeros((1, kv_heads, S, head_dim), np.float32)
-            value = ort.OrtValue.ortvalue_from_numpy(buf)
-            binding.bind_ortvalue_input(spec.name, value)
-            binding.bind_ortvalue_output(_PRESENT + spec.name[len(_PAST):], value)
-            buffers.append(buf)
+    _, layers, heads, _ = specs["steer_bias"]
     feed = {"input_ids": np.array([ids], np.int64), "position_ids": np.arange(S, dtype=np.int64)[None], "attention_mask": np.ones((1, S), np.int64),
-            "steer_bias": np.zeros((1, num_layers, num_heads, S), np.float32)}
-    for spec in session.get_inputs():
-        if not spec.name.startswith(_PAST):
-            binding.bind_cpu_input(spec.name, feed[spec.name])
-    session.run_with_iobinding(binding)
-    return [np.abs(b[0]).max(axis=1) for b in buffers]  # [Hkv, D]
+            "steer_bias": np.zeros((1, layers, heads, S), np.float32),
+            **{name: np.zeros((1, specs[name][1], 0, specs[name][3]), np.float32) for name in session.past_names}}  # an empty past
+    return [np.abs(present[0]).max(axis=1) for present in session.run(session.present_names, feed)]  # [Hkv, D]
+
+
+def _sites(model) -> list:
+    """The graph's GroupQueryAttention nodes; EngineError when it has none."""
+    sites = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
+    if not sites:
+        raise EngineError("int8 KV cache: the step graph has no GroupQueryAttention (compile with --kv in-place --attention-op group-query)")
+    return sites
 
 
 def rewrite_int8_cache(model, scales: list[np.ndarray]) -> int:
@@ -94,9 +90,7 @@ def rewrite_int8_cache(model, scales: list[np.ndarray]) -> int:
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
-    sites = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
-    if not sites:
-        raise EngineError("int8 KV cache: the step graph has no GroupQueryAttention (compile with --kv in-place --attention-op group-query)")
+    sites = _sites(model)
     if len(scales) != 2 * len(sites):
         raise EngineError(f"int8 KV cache: {len(scales)} scale tensors for {len(sites)} attention layers")
     if any(a.name == "kv_cache_bit_width" for n in sites for a in n.attribute):
@@ -141,11 +135,8 @@ def quantize_kv_cache(graph: OnnxGraph, settings) -> OnnxPassReport:
     if not graph.calibration_ids:
         raise EngineError("int8 KV cache: no calibration tokens were given to the pass")
     proto = onnx.load(str(graph.path), load_external_data=False)
-    sites = [n for n in proto.graph.node if n.op_type == "GroupQueryAttention"]
-    if not sites:
-        raise EngineError("int8 KV cache: the step graph has no GroupQueryAttention (compile with --kv in-place --attention-op group-query)")
-    heads = _attr(sites[0], "num_heads")
-    absmax = calibrate(graph.path, graph.calibration_ids, graph.num_layers, heads)
+    _sites(proto)  # before calibrating: a graph this pass cannot rewrite is refused with why
+    absmax = calibrate(graph.path, graph.calibration_ids)
     scales = [np.maximum(a * MARGIN, 1e-6).astype(np.float32) / 127 for a in absmax]
     layers = rewrite_int8_cache(proto, scales)
     onnx.save_model(proto, str(graph.path))
@@ -160,8 +151,3 @@ def quantize_kv_cache(graph: OnnxGraph, settings) -> OnnxPassReport:
                                                 "(kv_scales.safetensors: k.{layer}, v.{layer}); the runtime quantizes a float KV cache into them "
                                                 "and dequantizes out of them"})
 
-
-def _attr(node, name: str):
-    from onnx import helper
-
-    return next(helper.get_attribute_value(a) for a in node.attribute if a.name == name)
