@@ -27,6 +27,7 @@ import re
 import time
 
 from steerc.server.errors import ApiError
+from steerc.steering.prepared import delete_prepared
 from steerc.stores import ContextStore, StoredContext
 from steerc.stores.namespaced import namespaced_key
 
@@ -85,12 +86,10 @@ class DocumentRegistry:
     def delete(self, document_id: str) -> dict:
         """Remove the record, then its mark on the document's KV, and the KV when that was its last
         holder (a later use of the text computes it again)."""
-        record = self.get(document_id)
+        self.get(document_id)  # 404 for an unknown id
         key = _record_key(document_id)
-        self.store.delete(key)
+        delete_prepared(self.store, key)  # the record names its KV as kv_key, as a prepared context does
         self.store.unpin(key)
-        if self.store.drop_ref(record["kv_key"], key) == 0:
-            self.store.delete(record["kv_key"])
         return {"id": document_id, "object": "document", "deleted": True}
 
     def public(self, record: dict) -> dict:
