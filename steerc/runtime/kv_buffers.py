@@ -179,16 +179,14 @@ class InPlaceSession:
         import onnxruntime as ort
 
         B, S = inputs["input_ids"].shape
-        if self.rows_apart and B > 1 and S > 1 and buffers.length > 0:
-            if buffers.length + S > buffers.capacity:
-                raise EngineError(f"KV buffers of capacity {buffers.capacity} cannot take {S} new positions after {buffers.length}; reserve them first")
-            logits = [self.step({name: x[i:i + 1] for name, x in inputs.items()}, buffers.row(i)) for i in range(B)]  # [1, S, V] each
-            buffers.length += S
-            return np.concatenate(logits)
         if len(buffers.values) != len(self.past_names):
             raise EngineError(f"KV buffers hold {len(buffers.values)} arrays but the engine takes {len(self.past_names)} past inputs")
         if buffers.length + S > buffers.capacity:
             raise EngineError(f"KV buffers of capacity {buffers.capacity} cannot take {S} new positions after {buffers.length}; reserve them first")
+        if self.rows_apart and B > 1 and S > 1 and buffers.length > 0:
+            logits = [self.step({name: x[i:i + 1] for name, x in inputs.items()}, buffers.row(i)) for i in range(B)]  # [1, S, V] each
+            buffers.length += S
+            return np.concatenate(logits)
         binding = self.session.io_binding()
         for name in self.other_inputs:
             binding.bind_cpu_input(name, np.ascontiguousarray(inputs[name]))
