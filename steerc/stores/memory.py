@@ -11,6 +11,7 @@ store) and is plain LRU.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -36,6 +37,7 @@ class MemoryStore(ContextStore):
         self.max_bytes = max_bytes
         self._entries: OrderedDict[str, tuple[StoredContext, int]] = OrderedDict()
         self._refs: dict[str, set[str]] = {}  # target -> holders (add_ref)
+        self._marks: dict[str, set[str]] = {}  # holder -> targets: the same marks, the other way round
         self._indexes: dict[str, set[str]] = {}  # index -> members (index_add)
         self._pins: dict[str, float | None] = {}  # key -> until (pin; None: until unpin)
         self._used = 0
@@ -73,26 +75,59 @@ class MemoryStore(ContextStore):
 
     def _make_room(self, need: int, writing: str) -> bool:
         """Evict least-recently-used entries, never a pinned one nor one held by an entry here (or by
-        ``writing``, the entry being written), until ``need`` more bytes fit; False when they cannot."""
+        ``writing``, the entry being written), until ``need`` more bytes fit; False when they cannot
+        (what was evicted by then stays evicted).
+
+        Each victim is the least recently used entry not kept at that moment. Within one call an
+        entry can only go from kept to not kept (pins are read once, entries and marks only go), and
+        only when an evicted victim was its last holder here; so one pass over the LRU order finds
+        the victims, counting each kept entry's holders here once and, as victims go, the holders
+        left of just the entries they marked; an entry passed over whose count reaches zero is the
+        next victim (before the pass goes on, in LRU order among such). Linear in the entries passed
+        and the marks involved."""
         if self._used + need <= self.max_bytes:
             return True
         now = time.time()
         pinned = {k for k, until in self._pins.items() if until is None or until > now}
-
-        def kept(k: str) -> bool:
-            return k in pinned or any(h == writing or h in self._entries for h in self._refs.get(k, ()))
-
-        while self._used + need > self.max_bytes:
-            victim = next((k for k in self._entries if not kept(k)), None)
-            if victim is None:
-                return False
+        used = self._used
+        victims: list[str] = []
+        gone: set[str] = set()  # the victims, popped once the pass is done (the pass reads the entries)
+        holders_here: dict[str, int] = {}  # an entry passed over, kept by marks -> its holders still here
+        position: dict[str, int] = {}  # an entry passed over -> its place in the LRU order
+        freed: list[tuple[int, str]] = []  # heap: entries passed over that nobody holds any more
+        scan = iter(enumerate(self._entries))
+        while used + need > self.max_bytes:
+            if freed:  # all of them are older than any entry the pass has not reached
+                victim = heapq.heappop(freed)[1]
+            else:
+                victim = None
+                for i, k in scan:
+                    if k in pinned:
+                        continue
+                    held = sum(1 for h in self._refs.get(k, ()) if h == writing or (h in self._entries and h not in gone))
+                    if not held:
+                        victim = k
+                        break
+                    holders_here[k], position[k] = held, i
+                if victim is None:
+                    break
+            victims.append(victim)
+            gone.add(victim)
+            used -= self._entries[victim][1]
+            for target in self._marks.pop(victim, ()):  # its marks go with it
+                holders = self._refs[target]
+                holders.discard(victim)
+                if not holders:
+                    del self._refs[target]
+                if target in holders_here:  # passed over while the victim held it
+                    holders_here[target] -= 1
+                    if not holders_here[target]:
+                        del holders_here[target]
+                        heapq.heappush(freed, (position[target], target))
+        for victim in victims:
             self._pop(victim)
             self.stats.evictions += 1
-            for target in [t for t, holders in self._refs.items() if victim in holders]:  # its marks go with it
-                self._refs[target].discard(victim)
-                if not self._refs[target]:
-                    del self._refs[target]
-        return True
+        return used + need <= self.max_bytes
 
     def _pop(self, key: str) -> bool:
         item = self._entries.pop(key, None)
@@ -107,6 +142,7 @@ class MemoryStore(ContextStore):
         check_key(target), check_key(holder)
         with self._lock:
             self._refs.setdefault(target, set()).add(holder)
+            self._marks.setdefault(holder, set()).add(target)
 
     def drop_ref(self, target: str, holder: str) -> int:
         check_key(target), check_key(holder)
@@ -115,6 +151,10 @@ class MemoryStore(ContextStore):
             holders.discard(holder)
             if not holders:
                 self._refs.pop(target, None)
+            targets = self._marks.get(holder, set())
+            targets.discard(target)
+            if not targets:
+                self._marks.pop(holder, None)
             return len(holders)
 
     def pin(self, key: str, until: float | None = None) -> None:
@@ -150,6 +190,7 @@ class MemoryStore(ContextStore):
         with self._lock:
             self._entries.clear()
             self._refs.clear()
+            self._marks.clear()
             self._indexes.clear()
             self._pins.clear()
             self._used = 0

@@ -6,6 +6,7 @@ import hashlib
 import time
 
 import numpy as np
+import pytest
 
 from steerc.stores import DiskStore, MemoryStore, StoredContext, TieredStore
 
@@ -85,3 +86,167 @@ def test_the_memory_tier_of_a_tiered_store_stays_plain_lru(tmp_path):
     store.put(key("e1"), entry())
     assert store.memory.get(key("kv")) is None and store.memory.get(key("holder")) is None
     assert store.lookup(key("kv"))[1] == "disk" and store.lookup(key("holder"))[1] == "disk"
+
+
+class _OldRule(MemoryStore):
+    """The eviction rule as first written (one LRU rescan per victim, one walk of every mark per
+    victim): the specification the faster ``MemoryStore._make_room`` must match victim by victim."""
+
+    def _make_room(self, need: int, writing: str) -> bool:
+        if self._used + need <= self.max_bytes:
+            return True
+        now = time.time()
+        pinned = {k for k, until in self._pins.items() if until is None or until > now}
+
+        def kept(k: str) -> bool:
+            return k in pinned or any(h == writing or h in self._entries for h in self._refs.get(k, ()))
+
+        while self._used + need > self.max_bytes:
+            victim = next((k for k in self._entries if not kept(k)), None)
+            if victim is None:
+                return False
+            self._pop(victim)
+            self.stats.evictions += 1
+            for target in [t for t, holders in self._refs.items() if victim in holders]:
+                self._refs[target].discard(victim)
+                if not self._refs[target]:
+                    del self._refs[target]
+        return True
+
+
+def _recording(cls):
+    """``cls`` noting, in order, the entries its ``_make_room`` evicts (each goes through ``_pop``)."""
+
+    class Recording(cls):
+        def __init__(self, max_bytes):
+            super().__init__(max_bytes)
+            self.victims, self._evicting = [], False
+
+        def _make_room(self, need, writing):
+            self._evicting = True
+            try:
+                return super()._make_room(need, writing)
+            finally:
+                self._evicting = False
+
+        def _pop(self, key):
+            if self._evicting:
+                self.victims.append(key)
+            return super()._pop(key)
+
+    return Recording
+
+
+def _state(store):
+    return list(store._entries), store.bytes_used, vars(store.stats), {t: set(h) for t, h in store._refs.items()}
+
+
+def _check_marks_mirror_refs(store):
+    pairs = {(t, h) for t, holders in store._refs.items() for h in holders}
+    assert pairs == {(t, h) for h, targets in store._marks.items() for t in targets}
+    assert all(store._refs.values()) and all(store._marks.values())  # no empty sets left behind
+
+
+def _run_both(ops, max_bytes, caplog):
+    """Apply ``ops`` to the store and to the old rule; after each, the same victims in the same order,
+    the same entries in the same LRU order, bytes, stats, marks, drop_ref answers and warnings."""
+    new, old = _recording(MemoryStore)(max_bytes), _recording(_OldRule)(max_bytes)
+    for step, (name, *args) in enumerate(ops):
+        out = {}
+        for label, store in (("old", old), ("new", new)):
+            caplog.clear()
+            store.victims.clear()
+            result = getattr(store, name)(*args)
+            out[label] = (result, list(store.victims), [r.getMessage() for r in caplog.records], _state(store))
+        assert out["new"] == out["old"], (step, name, out)
+        _check_marks_mirror_refs(new)
+    return new
+
+
+def _random_ops(seed: int, n: int = 300, pool: int = 12):
+    """Puts of 1 to 3 slots (some marking first, as save_prepared does: mark, then write the holder),
+    gets, pins (until unpinned, until later, already ended), marks (mostly an entry marking a KV;
+    now and then any two entries: chains, cycles, an entry marking itself, a holder never written),
+    and unpins, drop_refs and deletes mostly of what is there, so that the budget keeps filling,
+    emptying and refusing (over 24 seeds: about 1,700 evicting writes, 300 with several victims,
+    over 100 entries freed by their last holder's eviction, 600 refusals)."""
+    rng = np.random.default_rng(seed)
+    keys = [key(f"k{i}") for i in range(pool)]
+    pick = lambda: keys[int(rng.integers(pool))]  # noqa: E731
+    size = lambda: entry(int(rng.integers(1, 4)) * 100)  # noqa: E731
+    kv, holding = keys[: pool // 3], keys[pool // 3 :]
+    mark = lambda: (kv[int(rng.integers(len(kv)))], holding[int(rng.integers(len(holding)))]) if rng.random() < 0.8 else (pick(), pick())  # noqa: E731
+    marks, pins, ops = [], [], []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.28:
+            ops.append(("put", pick(), size()))
+        elif r < 0.48:
+            target, holder = mark()
+            marks.append((target, holder))
+            ops += [("add_ref", target, holder), ("put", holder, size())]
+        elif r < 0.58:
+            ops.append(("get", pick()))
+        elif r < 0.62:
+            pins.append(pick())
+            ops.append(("pin", pins[-1], [None, time.time() + 3600, time.time() - 3600][int(rng.integers(3))]))
+        elif r < 0.68:
+            ops.append(("unpin", pins.pop(int(rng.integers(len(pins)))) if pins and rng.random() < 0.8 else pick()))
+        elif r < 0.74:
+            target, holder = mark()
+            marks.append((target, holder))
+            ops.append(("add_ref", target, holder))
+        elif r < 0.88:
+            ops.append(("drop_ref", *(marks.pop(int(rng.integers(len(marks)))) if marks and rng.random() < 0.8 else (pick(), pick()))))
+        else:
+            ops.append(("delete", pick()))
+    return ops
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_eviction_matches_the_old_rule_on_random_sequences(seed, caplog):
+    budget = (3 + seed % 5) * SIZE  # 3 to 7 small entries; entries take 1 to 3 hundred bytes
+    _run_both(_random_ops(seed), budget, caplog)
+
+
+def test_an_entry_whose_last_holder_goes_is_evicted_in_the_same_write_in_lru_order(caplog):
+    """LRU order kv, pinned, holder, x, y: a write needing three slots evicts the holder (the oldest
+    entry not kept), then the KV it held (now the oldest not kept, older than x), then x. A chain
+    (a held by b held by c) goes from its end in the same write, before a newer entry."""
+    kv, pinned, holder, x, y = (key(n) for n in ("kv", "pinned", "holder", "x", "y"))
+    ops = [("put", k, entry()) for k in (kv, pinned, holder, x, y)]
+    ops += [("pin", pinned, None), ("add_ref", kv, holder), ("put", key("big"), entry(2 * SIZE + 100))]  # 3 * SIZE bytes
+    store = _run_both(ops, 5 * SIZE, caplog)
+    assert store.victims == [holder, kv, x] and list(store._entries) == [pinned, y, key("big")]
+
+    kv1, kv2 = key("kv1"), key("kv2")  # one victim freeing two: they go oldest first
+    ops = [("put", k, entry()) for k in (kv1, kv2, pinned, holder, x)]
+    ops += [("pin", pinned, None), ("add_ref", kv2, holder), ("add_ref", kv1, holder), ("put", key("big"), entry(2 * SIZE + 100))]
+    store = _run_both(ops, 5 * SIZE, caplog)
+    assert store.victims == [holder, kv1, kv2] and list(store._entries) == [pinned, x, key("big")]
+
+    a, b, c, d = (key(n) for n in "abcd")
+    ops = [("put", k, entry()) for k in (a, b, c, d)] + [("add_ref", a, b), ("add_ref", b, c), ("put", key("new"), entry(2 * SIZE + 100))]
+    store = _run_both(ops, 4 * SIZE, caplog)
+    assert store.victims == [c, b, a] and list(store._entries) == [d, key("new")]
+
+
+def test_eviction_passes_a_long_pinned_head_once_per_write():
+    """5,000 entries, the 2,000 oldest pinned, 1,000 KVs held by newer entries: one write that evicts
+    half the rest, then writes of one slot each; the old rule rescanned the pinned head (and walked
+    every mark) per victim."""
+    n, pinned = 5000, 2000
+    store = _recording(MemoryStore)(n * SIZE)
+    keys = [key(f"s{i}") for i in range(n)]
+    for k in keys:
+        store.put(k, entry())
+    for k in keys[:pinned]:
+        store.pin(k)
+    for i in range(1000):  # KVs 2000..2999 held by 4000..4999, so each goes right after its holder
+        store.add_ref(keys[pinned + i], keys[4000 + i])
+    store.put(key("big"), entry(1500 * SIZE))
+    assert len(store.victims) >= 1500 and all(k in store for k in keys[:pinned])
+    for i in range(200):
+        store.put(key(f"more{i}"), entry())
+    assert store.bytes_used <= store.max_bytes and all(k in store for k in keys[:pinned])
+    _check_marks_mirror_refs(store)
