@@ -26,6 +26,7 @@ from steerc.engine_format import FORMAT, FORMAT_VERSION, MANIFEST_FILE, write_js
 from steerc.errors import EngineError, MissingDependencyError, require
 from steerc.build.memory_estimate import check_compile_memory, skip_requested
 from steerc.models import load_config, load_model, resolve_model
+from steerc.models.windows import sliding_window
 from steerc.progress import StageTracker
 from steerc.settings import CompileSettings
 
@@ -59,6 +60,18 @@ def _step_specs(specs, settings: CompileSettings) -> list:
     if settings.kv_cache == "int8":  # the buffers' element type (the runtime's KVCache stays float32)
         specs = [TensorSpec(s.name, "int8", s.dims) if s.name.startswith(("past_key_values.", "present.")) else s for s in specs]
     return specs
+
+
+def _attention_entry(entry: dict, config) -> dict:
+    """The manifest's ``attention``: the step graph's attention op and whether a decode batch may
+    hold its rows left-aligned (``aligned_rows``: GroupQueryAttention attends to each row's own
+    keys, and no layer's sliding window is placed from the batch's width instead of the row's)."""
+    if not entry.get("aligned_rows"):
+        return entry
+    window = sliding_window(config)
+    if window is None:
+        return entry
+    return {**entry, "aligned_rows": False, "aligned_rows_off": f"sliding window of {window} positions: its mask is placed by the batch's width"}
 
 
 def _verify_session(model_path: Path, settings: CompileSettings):
@@ -206,7 +219,7 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                     "the query method's selection runs it when its selector heads lie in the score layers",
                 },
                 "kv": onnx["kv"],
-                "attention": onnx["attention"],
+                "attention": _attention_entry(onnx["attention"], loaded.model.config),
                 "kv_cache": onnx["kv_cache"],
                 "inputs": [s.to_dict() for s in _step_specs(sp.inputs, settings)],
                 "outputs": [s.to_dict() for s in _step_specs(sp.outputs, settings)],

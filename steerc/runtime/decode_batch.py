@@ -5,12 +5,26 @@ continuous batching). Each row joins with its own prefilled KV cache, the logits
 last prompt position, its steering bias, position offset, sampler and stop conditions
 (:class:`BatchRow`), and leaves the moment it is finished, without disturbing the others.
 
-KV layout: the rows' caches are stacked into one left-padded batch cache ``[B, Hkv, T, D]``
-per layer. Row ``r`` holds its ``n_r`` positions right-aligned, after ``pad_r = T - n_r``
-zero positions that its attention mask hides; its steering bias is shifted by ``pad_r`` so
-it lands on the same keys as in a solo run, and its position ids count only its own
-positions (plus its compacted-cache offset). A step appends one position to every row, so
-the padding never changes between membership changes. Joining copies the row's cache into
+KV layout: the rows' caches are stacked into one batch cache ``[B, Hkv, T, D]`` per layer,
+``T`` the longest row's positions. Row ``r``'s ``n_r`` positions start at ``start_r``; its
+attention mask holds ones on ``[start_r, start_r + n_r]`` (the new position included) and
+zeros elsewhere, its steering bias is shifted by ``start_r`` so it lands on the same keys as in
+a solo run, and its position ids count only its own positions (plus its compacted-cache
+offset). Two placements:
+
+* **left-padded** (every engine): rows end together at ``T`` (``start_r = T - n_r``); a step
+  appends one position at ``T`` to every row. The padded keys get zero probability, but a
+  row's attention sums run over ``T`` keys, not its own ``n_r``, so their rounding can differ
+  from a solo run's in the last bits;
+* **left-aligned** (engines whose attention is ONNX Runtime's GroupQueryAttention without a
+  sliding window, :attr:`~steerc.runtime.engine.Engine.aligned_rows`): rows start together at
+  0 (``start_r = 0``); the op attends to each row's own ``n_r + 1`` keys and writes the new
+  position at ``n_r``. Every row then computes exactly as alone, bit for bit, which an int4
+  engine needs: its int8 activations turn last-bit differences into different tokens (measured:
+  up to 0.7 in a logit of SmolLM2-135M int4 left-padded, 0 left-aligned).
+
+A step advances every row by one position, so the placement never changes between membership
+changes. Joining copies the row's cache into
 the batch (a registered context's stored KV is read, never written); leaving drops the row
 and trims the padding every remaining row has. Both copy the batch KV once, which the concat
 step graph does on every step anyway. On an in-place engine (``--kv in-place``) the batch
@@ -83,7 +97,8 @@ class DecodeBatch:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         self.rows: list[BatchRow] = []
         self.cache: KVCache | KVBuffers | None = None  # [B, Hkv, T, D] per layer, left-padded
-        self.pads = np.zeros(0, np.int64)  # [B] padding positions in front of each row
+        self.aligned = engine.aligned_rows  # rows start at 0 (else they end together at T)
+        self.starts = np.zeros(0, np.int64)  # [B] where each row's positions start
 
     @property
     def width(self) -> int:
@@ -109,16 +124,16 @@ class DecodeBatch:
         if row.steering is not None:
             row.steering.check(self.engine.geometry.num_layers, self.engine.geometry.num_heads, 1)
         old = self._flat()
-        T = max(self.width, cache.length)
+        T, W, n = max(self.width, cache.length), self.width, cache.length
         arrays = []
         for i, new in enumerate(cache.flat()):
             B, H, _, D = old[i].shape if old else (0, *new.shape[1:2], 0, new.shape[3])
             out = np.zeros((B + 1, H, T, D), new.dtype)  # [B+1, Hkv, T, D]
             if old:
-                out[:B, :, T - self.width :] = old[i]
-            out[B, :, T - cache.length :] = new[0]
+                out[:B, :, (0 if self.aligned else T - W) : (W if self.aligned else T)] = old[i]
+            out[B, :, (0 if self.aligned else T - n) : (n if self.aligned else T)] = new[0]
             arrays.append(out)
-        self.pads = np.append(self.pads + (T - self.width), T - cache.length)
+        self.starts = np.zeros(B + 1, np.int64) if self.aligned else np.append(self.starts + (T - W), T - n)
         self.rows.append(row)
         row.cache = None  # the batch holds it now; the caller's arrays are not referenced (or changed)
         self._set(arrays)
@@ -132,12 +147,16 @@ class DecodeBatch:
             return keep
         self.rows = [self.rows[i] for i in keep]
         if not keep:
-            self.cache, self.pads = None, np.zeros(0, np.int64)
+            self.cache, self.starts = None, np.zeros(0, np.int64)
             return keep
-        pads = self.pads[keep]
-        trim = int(pads.min())
+        if self.aligned:  # the kept rows' longest end
+            self._set([np.ascontiguousarray(a[keep, :, : max(r.length for r in self.rows)]) for a in self._flat()])
+            self.starts = np.zeros(len(keep), np.int64)
+            return keep
+        starts = self.starts[keep]
+        trim = int(starts.min())  # padding every kept row has
         self._set([np.ascontiguousarray(a[keep, :, trim:]) for a in self._flat()])
-        self.pads = pads - trim
+        self.starts = starts - trim
         return keep
 
     def _flat(self) -> list[np.ndarray]:
@@ -180,7 +199,7 @@ class DecodeBatch:
             logits = self._forward(tokens)  # [B, V]
         except BaseException as exc:  # noqa: BLE001 - every row of the failed call hears of it
             log.exception("a batched decode step of %d rows failed", len(self.rows))
-            rows, self.rows, self.cache, self.pads = self.rows, [], None, np.zeros(0, np.int64)
+            rows, self.rows, self.cache, self.starts = self.rows, [], None, np.zeros(0, np.int64)
             for row in rows:
                 row.fail(exc)
             return 0
@@ -192,7 +211,9 @@ class DecodeBatch:
     def _forward(self, tokens: np.ndarray) -> np.ndarray:
         """One engine call: ``tokens [B]`` after the batch cache -> ``logits [B, V]``."""
         B, T = len(self.rows), self.width
-        mask = (np.arange(T + 1)[None, :] >= self.pads[:, None]).astype(np.int64)  # [B, T+1], 0 on padding
+        ends = self.starts + np.array([r.length for r in self.rows], np.int64) + 1  # [B]: past each row's new position
+        keys = np.arange(T + 1)[None, :]
+        mask = ((keys >= self.starts[:, None]) & (keys < ends[:, None])).astype(np.int64)  # [B, T+1], 0 off the row's positions
         positions = np.array([[r.length + r.position_offset] for r in self.rows], np.int64)  # [B, 1]
         g = self.engine.geometry
         bias = np.zeros((B, g.num_layers, g.num_heads, T + 1), np.float32)  # [B, L, H, T+1]
@@ -200,7 +221,8 @@ class DecodeBatch:
             if row.steering is None:
                 continue
             own = row.steering.bias[0] if row.steering.bias.ndim == 4 else row.steering.bias  # [L, H, K] over the row's own keys
-            k = min(own.shape[-1], T + 1 - int(self.pads[i]))
-            bias[i, :, :, self.pads[i] : self.pads[i] + k] = own[..., :k]
+            start = int(self.starts[i])
+            k = min(own.shape[-1], int(ends[i]) - start)
+            bias[i, :, :, start : start + k] = own[..., :k]
         logits, self.cache = self.engine.forward(tokens[:, None], positions, mask, self.cache, bias)
         return logits[:, -1]

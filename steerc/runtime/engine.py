@@ -142,6 +142,15 @@ class Engine:
         """The step graph updates :class:`KVBuffers` in place (``--kv in-place``)."""
         return self.kv_layout == "in-place"
 
+    @property
+    def aligned_rows(self) -> bool:
+        """A batch may hold its rows *left-aligned* in the KV buffers (each row's positions from index
+        0, its mask's ones on them and zeros after): the step graph's attention (GroupQueryAttention)
+        attends to each row's own keys and writes its new positions after them, so every row
+        computes exactly as alone (``attention.aligned_rows`` in the manifest). Otherwise rows are
+        left-padded to a common end."""
+        return self.kv_in_place and bool((self.manifest.get("attention") or {}).get("aligned_rows"))
+
     def buffers_for(self, cache: KVCache | None, total: int, exact: bool = False) -> KVBuffers:
         """In-place engines: :class:`KVBuffers` holding ``cache`` (one copy; an empty cache of one row
         when None) with room for ``total`` positions, rounded up to the growth chunk unless ``exact``."""

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from steerc.errors import SteercError
+from steerc.models.windows import sliding_window
 from steerc.runtime.kv_cache import KVCache
 
 __all__ = ["RopeShift", "RopeShiftError", "rope_shift_for", "rope_shift_from_config", "MOVABLE_MODEL_TYPES", "FIXED_ROPE_TYPES"]
@@ -133,10 +134,7 @@ def rope_shift_from_config(config, num_layers: int | None = None, what: str = "t
 
             inv, _ = ROPE_INIT_FUNCTIONS[rope_type](config, None, layer_type=layer_type if nested else None)
             freqs.append(inv.double().numpy())
-    window = getattr(config, "sliding_window", None)
-    if window is not None and getattr(config, "layer_types", None) is not None and "sliding_attention" not in config.layer_types:
-        window = None
-    return RopeShift(tuple(freqs), int(window) if window else None)
+    return RopeShift(tuple(freqs), sliding_window(config))
 
 
 @functools.lru_cache(maxsize=8)

@@ -30,6 +30,19 @@ def in_place_engine(tiny_folder, compiled_engine):
     return engine
 
 
+GQA = dict(max_seq_len=64, max_batch=4, kv="in-place", attention_op="group-query")  # the settings test_quantize_kv_cache compiles too
+
+
+@pytest.fixture(scope="module")
+def gqa_engines(tiny_folder, compiled_engine):
+    """``{"group-query": fp32, "group-query-int4": int4 weights}``: GroupQueryAttention engines (left-aligned batch rows)."""
+    out = {"group-query": Engine.load(compiled_engine(tiny_folder, **GQA)),
+           "group-query-int4": Engine.load(compiled_engine(tiny_folder, weights="int4", **GQA))}
+    for engine in out.values():
+        engine.kv_chunk = 8
+    return out
+
+
 @dataclass
 class Spec:
     """One request: ``context`` tokens already cached (a stored context), then ``prompt``."""
@@ -114,14 +127,47 @@ MIXED = [
 ]
 
 
-@pytest.mark.parametrize("which", ["concat", "in-place"])
-def test_rows_joining_and_leaving_equal_their_solo_runs(engine, in_place_engine, which):
-    eng = engine if which == "concat" else in_place_engine
+@pytest.mark.parametrize("which", ["concat", "in-place", "group-query", "group-query-int4"])
+def test_rows_joining_and_leaving_equal_their_solo_runs(engine, in_place_engine, gqa_engines, which):
+    eng = {"concat": engine, "in-place": in_place_engine, **gqa_engines}[which]
+    assert DecodeBatch(eng).aligned == which.startswith("group-query")
     tokens, finishes, sizes = _batched(eng, MIXED)
     for spec, got, fin in zip(MIXED, tokens, finishes):
         assert got == _solo(eng, spec)
         assert fin == ["length"]
     assert max(sizes) == 4 and 1 in sizes  # really batched, and rows really left
+
+
+@pytest.mark.parametrize("which", ["group-query", "group-query-int4"])
+def test_left_aligned_rows_compute_bit_for_bit_as_alone(gqa_engines, which):
+    """On a GroupQueryAttention engine the rows start together at 0 and each attends to its own
+    keys: at every step a row's logits equal, bit for bit, those of the same row decoding alone
+    (a batch of one), whatever the other rows' lengths, steering and arrivals."""
+    eng = gqa_engines[which]
+    specs = [Spec(prompt=5, seed=1, max_new_tokens=9), Spec(prompt=13, seed=2, context=7, steer=float(np.log(0.05)), max_new_tokens=9),
+             Spec(prompt=3, seed=3, joins_at=2, max_new_tokens=5)]
+
+    def logits_per_step(group: list[int]) -> dict[int, list[np.ndarray]]:
+        batch, seen = DecodeBatch(eng, 4), {i: [] for i in group}
+        rows = {}
+        for step in range(12):
+            for i in group:
+                if specs[i].joins_at == step:
+                    rows[i] = _row(eng, specs[i], [], [])
+                    batch.add(rows[i])
+            if not batch.step() and step > 2:
+                break
+            for i, row in rows.items():
+                if row in batch.rows:
+                    seen[i].append(row.logits.copy())
+        return seen
+
+    together = logits_per_step([0, 1, 2])
+    for i in range(len(specs)):
+        alone = logits_per_step([i])[i]
+        assert len(alone) == len(together[i]) > 2
+        for got, want in zip(together[i], alone):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_a_row_that_hits_its_stop_token_leaves_and_the_others_go_on(engine):

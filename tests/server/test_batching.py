@@ -31,6 +31,19 @@ def batched(tiny_text_engine, tmp_path_factory):
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def batched_int4_gqa(tiny_text_folder, compiled_engine, tmp_path_factory):
+    """The same server on the tiny text model compiled as the fast CPU engine: int4 weights (int8
+    activations), GroupQueryAttention over in-place buffers with an int8 cache. Its decode batch
+    holds rows left-aligned, so each row computes bit for bit as alone."""
+    folder = compiled_engine(tiny_text_folder, max_seq_len=384, max_batch=8, weights="int4", kv="in-place", attention_op="group-query", kv_cache="int8")
+    assert Engine.load(folder).aligned_rows
+    srv = Server(folder, tmp_path_factory.mktemp("batched-int4"), "--max-concurrency", "8", "--max-batch", "8", "--prefill-chunk", "32",
+                 "--kv-store", str(tmp_path_factory.mktemp("batched-int4-store")))
+    yield srv
+    srv.stop()
+
+
 def _answer(client, path: str, body: dict, leave_after_first: bool = False) -> str:
     """The answer's text (streamed or not, as test_concurrency reads it); ``leave_after_first``: read
     a stream up to its first text and leave."""
@@ -66,7 +79,9 @@ def _batch_steps(srv: Server) -> tuple[float, float]:
     return srv.metric("steerc_decode_batch_size_count"), srv.metric("steerc_decode_batch_size_count") - srv.metric("steerc_decode_batch_size_bucket", le="1.0")
 
 
-def test_8_concurrent_mixed_requests_equal_their_sequential_answers(batched):
+@pytest.mark.parametrize("server", ["batched", "batched_int4_gqa"])
+def test_8_concurrent_mixed_requests_equal_their_sequential_answers(server, request):
+    batched = request.getfixturevalue(server)
     with batched.client() as c:
         context_id = c.post("/v1/contexts", json={"context": CONTEXT}).json()["id"]
         requests = _mixed(context_id)

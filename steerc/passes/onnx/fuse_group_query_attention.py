@@ -22,9 +22,15 @@ to the capacity ``C``. ONNX Runtime's CPU ``Attention`` runs one GEMM per query 
   query/key norms) runs on ``[B, S, heads, D]`` and is flattened back;
 * ``past`` and ``present`` are the same buffer (the runtime binds one ``OrtValue`` as both, as
   for ``TensorScatter``): the op writes the ``S`` new positions at ``P`` itself;
-* ``total = P + S`` (``attention_mask.shape[1]``) and ``seqlens_k = total - 1`` for every row:
-  the kernel attends to ``P + S`` keys, not the capacity, and its causal rule (query ``i`` sees
-  keys up to ``P + i``) is the one the mask already holds;
+* ``total = P + S`` (``attention_mask.shape[1]``) and ``seqlens_k`` per row the index of its
+  last 1 in ``attention_mask``: ``total - 1`` for every left-padded row (the runtime's layout),
+  so the kernel attends to ``P + S`` keys, not the capacity, and its causal rule (query ``i``
+  sees keys up to ``P + i``) is the one the mask already holds. A row whose mask ends in zeros
+  (a *left-aligned* row of ``n`` positions in a wider batch: ones on ``[0, n + S)``) attends to
+  its own ``n + S`` keys only and the op writes its new positions at ``n``: the same keys at the
+  same indices as the row alone, so a decode batch of rows of different lengths computes each
+  row exactly as alone (:mod:`steerc.runtime.decode_batch`; the manifest's
+  ``attention.aligned_rows``);
 * ``attention_bias`` is the layer's unpadded mask: padding, causality and the steering bias stay
   one additive term, so zero bias equals the unsteered model and a bias equals the explicit mask
   exactly as before (``tests/passes/onnx/test_fuse_group_query_attention.py`` checks both
@@ -127,21 +133,31 @@ def _rotary_3d(rotary, source: str, heads: int, out: str):
     return helper.make_node("RotaryEmbedding", [source, *rotary.input[1:]], [out], name=out, **attrs)
 
 
-def _shared_nodes(ids_input: str, mask_input: str) -> list:
-    """``total`` (int32 scalar, P+S) and ``seqlens_k`` (int32 ``[B]``, P+S-1 for every row)."""
+def _shared_nodes(mask_input: str) -> list:
+    """``total`` (int32 scalar, P+S) and ``seqlens_k`` (int32 ``[B]``, per row the index of its last
+    1 in ``attention_mask [B, P+S]``: P+S-1 for a left-padded row)."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
     p = _PREFIX
+
+    def const(name: str, value) -> object:
+        return helper.make_node("Constant", [], [p + name], value=numpy_helper.from_array(np.asarray(value), p + name))
+
     return [
         helper.make_node("Shape", [mask_input], [p + "total64"], start=1, end=2),  # [1] = P+S
         helper.make_node("Cast", [p + "total64"], [p + "total1"], to=TensorProto.INT32),
-        helper.make_node("Constant", [], [p + "axes"], value=numpy_helper.from_array(np.array([0], np.int64), p + "axes")),
+        const("axes", np.array([0], np.int64)),
         helper.make_node("Squeeze", [p + "total1", p + "axes"], [p + "total"]),  # scalar
-        helper.make_node("Constant", [], [p + "one"], value=numpy_helper.from_array(np.array([1], np.int32), p + "one")),
-        helper.make_node("Sub", [p + "total1", p + "one"], [p + "last"]),
-        helper.make_node("Shape", [ids_input], [p + "batch"], start=0, end=1),  # [1] = B
-        helper.make_node("Expand", [p + "last", p + "batch"], [p + "seqlens_k"]),  # [B]
+        helper.make_node("Squeeze", [p + "total64", p + "axes"], [p + "total_scalar64"]),
+        const("zero64", np.array(0, np.int64)),
+        const("one64", np.array(1, np.int64)),
+        helper.make_node("Range", [p + "zero64", p + "total_scalar64", p + "one64"], [p + "key_index"]),  # [P+S] = 0, 1, ...
+        helper.make_node("Cast", [mask_input], [p + "mask64"], to=TensorProto.INT64),
+        helper.make_node("Mul", [p + "mask64", p + "key_index"], [p + "kept_index"]),  # [B, P+S]: the index where 1, else 0
+        const("key_axis", np.array([1], np.int64)),
+        helper.make_node("ReduceMax", [p + "kept_index", p + "key_axis"], [p + "last64"], keepdims=0),  # [B]
+        helper.make_node("Cast", [p + "last64"], [p + "seqlens_k"], to=TensorProto.INT32),
     ]
 
 
@@ -158,7 +174,7 @@ def _head_counts(model) -> dict[str, int]:
     return out
 
 
-def rewrite_group_query_attention(model, ids_input: str = "input_ids", mask_input: str = "attention_mask") -> dict:
+def rewrite_group_query_attention(model, mask_input: str = "attention_mask") -> dict:
     """Rewrite ``model`` (an ``onnx.ModelProto``: an in-place step graph) in place as the module
     docstring says. Returns the manifest entry. Raises :class:`EngineError` when the graph has no
     ``Attention`` over in-place buffers, or one of another form."""
@@ -226,7 +242,7 @@ def rewrite_group_query_attention(model, ids_input: str = "input_ids", mask_inpu
         replaced[id(att)] = nodes
         removed |= {id(n) for n in (out_transpose, out_reshape, k_scatter, v_scatter)}
 
-    kept = _shared_nodes(ids_input, mask_input)
+    kept = _shared_nodes(mask_input)
     for node in graph.node:
         if id(node) in replaced:
             kept += replaced[id(node)]
@@ -246,7 +262,7 @@ def rewrite_group_query_attention(model, ids_input: str = "input_ids", mask_inpu
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     log.info("group-query attention: %d Attention sites fused into GroupQueryAttention (%d nodes left)", len(sites), len(kept))
-    return {"op": "GroupQueryAttention", "sites": len(sites), "nodes": len(kept)}
+    return {"op": "GroupQueryAttention", "sites": len(sites), "nodes": len(kept), "aligned_rows": True}
 
 
 def _live(nodes: list, outputs: set[str]) -> list:

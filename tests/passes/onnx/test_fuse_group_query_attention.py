@@ -189,3 +189,61 @@ def test_refuses_a_concat_graph(exported_onnx):
         rewrite_group_query_attention(proto)
     rewrite_kv_in_place(proto)
     rewrite_group_query_attention(proto)  # the same graph once in place
+
+
+def _left_aligned_rows(arch: str, lengths: list[int], seed: int = 5):
+    """A decode step of rows of ``lengths`` past positions, each *left-aligned* in buffers of the
+    longest (ones on ``[0, n + 1)`` of its mask, zeros after), and each row's own solo feed."""
+    sp = steerable_in(arch, "fp32")
+    g = sp.geometry
+    B, P = len(lengths), max(lengths)
+    rng = np.random.default_rng(seed)
+    names = [s.name for s in sp.inputs]
+    kv_names = names[3:-1]
+    ids = rng.integers(0, g.vocab_size, (B, 1))
+    pos = np.array([[n] for n in lengths])
+    mask = np.zeros((B, P + 1), np.int64)
+    kv = {n: np.zeros((B, g.num_kv_heads, P, g.head_dim), np.float32) for n in kv_names}
+    bias = rng.normal(0, 2, (B, g.num_layers, g.num_heads, P + 1)).astype(np.float32)
+    solo = []
+    for b, n in enumerate(lengths):
+        mask[b, :n + 1] = 1
+        own = {k: rng.normal(0, 1, (1, g.num_kv_heads, n, g.head_dim)).astype(np.float32) for k in kv_names}
+        for k in kv_names:
+            kv[k][b, :, :n] = own[k][0]
+        solo.append(dict(zip(names, (ids[b:b + 1], pos[b:b + 1], np.ones((1, n + 1), np.int64)))) | own | {names[-1]: bias[b:b + 1, :, :, :n + 1]})
+    batch = dict(zip(names, (ids, pos, mask))) | kv | {names[-1]: bias}
+    return batch, solo
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])  # not gemma3: its sliding-window mask is placed by the batch's width
+def test_left_aligned_rows_compute_as_alone(arch, gqa_graphs):
+    """Rows of different lengths, each at the start of the batch buffers (the decode batch's layout
+    on these engines): each row's logits and new KV equal its solo run's exactly, and the eager
+    reference's on its own inputs; the op writes each row's new position at its own length."""
+    path, report = gqa_graphs(arch)
+    assert report["aligned_rows"] is True
+    lengths = [9, 4, 6]
+    batch, solo = _left_aligned_rows(arch, lengths)
+    logits, present = run_in_place(path, batch)
+    model = steerable(arch)[0]
+    for b, (n, feed) in enumerate(zip(lengths, solo)):
+        alone, alone_present = run_in_place(path, feed)
+        np.testing.assert_array_equal(logits[b], alone[0])  # bit for bit: the same keys at the same indices
+        for got, want in zip(present, alone_present):
+            np.testing.assert_array_equal(got[b, :, :n + 1], want[0])
+        ids, pos, mask, kv, steer = _torch_inputs(feed, arch)
+        ref = reference_step(model, ids, pos, mask, kv, steer)
+        np.testing.assert_allclose(logits[b], ref[0][0].numpy(), atol=2e-5, rtol=0)
+
+
+def test_left_padded_rows_are_unchanged(gqa_graphs):
+    """A mask that ends in ones (the left-padded layout every other call uses) still attends to
+    every position: the batch equals each row run alone with its padding."""
+    path, _ = gqa_graphs("llama")
+    feed = step_feed("llama", "fp32", "decode", seed=4)
+    names = list(feed)
+    logits, _ = run_in_place(path, feed)
+    for b in range(feed[names[0]].shape[0]):
+        alone, _ = run_in_place(path, {k: v[b:b + 1] for k, v in feed.items()})
+        np.testing.assert_allclose(logits[b], alone[0], atol=1e-6, rtol=0)
