@@ -37,7 +37,8 @@ GQA = dict(max_seq_len=64, max_batch=4, kv="in-place", attention_op="group-query
 def gqa_engines(tiny_folder, compiled_engine):
     """``{"group-query": fp32, "group-query-int4": int4 weights}``: GroupQueryAttention engines (left-aligned batch rows)."""
     out = {"group-query": Engine.load(compiled_engine(tiny_folder, **GQA)),
-           "group-query-int4": Engine.load(compiled_engine(tiny_folder, weights="int4", **GQA))}
+           "group-query-int4": Engine.load(compiled_engine(tiny_folder, weights="int4", **GQA)),
+           "group-query-int8-cache": Engine.load(compiled_engine(tiny_folder, kv_cache="int8", **GQA))}
     for engine in out.values():
         engine.kv_chunk = 8
     return out
@@ -127,7 +128,7 @@ MIXED = [
 ]
 
 
-@pytest.mark.parametrize("which", ["concat", "in-place", "group-query", "group-query-int4"])
+@pytest.mark.parametrize("which", ["concat", "in-place", "group-query", "group-query-int4", "group-query-int8-cache"])
 def test_rows_joining_and_leaving_equal_their_solo_runs(engine, in_place_engine, gqa_engines, which):
     eng = {"concat": engine, "in-place": in_place_engine, **gqa_engines}[which]
     assert DecodeBatch(eng).aligned == which.startswith("group-query")
@@ -138,7 +139,7 @@ def test_rows_joining_and_leaving_equal_their_solo_runs(engine, in_place_engine,
     assert max(sizes) == 4 and 1 in sizes  # really batched, and rows really left
 
 
-@pytest.mark.parametrize("which", ["group-query", "group-query-int4"])
+@pytest.mark.parametrize("which", ["group-query", "group-query-int4", "group-query-int8-cache"])
 def test_left_aligned_rows_compute_bit_for_bit_as_alone(gqa_engines, which):
     """On a GroupQueryAttention engine the rows start together at 0 and each attends to its own
     keys: at every step a row's logits equal, bit for bit, those of the same row decoding alone
@@ -168,6 +169,32 @@ def test_left_aligned_rows_compute_bit_for_bit_as_alone(gqa_engines, which):
         assert len(alone) == len(together[i]) > 2
         for got, want in zip(together[i], alone):
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("which", ["in-place", "group-query-int8-cache"])
+def test_a_row_joining_with_kv_buffers_equals_one_joining_with_a_kv_cache(in_place_engine, gqa_engines, which):
+    """A row may join with its in-place buffers (taken as stored: an int8 cache is not converted)
+    or with a float KVCache (quantized once on joining): the same tokens, and the row's buffers
+    are not changed by the batch."""
+    eng = in_place_engine if which == "in-place" else gqa_engines[which]
+    spec = Spec(prompt=6, seed=8, context=5, max_new_tokens=8)
+    other = Spec(prompt=9, seed=9, max_new_tokens=8)
+    results = []
+    for as_buffers in (False, True):
+        batch, tokens = DecodeBatch(eng, 4), [[], []]
+        rows = [_row(eng, s, t, []) for s, t in zip((spec, other), tokens)]
+        if as_buffers:
+            rows[0].cache = eng.buffers_for(rows[0].cache, rows[0].cache.length)
+            before = [x.copy() for x in rows[0].cache.arrays]
+            held = rows[0].cache
+        for r in rows:
+            batch.add(r)
+        while batch.step():
+            pass
+        if as_buffers:
+            assert all(np.array_equal(a, b) for a, b in zip(held.arrays, before))
+        results.append(tokens)
+    assert results[0] == results[1] and results[0][0] == _solo(eng, spec)
 
 
 def test_a_row_that_hits_its_stop_token_leaves_and_the_others_go_on(engine):
