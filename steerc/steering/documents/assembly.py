@@ -34,9 +34,10 @@ Documents are processed in order, so a recomputed token attends only to earlier 
   (one prefill chunk instead of one per document: a first token 5.0x sooner than the full
   prefill's at R = 0.15, against 3.3x for ``first``), but spending that time on more recompute
   does not help: at R = 0.3 (about 3x) ``suffix`` loses 8.3 points and ``question`` 15.0.
-  CacheBlend's most-deviating tokens were not tried: choosing them needs a first-layer prefill of
-  every token that returns that layer's KV, and the compiled engine has no graph that stops there
-  (its selector graph stops early but returns attention only).
+  CacheBlend's most-deviating tokens (layer-1 key deviation, scattered) were tried in eager
+  PyTorch (``tools/exp_cacheblend.py``; they need a per-query-row mask the engine lacks): on dev
+  R = 0.3 matched the full prefill, once on test they scored as ``first`` (-12 / -9 points at
+  R = 0.15 / 0.3, against -13 / -9), so they were not built into the engine.
 
 A missing or evicted document is computed (alone, behind the head) and stored on the way.
 Refused with a clear error: an empty list, an empty document, a context longer than the engine,
