@@ -99,7 +99,7 @@ class DecodeBatch:
         if self.max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         self.rows: list[BatchRow] = []
-        self.cache: KVCache | KVBuffers | None = None  # [B, Hkv, T, D] per layer, left-padded
+        self.cache: KVCache | KVBuffers | None = None  # [B, Hkv, T, D] per layer: rows left-aligned or left-padded (see the module doc)
         self.aligned = engine.aligned_rows  # rows start at 0 (else they end together at T)
         self.starts = np.zeros(0, np.int64)  # [B] where each row's positions start
 
