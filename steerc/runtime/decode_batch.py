@@ -101,7 +101,6 @@ class DecodeBatch:
         self.rows: list[BatchRow] = []
         self.cache: KVCache | KVBuffers | None = None  # [B, Hkv, T, D] per layer: rows left-aligned or left-padded (see the module doc)
         self.aligned = engine.aligned_rows  # rows start at 0 (else they end together at T)
-        self.starts = np.zeros(0, np.int64)  # [B] where each row's positions start
 
     @property
     def width(self) -> int:
@@ -128,10 +127,9 @@ class DecodeBatch:
             B, H, _, D = old[i].shape if old else (0, one.shape[1], 0, one.shape[3])
             out = self._alloc((B + 1, H, T, D), one.dtype)  # [B+1, Hkv, T(+room), D]
             if old:
-                out[:B, :, (0 if self.aligned else T - W) : (W if self.aligned else T)] = old[i]
-            out[B, :, (0 if self.aligned else T - n) : (n if self.aligned else T)] = one[0]
+                out[:B, :, self._span(W, T)] = old[i]  # the rows so far: all start at 0, or all end at W
+            out[B, :, self._span(n, T)] = one[0]
             arrays.append(out)
-        self.starts = np.zeros(B + 1, np.int64) if self.aligned else np.append(self.starts + (T - W), T - n)
         self.rows.append(row)
         row.cache = None  # the batch holds it now; the caller's arrays are not referenced (or changed)
         self._store(arrays, T)
@@ -145,32 +143,31 @@ class DecodeBatch:
             return keep
         self.rows = [self.rows[i] for i in keep]
         if not keep:
-            self.cache, self.starts = None, np.zeros(0, np.int64)
+            self.cache = None
             return keep
-        old = self._stored()
-        if self.aligned:  # up to the kept rows' longest end
-            a, T = 0, max(r.length for r in self.rows)
-            self.starts = np.zeros(len(keep), np.int64)
-        else:  # without the padding every kept row has
-            starts = self.starts[keep]
-            a = int(starts.min())
-            T = self.width - a
-            self.starts = starts - a
+        T = max(r.length for r in self.rows)  # the kept rows' longest: their positions, without the padding every one of them has
         arrays = []
-        for x in old:
+        for x in self._stored():
             out = self._alloc((len(keep), x.shape[1], T, x.shape[3]), x.dtype)
-            out[:, :, :T] = x[keep, :, a : a + T]
+            out[:, :, :T] = x[keep, :, self._span(T, self.width)]
             arrays.append(out)
         self._store(arrays, T)
         return keep
+
+    def _span(self, n: int, T: int) -> slice:
+        """Where ``n`` positions lie in a batch of width ``T``: from 0 (left-aligned) or ending at ``T``."""
+        return slice(0, n) if self.aligned else slice(T - n, T)
+
+    def _starts(self) -> np.ndarray:
+        """``[B]``: where each row's positions start (0 left-aligned; ``T - n_r`` left-padded)."""
+        lengths = np.array([r.length for r in self.rows], np.int64)
+        return np.zeros_like(lengths) if self.aligned else self.width - lengths
 
     # -- the batch cache, as stored: int8 for an int8-cache engine, never converted on the way --
     def _row_arrays(self, cache: KVCache | KVBuffers) -> list[np.ndarray]:
         """A joining row's cache checked against the engine, as ``[1, Hkv, n, D]`` arrays of the
         batch's storage (an int8-cache engine's row quantized once; int8 buffers taken as they are)."""
         engine = self.engine
-        if cache.batch != 1:
-            raise ValueError(f"a batch row joins with a one-row cache, got {cache.batch} rows")
         if isinstance(cache, KVBuffers):
             if engine.kv_in_place and (cache.scales is None) == (engine.session.scales is None):
                 shape, dtype, layers = cache.arrays[0].shape, cache.dtype, cache.num_layers
@@ -242,7 +239,7 @@ class DecodeBatch:
             logits = self._forward(tokens)  # [B, V]
         except BaseException as exc:  # noqa: BLE001 - every row of the failed call hears of it
             log.exception("a batched decode step of %d rows failed", len(self.rows))
-            rows, self.rows, self.cache, self.starts = self.rows, [], None, np.zeros(0, np.int64)
+            rows, self.rows, self.cache = self.rows, [], None
             for row in rows:
                 row.fail(exc)
             return 0
@@ -254,9 +251,10 @@ class DecodeBatch:
     def _forward(self, tokens: np.ndarray) -> np.ndarray:
         """One engine call: ``tokens [B]`` after the batch cache -> ``logits [B, V]``."""
         B, T = len(self.rows), self.width
-        ends = self.starts + np.array([r.length for r in self.rows], np.int64) + 1  # [B]: past each row's new position
+        starts = self._starts()  # [B]
+        ends = starts + np.array([r.length for r in self.rows], np.int64) + 1  # [B]: past each row's new position
         keys = np.arange(T + 1)[None, :]
-        mask = ((keys >= self.starts[:, None]) & (keys < ends[:, None])).astype(np.int64)  # [B, T+1], 0 off the row's positions
+        mask = ((keys >= starts[:, None]) & (keys < ends[:, None])).astype(np.int64)  # [B, T+1], 0 off the row's positions
         positions = np.array([[r.length + r.position_offset] for r in self.rows], np.int64)  # [B, 1]
         g = self.engine.geometry
         bias = np.zeros((B, g.num_layers, g.num_heads, T + 1), np.float32)  # [B, L, H, T+1]
@@ -264,7 +262,7 @@ class DecodeBatch:
             if row.steering is None:
                 continue
             own = row.steering.bias[0] if row.steering.bias.ndim == 4 else row.steering.bias  # [L, H, K] over the row's own keys
-            start = int(self.starts[i])
+            start = int(starts[i])
             k = min(own.shape[-1], int(ends[i]) - start)
             bias[i, :, :, start : start + k] = own[..., :k]
         logits, self.cache = self.engine.forward(tokens[:, None], positions, mask, self.cache, bias)
