@@ -31,8 +31,10 @@ def cmd_inspect(args) -> int:
         console.print(f"  kv        in place: {manifest['kv']['buffers']} buffers [B, Hkv, {manifest['kv']['capacity_dim']}, D] written by {writer}"
                       + (f", int8 (per-channel scales in {manifest['kv_cache']['scales']})" if int8 else ""))
         attention = manifest.get("attention") or {}
-        layout = "left-aligned (each row attends to its own keys: batched rows compute as alone)" if attention.get("aligned_rows") else \
-            f"left-padded{' (' + attention['aligned_rows_off'] + ')' if attention.get('aligned_rows_off') else ''}"
+        if attention.get("aligned_rows"):
+            layout = "left-aligned (each row attends to its own keys: batched rows compute as alone)"
+        else:
+            layout = "left-padded" + (f" ({attention['aligned_rows_off']})" if "aligned_rows_off" in attention else "")
         console.print(f"  batch     decode rows {layout}")
     console.print(deploy_lines(manifest, args.engine), end="")
     console.print(f"  verify    {verify_line(manifest['verify'])}")
