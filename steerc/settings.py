@@ -39,6 +39,9 @@ ATTENTION_OPS = ("standard", "group-query")
 # quantized cache, static per-channel scales calibrated at compile time:
 # steerc/passes/onnx/quantize_kv_cache.py).
 KV_CACHE_DTYPES = ("fp32", "int8")
+# Which positions' logits the step graph returns: "last" (the LM head on the final position only:
+# what generation reads; steerc/passes/onnx/keep_last_logits.py) or "all" (every position).
+LOGITS = ("last", "all")
 
 def check_layer_groups(groups: Any, num_layers: int | None = None) -> tuple[tuple[int, ...], ...]:
     """Validate layer groups (e.g. shared-attention groups) and return them as a tuple of tuples.
@@ -123,6 +126,9 @@ class CompileSettings(JsonDataclass):
     kv_cache: str = setting("fp32", "element type of the KV buffers: fp32 (default) or int8 (GroupQueryAttention's int8 cache, per-channel "
                                     "scales calibrated at compile time; lossy; needs --attention-op group-query: faster decode on long contexts)",
                             choices=KV_CACHE_DTYPES)
+    logits: str = setting("last", "positions the step graph returns logits for: last (default; prefill runs the LM head on the final "
+                                  "position only, 1.1-1.2x faster) or all (every position, for scoring whole sequences in one call)",
+                          choices=LOGITS)
 
     def __post_init__(self) -> None:
         check_choice("opset", self.opset, SUPPORTED_OPSETS)
@@ -172,6 +178,7 @@ class CompileSettings(JsonDataclass):
                 raise ValueError(f"attention_op group-query is checked in fp32 only (ONNX Runtime's CPU kernel); got dtype {self.dtype}: use --dtype fp32 "
                                  "(int4/int8 weights keep fp32 activations)")
         check_choice("kv_cache", self.kv_cache, KV_CACHE_DTYPES)
+        check_choice("logits", self.logits, LOGITS)
         if self.kv_cache == "int8" and self.attention_op != "group-query":
             raise ValueError("kv_cache int8 is GroupQueryAttention's quantized cache: add --kv in-place --attention-op group-query")
         if self.target == "tensorrt" and self.dtype == "bf16":

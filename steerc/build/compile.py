@@ -50,6 +50,15 @@ def _backend_session(folder: Path, name: str, entry: dict, sp):
     return get_backend(name).open_session(folder, contract, entry["device"])
 
 
+def _last_logits(specs, logits: dict) -> list:
+    """``specs`` with ``logits`` of one position where the ``keep_last_logits`` pass ran (the manifest's ``logits``)."""
+    from steerc.capture.io_spec import TensorSpec
+
+    if logits.get("positions") != "last":
+        return list(specs)
+    return [TensorSpec(s.name, s.dtype, (s.dims[0], 1, *s.dims[2:])) if s.name == "logits" else s for s in specs]
+
+
 def _step_specs(specs, settings: CompileSettings) -> list:
     if settings.kv == "concat":
         return specs
@@ -141,6 +150,7 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
         with tracker.stage("export"):
             onnx = engine_backend.build(sp, tmp, settings)
             export_seconds = onnx.pop("export_seconds")
+            logits = onnx.pop("logits", {"positions": "all"})
         model_path = tmp / MODEL_FILE
         analysis_path = tmp / ANALYSIS_FILE if sp.analysis is not None else None
         selector = onnx.pop("selector")
@@ -201,7 +211,8 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                 "analysis": None if analysis_path is None else {
                     "model": ANALYSIS_FILE,
                     "data": onnx["backend"]["data"],
-                    "outputs": [s.to_dict() for s in sp.analysis_outputs],
+                    "outputs": [s.to_dict() for s in (_last_logits(sp.analysis_outputs, logits)
+                                                      if export_seconds["analysis_from"] == "step graph" else sp.analysis_outputs)],
                     "passes": [r.to_dict() for r in sp.analysis_reports],
                     "meaning": "attn_importance[b, l, h, t]: attention probability key t receives in layer l, query head h, "
                     "summed over the real query rows of the call (steering bias included); chunks of one prefill add up",
@@ -222,7 +233,8 @@ def compile_engine(model: str | None, out_dir: str | Path, settings: CompileSett
                 "attention": _attention_entry(onnx["attention"], loaded.model.config),
                 "kv_cache": onnx["kv_cache"],
                 "inputs": [s.to_dict() for s in _step_specs(sp.inputs, settings)],
-                "outputs": [s.to_dict() for s in _step_specs(sp.outputs, settings)],
+                "outputs": [s.to_dict() for s in _step_specs(_last_logits(sp.outputs, logits), settings)],
+                "logits": logits,
                 "steering": {
                     "input": "steer_bias",
                     "dims": ["batch_size", "num_layers", "num_heads", "total_sequence_length"],

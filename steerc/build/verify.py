@@ -62,7 +62,7 @@ def self_check(session, model, g: DecoderGeometry, inputs: list[TensorSpec], dty
             ref_logits, ref_present = reference_shared_step(model, ids, positions, mask, [t.to(torch_dtype) for t in past], groups, bias)
         else:
             ref_logits, ref_present = reference_step(model, ids, positions, mask, [t.to(torch_dtype) for t in past], None if not bias.any() else bias)
-        return got, ref_logits, ref_present
+        return got, ref_logits[:, -got.shape[1]:], ref_present  # a --logits last engine returns the final position only
 
     empty = _past(g, groups)
     ids = torch.randint(0, g.vocab_size, (1, prompt_len), generator=gen)

@@ -36,6 +36,8 @@ def cmd_inspect(args) -> int:
         else:
             layout = "left-padded" + (f" ({attention['aligned_rows_off']})" if "aligned_rows_off" in attention else "")
         console.print(f"  batch     decode rows {layout}")
+    logits = manifest.get("logits") or {"positions": "all"}  # engines before the keep_last_logits pass return every position
+    console.print("  logits    " + ("the last position only (prefill runs the LM head once)" if logits.get("positions") == "last" else "every position"))
     console.print(deploy_lines(manifest, args.engine), end="")
     console.print(f"  verify    {verify_line(manifest['verify'])}")
     console.print(f"  analysis  {analysis_line(manifest)}")

@@ -165,6 +165,7 @@ class InPlaceSession:
         self.logits_dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16}[session.get_outputs()[0].type]
         vocab = session.get_outputs()[0].shape[-1]
         self.vocab = vocab if isinstance(vocab, int) else None
+        self.last_logits = session.get_outputs()[0].shape[1] == 1  # --logits last: one row per call, not S
 
     def get_inputs(self):
         return self.session.get_inputs()
@@ -175,7 +176,7 @@ class InPlaceSession:
     def step(self, inputs: dict[str, np.ndarray], buffers: KVBuffers) -> np.ndarray:
         """Run the graph on ``inputs`` (every non-KV input by name) after ``buffers``, which
         must already have room for the new positions; write them in place, advance
-        ``buffers.length`` and return ``logits [B, S, V]``."""
+        ``buffers.length`` and return ``logits [B, S, V]`` (``[B, 1, V]`` on a ``--logits last`` graph)."""
         import onnxruntime as ort
 
         B, S = inputs["input_ids"].shape
@@ -194,7 +195,7 @@ class InPlaceSession:
         if self.vocab is None:  # no static vocabulary dimension: ONNX Runtime allocates (and numpy() copies)
             binding.bind_output(self.logits_name, "cpu")
         else:  # written straight into a numpy array
-            logits = np.empty((B, S, self.vocab), self.logits_dtype)
+            logits = np.empty((B, 1 if self.last_logits else S, self.vocab), self.logits_dtype)
             binding.bind_ortvalue_output(self.logits_name, ort.OrtValue.ortvalue_from_numpy(logits))
         for past, present, value in zip(self.past_names, self.present_names, buffers.values):
             binding.bind_ortvalue_input(past, value)

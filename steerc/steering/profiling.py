@@ -79,8 +79,16 @@ def answer_logprob(engine, kv, query_ids: np.ndarray, answer_ids: np.ndarray, bi
     full = np.zeros((1, g.num_layers, g.num_heads, P + S), np.float32)
     if bias is not None:
         full[0, :, :, : bias.shape[-1]] = bias
-    logits, _ = engine.forward(ids[None], positions_for(mask, S), mask, kv, full)  # [1, S, V]
-    logits = logits[0, len(query_ids) - 1 : S - 1].astype(np.float64)  # the rows predicting each answer token
+    logits, _ = engine.forward(ids[None], positions_for(mask, S), mask, kv, full)  # [1, S, V] ([1, 1, V] on a --logits last engine)
+    if logits.shape[1] == S:
+        logits = logits[0, len(query_ids) - 1 : S - 1].astype(np.float64)  # the rows predicting each answer token
+    else:  # one row per call: the question, then each answer token but the last, teacher forced
+        Q, rows, cache = len(query_ids), [], kv
+        for start, end in [(0, Q)] + [(Q + j, Q + j + 1) for j in range(len(answer_ids) - 1)]:
+            step_mask = mask[:, : P + end]
+            out, cache = engine.forward(ids[None, start:end], positions_for(step_mask, end - start), step_mask, cache, full[..., : P + end])
+            rows.append(out[0, -1])
+        logits = np.stack(rows).astype(np.float64)  # [A, V]
     logp = logits - logits.max(-1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
     return float(logp[np.arange(len(answer_ids)), answer_ids].mean())

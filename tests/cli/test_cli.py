@@ -93,10 +93,12 @@ def test_inspect_corrupt_engine(compiled, tmp_path):
 
 
 @pytest.mark.parametrize("settings, layout", [(dict(kv="in-place"), "decode rows left-padded"),
-                                              (dict(kv="in-place", attention_op="group-query"), "decode rows left-aligned")])
+                                              (dict(kv="in-place", attention_op="group-query", logits="all"), "decode rows left-aligned")])
 def test_inspect_shows_the_kv_writer_and_the_batch_layout(tiny_folder, compiled_engine, settings, layout):
     out = compiled_engine(tiny_folder, max_seq_len=64, max_batch=4, **settings)
     result = steerc("inspect", str(out))
     assert result.returncode == 0, result.stderr
     writer = "GroupQueryAttention" if settings.get("attention_op") else "TensorScatter"
     assert f"written by {writer}" in result.stdout and layout in result.stdout
+    logits = "every position" if settings.get("logits") == "all" else "the last position only"
+    assert f"logits    {logits}" in result.stdout

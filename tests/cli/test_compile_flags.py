@@ -87,6 +87,7 @@ CASES = [
     (["--weight-asymmetric"], "weight_symmetric", False),
     (["--weight-method", "rtn"], "weight_method", "rtn"),
     (["--kv", "in-place"], "kv", "in-place"),
+    (["--logits", "all"], "logits", "all"),
 ]
 
 

@@ -77,18 +77,26 @@ def test_shipped_profile_matches_the_default_weights():
     assert fallback_selector(30, 9)[0] == (7, 0) and fallback_selector(30, 9)[-1] == (21, 8) and fallback_selector(1, 2) == ((0, 0), (0, 1))
 
 
-def test_answer_logprob_is_the_teacher_forced_mean(tiny_text_engine):
-    engine = Engine.load(tiny_text_engine, threads=1)
-    s = Steerer(engine)
+@pytest.mark.parametrize("logits", ["last", "all"])
+def test_answer_logprob_is_the_teacher_forced_mean(tiny_text_folder, compiled_engine, logits):
+    """The mean log-probability of the answer tokens from one call over question + answer of an
+    engine returning every position; a ``--logits last`` engine (one row per call) gives the same."""
+    full = Engine.load(compiled_engine(tiny_text_folder, max_seq_len=384, max_batch=8, logits="all"), threads=1)
+    engine = Engine.load(compiled_engine(tiny_text_folder, max_seq_len=384, max_batch=8, logits=logits), threads=1)
+    s = Steerer(full)
     prepared, _ = s.prepare("Alpha beta gamma. Delta epsilon.", s.config.__class__(method="none"))
     query, answer = s.layout.query_ids(s.config.prefixes[0], "What?"), np.array([10, 20, 30], np.int64)
     ids = np.concatenate([query, answer])
     mask = np.ones((1, prepared.length + len(ids)), np.int64)
-    g = engine.geometry
-    logits, _ = engine.forward(ids[None], positions_for(mask, len(ids)), mask, prepared.kv, np.zeros((1, g.num_layers, g.num_heads, mask.shape[1]), np.float32))
-    rows = logits[0, len(query) - 1 : -1].astype(np.float64)
+    g = full.geometry
+    out, _ = full.forward(ids[None], positions_for(mask, len(ids)), mask, prepared.kv, np.zeros((1, g.num_layers, g.num_heads, mask.shape[1]), np.float32))
+    assert out.shape[1] == len(ids)
+    rows = out[0, len(query) - 1 : -1].astype(np.float64)
     want = np.mean([r[t] - np.log(np.exp(r - r.max()).sum()) - r.max() for r, t in zip(rows, answer)])
     assert answer_logprob(engine, prepared.kv, query, answer, None) == pytest.approx(want, abs=1e-5)
+    bias = np.random.default_rng(0).normal(0, 2, (g.num_layers, g.num_heads, prepared.length)).astype(np.float32)
+    assert answer_logprob(engine, prepared.kv, query, answer, bias) == pytest.approx(answer_logprob(full, prepared.kv, query, answer, bias), abs=1e-5)
+    assert answer_logprob(engine, prepared.kv, query, answer, bias) != pytest.approx(want, abs=1e-3)  # the bias is applied
 
 
 def test_profile_heads_resumes_and_stays_inside_the_engine(tiny_text_engine, tmp_path):

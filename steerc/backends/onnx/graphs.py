@@ -73,7 +73,7 @@ def export_graphs(sp, folder: Path, settings) -> dict:
     """Write ``model.onnx`` (and ``analysis.onnx`` when ``sp`` has an analysis program) into
     ``folder`` and run the ONNX passes in :data:`~steerc.passes.onnx.ONNX_PASSES` order; the
     analysis graph is made where ``derive_analysis`` stands in it, derived or exported. Returns
-    the manifest sections ``backend``, ``weights``, ``kv``, ``attention``, ``kv_cache``, ``tensorrt`` and ``selector`` (the
+    the manifest sections ``backend``, ``weights``, ``kv``, ``attention``, ``kv_cache``, ``logits``, ``tensorrt`` and ``selector`` (the
     ``derive_selector`` report's entry, or None), and the seconds taken (``export_seconds``)."""
     passes = onnx_passes(settings)
     quantize = quantize_weights in passes
@@ -122,6 +122,7 @@ def export_graphs(sp, folder: Path, settings) -> dict:
         "kv": kv,
         "attention": reports["fuse_group_query_attention"].entry if "fuse_group_query_attention" in reports else {"op": "Attention"},
         "kv_cache": reports["quantize_kv_cache"].entry if "quantize_kv_cache" in reports else {"dtype": settings.dtype},
+        "logits": reports["keep_last_logits"].entry if "keep_last_logits" in reports else {"positions": "all"},
         "tensorrt": _tensorrt_target(graph, folder, sp, settings, ready.entry, analysis_fixes) if ready is not None else None,
         "selector": reports["derive_selector"].entry if "derive_selector" in reports else None,
         "export_seconds": seconds,

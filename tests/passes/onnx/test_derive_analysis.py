@@ -57,6 +57,9 @@ def test_same_outputs_as_the_exported_analysis_graph(engines, chunk):
     mask = np.ones((2, 12), np.int64)
     mask[1, :4] = 0  # left padding
     for got, want in zip(analyze_all(derived, ids, mask, chunk), analyze_all(exported, ids, mask, chunk)):
+        if got.shape != want.shape:  # logits: derived from a --logits last step graph, the final position only
+            assert got.shape == (*want.shape[:1], 1, *want.shape[2:])
+            want = want[:, -1:]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

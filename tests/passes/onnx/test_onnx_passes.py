@@ -2,7 +2,7 @@
 
 import pytest
 
-from steerc.passes.onnx import (ONNX_PASSES, OnnxGraph, OnnxPassReport, derive_analysis, derive_selector, fuse_group_query_attention, kv_in_place, make_tensorrt_ready, onnx_passes, quantize_embedding, quantize_kv_cache,
+from steerc.passes.onnx import (ONNX_PASSES, OnnxGraph, OnnxPassReport, derive_analysis, derive_selector, fuse_group_query_attention, keep_last_logits, kv_in_place, make_tensorrt_ready, onnx_passes, quantize_embedding, quantize_kv_cache,
                               quantize_weights)
 from steerc.settings import CompileSettings
 
@@ -12,27 +12,28 @@ def _names(**settings) -> list[str]:
 
 
 def test_the_order_is_one_list():
-    assert ONNX_PASSES == (quantize_weights, quantize_embedding, derive_analysis, derive_selector, kv_in_place, fuse_group_query_attention, quantize_kv_cache,
+    assert ONNX_PASSES == (quantize_weights, quantize_embedding, keep_last_logits, derive_analysis, derive_selector, kv_in_place, fuse_group_query_attention, quantize_kv_cache,
                            make_tensorrt_ready)
     assert all(callable(p.wanted) for p in ONNX_PASSES)
 
 
 def test_only_the_passes_the_settings_ask_for():
-    assert _names() == ["derive_analysis", "derive_selector"]
-    assert _names(importance=False) == []
-    assert _names(attn_implementation="eager") == []
-    assert _names(share_attention=((0, 1),)) == []
-    assert _names(weights="int4") == ["quantize_weights", "quantize_embedding", "derive_analysis", "derive_selector"]
+    assert _names() == ["keep_last_logits", "derive_analysis", "derive_selector"]
+    assert _names(importance=False) == ["keep_last_logits"]
+    assert _names(importance=False, logits="all") == []
+    assert _names(attn_implementation="eager") == ["keep_last_logits"]
+    assert _names(share_attention=((0, 1),)) == ["keep_last_logits"]
+    assert _names(weights="int4") == ["quantize_weights", "quantize_embedding", "keep_last_logits", "derive_analysis", "derive_selector"]
     # the head stays fp32 under rtn: so does the table
-    assert _names(weights="int4", weight_method="rtn") == ["quantize_weights", "derive_analysis", "derive_selector"]
-    assert _names(weights="int8") == ["quantize_weights", "derive_analysis", "derive_selector"]  # int8 is rtn by default
-    assert _names(weights="int4", kv="in-place") == ["quantize_weights", "quantize_embedding", "derive_analysis", "derive_selector", "kv_in_place"]
-    assert _names(kv="in-place") == ["derive_analysis", "derive_selector", "kv_in_place"]
+    assert _names(weights="int4", weight_method="rtn") == ["quantize_weights", "keep_last_logits", "derive_analysis", "derive_selector"]
+    assert _names(weights="int8") == ["quantize_weights", "keep_last_logits", "derive_analysis", "derive_selector"]  # int8 is rtn by default
+    assert _names(weights="int4", kv="in-place") == ["quantize_weights", "quantize_embedding", "keep_last_logits", "derive_analysis", "derive_selector", "kv_in_place"]
+    assert _names(kv="in-place") == ["keep_last_logits", "derive_analysis", "derive_selector", "kv_in_place"]
     assert _names(weights="int4", kv="in-place", attention_op="group-query")[-2:] == ["kv_in_place", "fuse_group_query_attention"]
     assert _names(kv="in-place", attention_op="group-query", kv_cache="int8")[-3:] == ["kv_in_place", "fuse_group_query_attention", "quantize_kv_cache"]
-    assert _names(target="tensorrt", dtype="fp16", importance=False) == ["make_tensorrt_ready"]
+    assert _names(target="tensorrt", dtype="fp16", importance=False) == ["keep_last_logits", "make_tensorrt_ready"]
     # TensorRT refuses Attention's probabilities output: the analysis program is exported instead, no selector graph.
-    assert _names(target="tensorrt", dtype="fp16") == ["make_tensorrt_ready"]
+    assert _names(target="tensorrt", dtype="fp16") == ["keep_last_logits", "make_tensorrt_ready"]
 
 
 def test_contract_types_validate():
