@@ -51,7 +51,7 @@ PRELOAD = ("numpy", "torch", "transformers", "onnx", "onnxruntime",
 # and the zygote is not used. A fresh `steerc CMD` imports them after its own "ignore" filter, so
 # they come before it there and after it in a forked child. Accelerate's is an "ignore" (the same
 # either way); sympy's shows a SymPyDeprecationWarning once, where a forked child ignores it with
-# every other warning: the one difference, and none of the tests' commands raises one.
+# every other warning: the one difference (a fresh `steerc compile` or `steerc run` of the tests prints none).
 PRELOAD_FILTERS = {("ignore", "builtins.UserWarning", "torch.optim.lr_scheduler"), ("once", "sympy.utilities.exceptions.SymPyDeprecationWarning", None)}
 
 _ZYGOTE = r'''
