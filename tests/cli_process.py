@@ -15,8 +15,8 @@ A process starts the ordinary way (``subprocess``) when the zygote could differ 
 interpreter: environment changes beyond ``STEERC_*`` variables, ``PYTEST_CURRENT_TEST`` and
 ``PYTHONPATH`` entries inside this repository (import-time settings such as ``HF_HUB_CACHE``, or a
 shadowing package elsewhere),
-``--debug`` (no warning filter before the imports), a zygote whose imports wrote anything or
-configured logging, or no ``fork``. ``STEERC_TEST_FORK_CLI=0`` turns the zygote off.
+``--debug`` (no warning filter before the imports), a zygote whose imports wrote anything,
+configured logging or added a warning filter other than ``PRELOAD_FILTERS``, or no ``fork``. ``STEERC_TEST_FORK_CLI=0`` turns the zygote off.
 """
 
 from __future__ import annotations
@@ -38,7 +38,21 @@ REPO = Path(__file__).resolve().parents[1]
 # PYTHONPATH (entries inside this repository, checked apart) and pytest's name of the running test.
 RUNTIME_ONLY = {"PYTHONPATH", "PYTEST_CURRENT_TEST"}
 # What a command imports (steerc.cli's parser: numpy and torch; _quiet_dependencies and the commands: the rest).
-PRELOAD = ("numpy", "torch", "transformers", "onnx", "onnxruntime")
+# Beyond the top-level packages, the submodules the commands reach that cost the most to import: a
+# tokenizer or config load (transformers.utils.type_validators pulls in torch.distributed.tensor and
+# sympy, about 0.6 s: every command that opens an engine), `steerc serve` (fastapi, uvicorn) and
+# `steerc compile` (the model code, torch.export, the ONNX exporter and onnxscript: about 2 s). One
+# that is not installed is left to the command, which then fails as it would anyway.
+PRELOAD = ("numpy", "torch", "transformers", "onnx", "onnxruntime",
+           "transformers.utils.type_validators", "transformers.models.auto.tokenization_auto", "transformers.masking_utils",
+           "transformers.modeling_utils", "torch.export", "torch.onnx._internal.exporter._compat", "onnxscript",
+           "onnxscript.function_libs.torch_lib.ops", "fastapi", "uvicorn")
+# The warning filters those imports may add, (action, category, module pattern): any other new filter
+# and the zygote is not used. A fresh `steerc CMD` imports them after its own "ignore" filter, so
+# they come before it there and after it in a forked child. Accelerate's is an "ignore" (the same
+# either way); sympy's shows a SymPyDeprecationWarning once, where a forked child ignores it with
+# every other warning: the one difference (a fresh `steerc compile` or `steerc run` of the tests prints none).
+PRELOAD_FILTERS = {("ignore", "builtins.UserWarning", "torch.optim.lr_scheduler"), ("once", "sympy.utilities.exceptions.SymPyDeprecationWarning", None)}
 
 _ZYGOTE = r'''
 import json, logging, os, select, signal, sys, warnings
@@ -83,8 +97,14 @@ def main():
     import numpy, torch  # steerc.cli's parser imports both before main runs: their warning filters come first there too
     err_before, filters_before = os.fstat(2).st_size, list(warnings.filters)
     for name in PRELOAD:
-        __import__(name)
-    clean = os.fstat(2).st_size == err_before and not logging.getLogger().handlers and warnings.filters == filters_before
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    added = warnings.filters[:len(warnings.filters) - len(filters_before)]
+    known = all((f[0], f"{f[2].__module__}.{f[2].__qualname__}", f[3] and f[3].pattern) in PRELOAD_FILTERS and f[1] is None and not f[4] for f in added)
+    clean = (os.fstat(2).st_size == err_before and not logging.getLogger().handlers and warnings.filters[len(added):] == filters_before
+             and known)
 
     def say(obj):
         os.write(ctl_out, (json.dumps(obj) + "\n").encode())
@@ -178,7 +198,7 @@ class _Zygote:
         ctl_in_r, ctl_in_w = os.pipe()
         ctl_out_r, ctl_out_w = os.pipe()
         self.err = tempfile.TemporaryFile()  # noqa: SIM115  (the zygote's stderr, open while it lives)
-        code = f"PRELOAD = {PRELOAD!r}\n{_ZYGOTE}"
+        code = f"PRELOAD = {PRELOAD!r}\nPRELOAD_FILTERS = {PRELOAD_FILTERS!r}\n{_ZYGOTE}"
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(ctl_in_r), str(ctl_out_w)], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=self.err, pass_fds=(ctl_in_r, ctl_out_w), env=self.env)
         os.close(ctl_in_r)

@@ -43,7 +43,7 @@ class Server:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
-                time.sleep(0.2)
+                time.sleep(0.05)  # a refused connection answers at once: poll often, servers start many times a session
         self.stop()
         raise RuntimeError(f"steerc serve did not answer /health in 120 s:\n{self.log.read_text()}")
 

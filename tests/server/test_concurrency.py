@@ -91,6 +91,19 @@ def slow_server(default_engine, tmp_path_factory):
     srv.stop()
 
 
+TIMEOUT_S = 4  # the 504 test's server: a few seconds, well short of a 1500-token answer (tens of seconds here)
+
+
+@pytest.fixture(scope="module")
+def timeout_server(default_engine, tmp_path_factory):
+    """As ``slow_server``, with a short --request-timeout: the 504 test waits it out, and 30 s (what
+    the 429 test needs to finish its admitted answers) would cost that long."""
+    srv = Server(default_engine, tmp_path_factory.mktemp("timeout-serve"), "--max-concurrency", "1", "--max-queue", "1", "--request-timeout",
+                 str(TIMEOUT_S), "--threads", "1")
+    yield srv
+    srv.stop()
+
+
 COUNT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # the model goes on counting: a long answer for sure
 
 
@@ -123,15 +136,15 @@ def test_full_queue_gets_429_and_the_admitted_requests_finish(slow_server):
 
 
 @pytest.mark.slow
-def test_request_over_the_timeout_gets_504(slow_server):
-    _idle(slow_server)
-    before = slow_server.metric("steerc_cancelled_requests_total", reason="timeout")
-    with slow_server.client() as c:
+def test_request_over_the_timeout_gets_504(timeout_server):
+    _idle(timeout_server)
+    before = timeout_server.metric("steerc_cancelled_requests_total", reason="timeout")
+    with timeout_server.client() as c:
         r = c.post("/v1/completions", json={"prompt": COUNT, "max_tokens": 1500, "temperature": 0})
-    assert r.status_code == 504 and "30 s" in r.json()["error"]["message"]
-    assert slow_server.metric("steerc_cancelled_requests_total", reason="timeout") == before + 1
-    _idle(slow_server, 5)
-    assert slow_server.metric("steerc_requests_in_flight") == 0  # the generation stopped, not just the response
+    assert r.status_code == 504 and f"limit of {TIMEOUT_S} s" in r.json()["error"]["message"]
+    assert timeout_server.metric("steerc_cancelled_requests_total", reason="timeout") == before + 1
+    _idle(timeout_server, 5)
+    assert timeout_server.metric("steerc_requests_in_flight") == 0  # the generation stopped, not just the response
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
