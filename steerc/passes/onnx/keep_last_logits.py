@@ -12,8 +12,9 @@ where ``Head`` is the ``MatMul`` / ``MatMulNBits`` that makes ``logits``, follow
 elementwise ops with constant operands (a final softcap). Every other output (the present KV, an
 analysis graph's importances derived after this pass) is unchanged, and the last row of the
 logits is the same computation as before (the head is row-wise). A decode step (``S = 1``) is
-untouched. Measured on SmolLM2-135M (2 cores, one 256-token prefill call): fp32 1.18x, int4 1.14x
-faster; a 20-token question after 256 cached 1.02x / 1.11x (docs/BENCHMARKS.md).
+untouched. Measured on SmolLM2-135M (``tools/bench_decode.py``, each engine against the same
+build with ``--logits all`` in one run; docs/BENCHMARKS.md): time to first token 1.11x faster
+(fp32) and 1.07x (int4 + int8 cache) at 512 and 2016 tokens; decode unchanged.
 
 Callers that score every position (teacher forcing) compile with ``--logits all`` or feed one
 token per call. Raises when ``logits`` is not made by such a head, or is already one position.
