@@ -189,10 +189,16 @@ class Engine:
         self._check_step(input_ids, attention_mask, bias, cache.batch, cache.length)
         return dict(zip(self.input_names, (input_ids, position_ids, attention_mask, *cache.flat(), bias)))
 
+    @property
+    def last_logits(self) -> bool:
+        """The step graph returns the last position's logits only (``--logits last``; the manifest's ``logits``)."""
+        return (self.manifest.get("logits") or {}).get("positions") == "last"
+
     def forward(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache | KVBuffers,
                 bias: np.ndarray) -> tuple[np.ndarray, KVCache | KVBuffers]:
         """One engine call: ``input_ids [B,S]``, ``attention_mask [B,P+S]``, ``bias [B,L,H,P+S]``
-        -> ``(logits [B,S,V], cache extended by S positions)``. A :class:`KVCache` is not
+        -> ``(logits [B,S,V], cache extended by S positions)``; ``logits [B,1,V]`` (the last position) on
+        an engine compiled with ``--logits last``, the default (:attr:`last_logits`). A :class:`KVCache` is not
         modified (a new one is returned); :class:`KVBuffers` (in-place engines) are updated in
         place, growing if full, and returned."""
         if isinstance(cache, KVBuffers):

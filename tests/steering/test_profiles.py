@@ -83,6 +83,7 @@ def test_answer_logprob_is_the_teacher_forced_mean(tiny_text_folder, compiled_en
     engine returning every position; a ``--logits last`` engine (one row per call) gives the same."""
     full = Engine.load(compiled_engine(tiny_text_folder, max_seq_len=384, max_batch=8, logits="all"), threads=1)
     engine = Engine.load(compiled_engine(tiny_text_folder, max_seq_len=384, max_batch=8, logits=logits), threads=1)
+    assert engine.last_logits == (logits == "last") and not full.last_logits
     s = Steerer(full)
     prepared, _ = s.prepare("Alpha beta gamma. Delta epsilon.", s.config.__class__(method="none"))
     query, answer = s.layout.query_ids(s.config.prefixes[0], "What?"), np.array([10, 20, 30], np.int64)
