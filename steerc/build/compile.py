@@ -73,7 +73,7 @@ def _step_specs(specs, settings: CompileSettings) -> list:
 
 def _attention_entry(entry: dict, config) -> dict:
     """The manifest's ``attention``: the step graph's attention op and whether a decode batch may
-    hold its rows left-aligned (``aligned_rows``: GroupQueryAttention attends to each row's own
+    hold its rows left-aligned (``aligned_rows``: the in-place graph writes each row after its own
     keys, and no layer's sliding window is placed from the batch's width instead of the row's)."""
     if not entry.get("aligned_rows"):
         return entry

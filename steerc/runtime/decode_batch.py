@@ -16,10 +16,11 @@ offset). Two placements:
   appends one position at ``T`` to every row. The padded keys get zero probability, but a
   row's attention sums run over ``T`` keys, not its own ``n_r``, so their rounding can differ
   from a solo run's in the last bits;
-* **left-aligned** (engines whose attention is ONNX Runtime's GroupQueryAttention without a
-  sliding window, :attr:`~steerc.runtime.engine.Engine.aligned_rows`): rows start together at
-  0 (``start_r = 0``); the op attends to each row's own ``n_r + 1`` keys and writes the new
-  position at ``n_r``. Every row then computes exactly as alone, bit for bit, which an int4
+* **left-aligned** (in-place engines without a sliding window,
+  :attr:`~steerc.runtime.engine.Engine.aligned_rows`): rows start together at 0 (``start_r =
+  0``); the graph writes each row's new position at ``n_r``, after its own keys
+  (GroupQueryAttention attends to those ``n_r + 1`` keys only; the standard ``Attention`` sees
+  the rest masked, after them, at the indices they have alone). Every row then computes exactly as alone, bit for bit, which an int4
   engine needs: its int8 activations turn last-bit differences into different tokens (measured:
   up to 0.7 in a logit of SmolLM2-135M int4 left-padded, 0 left-aligned).
 

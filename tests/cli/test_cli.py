@@ -92,7 +92,7 @@ def test_inspect_corrupt_engine(compiled, tmp_path):
     _one_line_error(steerc("inspect", str(copy)), "corrupt: config.json")
 
 
-@pytest.mark.parametrize("settings, layout", [(dict(kv="in-place"), "decode rows left-padded"),
+@pytest.mark.parametrize("settings, layout", [(dict(kv="in-place"), "decode rows left-aligned"),
                                               (dict(kv="in-place", attention_op="group-query", logits="all"), "decode rows left-aligned")])
 def test_inspect_shows_the_kv_writer_and_the_batch_layout(tiny_folder, compiled_engine, settings, layout):
     out = compiled_engine(tiny_folder, max_seq_len=64, max_batch=4, **settings)

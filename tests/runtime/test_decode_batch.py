@@ -131,7 +131,7 @@ MIXED = [
 @pytest.mark.parametrize("which", ["concat", "in-place", "group-query", "group-query-int4", "group-query-int8-cache"])
 def test_rows_joining_and_leaving_equal_their_solo_runs(engine, in_place_engine, gqa_engines, which):
     eng = {"concat": engine, "in-place": in_place_engine, **gqa_engines}[which]
-    assert DecodeBatch(eng).aligned == which.startswith("group-query")
+    assert DecodeBatch(eng).aligned == (which != "concat")  # in-place engines hold their rows left-aligned
     tokens, finishes, sizes = _batched(eng, MIXED)
     for spec, got, fin in zip(MIXED, tokens, finishes):
         assert got == _solo(eng, spec)
@@ -139,12 +139,20 @@ def test_rows_joining_and_leaving_equal_their_solo_runs(engine, in_place_engine,
     assert max(sizes) == 4 and 1 in sizes  # really batched, and rows really left
 
 
-@pytest.mark.parametrize("which", ["group-query", "group-query-int4", "group-query-int8-cache"])
-def test_left_aligned_rows_compute_bit_for_bit_as_alone(gqa_engines, which):
-    """On a GroupQueryAttention engine the rows start together at 0 and each attends to its own
-    keys: at every step a row's logits equal, bit for bit, those of the same row decoding alone
-    (a batch of one), whatever the other rows' lengths, steering and arrivals."""
-    eng = gqa_engines[which]
+@pytest.fixture(scope="module")
+def in_place_int4_engine(tiny_folder, compiled_engine):
+    engine = Engine.load(compiled_engine(tiny_folder, max_seq_len=64, max_batch=4, kv="in-place", weights="int4"))
+    engine.kv_chunk = 8
+    return engine
+
+
+@pytest.mark.parametrize("which", ["in-place", "in-place-int4", "group-query", "group-query-int4", "group-query-int8-cache"])
+def test_left_aligned_rows_compute_bit_for_bit_as_alone(in_place_engine, in_place_int4_engine, gqa_engines, which):
+    """On an in-place engine the rows start together at 0, each row's keys at the indices they have
+    alone (GroupQueryAttention attends to them only; the standard Attention sees the rest masked):
+    at every step a row's logits equal, bit for bit, those of the same row decoding alone (a batch
+    of one), whatever the other rows' lengths, steering and arrivals."""
+    eng = {"in-place": in_place_engine, "in-place-int4": in_place_int4_engine, **gqa_engines}[which]
     specs = [Spec(prompt=5, seed=1, max_new_tokens=9), Spec(prompt=13, seed=2, context=7, steer=float(np.log(0.05)), max_new_tokens=9),
              Spec(prompt=3, seed=3, joins_at=2, max_new_tokens=5)]
 

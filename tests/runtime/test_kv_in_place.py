@@ -75,7 +75,8 @@ def test_manifest_and_graph(in_place, concat):
         assert in_place.session.rows_apart
     else:
         assert counts["TensorScatter"] == 4 and counts["Attention"] == 2
-        assert in_place.manifest["attention"] == {"op": "Attention"} and not in_place.session.rows_apart
+        assert in_place.manifest["attention"] == {"op": "Attention", "aligned_rows": True} and not in_place.session.rows_apart
+    assert concat.manifest["attention"] == {"op": "Attention", "aligned_rows": False} and in_place.aligned_rows and not concat.aligned_rows
     assert not (in_place.folder / "genai_config.json").exists()  # onnxruntime-genai expects the concat contract
 
 

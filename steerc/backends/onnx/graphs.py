@@ -120,7 +120,9 @@ def export_graphs(sp, folder: Path, settings) -> dict:
         "backend": {"name": "onnx", "opset": kv.get("opset", settings.opset), "model": MODEL_FILE, "data": DATA_FILE, "op_counts": op_counts(graph.path)},
         "weights": _weights_entry(reports, settings) if quantize else {"scheme": "full", "dtype": settings.dtype},
         "kv": kv,
-        "attention": reports["fuse_group_query_attention"].entry if "fuse_group_query_attention" in reports else {"op": "Attention"},
+        # in place, each row writes after its own last key (kv_in_place's write index): a decode batch may hold rows left-aligned
+        "attention": reports["fuse_group_query_attention"].entry if "fuse_group_query_attention" in reports
+        else {"op": "Attention", "aligned_rows": "kv_in_place" in reports},
         "kv_cache": reports["quantize_kv_cache"].entry if "quantize_kv_cache" in reports else {"dtype": settings.dtype},
         "logits": reports["keep_last_logits"].entry if "keep_last_logits" in reports else {"positions": "all"},
         "tensorrt": _tensorrt_target(graph, folder, sp, settings, ready.entry, analysis_fixes) if ready is not None else None,

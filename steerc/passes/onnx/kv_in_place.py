@@ -7,7 +7,10 @@ whole past on every decode step. The rewritten graph takes preallocated buffers 
 * ``past_key_values.{i}.key|value`` are buffers ``[B, Hkv, C, D]`` of capacity ``C >= P+S``
   whose first ``P`` positions hold the cache (the rest must be finite: zeros);
 * ``present = TensorScatter(past, new, write_index)`` (opset 24, ``axis=2``) writes the ``S``
-  new positions at ``P`` and has the buffer's shape. ONNX Runtime's CPU kernel skips its copy
+  new positions at ``P`` (per row: one past the last 1 of its mask row, minus ``S``; that is ``P``
+  for a left-padded row, and a *left-aligned* row of a decode batch, ones on ``[0, n + S)``, writes
+  at its own length ``n``: its keys stay at the indices they have alone, so the row computes
+  exactly as alone; the manifest's ``attention.aligned_rows``) and has the buffer's shape. ONNX Runtime's CPU kernel skips its copy
   when the output buffer *is* the input buffer, so a runtime that binds one ``OrtValue`` as
   both ``past`` and ``present`` (IO binding) updates the cache in place;
 * ``P`` is no longer a tensor's shape: it is ``attention_mask.shape[1] - input_ids.shape[1]``.
@@ -63,16 +66,37 @@ def _consumers(graph) -> dict[str, list]:
 
 
 def _position_nodes(ids_input: str, mask_input: str, capacity_of: str) -> list:
-    """Nodes computing ``P`` ([1]), the write index ``[B]``, ``P+S`` and ``C - (P+S)`` ([1] each)."""
-    from onnx import helper
+    """Nodes computing ``P`` ([1]), the write index ``[B]``, ``P+S`` and ``C - (P+S)`` ([1] each).
+
+    A row's write index is one past the last 1 of its ``attention_mask`` row, minus ``S``: ``P`` for
+    a left-padded row (its mask ends in the S new ones), the row's own length ``n`` for a
+    left-aligned row of a decode batch (ones on ``[0, n + S)``, zeros after), so such a row keeps its
+    keys at the indices it has alone (clamped at 0)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
 
     p = _PREFIX
+
+    def const(name: str, value) -> object:
+        return helper.make_node("Constant", [], [p + name], value=numpy_helper.from_array(np.asarray(value, np.int64), p + name))
+
     return [
         helper.make_node("Shape", [ids_input], [p + "batch"], start=0, end=1),  # [1] = B
         helper.make_node("Shape", [ids_input], [p + "new"], start=1, end=2),  # [1] = S
         helper.make_node("Shape", [mask_input], [p + "total"], start=1, end=2),  # [1] = P+S
         helper.make_node("Sub", [p + "total", p + "new"], [p + "past"]),  # [1] = P
-        helper.make_node("Expand", [p + "past", p + "batch"], [p + "write_index"]),  # [B]
+        const("axis0", [0]),
+        const("zero", 0),
+        const("one", 1),
+        helper.make_node("Squeeze", [p + "total", p + "axis0"], [p + "total_scalar"]),
+        helper.make_node("Range", [p + "zero", p + "total_scalar", p + "one"], [p + "key_index"]),  # [P+S] = 0, 1, ...
+        helper.make_node("Cast", [mask_input], [p + "mask64"], to=TensorProto.INT64),
+        helper.make_node("Mul", [p + "mask64", p + "key_index"], [p + "kept_index"]),  # [B, P+S]: the index where 1, else 0
+        const("key_axis", [1]),
+        helper.make_node("ReduceMax", [p + "kept_index", p + "key_axis"], [p + "last"], keepdims=0),  # [B]
+        helper.make_node("Add", [p + "last", p + "one"], [p + "end"]),  # [B] one past the last 1
+        helper.make_node("Sub", [p + "end", p + "new"], [p + "start"]),
+        helper.make_node("Max", [p + "start", p + "zero"], [p + "write_index"]),  # [B]
         helper.make_node("Shape", [capacity_of], [p + "capacity"], start=2, end=3),  # [1] = C
         helper.make_node("Sub", [p + "capacity", p + "total"], [p + "unwritten"]),  # [1] = C - (P+S)
     ]

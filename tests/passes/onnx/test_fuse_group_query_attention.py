@@ -216,13 +216,19 @@ def _left_aligned_rows(arch: str, lengths: list[int], seed: int = 5):
     return batch, solo
 
 
+@pytest.mark.parametrize("op", ["GroupQueryAttention", "Attention"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])  # not gemma3: its sliding-window mask is placed by the batch's width
-def test_left_aligned_rows_compute_as_alone(arch, gqa_graphs):
+def test_left_aligned_rows_compute_as_alone(arch, op, gqa_graphs, in_place_graphs):
     """Rows of different lengths, each at the start of the batch buffers (the decode batch's layout
-    on these engines): each row's logits and new KV equal its solo run's exactly, and the eager
-    reference's on its own inputs; the op writes each row's new position at its own length."""
-    path, report = gqa_graphs(arch)
-    assert report["aligned_rows"] is True
+    on in-place engines): each row's logits and new KV equal its solo run's exactly, and the eager
+    reference's on its own inputs. GroupQueryAttention attends to each row's own keys; the
+    standard Attention of ``kv_in_place`` writes each row at its own length (its per-row write
+    index) and sees the rest masked, after its keys."""
+    if op == "GroupQueryAttention":
+        path, report = gqa_graphs(arch)
+        assert report["aligned_rows"] is True
+    else:
+        path = in_place_graphs(arch)
     lengths = [9, 4, 6]
     batch, solo = _left_aligned_rows(arch, lengths)
     logits, present = run_in_place(path, batch)
