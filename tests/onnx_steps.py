@@ -2,6 +2,7 @@
 tests (their exports: the ``exported_onnx`` fixture of tests/conftest.py)."""
 
 import functools
+import shutil
 
 import numpy as np
 import torch
@@ -45,3 +46,19 @@ def assert_outputs_equal(got, ref, dtype):
     assert len(got) == len(ref)
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g.astype(np.float64), r.astype(np.float64), atol=atol, rtol=0, equal_nan=True)
+
+
+def rewritten_copies(source, rewrite, tmp_path_factory, tag):
+    """``get(arch)``: a private copy of the folder of ``source(arch)``'s graph, ``rewrite`` run on the
+    copy once per arch; ``(path, rewrite's report)``."""
+    made = {}
+
+    def get(arch):
+        if arch not in made:
+            src = source(arch)
+            dest = tmp_path_factory.mktemp(f"{arch}-{tag}") / "engine"
+            shutil.copytree(src.parent, dest)
+            made[arch] = (dest / src.name, rewrite(dest / src.name))
+        return made[arch]
+
+    return get

@@ -20,9 +20,10 @@ offset). Two placements:
   :attr:`~steerc.runtime.engine.Engine.aligned_rows`): rows start together at 0 (``start_r =
   0``); the graph writes each row's new position at ``n_r``, after its own keys
   (GroupQueryAttention attends to those ``n_r + 1`` keys only; the standard ``Attention`` sees
-  the rest masked, after them, at the indices they have alone). Every row then computes exactly as alone, bit for bit, which an int4
-  engine needs: its int8 activations turn last-bit differences into different tokens (measured:
-  up to 0.7 in a logit of SmolLM2-135M int4 left-padded, 0 left-aligned).
+  the rest masked, after them, at the indices they have alone). Every row then computes exactly
+  as alone, bit for bit, which an int4 engine needs: its int8 activations turn last-bit
+  differences into different tokens (measured: up to 0.7 in a logit of SmolLM2-135M int4
+  left-padded, 0 left-aligned).
 
 A step advances every row by one position, so the placement never changes between membership
 changes. Joining copies the row's cache into

@@ -147,9 +147,8 @@ class Engine:
         """A batch may hold its rows *left-aligned* in the KV buffers (each row's positions from index
         0, its mask's ones on them and zeros after): the in-place step graph writes each row's new
         positions after its own keys (``kv_in_place``'s per-row write index; GroupQueryAttention attends
-        to those keys only), so every row
-        computes exactly as alone (``attention.aligned_rows`` in the manifest). Otherwise rows are
-        left-padded to a common end."""
+        to those keys only), so every row computes exactly as alone (``attention.aligned_rows`` in the
+        manifest). Otherwise rows are left-padded to a common end."""
         return self.kv_in_place and bool((self.manifest.get("attention") or {}).get("aligned_rows"))
 
     def buffers_for(self, cache: KVCache | None, total: int, exact: bool = False) -> KVBuffers:

@@ -79,10 +79,10 @@ def answer_logprob(engine, kv, query_ids: np.ndarray, answer_ids: np.ndarray, bi
     full = np.zeros((1, g.num_layers, g.num_heads, P + S), np.float32)
     if bias is not None:
         full[0, :, :, : bias.shape[-1]] = bias
-    logits, _ = engine.forward(ids[None], positions_for(mask, S), mask, kv, full)  # [1, S, V] ([1, 1, V] on a --logits last engine)
-    if logits.shape[1] == S:
-        logits = logits[0, len(query_ids) - 1 : S - 1].astype(np.float64)  # the rows predicting each answer token
-    else:  # one row per call: the question, then each answer token but the last, teacher forced
+    if not engine.last_logits:  # one call: the rows predicting each answer token
+        logits, _ = engine.forward(ids[None], positions_for(mask, S), mask, kv, full)  # [1, S, V]
+        logits = logits[0, len(query_ids) - 1 : S - 1].astype(np.float64)
+    else:  # a --logits last engine returns one row per call: the question, then each answer token but the last, teacher forced
         Q, rows, cache = len(query_ids), [], kv
         for start, end in [(0, Q)] + [(Q + j, Q + j + 1) for j in range(len(answer_ids) - 1)]:
             step_mask = mask[:, : P + end]

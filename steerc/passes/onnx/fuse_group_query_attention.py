@@ -48,6 +48,7 @@ import logging
 
 from steerc.errors import EngineError
 from steerc.passes.onnx.contract import OnnxGraph, OnnxPassReport, onnx_pass
+from steerc.passes.onnx.kv_in_place import LAST_KEY, TOTAL
 
 __all__ = ["fuse_group_query_attention", "rewrite_group_query_attention", "group_query_attention_file"]
 
@@ -133,32 +134,14 @@ def _rotary_3d(rotary, source: str, heads: int, out: str):
     return helper.make_node("RotaryEmbedding", [source, *rotary.input[1:]], [out], name=out, **attrs)
 
 
-def _shared_nodes(mask_input: str) -> list:
+def _shared_nodes() -> list:
     """``total`` (int32 scalar, P+S) and ``seqlens_k`` (int32 ``[B]``, per row the index of its last
-    1 in ``attention_mask [B, P+S]``: P+S-1 for a left-padded row)."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+    1 in ``attention_mask [B, P+S]``: P+S-1 for a left-padded row), cast from the int64 tensors
+    ``kv_in_place`` computes for its per-row write index."""
+    from onnx import TensorProto, helper
 
-    p = _PREFIX
-
-    def const(name: str, value) -> object:
-        return helper.make_node("Constant", [], [p + name], value=numpy_helper.from_array(np.asarray(value), p + name))
-
-    return [
-        helper.make_node("Shape", [mask_input], [p + "total64"], start=1, end=2),  # [1] = P+S
-        helper.make_node("Cast", [p + "total64"], [p + "total1"], to=TensorProto.INT32),
-        const("axes", np.array([0], np.int64)),
-        helper.make_node("Squeeze", [p + "total1", p + "axes"], [p + "total"]),  # scalar
-        helper.make_node("Squeeze", [p + "total64", p + "axes"], [p + "total_scalar64"]),
-        const("zero64", np.array(0, np.int64)),
-        const("one64", np.array(1, np.int64)),
-        helper.make_node("Range", [p + "zero64", p + "total_scalar64", p + "one64"], [p + "key_index"]),  # [P+S] = 0, 1, ...
-        helper.make_node("Cast", [mask_input], [p + "mask64"], to=TensorProto.INT64),
-        helper.make_node("Mul", [p + "mask64", p + "key_index"], [p + "kept_index"]),  # [B, P+S]: the index where 1, else 0
-        const("key_axis", np.array([1], np.int64)),
-        helper.make_node("ReduceMax", [p + "kept_index", p + "key_axis"], [p + "last64"], keepdims=0),  # [B]
-        helper.make_node("Cast", [p + "last64"], [p + "seqlens_k"], to=TensorProto.INT32),
-    ]
+    return [helper.make_node("Cast", [TOTAL], [_PREFIX + "total"], to=TensorProto.INT32),  # scalar
+            helper.make_node("Cast", [LAST_KEY], [_PREFIX + "seqlens_k"], to=TensorProto.INT32)]  # [B]
 
 
 def _head_counts(model) -> dict[str, int]:
@@ -174,7 +157,7 @@ def _head_counts(model) -> dict[str, int]:
     return out
 
 
-def rewrite_group_query_attention(model, mask_input: str = "attention_mask") -> dict:
+def rewrite_group_query_attention(model) -> dict:
     """Rewrite ``model`` (an ``onnx.ModelProto``: an in-place step graph) in place as the module
     docstring says. Returns the manifest entry. Raises :class:`EngineError` when the graph has no
     ``Attention`` over in-place buffers, or one of another form."""
@@ -242,10 +225,14 @@ def rewrite_group_query_attention(model, mask_input: str = "attention_mask") -> 
         replaced[id(att)] = nodes
         removed |= {id(n) for n in (out_transpose, out_reshape, k_scatter, v_scatter)}
 
-    kept = _shared_nodes(mask_input)
+    if not {LAST_KEY, TOTAL} <= set(g.producer):
+        raise EngineError(f"group-query attention: the in-place step graph has no {LAST_KEY} / {TOTAL} (kv_in_place's per-row last key and total); "
+                          "rewrite it with this steerc's kv_in_place first (recompile)")
+    shared, kept = _shared_nodes(), []  # the shared casts go before the first GroupQueryAttention: after the kv_in_place nodes they read
     for node in graph.node:
         if id(node) in replaced:
-            kept += replaced[id(node)]
+            kept += shared + replaced[id(node)]
+            shared = []
         elif id(node) not in removed:
             kept.append(node)
     kept = _live(kept, {o.name for o in graph.output})

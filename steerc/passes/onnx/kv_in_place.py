@@ -32,7 +32,7 @@ import logging
 from steerc.errors import EngineError
 from steerc.passes.onnx.contract import OnnxGraph, OnnxPassReport, onnx_pass
 
-__all__ = ["kv_in_place", "rewrite_kv_in_place", "kv_in_place_file", "in_place_specs", "CAPACITY_DIM", "IN_PLACE_OPSET"]
+__all__ = ["kv_in_place", "rewrite_kv_in_place", "kv_in_place_file", "in_place_specs", "CAPACITY_DIM", "IN_PLACE_OPSET", "LAST_KEY", "TOTAL"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ CAPACITY_DIM = "kv_capacity"  # the buffers' sequence dimension (C)
 IN_PLACE_OPSET = 24  # TensorScatter
 _PAST, _PRESENT = "past_key_values.", "present."
 _PREFIX = "kv_in_place/"  # names of the tensors and nodes the rewrite adds
+# Tensors of the rewritten graph that later passes read (fuse_group_query_attention's seqlens_k and total):
+LAST_KEY = _PREFIX + "last"  # int64 [B]: per row the index of the last 1 in attention_mask
+TOTAL = _PREFIX + "total_scalar"  # int64 scalar: P+S, attention_mask.shape[1]
 
 
 def _ints(name: str, values):
@@ -88,13 +91,13 @@ def _position_nodes(ids_input: str, mask_input: str, capacity_of: str) -> list:
         const("axis0", [0]),
         const("zero", 0),
         const("one", 1),
-        helper.make_node("Squeeze", [p + "total", p + "axis0"], [p + "total_scalar"]),
-        helper.make_node("Range", [p + "zero", p + "total_scalar", p + "one"], [p + "key_index"]),  # [P+S] = 0, 1, ...
+        helper.make_node("Squeeze", [p + "total", p + "axis0"], [TOTAL]),
+        helper.make_node("Range", [p + "zero", TOTAL, p + "one"], [p + "key_index"]),  # [P+S] = 0, 1, ...
         helper.make_node("Cast", [mask_input], [p + "mask64"], to=TensorProto.INT64),
         helper.make_node("Mul", [p + "mask64", p + "key_index"], [p + "kept_index"]),  # [B, P+S]: the index where 1, else 0
         const("key_axis", [1]),
-        helper.make_node("ReduceMax", [p + "kept_index", p + "key_axis"], [p + "last"], keepdims=0),  # [B]
-        helper.make_node("Add", [p + "last", p + "one"], [p + "end"]),  # [B] one past the last 1
+        helper.make_node("ReduceMax", [p + "kept_index", p + "key_axis"], [LAST_KEY], keepdims=0),  # [B]
+        helper.make_node("Add", [LAST_KEY, p + "one"], [p + "end"]),  # [B] one past the last 1
         helper.make_node("Sub", [p + "end", p + "new"], [p + "start"]),
         helper.make_node("Max", [p + "start", p + "zero"], [p + "write_index"]),  # [B]
         helper.make_node("Shape", [capacity_of], [p + "capacity"], start=2, end=3),  # [1] = C

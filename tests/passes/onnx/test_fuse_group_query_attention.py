@@ -7,13 +7,12 @@ buffers of a larger capacity than the call needs, past and present bound to one 
 """
 
 import collections
-import shutil
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from onnx_steps import CALLS, steerable_in, step_feed
+from onnx_steps import CALLS, rewritten_copies, steerable_in, step_feed
 from steps import assert_step_close, steerable
 
 from tiny_models import TINY_MODELS
@@ -33,33 +32,17 @@ def _ops(path) -> collections.Counter:
     return collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
-def _rewritten_copies(source, rewrite, tmp_path_factory, tag):
-    """``get(arch)``: a private copy of the folder of ``source(arch)``'s graph, ``rewrite`` run on the
-    copy once per arch; ``(path, rewrite's report)``."""
-    made = {}
-
-    def get(arch):
-        if arch not in made:
-            src = source(arch)
-            dest = tmp_path_factory.mktemp(f"{arch}-{tag}") / "engine"
-            shutil.copytree(src.parent, dest)
-            made[arch] = (dest / src.name, rewrite(dest / src.name))
-        return made[arch]
-
-    return get
-
-
 @pytest.fixture(scope="module")
 def in_place_graphs(exported_onnx, tmp_path_factory):
     """``get(arch)``: the path of a private copy of the tiny step graph, rewritten in place (kv_in_place)."""
-    get = _rewritten_copies(exported_onnx, kv_in_place_file, tmp_path_factory, "in-place")
+    get = rewritten_copies(exported_onnx, kv_in_place_file, tmp_path_factory, "in-place")
     return lambda arch: get(arch)[0]
 
 
 @pytest.fixture(scope="module")
 def gqa_graphs(in_place_graphs, tmp_path_factory):
     """``get(arch)``: (path, report) of a copy of the in-place graph, rewritten to GroupQueryAttention."""
-    return _rewritten_copies(in_place_graphs, group_query_attention_file, tmp_path_factory, "gqa")
+    return rewritten_copies(in_place_graphs, group_query_attention_file, tmp_path_factory, "gqa")
 
 
 def run_in_place(path, feed: dict, slack: int = 5) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -6,13 +6,11 @@ traced one (left-padded prefill after a past, a decode step), zero and random bi
 final softcap (Div, Tanh, Mul after the head) is the elementwise chain the pass walks through.
 """
 
-import shutil
-
 import numpy as np
 import onnx
 import pytest
 import torch
-from onnx_steps import steerable_in
+from onnx_steps import rewritten_copies, steerable_in
 from steps import step_inputs, steerable
 
 from tiny_models import TINY_MODELS
@@ -31,18 +29,8 @@ SHAPES = {"prefill": (3, 0, 7, 2), "chunk": (2, 4, 6, 1), "decode": (2, 9, 1, 3)
 @pytest.fixture(scope="module")
 def rewritten(exported_onnx, tmp_path_factory):
     """``get(arch)``: (original graph, rewritten copy, the pass's report)."""
-    made = {}
-
-    def get(arch):
-        if arch not in made:
-            src = exported_onnx(arch)
-            dest = tmp_path_factory.mktemp(f"{arch}-last-logits") / "engine"
-            shutil.copytree(src.parent, dest)
-            report = keep_last_logits(OnnxGraph(dest / src.name), CompileSettings())
-            made[arch] = (src, dest / src.name, report)
-        return made[arch]
-
-    return get
+    get = rewritten_copies(exported_onnx, lambda path: keep_last_logits(OnnxGraph(path), CompileSettings()), tmp_path_factory, "last-logits")
+    return lambda arch: (exported_onnx(arch), *get(arch))
 
 
 def _feed(arch: str, shape: str, bias: str) -> dict:
