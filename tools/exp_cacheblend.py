@@ -20,7 +20,11 @@ Variants, all over the same tokens (instruction head, the 10 documents, the ques
   key (LMCache v1's blender) or value (the CacheBlend paper's code) deviates most (squared L2)
   between the assembled cache and a full prefill of layers 0-1 (2 of 30 layers over every token:
   the check layer's cost);
-* ``blend-k+first@R``: half the budget to ``first``, half to the most-deviating keys.
+* ``blend-k+first@R``: half the budget to ``first``, half to the most-deviating keys;
+* ``NAME+bB`` (any of the above, e.g. ``cat+b-1``, ``first+b0.5``): the question and the answer
+  attend with an additive bias ``B`` on every document key, APE's attention scaling (ICLR'25) as
+  the per-key bias the engine's ``steer_bias`` can carry: ``B < 0`` moves attention from the
+  assembled documents to the instruction head and the question, ``B > 0`` the other way.
 
 A recomputed token attends to every earlier position (its recomputed KV where that was
 recomputed too, else the cached one) and to itself, never to a later position. ``R = 1`` under
@@ -30,6 +34,8 @@ any rule equals the full prefill (checked on the first question: ``--check``).
 
 Results (docs/results/documents.md, "CacheBlend's choice of tokens"): on dev ``blend-k`` at 0.3
 matched the full prefill; once on test it scored as ``first`` (-12 / -9 points at 0.15 / 0.3).
+A document bias of -1 or +1 lowered plain concatenation and ``first`` on dev ("A bias on the
+assembled documents"), so it did not go to test.
 """
 
 from __future__ import annotations
@@ -107,16 +113,30 @@ class Blend:
         return merged
 
     @torch.inference_mode()
-    def answer(self, kv, query_ids, max_new_tokens: int) -> list[int]:
+    def answer(self, kv, query_ids, max_new_tokens: int, doc_bias: float = 0.0, docs: tuple[int, int] = (0, 0)) -> list[int]:
+        """Greedy answer after ``kv``; ``doc_bias`` is added to the attention logits of every
+        query and generated token on the keys ``docs`` (start, end): a uniform additive scale of
+        the assembled documents' attention (APE's scaling factor, as a log), the bias the
+        engine's per-key ``steer_bias`` can carry."""
         T = kv[0][0].shape[2]
-        h, kv = self.forward(query_ids, np.arange(T, T + len(query_ids)), kv)
-        out, at = [], T + len(query_ids)
+        q = len(query_ids)
+
+        def mask(rows: int, keys: int):
+            if not doc_bias:
+                return None
+            m = torch.zeros(1, 1, rows, keys)
+            m[..., docs[0] : docs[1]] = doc_bias
+            m[..., keys - rows :] = torch.triu(torch.full((rows, rows), float("-inf")), 1)  # [rows, rows] causal over the new tokens
+            return m
+
+        h, kv = self.forward(query_ids, np.arange(T, T + q), kv, mask(q, T + q))
+        out, at = [], T + q
         for _ in range(max_new_tokens):
             tok = int(self.model.lm_head(h[0, -1]).argmax())
             if tok in self.eos:
                 break
             out.append(tok)
-            h, kv = self.forward(np.array([tok]), np.array([at]), kv)
+            h, kv = self.forward(np.array([tok]), np.array([at]), kv, mask(1, at + 1))
             at += 1
         return out
 
@@ -199,9 +219,11 @@ def main() -> None:
                 score[list(exclude)] = -np.inf
                 return np.sort(np.argsort(-score, kind="stable")[:budget]).astype(np.int64)
 
-            for name in names:
+            for spec in names:
+                name, _, b = spec.partition("+b")  # NAME+bB: answer with bias B on the document keys
+                doc_bias = float(b) if b else 0.0
                 for R in ([None] if name in ("full", "cat") else args.recompute):
-                    variant = name if R is None else f"{name}@{R:g}"
+                    variant = (name if R is None else f"{name}@{R:g}") + (f"+b{doc_bias:g}" if b else "")
                     if (ex.id, variant) in done:
                         continue
                     budget = 0 if R is None else len(first(R))
@@ -224,7 +246,7 @@ def main() -> None:
                         t0 = time.perf_counter()
                         kv = blend.recompute(ids, cat, sel)
                     t_re = time.perf_counter() - t0 if len(sel) else 0.0
-                    pred = tok.decode(blend.answer(kv, query, args.max_new_tokens), skip_special_tokens=True).strip()
+                    pred = tok.decode(blend.answer(kv, query, args.max_new_tokens, doc_bias, (Nh, T)), skip_special_tokens=True).strip()
                     first_sel = np.isin(sel, first(R)).mean() if len(sel) and R else None
                     row = {"id": ex.id, "variant": variant, "prediction": pred, "answers": list(ex.answers),
                            "subspan_em": best_subspan_em(pred, ex.answers), "recomputed": int(len(sel)), "context_tokens": T - Nh,

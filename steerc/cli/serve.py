@@ -53,8 +53,11 @@ def cmd_serve(args) -> int:
     store = open_store(settings.kv_store, settings.memory_store_bytes, settings.store_timeout_s, settings.kv_store_max_bytes, settings.kv_store_dtype)
     app = create_app(engine, settings, store, steer_defaults, steer_values(args))
     name = app.state.steerc.service.model_name
+    batch = app.state.steerc.service.batcher.max_batch
+    if note := batch_note(engine, batch):
+        print(f"steerc serve: note: {note}", file=sys.stderr, flush=True)
     print(f"steerc serve: {name} ({engine.max_seq_len} tokens) on http://{settings.host}:{settings.port}/v1  "
-          f"[{settings.max_concurrency} concurrent, batch {app.state.steerc.service.batcher.max_batch}, queue {settings.max_queue}, timeout {settings.request_timeout_s:g} s, "
+          f"[{settings.max_concurrency} concurrent, batch {batch}, queue {settings.max_queue}, timeout {settings.request_timeout_s:g} s, "
           f"KV store {settings.kv_store or 'memory + ' + str(default_root())}, API key {'required' if settings.api_key else ('per tenant' if settings.api_keys_file else 'off')}]", file=sys.stderr, flush=True)
     if settings.ui:
         print(f"steerc serve: playground on http://{settings.host}:{settings.port}/ (--no-ui turns it off)", file=sys.stderr, flush=True)
@@ -62,6 +65,17 @@ def cmd_serve(args) -> int:
         print(f"steerc serve: warning: listening on {settings.host} without an API key; anyone who can reach it can use it (set --api-key)", file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
+
+
+def batch_note(engine, max_batch: int) -> str | None:
+    """What a user should know before serving ``engine`` batched: None when batched rows compute
+    bit for bit as alone (left-aligned in-place buffers) or nothing is batched."""
+    if max_batch <= 1 or engine.aligned_rows:
+        return None
+    why = (f"its rows cannot be left-aligned ({(engine.manifest.get('attention') or {}).get('aligned_rows_off', 'see steerc inspect')}); "
+           if engine.kv_in_place else "compile with --kv in-place for rows that compute bit for bit as alone, ")
+    return ("this engine batches rows left-padded, so a batched answer can differ from the same request served alone in the last bits of its "
+            f"logits (greedy tokens rarely, int4 weights more often): {why}or serve with --max-batch 1 for answers that equal solo runs exactly")
 
 
 def add_serve_parser(sub) -> None:

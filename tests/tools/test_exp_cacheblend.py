@@ -73,3 +73,24 @@ def test_a_recomputed_token_does_not_see_later_positions():
     for (k1, v1), (k2, v2) in zip(got, again):
         assert torch.equal(k1[:, :, chosen], k2[:, :, chosen]) and torch.equal(v1[:, :, chosen], v2[:, :, chosen])
     assert _max_diff(got, cat) > 1e-4  # the recompute did change something
+
+
+def test_a_document_bias_is_an_additive_term_on_the_document_keys_only():
+    blend, head, docs = _setup(3)
+    ids = np.concatenate([head, *docs])
+    T, Nh = len(ids), len(head)
+    cat = _assembled(blend, head, docs)
+    query = np.arange(3, 9)
+    plain = blend.answer(cat, query, 6)
+    assert blend.answer(cat, query, 6, 0.0, (Nh, T)) == plain
+    # a bias that zeroes the documents' attention equals answering over the head's keys alone (same positions)
+    _, head_kv = blend.forward(head, np.arange(Nh))
+    h, kv = blend.forward(query, np.arange(T, T + len(query)), head_kv)
+    alone, at = [], T + len(query)
+    with torch.inference_mode():
+        for _ in range(6):
+            tok = int(blend.model.lm_head(h[0, -1]).argmax())
+            alone.append(tok)
+            h, kv = blend.forward(np.array([tok]), np.array([at]), kv)
+            at += 1
+    assert blend.answer(cat, query, 6, -1e4, (Nh, T)) == alone != plain
