@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OnnxGraph", "OnnxPassReport", "onnx_pass", "save_with_weights"]
+__all__ = ["OnnxGraph", "OnnxPassReport", "onnx_pass", "save_proto", "save_with_weights"]
 
 
 def save_with_weights(model, path: Path, tag: str) -> int:
@@ -36,6 +36,26 @@ def save_with_weights(model, path: Path, tag: str) -> int:
         os.replace(out, path)
     onnx.checker.check_model(str(path))
     return data.stat().st_size
+
+
+def save_proto(model, path: Path) -> None:
+    """Write ``model``'s proto over ``path`` atomically (a hidden temporary file beside it, moved
+    into place); its initializers' external data entries stay relative to the folder."""
+    import os
+    import tempfile
+
+    import onnx
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        onnx.save_model(model, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)

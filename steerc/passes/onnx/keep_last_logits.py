@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 
 from steerc.errors import EngineError
-from steerc.passes.onnx.contract import OnnxGraph, OnnxPassReport, onnx_pass
+from steerc.passes.onnx.contract import OnnxGraph, OnnxPassReport, onnx_pass, save_proto
 
 __all__ = ["keep_last_logits", "keep_last_logits_model", "LOGITS"]
 
@@ -96,12 +96,7 @@ def keep_last_logits(graph: OnnxGraph, settings) -> OnnxPassReport:
 
     model = onnx.load(str(graph.path), load_external_data=False)
     entry = keep_last_logits_model(model)
-    tmp = graph.path.with_name(f".{graph.path.name}.keep-last-logits")
-    try:
-        onnx.save_model(model, str(tmp))  # the proto only: the weights stay in the data file beside it
-        tmp.replace(graph.path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_proto(model, graph.path)  # the proto only: the weights stay in the data file beside it
     onnx.checker.check_model(str(graph.path))
     log.info("keep_last_logits: the LM head (%s) runs on the last position only", entry["head"])
     return OnnxPassReport("keep_last_logits", entry)

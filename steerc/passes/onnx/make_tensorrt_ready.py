@@ -27,11 +27,9 @@ The weights are not touched: the proto is rewritten and saved beside its externa
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
-from steerc.passes.onnx.contract import OnnxGraph, OnnxPassReport, onnx_pass
+from steerc.passes.onnx.contract import OnnxGraph, OnnxPassReport, onnx_pass, save_proto
 
 __all__ = ["make_tensorrt_ready", "tensorrt_ready_file", "rewrite_for_tensorrt", "FIXES"]
 
@@ -65,7 +63,7 @@ def tensorrt_ready_file(path) -> dict[str, int]:
     proto = onnx.load(str(path), load_external_data=False)
     report = rewrite_for_tensorrt(proto)
     if any(report.values()):
-        _save_atomic(proto, path)
+        save_proto(proto, path)
         log.info("%s: TensorRT rewrite %s", path.name, {k: v for k, v in report.items() if v})
     onnx.checker.check_model(str(path))
     left = check_tensorrt(path)
@@ -79,20 +77,6 @@ def make_tensorrt_ready(graph: OnnxGraph, settings) -> OnnxPassReport:
     """The pass: :func:`tensorrt_ready_file` on the step graph; the entry is ``{fix: count}`` (all
     zero when the graph already met the rules: not an error, the checker then runs on it as is)."""
     return OnnxPassReport("make_tensorrt_ready", tensorrt_ready_file(graph.path))
-
-
-def _save_atomic(proto, path: Path) -> None:
-    import onnx
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)  # external_data entries stay relative to the folder
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def rewrite_for_tensorrt(proto) -> dict[str, int]:
